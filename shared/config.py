@@ -1,0 +1,191 @@
+"""The one place for configuration: frozen, keyword-only dataclasses validated once when built.
+
+Defaults live here; entry points override them from command-line flags (and, later, Flower's run config)
+with `with_overrides`. Nothing else in fedhome reads environment variables or raw config dictionaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.errors import ConfigError
+
+DataFormat = Literal["auto", "csv", "movielens", "amazon2014", "amazon-jsonl"]
+EncoderBackend = Literal["auto", "torch", "onnx-int8"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+LossName = Literal["full", "sampled"]
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def _fraction(name: str, value: float, *, upper_open: bool = True) -> None:
+    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not ok:
+        raise ConfigError(f"{name} must be in [0, 1{')' if upper_open else ']'}, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticShopConfig:
+    """Size and shape of the built-in synthetic shop."""
+
+    n_users: int = 3_000
+    n_items: int = 2_000
+    n_categories: int = 12
+    mean_sessions_per_user: float = 4.0
+    new_item_fraction: float = 0.1  # items that arrive during the simulated period (the cold-start slice)
+    promotion_fraction: float = 0.08
+    start_time_s: int = 1_700_000_000
+    duration_days: int = 180
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        for name in ("n_users", "n_items", "n_categories", "mean_sessions_per_user", "duration_days"):
+            _positive(name, getattr(self, name))
+        _fraction("new_item_fraction", self.new_item_fraction)
+        _fraction("promotion_fraction", self.promotion_fraction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which shop to use and how to split it."""
+
+    dataset: str = "synthetic"  # "synthetic" or a folder/file path
+    format: DataFormat = "auto"
+    skip_bad_rows: bool = False  # skip and count malformed rows instead of failing on the first one
+    cold_item_fraction: float = 0.1  # items held out of all training for the cold-start slice
+    split_seed: int = 0
+    synthetic: SyntheticShopConfig = field(default_factory=SyntheticShopConfig)
+
+    def __post_init__(self) -> None:
+        _fraction("cold_item_fraction", self.cold_item_fraction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    """The catalogue's sentence encoder and its embedding cache."""
+
+    model_name: str = "all-MiniLM-L6-v2"
+    backend: EncoderBackend = "auto"  # auto: onnx-int8 on CPU, torch (half precision) on CUDA
+    device: DeviceName = "auto"
+    batch_size: int = 64
+    with_description: bool = True  # embed "title | category | brand | description"
+    cache_dir: Path = Path(".cache/fedhome/embeddings")
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The two-tower model. No per-item id parameters unless `item_id_residual` (for comparison only)."""
+
+    dim: int = 64
+    max_history: int = 20
+    n_heads: int = 2
+    n_layers: int = 1
+    residual_rank: int = 64  # rank of the trainable correction on top of the frozen text vector
+    dropout: float = 0.1
+    item_id_residual: bool = False
+    init_temperature: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "max_history", "n_heads", "n_layers", "residual_rank", "init_temperature"):
+            _positive(name, getattr(self, name))
+        _fraction("dropout", self.dropout)
+        if self.dim % self.n_heads:
+            raise ConfigError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Centralised training of the two-tower model (the upper bound for federated training)."""
+
+    epochs: int = 8
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    loss: LossName = "full"
+    n_negatives: int = 1024  # sampled-softmax negatives per batch
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "learning_rate", "n_negatives"):
+            _positive(name, getattr(self, name))
+        if self.weight_decay < 0 or self.threads < 0:
+            raise ConfigError("weight_decay and threads must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """The evaluation harness: full ranking, leave-one-out."""
+
+    batch_size: int = 1024
+    activity_buckets: tuple[int, ...] = (5, 10, 20)  # upper bounds of training-length buckets; last is open
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        if list(self.activity_buckets) != sorted(set(self.activity_buckets)):
+            raise ConfigError("activity_buckets must be strictly increasing")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedhomeConfig:
+    """Everything a fedhome run is configured with."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of a config dataclass with dotted-key overrides ("train.epochs": 3), validated again.
+
+    String values are converted to the field's type, so values straight from a command line work.
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in {f.name for f in dataclasses.fields(config)}:
+            raise ConfigError(f"unknown config key {key!r}")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = _convert(config, head, value)
+    for head, sub in nested.items():
+        direct[head] = with_overrides(getattr(config, head), sub)
+    try:
+        return dataclasses.replace(config, **direct)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _convert(config: Any, name: str, value: Any) -> Any:
+    current = getattr(config, name)
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(value)
+            return value.lower() in {"true", "1", "yes"}
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, Path):
+            return Path(value)
+        if isinstance(current, tuple):
+            return tuple(int(v) for v in value.split(",") if v)
+    except ValueError as exc:
+        raise ConfigError(f"config key {name!r}: cannot read {value!r} as {type(current).__name__}") from exc
+    raise ConfigError(f"config key {name!r} cannot be set from text")
