@@ -76,9 +76,12 @@ class EncoderConfig:
     batch_size: int = 64
     with_description: bool = True  # embed "title | category | brand | description"
     cache_dir: Path = Path(".cache/fedhome/embeddings")
+    threads: int = 0  # onnxruntime CPU threads for the int8 fast path; 0: onnxruntime's default
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,14 +115,17 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: LossName = "full"
     n_negatives: int = 1024  # sampled-softmax negatives per batch
+    negative_alpha: float = 0.75  # negatives drawn from q ~ (target count + 1)^alpha
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    patience: int = 2  # stop after this many epochs without a better validation NDCG@10
+    refit: bool = True  # then retrain on train + validation rows for the best epoch count
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "learning_rate", "n_negatives"):
+        for name in ("epochs", "batch_size", "learning_rate", "n_negatives", "patience"):
             _positive(name, getattr(self, name))
-        if self.weight_decay < 0 or self.threads < 0:
-            raise ConfigError("weight_decay and threads must be >= 0")
+        if self.weight_decay < 0 or self.threads < 0 or self.negative_alpha < 0:
+            raise ConfigError("weight_decay, threads and negative_alpha must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
