@@ -1,0 +1,74 @@
+"""`fedhome-server`: the central service's commands. For now: embed a catalogue into the vector cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from server.catalog import embed_catalogue
+from shared.config import EncoderConfig, with_overrides
+from shared.data.loaders import load_dataset
+from shared.errors import FedhomeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedhome-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    embed = sub.add_parser(
+        "embed", help="embed a catalogue's item texts (only new or changed texts are encoded)"
+    )
+    embed.add_argument("data", type=Path, help="a data folder/file in any supported format")
+    embed.add_argument("--backend", choices=["auto", "torch", "onnx-int8"], default="auto")
+    embed.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    embed.add_argument(
+        "--cache-dir", type=Path, default=None, help="vector cache (default .cache/fedhome/embeddings)"
+    )
+    embed.add_argument("--out", type=Path, default=None, help="also write the table as .npy + .json here")
+    embed.add_argument("--no-description", action="store_true", help="embed title | category | brand only")
+    return parser
+
+
+def command_embed(args: argparse.Namespace) -> int:
+    overrides = {"backend": args.backend, "device": args.device, "with_description": not args.no_description}
+    if args.cache_dir is not None:
+        overrides["cache_dir"] = args.cache_dir
+    config: EncoderConfig = with_overrides(EncoderConfig(), overrides)
+    dataset, _ = load_dataset(args.data)
+    start = time.perf_counter()
+    table = embed_catalogue(dataset.catalogue, config, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    summary = {
+        "items": table.n_items,
+        "dim": table.dim,
+        "encoder": table.encoder_id,
+        "backend": table.backend,
+        "version": table.version,
+        "seconds": round(seconds, 2),
+    }
+    if args.out is not None:
+        import numpy as np
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        np.save(args.out / f"embeddings-{table.version}.npy", table.vectors)
+        meta = {**summary, "item_ids": table.item_ids}
+        (args.out / f"embeddings-{table.version}.json").write_text(json.dumps(meta) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return command_embed(args)
+    except FedhomeError as exc:
+        print(f"fedhome-server: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
