@@ -17,6 +17,8 @@ DataFormat = Literal["auto", "csv", "movielens", "amazon2014", "amazon-jsonl"]
 EncoderBackend = Literal["auto", "torch", "onnx-int8"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 LossName = Literal["full", "sampled"]
+RepeatTargets = Literal["exclude", "keep"]
+ScorePrecision = Literal["auto", "float32", "bfloat16"]
 
 
 def _positive(name: str, value: float) -> None:
@@ -119,6 +121,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     patience: int = 2  # stop after this many epochs without a better validation NDCG@10
+    # precision of the (batch x catalogue) product with the frozen text in full-softmax training; "auto":
+    # bfloat16 when the CPU multiplies bfloat16 natively (AMX / AVX512-BF16), else float32
+    score_precision: ScorePrecision = "auto"
     refit: bool = True  # then retrain on train + validation rows for the best epoch count
 
     def __post_init__(self) -> None:
@@ -134,6 +139,10 @@ class EvalConfig:
 
     batch_size: int = 1024
     activity_buckets: tuple[int, ...] = (5, 10, 20)  # upper bounds of training-length buckets; last is open
+    # A target the user already had earlier in their history cannot be recommended (earlier items are removed
+    # from the candidates): "exclude" leaves such users out of the stage (counted), "keep" ranks the target
+    # as the one history item left in the candidates, which flatters any model that favours recent items.
+    repeat_targets: RepeatTargets = "exclude"
 
     def __post_init__(self) -> None:
         _positive("batch_size", self.batch_size)
