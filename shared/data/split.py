@@ -63,6 +63,13 @@ class Split:
     def target(self, stage: Stage) -> np.ndarray:
         return self.valid_target if stage == "valid" else self.test_target
 
+    def train_and_valid(self) -> UserSequences:
+        """The training rows plus each evaluated user's validation row (cold items still removed): what a
+        model may train on before the test stage."""
+        lengths = self.full.lengths()
+        keep_len = np.where(self.valid_target >= 0, lengths - 1, lengths)
+        return _keep_prefix(self.full, keep_len, self.cold_items)
+
     def history_end(self, stage: Stage) -> np.ndarray:
         """(n_users,) index into `full` one past the last history row available when predicting `stage`."""
         back = 2 if stage == "valid" else 1
@@ -85,7 +92,7 @@ def choose_cold_items(dataset: Dataset, *, fraction: float, seed: int) -> np.nda
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"cold item fraction must be in [0, 1), got {fraction}")
     cat = dataset.catalogue
-    n_cold = int(round(fraction * cat.n_items))
+    n_cold = round(fraction * cat.n_items)
     mask = np.zeros(cat.n_items, dtype=bool)
     if n_cold == 0:
         return mask
@@ -109,13 +116,17 @@ def leave_one_out(dataset: Dataset, *, cold_item_fraction: float = 0.0, seed: in
     test_target[evaluated] = full.items[full.offsets[1:][evaluated] - 1]
 
     cold = choose_cold_items(dataset, fraction=cold_item_fraction, seed=seed)
-    keep_len = np.where(evaluated, lengths - 2, lengths)
-    row_user = np.repeat(np.arange(n_users), lengths)
-    position = np.arange(full.items.shape[0]) - full.offsets[row_user]
-    keep = (position < keep_len[row_user]) & ~cold[full.items]
-    train_counts = np.bincount(row_user[keep], minlength=n_users)
-    train_offsets = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(train_counts, out=train_offsets[1:])
-    train = UserSequences(train_offsets, full.items[keep], full.events[keep], full.timestamps[keep])
+    train = _keep_prefix(full, np.where(evaluated, lengths - 2, lengths), cold)
     eval_users = np.flatnonzero(evaluated).astype(np.int32)
     return Split(dataset, full, train, eval_users, valid_target, test_target, cold)
+
+
+def _keep_prefix(full: UserSequences, keep_len: np.ndarray, cold: np.ndarray) -> UserSequences:
+    """The first keep_len[u] rows of every user u, without rows of cold items."""
+    lengths = full.lengths()
+    row_user = np.repeat(np.arange(full.n_users), lengths)
+    position = np.arange(full.items.shape[0]) - full.offsets[row_user]
+    keep = (position < keep_len[row_user]) & ~cold[full.items]
+    offsets = np.zeros(full.n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_user[keep], minlength=full.n_users), out=offsets[1:])
+    return UserSequences(offsets, full.items[keep], full.events[keep], full.timestamps[keep])

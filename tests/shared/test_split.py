@@ -70,5 +70,7 @@ def test_nothing_leaks_into_training(seqs: list[list[int]], fraction: float, see
         seq = split.full.of(u).tolist()
         expected = seq[:-2] if len(seq) >= 3 else seq
         assert split.train.of(u).tolist() == [i for i in expected if not split.cold_items[i]]
+        with_valid = seq[:-1] if len(seq) >= 3 else seq
+        assert split.train_and_valid().of(u).tolist() == [i for i in with_valid if not split.cold_items[i]]
         if len(seq) >= 3:
             assert (split.valid_target[u], split.test_target[u]) == (seq[-2], seq[-1])
