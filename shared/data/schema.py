@@ -39,8 +39,9 @@ class Catalogue:
             if len(getattr(self, name)) != n:
                 raise DataError(f"catalogue field {name!r} has {len(getattr(self, name))} rows, expected {n}")
         for name in ("price", "created_at", "on_promotion"):
-            if getattr(self, name).shape != (n,):
-                raise DataError(f"catalogue field {name!r} has shape {getattr(self, name).shape}, expected ({n},)")
+            shape = getattr(self, name).shape
+            if shape != (n,):
+                raise DataError(f"catalogue field {name!r} has shape {shape}, expected ({n},)")
         index = {item_id: i for i, item_id in enumerate(self.item_ids)}
         if len(index) != n:
             raise DataError("catalogue has duplicate item ids")
@@ -100,8 +101,9 @@ class InteractionLog:
     def __post_init__(self) -> None:
         n = self.user.shape[0]
         for name in ("item", "timestamp", "event", "value"):
-            if getattr(self, name).shape != (n,):
-                raise DataError(f"interaction field {name!r} has shape {getattr(self, name).shape}, expected ({n},)")
+            shape = getattr(self, name).shape
+            if shape != (n,):
+                raise DataError(f"interaction field {name!r} has shape {shape}, expected ({n},)")
         if n and (self.user.min() < 0 or self.user.max() >= len(self.user_ids)):
             raise DataError("interaction user index out of range")
 
