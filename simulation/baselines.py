@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.data.split import Split, Stage
+from shared.data.split import Split, Stage, UserSequences
 from shared.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class MatrixFactorization(nn.Module):
     """score(u, i) = <p_u, q_i> + b_i, trained with a full softmax over the catalogue on `split.train`.
 
     Every training row (u, i) is one example: cross-entropy of item i among all items given user u. A user's
-    vector is learned from their training rows only, so it does not change between the two stages.
+    vector is learned from the rows it is fitted on, so a model for the test stage is fitted again on
+    train + validation rows (as the two-tower model is), or its user vectors are two interactions stale.
     """
 
     def __init__(self, n_users: int, n_items: int, config: MFConfig) -> None:
@@ -127,12 +128,16 @@ class MatrixFactorization(nn.Module):
         return self.user(users) @ self.item.weight.T + self.bias  # (B, n_items) logits
 
     @classmethod
-    def fit(cls, split: Split, config: MFConfig | None = None) -> MatrixFactorization:
+    def fit(
+        cls, split: Split, config: MFConfig | None = None, *, rows: UserSequences | None = None
+    ) -> MatrixFactorization:
+        """Train on `rows` (default `split.train`; `split.train_and_valid()` before the test stage)."""
         config = config or MFConfig()
+        rows = split.train if rows is None else rows
         torch.manual_seed(config.seed)
-        model = cls(split.train.n_users, split.n_items, config)
-        users = torch.from_numpy(np.repeat(np.arange(split.train.n_users), split.train.lengths()))
-        items = torch.from_numpy(split.train.items.astype(np.int64))
+        model = cls(rows.n_users, split.n_items, config)
+        users = torch.from_numpy(np.repeat(np.arange(rows.n_users), rows.lengths()))
+        items = torch.from_numpy(rows.items.astype(np.int64))
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
