@@ -8,12 +8,12 @@ before the stage's target (`split.full` up to `split.history_end(stage)`), as th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from shared.config import MFConfig
 from shared.data.split import Split, Stage, UserSequences
 from shared.errors import ConfigError, DataError
 
@@ -83,29 +83,6 @@ class TextSimilarity:
 
     def score(self, users: np.ndarray, stage: Stage) -> np.ndarray:
         return self.user_vectors(users, stage) @ self.padded[:-1].T
-
-
-@dataclass(frozen=True, kw_only=True)
-class MFConfig:
-    """Matrix factorisation hyperparameters, chosen on amazon_beauty validation NDCG@10 (10% cold items).
-
-    Small sweep, best epoch in brackets: lr 5e-3 with weight decay 0.01 -> 0.0287 (6), 0.3 -> 0.0332 (8, still
-    rising), 1.0 -> 0.0301 (9); lr 1e-2 with weight decay 0.3 -> 0.0362 (10; 0.0358 already at 6).
-    """
-
-    dim: int = 64
-    epochs: int = 10
-    batch_size: int = 1024
-    learning_rate: float = 1e-2
-    weight_decay: float = 0.3  # decoupled (AdamW): each step shrinks every weight by lr * weight_decay
-    init_std: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if min(self.dim, self.epochs, self.batch_size) < 1 or self.learning_rate <= 0 or self.init_std <= 0:
-            raise ConfigError("MFConfig: dim, epochs, batch_size, learning_rate, init_std must be positive")
-        if self.weight_decay < 0:
-            raise ConfigError("MFConfig: weight_decay must be >= 0")
 
 
 class MatrixFactorization(nn.Module):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.config import EvalConfig
+from shared.config import EvalConfig, MFConfig
 from shared.data.schema import Catalogue, Dataset, InteractionLog
 from shared.data.split import Split, leave_one_out
 from shared.errors import ConfigError, DataError
-from simulation.baselines import MatrixFactorization, MFConfig, Popularity, TextSimilarity
+from simulation.baselines import MatrixFactorization, Popularity, TextSimilarity
 from simulation.evaluate import evaluate
 
 

@@ -1,0 +1,136 @@
+"""What the towers read: per-item features from the catalogue and fixed-length user histories (numpy).
+
+Both are plain numpy so that the trainer, the federated client and the on-device ranker build exactly the
+same inputs. A history is left-padded to `max_history` positions, oldest first, the most recent item last.
+Integer codes reserve 0 for padding or "unknown".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from shared.data.schema import EVENT_TYPES, Catalogue
+from shared.data.split import UserSequences
+from shared.errors import DataError
+
+N_PRICE_BUCKETS: Final[int] = 8  # price quantile buckets; code 0 = unknown price
+N_GAP_BUCKETS: Final[int] = 16  # log2(1 + hours since the event) buckets; code 0 = padding
+N_EVENT_CODES: Final[int] = len(EVENT_TYPES) + 1  # event type code + 1; code 0 = padding
+SECONDS_PER_HOUR: Final[int] = 3_600
+SECONDS_PER_DAY: Final[int] = 86_400
+
+
+@dataclass(frozen=True, eq=False)
+class ItemFeatures:
+    """Every item's frozen text embedding and cheap categorical codes, in catalogue index order."""
+
+    text: np.ndarray  # (n_items, text_dim) float32, L2-normalised sentence embeddings
+    category: np.ndarray  # (n_items,) int64 top-level category code, 0 = unknown
+    price_bucket: np.ndarray  # (n_items,) int64 in [0, N_PRICE_BUCKETS], 0 = unknown
+    promotion: np.ndarray  # (n_items,) int64 0/1
+
+    @property
+    def n_items(self) -> int:
+        return int(self.text.shape[0])
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text.shape[1])
+
+    @property
+    def n_categories(self) -> int:
+        return int(self.category.max(initial=0)) + 1
+
+    def attributes(self) -> np.ndarray:
+        """(n_items, n_categories + N_PRICE_BUCKETS + 2) float32 multi-hot: one-hot category, one-hot price
+        bucket, promotion flag. Multiplying it by a weight matrix sums one embedding per feature."""
+        n = self.n_items
+        widths = (self.n_categories, N_PRICE_BUCKETS + 1, 1)
+        out = np.zeros((n, sum(widths)), dtype=np.float32)
+        rows = np.arange(n)
+        out[rows, self.category] = 1.0
+        out[rows, widths[0] + self.price_bucket] = 1.0
+        out[:, widths[0] + widths[1]] = self.promotion
+        return out
+
+    @classmethod
+    def from_catalogue(cls, catalogue: Catalogue, text: np.ndarray) -> ItemFeatures:
+        """Features of `catalogue` with its text embeddings `text` (n_items, text_dim)."""
+        if text.ndim != 2 or text.shape[0] != catalogue.n_items:
+            raise DataError(f"text embeddings have shape {text.shape}, expected ({catalogue.n_items}, dim)")
+        if not np.isfinite(text).all():
+            raise DataError("text embeddings contain NaN or infinite values")
+        return cls(
+            text=np.ascontiguousarray(text, dtype=np.float32),
+            category=catalogue.top_category().astype(np.int64),
+            price_bucket=price_buckets(catalogue.price),
+            promotion=catalogue.on_promotion.astype(np.int64),
+        )
+
+
+def price_buckets(price: np.ndarray) -> np.ndarray:
+    """(n,) int64 quantile bucket 1..N_PRICE_BUCKETS of each known price, 0 where the price is NaN."""
+    known = np.isfinite(price)
+    out = np.zeros(price.shape[0], dtype=np.int64)
+    if known.any():
+        edges = np.quantile(price[known], np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
+        out[known] = 1 + np.searchsorted(edges, price[known], side="right")
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class HistoryBatch:
+    """A batch of left-padded user histories and the request context the user tower reads."""
+
+    items: np.ndarray  # (B, L) int64 item index, -1 = padding
+    events: np.ndarray  # (B, L) int64 event code + 1, 0 = padding
+    gaps: np.ndarray  # (B, L) int64 recency bucket of each event relative to the request, 0 = padding
+    hour: np.ndarray  # (B,) int64 hour of day of the request, 0..23 (UTC)
+    weekday: np.ndarray  # (B,) int64 day of week of the request, 0 = Monday
+
+    @property
+    def size(self) -> int:
+        return int(self.items.shape[0])
+
+
+def gap_buckets(gap_s: np.ndarray) -> np.ndarray:
+    """Recency codes 1..N_GAP_BUCKETS-1 for time gaps in seconds: 1 + floor(log2(1 + hours)), capped."""
+    hours = np.maximum(gap_s, 0) / SECONDS_PER_HOUR
+    return np.minimum(1 + np.floor(np.log2(1.0 + hours)), N_GAP_BUCKETS - 1).astype(np.int64)
+
+
+def request_context(now_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hour, weekday) of unix times `now_s`, UTC; 1970-01-01 was a Thursday (weekday 3)."""
+    now_s = now_s.astype(np.int64)
+    return (now_s // SECONDS_PER_HOUR) % 24, (now_s // SECONDS_PER_DAY + 3) % 7
+
+
+def gather_histories(
+    seqs: UserSequences, users: np.ndarray, ends: np.ndarray, now_s: np.ndarray, max_history: int
+) -> HistoryBatch:
+    """Histories of `users`: their rows in `seqs` before flat row index `ends` (the last `max_history`).
+
+    users, ends, now_s: (B,) user index, one-past-the-last flat row of each history, request time in unix
+    seconds (the time the next item is to be predicted). An empty history is all padding.
+    """
+    starts = seqs.offsets[users]
+    if np.any(ends < starts) or np.any(ends > seqs.offsets[users + 1]):
+        raise DataError("history end outside the user's rows")
+    rows = ends[:, None] - max_history + np.arange(max_history)[None, :]  # (B, L) flat rows, oldest first
+    valid = rows >= starts[:, None]
+    if seqs.items.shape[0] == 0:  # nobody has any rows: every history is all padding
+        valid[:] = False
+        seqs = UserSequences(seqs.offsets, np.zeros(1, np.int32), np.zeros(1, np.int8), np.zeros(1, np.int64))
+    rows = np.where(valid, rows, 0)
+    gaps = gap_buckets(now_s[:, None] - seqs.timestamps[rows])
+    hour, weekday = request_context(now_s)
+    return HistoryBatch(
+        items=np.where(valid, seqs.items[rows], -1).astype(np.int64),
+        events=np.where(valid, seqs.events[rows].astype(np.int64) + 1, 0),
+        gaps=np.where(valid, gaps, 0),
+        hour=hour,
+        weekday=weekday,
+    )

@@ -1,0 +1,132 @@
+"""`fedhome-sim`: run baselines and the two-tower model on a shop, or write the synthetic shop as CSV."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.config import FedhomeConfig, with_overrides
+from shared.errors import FedhomeError
+from simulation.report import markdown_table, population_line, write_results
+from simulation.run import MODEL_NAMES, ModelName, prepare, run_model
+
+log = logging.getLogger(__name__)
+
+
+def _parse_models(text: str) -> list[ModelName]:
+    names = list(MODEL_NAMES) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODEL_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)} or all"
+        )
+    return names  # type: ignore[return-value]
+
+
+def _parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. train.epochs=3), got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedhome-sim", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="fit and evaluate models on a shop; write a results folder")
+    run.add_argument(
+        "--dataset", default="synthetic", help="'synthetic' or a data folder/file (default synthetic)"
+    )
+    run.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
+    run.add_argument("--model", type=_parse_models, default=list(MODEL_NAMES), help="comma list or 'all'")
+    run.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
+    run.add_argument("--out", type=Path, default=None, help="results folder (default runs/<dataset>-<time>)")
+    run.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
+    run.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set train.epochs=3 --set data.cold_item_fraction=0",
+    )
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    gen = sub.add_parser("generate", help="write the synthetic shop as items.csv + interactions.csv")
+    gen.add_argument("out", type=Path, help="folder to write")
+    gen.add_argument("--users", type=int, default=None)
+    gen.add_argument("--items", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FedhomeConfig:
+    overrides: dict[str, Any] = dict(args.overrides) if hasattr(args, "overrides") else {}
+    for flag, key in (
+        ("dataset", "data.dataset"),
+        ("format", "data.format"),
+        ("users", "data.synthetic.n_users"),
+        ("items", "data.synthetic.n_items"),
+        ("seed", "data.synthetic.seed"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = str(value)
+    if getattr(args, "skip_bad_rows", False):
+        overrides["data.skip_bad_rows"] = "true"
+    config: FedhomeConfig = with_overrides(FedhomeConfig(), overrides)
+    return config
+
+
+def command_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    start = time.perf_counter()
+    progress = not args.no_progress and sys.stderr.isatty()
+    prep = prepare(config, progress=progress)
+    if prep.load_report is not None:
+        print(prep.load_report.summary())
+    runs = [run_model(prep, name) for name in args.model]
+    wall_s = time.perf_counter() - start
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = args.out or Path("runs") / f"{Path(prep.dataset.name).name}-{stamp}"
+    command = "fedhome-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_results(folder, prep, runs, command=command, wall_s=wall_s)
+    print(f"\n{population_line(prep, runs)}\n")
+    print(markdown_table(runs))
+    print(f"\nresults written to {folder} ({wall_s:.0f} s)")
+    return 0
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    from shared.data.synthetic import write_shop_csv
+
+    config = config_from_args(args)
+    report = write_shop_csv(config.data.synthetic, args.out)
+    print(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return command_run(args) if args.command == "run" else command_generate(args)
+    except FedhomeError as exc:
+        print(f"fedhome-sim: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
