@@ -1,15 +1,18 @@
 """Centralised training of the two-tower model: the non-private upper bound for federated training.
 
-Every training prefix is one example: position p of a user's training rows predicts that row's item from
-the user's up to `max_history` earlier rows, at the request time of row p. Training runs epochs of shuffled
-mini-batches with Adam, evaluates validation NDCG@10 after each epoch and keeps the best epoch (with
-early stopping after `patience` epochs without improvement). With `TrainConfig.refit` a fresh model is then
-trained on train + validation rows for exactly that many epochs, so the final model has seen the rows just
-before the test item; its validation score is then no longer a held-out figure.
+Every training prefix is one example: row p of a user's training rows predicts that row's item from the
+user's up to `max_history` earlier rows, at the request time of row p (its timestamp). Rows whose item the
+user already had earlier (repeats) are not targets. Training runs epochs of shuffled mini-batches with
+Adam, evaluates validation NDCG@10 after each epoch and keeps the best epoch (stopping after `patience`
+epochs without improvement). With `TrainConfig.refit` a fresh model is then trained on train + validation
+rows for exactly that many epochs, so the final model has seen the rows just before the test item (its
+validation score is then no longer a held-out figure).
 
-In each example's softmax the user's history items (except the target) and the items held out of all
-training (`split.cold_items`) are excluded: the harness removes history items from the candidates anyway,
-and cold items must not be seen in training, not even as negatives.
+Loss: softmax cross-entropy over the whole catalogue ("full"), or sampled softmax with logQ correction over
+`n_negatives` shared negatives drawn from q ~ (count + 1)^negative_alpha ("sampled"). Either way each
+example's history items (except its target) and the items held out of all training (`split.cold_items`)
+are excluded: the harness removes history items from the candidates anyway, and cold items must not be
+seen in training, not even as negatives.
 """
 
 from __future__ import annotations
@@ -64,26 +67,19 @@ class TrainResult:
 
 
 def training_rows(seqs: UserSequences) -> tuple[np.ndarray, np.ndarray]:
-    """(users, rows): every flat row of `seqs` that has at least one earlier row of the same user."""
+    """(users, rows): every flat row of `seqs` that has an earlier row of the same user and whose item is
+    not a repeat of one of them. Repeats (the cart or purchase of an item viewed before) stay in later
+    histories, but are not targets: the harness removes a user's earlier items from the candidates and
+    leaves repeat targets out, and the homepage never recommends what the user already has."""
     lengths = seqs.lengths()
     users = np.repeat(np.arange(seqs.n_users), lengths)
     rows = np.arange(seqs.items.shape[0])
-    keep = rows > seqs.offsets[users]
+    order = np.lexsort((rows, seqs.items, users))  # by user, then item, then position
+    repeat = np.zeros(rows.shape[0], dtype=bool)
+    same = (users[order][1:] == users[order][:-1]) & (seqs.items[order][1:] == seqs.items[order][:-1])
+    repeat[order[1:][same]] = True
+    keep = (rows > seqs.offsets[users]) & ~repeat
     return users[keep], rows[keep]
-
-
-def train_and_valid_rows(split: Split) -> UserSequences:
-    """Every row except evaluated users' test rows, cold items removed: the data of the refit."""
-    full = split.full
-    lengths = full.lengths()
-    users = np.repeat(np.arange(full.n_users), lengths)
-    is_test = np.zeros(full.items.shape[0], dtype=bool)
-    evaluated = split.eval_users
-    is_test[full.offsets[evaluated + 1] - 1] = True
-    keep = ~is_test & ~split.cold_items[full.items]
-    offsets = np.zeros(full.n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users[keep], minlength=full.n_users), out=offsets[1:])
-    return UserSequences(offsets, full.items[keep], full.events[keep], full.timestamps[keep])
 
 
 def exclude_(logits: Tensor, batch: HistoryBatch, targets: Tensor, blocked: Tensor) -> None:
@@ -97,6 +93,12 @@ def exclude_(logits: Tensor, batch: HistoryBatch, targets: Tensor, blocked: Tens
     logits[rows[drop], items[drop]] = EXCLUDED
     if bool(blocked.any()):
         logits.masked_fill_(blocked.unsqueeze(0), EXCLUDED)
+
+
+def set_threads(config: TrainConfig) -> None:
+    """torch's intra-op thread count from `config.threads` (0 leaves torch's default)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
 
 
 def use_bfloat16(config: TrainConfig) -> bool:
@@ -207,6 +209,8 @@ def select_epochs(
 ) -> tuple[int, float, list[EpochLog]]:
     """Train on split.train, evaluating validation NDCG@10 after each epoch; load the best epoch's weights
     into `model` and return (best epoch, its validation NDCG@10, the per-epoch log)."""
+    if split.eval_users.size == 0:
+        raise DataError("no user has a validation row (three rows or more): cannot choose the epoch count")
     trainer = Trainer(model, split.train, split.cold_items, config)
     best_epoch, best_ndcg, best_state, logs = 0, -1.0, copy.deepcopy(model.state_dict()), []
     for epoch in range(1, config.epochs + 1):
@@ -233,9 +237,10 @@ def refit(
     progress: bool,
 ) -> tuple[TwoTower, list[EpochLog]]:
     """A fresh model (same seed) trained on train + validation rows for exactly `epochs` epochs."""
+    set_threads(config)
     torch.manual_seed(config.seed)
     model = TwoTower(features, model_config)
-    trainer = Trainer(model, train_and_valid_rows(split), split.cold_items, config)
+    trainer = Trainer(model, split.train_and_valid(), split.cold_items, config)
     logs = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -260,8 +265,7 @@ def train(
     """
     if features.n_items != split.n_items:
         raise DataError(f"item features cover {features.n_items} items, the dataset has {split.n_items}")
-    if train_config.threads:
-        torch.set_num_threads(train_config.threads)
+    set_threads(train_config)
     start = time.perf_counter()
     torch.manual_seed(train_config.seed)
     model = TwoTower(features, model_config)

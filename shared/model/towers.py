@@ -35,13 +35,15 @@ class ItemTower(nn.Module):
         super().__init__()
         rank, dim = config.residual_rank, features.text_dim
         attributes = features.attributes()
-        self.register_buffer("text", torch.from_numpy(features.text))  # (N, E) frozen
-        self.register_buffer("attributes", torch.from_numpy(attributes))  # (N, A) multi-hot
+        # Frozen inputs, not state: a state_dict (what federated rounds exchange) holds only learned weights.
+        self.register_buffer("text", torch.from_numpy(features.text), persistent=False)  # (N, E)
+        self.register_buffer("attributes", torch.from_numpy(attributes), persistent=False)  # (N, A) multi-hot
         self.down = nn.Linear(dim, rank, bias=False)
         self.embed_attributes = nn.Linear(attributes.shape[1], rank, bias=False)  # one row per feature value
         self.id_emb = nn.Embedding(features.n_items, rank) if config.item_id_residual else None
         self.up = nn.Linear(rank, dim, bias=False)
         self.bias = nn.Linear(dim, 1)  # a text-based item bias: a popularity prior new items get too
+        self.bias.requires_grad_(config.item_bias)  # without it the bias stays exactly zero
         nn.init.normal_(self.embed_attributes.weight, std=0.02)
         if self.id_emb is not None:
             nn.init.zeros_(self.id_emb.weight)
@@ -78,7 +80,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
-        self.register_buffer("causal", torch.tril(torch.ones(max_len, max_len, dtype=torch.bool)))
+        causal = torch.tril(torch.ones(max_len, max_len, dtype=torch.bool))
+        self.register_buffer("causal", causal, persistent=False)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x (B, L, d), valid (B, L) bool -> (B, L, d)."""

@@ -155,6 +155,13 @@ def test_no_per_item_parameters_unless_asked() -> None:
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in small.modules())
 
 
+def test_state_dict_holds_only_learned_weights() -> None:
+    model = TwoTower(features(), CONFIG)
+    state = model.state_dict()
+    assert set(state) == {name for name, _ in model.named_parameters()}
+    assert sum(t.numel() for t in state.values()) == model.n_trainable()
+
+
 def test_default_model_is_small() -> None:
     model = TwoTower(ItemFeatures.from_catalogue(catalogue(), unit_text(dim=384)), ModelConfig())
     assert model.n_trainable() < 150_000
@@ -173,11 +180,32 @@ def test_untrained_model_ranks_by_text_similarity_to_the_last_item() -> None:
     assert (np.argsort(-scores, axis=1, kind="stable")[:, :5] == np.argsort(-expected, axis=1)[:, :5]).all()
 
 
-def test_user_without_history_scores_only_the_bias() -> None:
+@pytest.mark.parametrize("options", [{"item_bias": False}, {"item_id_residual": True}])
+def test_every_variant_starts_at_text_similarity(options: dict[str, bool]) -> None:
+    feats = features()
+    model = TwoTower(feats, ModelConfig(**{**CONFIG.__dict__, **options})).eval()
+    with torch.no_grad():
+        vectors, bias = model.items()
+        users = model.user_vectors(history([[1, 2, 3]]))
+    assert torch.allclose(vectors, torch.from_numpy(feats.text), atol=1e-6) and not bias.any()
+    assert torch.allclose(users[0], torch.from_numpy(feats.text[3]), atol=1e-6)
+
+
+def test_item_bias_can_be_switched_off() -> None:
+    model = TwoTower(features(), ModelConfig(**{**CONFIG.__dict__, "item_bias": False}))
+    with_bias = TwoTower(features(), CONFIG)
+    assert with_bias.n_trainable() - model.n_trainable() == TEXT_DIM + 1
+    assert not any(p.requires_grad for p in model.items.bias.parameters())
+
+
+def test_user_without_history_gets_a_finite_unit_or_zero_vector() -> None:
     model = randomised(TwoTower(features(), CONFIG))
     with torch.no_grad():
-        users = model.user_vectors(history([[]]))
-        assert torch.isfinite(users).all()
+        norm = model.user_vectors(history([[]])).norm(dim=1)
+    assert torch.isfinite(norm).all() and float(norm[0]) == pytest.approx(1.0, abs=1e-5)
+    untrained = TwoTower(features(), CONFIG).eval()
+    with torch.no_grad():
+        assert not untrained.user_vectors(history([[]])).any()  # no history, no taste: scores = item bias
 
 
 def test_padding_content_is_ignored() -> None:

@@ -10,10 +10,10 @@ from shared.config import EvalConfig, ModelConfig, TrainConfig
 from shared.data.schema import UNKNOWN_TIME, Catalogue, Dataset, InteractionLog
 from shared.data.split import Split, UserSequences, leave_one_out
 from shared.errors import DataError
-from shared.model import ItemFeatures
+from shared.model import HistoryBatch, ItemFeatures
 from simulation.baselines import Popularity
 from simulation.evaluate import evaluate
-from simulation.train import make_scorer, train, train_and_valid_rows, training_rows
+from simulation.train import exclude_, make_scorer, train, training_rows
 
 MODEL = ModelConfig(dim=16, max_history=5, n_heads=2, n_layers=1, residual_rank=8, dropout=0.0)
 EVAL = EvalConfig(batch_size=256)
@@ -79,25 +79,32 @@ def quick(**overrides: object) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 
-def test_training_rows_are_every_position_after_the_first() -> None:
+def test_training_rows_are_every_position_after_the_first_except_repeats() -> None:
     seqs = UserSequences(
-        np.array([0, 3, 3, 4, 6]),
-        np.array([5, 6, 7, 8, 9, 1], np.int32),
-        np.zeros(6, np.int8),
-        np.zeros(6, np.int64),
+        np.array([0, 4, 4, 5, 7]),
+        np.array([5, 6, 5, 7, 8, 9, 1], np.int32),  # user 0 returns to item 5: not a target the second time
+        np.zeros(7, np.int8),
+        np.zeros(7, np.int64),
     )
     users, rows = training_rows(seqs)
-    assert users.tolist() == [0, 0, 3] and rows.tolist() == [1, 2, 5]
+    assert users.tolist() == [0, 0, 3] and rows.tolist() == [1, 3, 6]
 
 
-def test_refit_data_is_everything_but_the_test_rows_and_cold_items() -> None:
-    dataset, _ = cyclic_shop(n_users=20, length=5)
-    split = leave_one_out(dataset, cold_item_fraction=0.2, seed=1)
-    seqs = train_and_valid_rows(split)
-    for u in split.eval_users[:10]:
-        full = split.full.of(u)[:-1]  # all but the test row
-        assert seqs.of(u).tolist() == [i for i in full.tolist() if not split.cold_items[i]]
-    assert not split.cold_items[seqs.items].any()
+def test_history_and_blocked_items_leave_the_softmax_but_the_target_stays() -> None:
+    logits = torch.zeros(2, 6)
+    batch = HistoryBatch(
+        items=np.array([[-1, 1, 2], [3, 3, 4]]),
+        events=np.array([[0, 1, 1], [1, 1, 1]]),
+        gaps=np.array([[0, 1, 1], [1, 1, 1]]),
+        hour=np.zeros(2, dtype=np.int64),
+        weekday=np.zeros(2, dtype=np.int64),
+    )
+    blocked = torch.tensor([False, False, False, False, False, True])
+    exclude_(logits, batch, torch.tensor([2, 0]), blocked)
+    assert torch.isinf(logits).tolist() == [
+        [False, True, False, False, False, True],  # item 2 is row 0's target: kept
+        [False, False, False, True, True, True],
+    ]
 
 
 def test_short_training_run_beats_popularity_and_text_similarity(shop: tuple[Split, ItemFeatures]) -> None:
@@ -153,6 +160,14 @@ def test_sampled_softmax_training_also_learns(shop: tuple[Split, ItemFeatures]) 
     popularity = evaluate(split, Popularity.fit(split).score, stage="test", config=EVAL).overall.ndcg_10
     trained = evaluate(split, make_scorer(result.model, split), stage="test", config=EVAL).overall.ndcg_10
     assert trained > 2 * popularity
+
+
+def test_a_split_without_validation_users_is_refused() -> None:
+    dataset, text = cyclic_shop(n_users=10, length=2)  # two rows each: nobody is evaluated
+    split = leave_one_out(dataset)
+    features = ItemFeatures.from_catalogue(dataset.catalogue, text)
+    with pytest.raises(DataError, match="validation"):
+        train(split, features, model_config=MODEL, train_config=quick(), eval_config=EVAL, progress=False)
 
 
 def test_features_must_match_the_catalogue(shop: tuple[Split, ItemFeatures]) -> None:
