@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from server.catalog import EmbeddingTable, embed_catalogue
 from shared.config import FedhomeConfig
 from shared.data.loaders import LoadReport, load_dataset
@@ -161,7 +159,6 @@ FITTERS: dict[ModelName, Callable[[Prepared], tuple[Scorer, Scorer, dict[str, An
 
 def run_model(prep: Prepared, name: ModelName) -> ModelRun:
     """Fit one model on the split and evaluate it on validation and test."""
-    np.random.seed(prep.config.train.seed)  # nothing should use the global RNG; this makes sure of it
     start = time.perf_counter()
     valid_scorer, test_scorer, details = FITTERS[name](prep)
     fit_time_s = time.perf_counter() - start
