@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from toy import toy_dataset
 
 from shared.config import EvalConfig, MFConfig
-from shared.data.schema import Catalogue, Dataset, InteractionLog
 from shared.data.split import Split, leave_one_out
 from shared.errors import ConfigError, DataError
 from simulation.baselines import MatrixFactorization, Popularity, TextSimilarity
@@ -16,27 +16,7 @@ from simulation.evaluate import evaluate
 
 def toy_split(sequences: list[list[int]], n_items: int, *, cold_item_fraction: float = 0.0) -> Split:
     """A split of users with the given item sequences (row order)."""
-    catalogue = Catalogue(
-        item_ids=[f"i{i}" for i in range(n_items)],
-        titles=[f"item {i}" for i in range(n_items)],
-        categories=[""] * n_items,
-        brands=[""] * n_items,
-        descriptions=[""] * n_items,
-        price=np.full(n_items, np.nan, np.float32),
-        created_at=np.full(n_items, -1, np.int64),
-        on_promotion=np.zeros(n_items, bool),
-    )
-    user = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences]).astype(np.int32)
-    n = user.shape[0]
-    log = InteractionLog(
-        user_ids=[f"u{u}" for u in range(len(sequences))],
-        user=user,
-        item=np.concatenate([np.asarray(s, np.int32) for s in sequences]),
-        timestamp=np.arange(n, dtype=np.int64),
-        event=np.zeros(n, np.int8),
-        value=np.full(n, np.nan, np.float32),
-    )
-    return leave_one_out(Dataset("toy", catalogue, log), cold_item_fraction=cold_item_fraction, seed=1)
+    return leave_one_out(toy_dataset(sequences, n_items), cold_item_fraction=cold_item_fraction, seed=1)
 
 
 def random_sequences(seed: int, n_users: int = 20, n_items: int = 15) -> list[list[int]]:
