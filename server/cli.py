@@ -1,4 +1,4 @@
-"""`fedhome-server`: the central service's commands. For now: embed a catalogue into the vector cache."""
+"""`fedhome-server`: the central service's commands: embed a catalogue, make the ledger signing key."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from server.catalog import embed_catalogue
+from shared import signing
 from shared.config import EncoderConfig, with_overrides
 from shared.data.loaders import load_dataset
-from shared.errors import FedhomeError
+from shared.errors import ConfigError, FedhomeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--out", type=Path, default=None, help="also write the table as .npy + .json here")
     embed.add_argument("--no-description", action="store_true", help="embed title | category | brand only")
+    keygen = sub.add_parser("keygen", help="make the Ed25519 key that signs the privacy ledger")
+    keygen.add_argument(
+        "--out", type=Path, required=True, help="folder for ledger_signing_key.pem (0600) and .pub.pem"
+    )
     return parser
 
 
@@ -60,11 +65,28 @@ def command_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_keygen(args: argparse.Namespace) -> int:
+    """Write a new signing key pair; print only the public key's id (never the private key)."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    private_path = args.out / "ledger_signing_key.pem"
+    public_path = args.out / "ledger_signing_key.pub.pem"
+    if public_path.exists():
+        raise ConfigError(f"{public_path} already exists; refusing to overwrite a key file")
+    key = signing.generate_private_key()
+    signing.save_private_key(key, private_path)
+    signing.save_public_key(key.public_key(), public_path)
+    print(json.dumps({"key_id": signing.key_id(key.public_key())}))
+    return 0
+
+
+COMMANDS = {"embed": command_embed, "keygen": command_keygen}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return command_embed(args)
+        return COMMANDS[args.command](args)
     except FedhomeError as exc:
         print(f"fedhome-server: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ with `with_overrides`. Nothing else in fedhome reads environment variables or ra
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,9 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 LossName = Literal["full", "sampled"]
 RepeatTargets = Literal["exclude", "keep"]
 ScorePrecision = Literal["auto", "float32", "bfloat16"]
+PrivacyMode = Literal["central", "local", "none"]
+ServerOptimizerName = Literal["sgd", "momentum", "adam"]
+DevicesPerNode = Literal["shard", "one"]
 
 
 def _positive(name: str, value: float) -> None:
@@ -178,6 +182,89 @@ class MFConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """User-level differential privacy of federated training (the unit of privacy is one user).
+
+    mode "central": each sampled device clips its update to `clip_norm`, the server adds Gaussian noise of
+    std noise_multiplier * clip_norm to the SUM and divides by the expected cohort size sample_rate * N.
+    "local": each device adds that noise to its own clipped update before sending it (for comparison).
+    "none": clipping only, no noise (epsilon is infinite; the ledger says so).
+    """
+
+    mode: PrivacyMode = "central"
+    target_epsilon: float = 8.0  # user-level budget; a round that would exceed it is not started
+    delta: float = 0.0  # 0: N ** -1.1 for a population of N users
+    noise_multiplier: float = 0.0  # z; 0: calibrated from target_epsilon, delta, sample rate and rounds
+    clip_norm: float = 1.0  # C, the L2 bound of each user's update over all trainable parameters
+    adaptive_clipping: bool = False  # Andrew et al. 2021: move C toward the target unclipped quantile
+    target_unclipped_quantile: float = 0.5
+    clip_learning_rate: float = 0.2  # eta_C of the geometric update C <- C * exp(-eta_C (b - gamma))
+    clip_count_stddev: float = 0.0  # std of the noise on the unclipped count; 0: expected cohort / 20
+    # Record-level DP-SGD on the device with Opacus (one device per node only): its own epsilon, reported
+    # separately and labelled record-level
+    record_level: bool = False
+    record_noise_multiplier: float = 1.0
+    record_max_grad_norm: float = 1.0
+    record_delta: float = 1e-5
+    seed: int = (
+        -1
+    )  # >= 0: deterministic noise for tests and reproductions (the ledger says so); -1: OS entropy
+
+    def __post_init__(self) -> None:
+        for name in ("target_epsilon", "clip_norm", "clip_learning_rate", "record_max_grad_norm"):
+            _positive(name, getattr(self, name))
+        if self.noise_multiplier < 0 or self.clip_count_stddev < 0 or self.record_noise_multiplier < 0:
+            raise ConfigError("noise_multiplier, clip_count_stddev and record_noise_multiplier must be >= 0")
+        _fraction("delta", self.delta)
+        _fraction("record_delta", self.record_delta)
+        if not 0.0 < self.target_unclipped_quantile < 1.0:
+            raise ConfigError("target_unclipped_quantile must be in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederatedConfig:
+    """Federated training: rounds, sampling, local training on the device, the server optimiser."""
+
+    rounds: int = 200  # at most; fewer when the privacy budget runs out first
+    sample_rate: float = 0.05  # q: each user takes part in a round independently with this probability
+    local_steps: int = 1  # SGD steps on the device per round (1: the update is one scaled gradient)
+    local_learning_rate: float = 1.0
+    max_examples_per_user: int = 32  # most recent training prefixes a device uses per round
+    n_negatives: int = 512  # sampled-softmax negatives, drawn uniformly (public) from a per-round seed
+    # dotted parameter-name prefixes that federated training updates; "all" = every trainable parameter
+    trainable: tuple[str, ...] = ("all",)
+    server_optimizer: ServerOptimizerName = "momentum"
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+    server_beta2: float = 0.99  # Adam
+    server_epsilon: float = 1e-3  # Adam's denominator floor (large: a noisy update must not explode)
+    nodes: int = 2  # simulated Flower nodes
+    devices_per_node: DevicesPerNode = "shard"  # a node hosts a shard of users, or exactly one user
+    chunk_size: int = 64  # users per batched (vmap) computation on a shard node
+    eval_every: int = 10  # rounds between validation evaluations of the global model (0: only at the end)
+    seed: int = 0  # negatives and model initialisation (user sampling and noise: PrivacyConfig.seed)
+    run_dir: Path = Path("runs/federated")  # config, metrics, ledger, checkpoints, final model
+    # The server's Ed25519 ledger-signing key (a path, never the key): `fedhome-server keygen` writes one.
+    # Empty: a fresh key for this run only, kept outside the run folder (its public half goes into it).
+    signing_key: str = ""
+    node_timeout_s: float = 600.0  # how long a round waits for the nodes' replies
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "local_steps", "local_learning_rate", "max_examples_per_user", "n_negatives"):
+            _positive(name, getattr(self, name))
+        for name in ("server_learning_rate", "nodes", "chunk_size"):
+            _positive(name, getattr(self, name))
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        _fraction("server_momentum", self.server_momentum)
+        _fraction("server_beta2", self.server_beta2)
+        if not self.trainable:
+            raise ConfigError("trainable must name at least one parameter prefix (or 'all')")
+        if self.eval_every < 0:
+            raise ConfigError("eval_every must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
 class FedhomeConfig:
     """Everything a fedhome run is configured with."""
 
@@ -187,6 +274,31 @@ class FedhomeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mf: MFConfig = field(default_factory=MFConfig)  # the matrix factorisation baseline
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+
+def from_flat(flat: Mapping[str, Any], base: FedhomeConfig | None = None) -> FedhomeConfig:
+    """A FedhomeConfig from dotted keys ("federated.rounds": 5), e.g. Flower's flattened run config."""
+    config: FedhomeConfig = with_overrides(base or FedhomeConfig(), dict(flat))
+    return config
+
+
+def to_flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """The inverse of `from_flat`: {dotted key: value} with paths and tuples as text (JSON-safe)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(to_flat(value, key + "."))
+        elif isinstance(value, Path):
+            out[key] = str(value)
+        elif isinstance(value, tuple):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = value
+    return out
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
@@ -228,7 +340,8 @@ def _convert(config: Any, name: str, value: Any) -> Any:
         if isinstance(current, Path):
             return Path(value)
         if isinstance(current, tuple):
-            return tuple(int(v) for v in value.split(",") if v)
+            parts = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(parts) if current and isinstance(current[0], str) else tuple(int(v) for v in parts)
     except ValueError as exc:
         raise ConfigError(f"config key {name!r}: cannot read {value!r} as {type(current).__name__}") from exc
     raise ConfigError(f"config key {name!r} cannot be set from text")

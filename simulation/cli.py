@@ -61,6 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    fed = sub.add_parser(
+        "federated",
+        help="federated training under user-level DP in Flower's simulation engine; writes a run folder",
+        description="Resumes from the run folder's newest checkpoint when it has one.",
+    )
+    fed.add_argument("--dataset", default="synthetic", help="'synthetic' or a data folder/file")
+    fed.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
+    fed.add_argument("--out", type=Path, default=None, help="run folder (default runs/federated-<dataset>)")
+    fed.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
+    fed.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
+    fed.add_argument("--rounds", type=int, default=None, help="federated.rounds")
+    fed.add_argument("--epsilon", type=float, default=None, help="privacy.target_epsilon (user level)")
+    fed.add_argument("--mode", choices=["central", "local", "none"], default=None, help="privacy.mode")
+    fed.add_argument(
+        "--set",
+        dest="overrides",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set federated.sample_rate=0.02",
+    )
+    fed.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     gen = sub.add_parser("generate", help="write the synthetic shop as items.csv + interactions.csv")
     gen.add_argument("out", type=Path, help="folder to write")
     gen.add_argument("--users", type=int, default=None)
@@ -77,6 +101,9 @@ def config_from_args(args: argparse.Namespace) -> FedhomeConfig:
         ("users", "data.synthetic.n_users"),
         ("items", "data.synthetic.n_items"),
         ("seed", "data.synthetic.seed"),
+        ("rounds", "federated.rounds"),
+        ("epsilon", "privacy.target_epsilon"),
+        ("mode", "privacy.mode"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -106,6 +133,21 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_federated(args: argparse.Namespace) -> int:
+    from simulation.federated import run_federated, write_federated_results
+
+    config = config_from_args(args)
+    name = Path(config.data.dataset).name
+    folder = args.out or Path("runs") / f"federated-{name}"
+    config = with_overrides(config, {"federated.run_dir": str(folder)})
+    progress = not args.no_progress and sys.stderr.isatty()
+    prep = prepare(config, progress=progress)
+    result = run_federated(config, prep.split, progress=progress)
+    command = "fedhome-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(write_federated_results(result, command=command))
+    return 0
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from shared.data.synthetic import write_shop_csv
 
@@ -122,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return command_run(args) if args.command == "run" else command_generate(args)
+        commands = {"run": command_run, "federated": command_federated, "generate": command_generate}
+        return commands[args.command](args)
     except FedhomeError as exc:
         print(f"fedhome-sim: error: {exc}", file=sys.stderr)
         return 2

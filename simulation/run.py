@@ -11,15 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from server.catalog import EmbeddingTable, embed_catalogue
 from shared.config import FedhomeConfig
-from shared.data.loaders import LoadReport, load_dataset
+from shared.data.loaders import LoadReport
 from shared.data.schema import Dataset
+from shared.data.source import load_configured
 from shared.data.split import Split, leave_one_out
-from shared.data.synthetic import generate_shop
 from shared.model import ItemFeatures
 from simulation.baselines import MatrixFactorization, Popularity, TextSimilarity
 from simulation.evaluate import EvalResult, Scorer, evaluate
@@ -67,17 +66,8 @@ class Prepared:
         return self._embeddings
 
 
-def load_data(config: FedhomeConfig) -> tuple[Dataset, LoadReport | None]:
-    """The configured shop: the built-in synthetic one, or files in one of the supported formats."""
-    if config.data.dataset == "synthetic":
-        return generate_shop(config.data.synthetic), None
-    return load_dataset(
-        Path(config.data.dataset), format=config.data.format, skip_bad_rows=config.data.skip_bad_rows
-    )
-
-
 def prepare(config: FedhomeConfig, *, progress: bool) -> Prepared:
-    dataset, report = load_data(config)
+    dataset, report = load_configured(config.data)
     split = leave_one_out(
         dataset, cold_item_fraction=config.data.cold_item_fraction, seed=config.data.split_seed
     )

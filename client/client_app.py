@@ -1,0 +1,189 @@
+"""The fedhome ClientApp (Flower Message API): a node hosting one device or a shard of virtual devices.
+
+Messages it answers (the ServerApp in server/server_app.py sends them):
+- query "describe": how many users (devices) this node hosts. Their slots are 0..n-1; the server samples
+  slots, never sees user identities or data.
+- train: global trainable parameters, the sampled slots, the round seed and clip norm -> the SUM of the
+  sampled users' clipped updates (noised per user in local-DP mode), their count, and how many were
+  unclipped. Per-user updates never leave the node.
+- evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
+
+Where a node's users come from: `node_config["partition-id"]` and `["num-partitions"]` (set by Flower's
+simulation engine, or by `flower-supernode --node-config`). With `devices_per_node = "shard"` partition p
+hosts the p-th of num_partitions contiguous blocks of users; with "one" it hosts exactly user p. Either
+way, nodes ordered by partition id list the users in index order, so the server's slot numbering (and hence
+its Poisson sample for a given seed) is the same whichever way the population is spread over nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.evaluate import ranking_sums
+from client.train import LocalTrainer
+from shared.config import FedhomeConfig, from_flat, to_flat
+from shared.data.source import configured_split
+from shared.data.split import Split
+from shared.errors import ConfigError, UpdateRejectedError
+from shared.model import ItemFeatures, TwoTower
+from shared.model.params import ParamLayout, check_flat, set_flat, trainable_layout
+from shared.privacy.noise import GaussianNoise
+from shared.record_values import as_float, as_int
+from shared.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeModel:
+    """What every node in a process shares for one run: the local data, the model skeleton, the trainer."""
+
+    split: Split
+    model: TwoTower
+    layout: ParamLayout
+    trainer: LocalTrainer
+
+
+@dataclass
+class Node:
+    """One node: the shared model and which users (devices) it hosts."""
+
+    shared: NodeModel
+    users: np.ndarray  # (n,) global user index of each slot
+    partition_id: int
+
+
+# Per process: a Ray actor serves many rounds and many nodes; load the data and build the model once.
+_MODELS: dict[str, NodeModel] = {}
+
+
+def hosted_users(
+    n_users: int, *, partition_id: int, num_partitions: int, devices_per_node: str
+) -> np.ndarray:
+    """Global user indices a node hosts, in slot order."""
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
+    if devices_per_node == "one":
+        if num_partitions != n_users:
+            raise ConfigError(f"one device per node needs {n_users} nodes, got {num_partitions}")
+        return np.array([partition_id], dtype=np.int64)
+    bounds = np.linspace(0, n_users, num_partitions + 1).round().astype(np.int64)
+    return np.arange(bounds[partition_id], bounds[partition_id + 1], dtype=np.int64)
+
+
+def node_model(config: FedhomeConfig) -> NodeModel:
+    key = json.dumps(to_flat(config), sort_keys=True, default=str)
+    if key not in _MODELS:
+        torch.set_num_threads(max(config.train.threads, 1))
+        split = configured_split(config.data)
+        vectors = np.load(RunFolder(config.federated.run_dir).item_vectors)
+        features = ItemFeatures.from_catalogue(split.dataset.catalogue, vectors)
+        torch.manual_seed(config.federated.seed)
+        model = TwoTower(features, config.model)
+        layout = trainable_layout(model, config.federated.trainable)
+        trainer = LocalTrainer(
+            model, split.train, layout=layout, blocked=split.cold_items, config=config.federated
+        )
+        _MODELS[key] = NodeModel(split, model, layout, trainer)
+    return _MODELS[key]
+
+
+def load_node(config: FedhomeConfig, context: Context) -> Node:
+    """The node for this context: its users, and the model shared by the process's nodes."""
+    shared = node_model(config)
+    partition_id = int(context.node_config.get("partition-id", 0))
+    num_partitions = int(context.node_config.get("num-partitions", 1))
+    users = hosted_users(
+        shared.split.full.n_users,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        devices_per_node=config.federated.devices_per_node,
+    )
+    return Node(shared, users, partition_id)
+
+
+def _params(message: Message, node: Node) -> np.ndarray:
+    params = message.content.array_records["global"]["params"].numpy()
+    check_flat(params, node.shared.layout)
+    return params.astype(np.float32, copy=False)
+
+
+def _slots(message: Message, node: Node) -> np.ndarray:
+    slots = message.content.array_records["sample"]["slots"].numpy().astype(np.int64)
+    if slots.ndim != 1 or (slots.size and (slots.min() < 0 or slots.max() >= node.users.size)):
+        raise UpdateRejectedError("sampled slots outside this node's population")
+    return slots
+
+
+def handle_describe(node: Node, message: Message) -> Message:
+    metrics = MetricRecord({"n-users": int(node.users.size), "partition-id": node.partition_id})
+    return Message(RecordDict({"population": metrics}), reply_to=message)
+
+
+def handle_train(node: Node, message: Message) -> Message:
+    params, slots = _params(message, node), _slots(message, node)
+    settings = message.content.config_records["round"]
+    noise_seed = as_int(settings["noise-seed"], name="noise-seed")
+    noise = GaussianNoise(seed=None if noise_seed < 0 else noise_seed)
+    result = node.shared.trainer.clipped_sum(
+        params,
+        node.users[slots],
+        round_seed=as_int(settings["round-seed"], name="round-seed"),
+        clip_norm=as_float(settings["clip-norm"], name="clip-norm"),
+        local_noise_multiplier=as_float(settings["local-noise-multiplier"], name="local-noise-multiplier"),
+        noise=noise,
+    )
+    content = RecordDict(
+        {
+            "update": ArrayRecord({"sum": Array(result.total.astype(np.float32))}),
+            "stats": MetricRecord({"count": result.count, "unclipped-count": result.unclipped_count}),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+def handle_evaluate(node: Node, message: Message) -> Message:
+    shared = node.shared
+    set_flat(shared.model, shared.layout, _params(message, node))
+    settings = message.content.config_records["evaluate"]
+    ndcg, hit, n = ranking_sums(
+        shared.model,
+        shared.split,
+        node.users,
+        stage=str(settings["stage"]),
+        max_users=as_int(settings["max-users"], name="max-users"),
+    )
+    metrics = MetricRecord({"ndcg-sum": ndcg, "hit-sum": hit, "n": n})
+    return Message(RecordDict({"metrics": metrics}), reply_to=message)
+
+
+def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
+    """The ClientApp: with `config` (fedhome-sim) as given; without (`flwr run`) from the run config."""
+    app = ClientApp()
+
+    def node_for(context: Context) -> Node:
+        return load_node(config or from_flat(dict(context.run_config)), context)
+
+    @app.query("describe")
+    def describe(message: Message, context: Context) -> Message:
+        return handle_describe(node_for(context), message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        return handle_train(node_for(context), message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        return handle_evaluate(node_for(context), message)
+
+    return app
+
+
+app = make_client_app()

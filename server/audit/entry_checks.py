@@ -1,0 +1,117 @@
+"""Checks of one ledger entry's content: required fields, value ranges, and noise applied vs noise accounted.
+
+Each check appends plain-language problems naming the entry ("round 3 (line 3): ...") and never raises on
+malformed input: a ledger is untrusted data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+NOISE_RTOL = 1e-9  # noise_std = z * C is exact arithmetic on logged floats
+REQUIRED = (
+    *("round", "mode", "sampling", "sample_rate", "noise_multiplier", "noise_std", "clip_norm", "delta"),
+    *("user_epsilon", "prev_hash", "key_id", "signature", "entry_hash"),
+)
+
+
+def check_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
+    """True when the fields the other checks read are present, of the right type and in range."""
+    missing = [name for name in REQUIRED if name not in entry]
+    numbers = {
+        n: _number(entry.get(n)) for n in ("sample_rate", "noise_multiplier", "noise_std", "clip_norm")
+    }
+    numbers["delta"] = _number(entry.get("delta"))
+    bad = [n for n, v in numbers.items() if n in entry and v is None]
+    if type(entry.get("round", 0)) is not int or not isinstance(entry.get("user_epsilon", {}), dict):
+        bad.append("round or user_epsilon")
+    if missing or bad:
+        problems.append(f"{where}: missing fields {missing}, malformed fields {bad}")
+        return False
+    v = {name: value for name, value in numbers.items() if value is not None}  # all present by now
+    ranges = [
+        ("sample_rate in (0, 1]", 0 < v["sample_rate"] <= 1),
+        ("noise_multiplier >= 0", v["noise_multiplier"] >= 0),
+        ("noise_std >= 0", v["noise_std"] >= 0),
+        ("clip_norm > 0", v["clip_norm"] > 0),
+        ("delta in (0, 1)", 0 < v["delta"] < 1),
+    ]
+    out_of_range = [rule for rule, holds in ranges if not holds]
+    if out_of_range:
+        problems.append(f"{where}: values out of range, need {out_of_range}")
+    return not out_of_range
+
+
+def check_noise(where: str, entry: dict[str, Any], problems: list[str]) -> None:
+    """Noise actually applied vs the noise multiplier that was accounted, per privacy mode."""
+    mode, z, std, clip = entry["mode"], entry["noise_multiplier"], entry["noise_std"], entry["clip_norm"]
+    if entry["sampling"] != "poisson":
+        problems.append(f"{where}: sampling {entry['sampling']!r}; the accounting assumes Poisson sampling")
+    if mode == "none":
+        if z != 0 or std != 0:
+            problems.append(f"{where}: mode none must have noise_multiplier 0 and noise_std 0")
+    elif mode == "central":
+        _check_central_noise(where, entry, z=z, std=std, clip=clip, problems=problems)
+    elif mode != "local":  # local: each device noises its own update; the server adds none to check here
+        problems.append(f"{where}: unknown mode {mode!r}")
+    _check_divisor(where, entry, problems)
+
+
+def _check_divisor(where: str, entry: dict[str, Any], problems: list[str]) -> None:
+    """The sum is divided by the fixed expected cohort q*N, never by the realised count."""
+    cohort, population = _number(entry.get("expected_cohort")), _number(entry.get("population"))
+    if cohort is None or population is None:
+        return
+    if not close(cohort, entry["sample_rate"] * population, NOISE_RTOL):
+        problems.append(f"{where}: expected_cohort {cohort} is not sample_rate * population")
+
+
+def _check_central_noise(
+    where: str, entry: dict[str, Any], *, z: float, std: float, clip: float, problems: list[str]
+) -> None:
+    z_update = _number(entry.get("update_noise_multiplier", z))
+    count_std = _number(entry.get("count_noise_std", 0.0))
+    if z_update is None or count_std is None:
+        problems.append(f"{where}: update_noise_multiplier / count_noise_std are not numbers")
+        return
+    if not close(std, z_update * clip, NOISE_RTOL):
+        problems.append(f"{where}: noise_std {std} != update_noise_multiplier {z_update} * clip_norm {clip}")
+    if z > implied_noise_multiplier(z_update, count_std) * (1 + NOISE_RTOL):
+        problems.append(f"{where}: accounted noise_multiplier {z} exceeds what the applied noise supports")
+
+
+def implied_noise_multiplier(z_update: float, count_noise_std: float) -> float:
+    """The z that the update noise and the count noise of adaptive clipping jointly support.
+
+    Andrew et al. 2021 (as in TF Privacy): the unclipped count is a sum of (b_i - 1/2), sensitivity 1/2, so
+    its noise multiplier is 2 * count_noise_std and 1/z^2 = 1/z_update^2 + 1/(2 * count_noise_std)^2.
+    """
+    if z_update <= 0:
+        return 0.0
+    if count_noise_std <= 0:
+        return float(z_update)
+    return float((z_update**-2 + (2 * count_noise_std) ** -2) ** -0.5)
+
+
+def epsilon_value(value: Any) -> float | None:
+    """A claimed epsilon: a finite number, or the string "inf"; None for anything else."""
+    return math.inf if value == "inf" else _number(value)
+
+
+def close(a: float, b: float, rtol: float) -> bool:
+    """|a - b| within rtol of the larger magnitude (infinities only equal themselves)."""
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= rtol * max(abs(a), abs(b)) + 1e-12
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number as a float, else None (booleans, strings, and integers beyond float range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,204 @@
+"""Independent verification of a privacy ledger: signatures, hash chain, rounds, noise, recomputed epsilon.
+
+Needs only the ledger file and the public key, so it runs on a copy of the run folder on any machine. The
+entry format (what is signed and hashed) is re-derived here from its definition in server/ledger.py's
+docstring rather than imported from the writer; the epsilon comes from server/audit/accountant.py.
+
+Tolerances. Recomputed PLD epsilons must match the claimed ones within 1e-3 relative: the writer and the
+auditor compute the same PLD with the same library but compose differently (grouped FFT self-composition
+vs round by round), and pessimistic discretisation and tail truncation make such valid computations differ
+by up to a few 1e-4 relative; a real misstatement (another noise multiplier, sample rate or round count)
+moves epsilon by more (a 101st round at q=0.05, z=1 adds 0.4%; z 0.1% lower, 0.2%). The applied noise std is
+exact arithmetic on logged floats, so it must match within 1e-9 relative.
+
+Not detectable from the ledger alone: entries cut off at the END (the chain is still intact). Pin the head
+hash from a signed release manifest with `expected_head` to catch that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from server.audit.accountant import RoundByRoundPLD, rdp_epsilon
+from server.audit.entry_checks import check_fields, check_noise, close, epsilon_value
+from shared.errors import ConfigError, DataError, SignatureError
+from shared.signing import Ed25519PublicKey, canonical_json, key_id, verify
+
+GENESIS_HASH = "0" * 64
+EPSILON_RTOL = 1e-3
+
+
+@dataclass
+class EpsilonCheck:
+    """Claimed vs recomputed user-level epsilon after one round (at the ledger's delta)."""
+
+    round: int
+    claimed_pld: float
+    recomputed_pld: float
+    claimed_rdp: float
+
+
+@dataclass
+class LedgerVerification:
+    """The outcome: ok only when there is no problem at all."""
+
+    ok: bool
+    entries: int
+    problems: list[str]
+    key_id: str
+    head_hash: str = GENESIS_HASH
+    delta: float | None = None
+    claimed_epsilon: float | None = None  # the last entry's user_epsilon["pld"]
+    recomputed_epsilon: float | None = None  # the auditor's PLD after the last entry
+    recomputed_rdp_epsilon: float | None = None  # the auditor's RDP bound after the last entry
+    epsilons: list[EpsilonCheck] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe report (an infinite epsilon is written as "inf")."""
+        return _json_safe(asdict(self))
+
+
+def verify_ledger(
+    path: Path, public_key: Ed25519PublicKey, *, expected_head: str | None = None
+) -> LedgerVerification:
+    """Verify the ledger at `path` (the ledger.jsonl file or the run folder holding it) with `public_key`."""
+    ledger = _ledger_file(Path(path))
+    problems: list[str] = []
+    entries = _read(ledger, problems)
+    report = LedgerVerification(ok=False, entries=len(entries), problems=problems, key_id=key_id(public_key))
+    if not entries and not problems:
+        problems.append("the ledger has no entries")
+    _check_chain(entries, public_key, report)
+    valid = [(line, e) for line, e in entries if check_fields(_where(line, e), e, problems)]
+    for line, entry in valid:
+        check_noise(_where(line, entry), entry, problems)
+    _check_epsilons(valid, report)
+    if expected_head is not None and report.head_hash != expected_head:
+        problems.append(
+            f"head hash {report.head_hash} is not the expected {expected_head} (entries cut off?)"
+        )
+    report.ok = not problems
+    return report
+
+
+def _ledger_file(path: Path) -> Path:
+    ledger = path / "ledger.jsonl" if path.is_dir() else path
+    if not ledger.is_file():
+        raise ConfigError(f"no ledger at {ledger}")
+    return ledger
+
+
+def _read(ledger: Path, problems: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, entry) for every line that parses; anything else becomes a problem."""
+    lines = ledger.read_bytes().split(b"\n")
+    if lines[-1] != b"":
+        problems.append(f"line {len(lines)}: incomplete last line (no newline; a crash mid-write or a cut)")
+    entries: list[tuple[int, dict[str, Any]]] = []
+    for number, raw in enumerate(lines[:-1] if lines[-1] == b"" else lines, start=1):
+        entry, problem = _parse(raw)
+        if problem:
+            problems.append(f"line {number}: {problem}")
+        if entry is not None:
+            entries.append((number, entry))
+    return entries
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(entry or None, problem or ""): an entry that parses but is not byte-canonical is kept and flagged."""
+    try:
+        entry = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, "not valid JSON (or NaN/Infinity, which JSON does not allow)"
+    if not isinstance(entry, dict):
+        return None, "not a JSON object"
+    try:
+        canonical = canonical_json(entry)
+    except DataError:
+        return None, "holds a number too large for JSON"
+    return entry, "" if raw == canonical else "not in canonical JSON form (edited after writing?)"
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_chain(
+    entries: list[tuple[int, dict[str, Any]]], public_key: Ed25519PublicKey, report: LedgerVerification
+) -> None:
+    """Key id, signature, entry hash, link to the previous entry, and rounds 1, 2, 3, ... in order."""
+    problems: list[str] = report.problems
+    previous_hash, previous_round = GENESIS_HASH, 0
+    for line, entry in entries:
+        where = _where(line, entry)
+        if entry.get("key_id") != report.key_id:
+            problems.append(f"{where}: key_id {entry.get('key_id')!r} is not the given key's {report.key_id}")
+        try:
+            signed = canonical_json({k: v for k, v in entry.items() if k not in ("signature", "entry_hash")})
+            verify(public_key, signed, entry.get("signature", ""))
+        except SignatureError:
+            problems.append(f"{where}: signature does not verify with the given public key")
+        recomputed = hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "entry_hash"}))
+        if entry.get("entry_hash") != recomputed.hexdigest():
+            problems.append(f"{where}: entry_hash does not match the entry's content")
+        if entry.get("prev_hash") != previous_hash:
+            problems.append(f"{where}: prev_hash does not link to the previous entry (removed or reordered?)")
+        if entry.get("round") != previous_round + 1:
+            problems.append(f"{where}: round {entry.get('round')!r} should be {previous_round + 1}")
+        previous_hash = str(entry.get("entry_hash"))
+        previous_round = entry["round"] if isinstance(entry.get("round"), int) else previous_round + 1
+    report.head_hash = previous_hash
+
+
+def _check_epsilons(valid: list[tuple[int, dict[str, Any]]], report: LedgerVerification) -> None:
+    """Recompute the user epsilon after every round and compare it with what each entry claims."""
+    deltas = {entry["delta"] for _, entry in valid}
+    if len(deltas) > 1:
+        report.problems.append(f"delta changes within the run: {sorted(deltas)}")
+    if not valid or len(deltas) != 1:
+        return
+    delta = report.delta = float(next(iter(deltas)))
+    pld, rounds = RoundByRoundPLD(), []
+    for line, entry in valid:
+        q, z = float(entry["sample_rate"]), float(entry["noise_multiplier"])
+        pld.add_round(sample_rate=q, noise_multiplier=z)
+        rounds.append((q, z))
+        check = _compare(_where(line, entry), entry, pld.epsilon(delta=delta), report.problems)
+        if check is not None:
+            report.epsilons.append(check)
+    report.recomputed_epsilon = pld.epsilon(delta=delta)
+    report.recomputed_rdp_epsilon = rdp_epsilon(rounds, delta=delta)
+    report.claimed_epsilon = report.epsilons[-1].claimed_pld if report.epsilons else None
+
+
+def _compare(
+    where: str, entry: dict[str, Any], recomputed: float, problems: list[str]
+) -> EpsilonCheck | None:
+    claimed = entry["user_epsilon"]
+    pld, rdp = epsilon_value(claimed.get("pld")), epsilon_value(claimed.get("rdp"))
+    if pld is None or rdp is None:
+        problems.append(f'{where}: user_epsilon must hold numbers (or "inf") for pld and rdp')
+        return None
+    if not close(pld, recomputed, EPSILON_RTOL):
+        problems.append(f"{where}: claimed PLD epsilon {pld} but the auditor recomputes {recomputed:.6g}")
+    if rdp < recomputed * (1 - EPSILON_RTOL):
+        problems.append(f"{where}: claimed RDP epsilon {rdp} is below the PLD epsilon {recomputed:.6g}")
+    return EpsilonCheck(round=entry["round"], claimed_pld=pld, recomputed_pld=recomputed, claimed_rdp=rdp)
+
+
+def _where(line: int, entry: dict[str, Any]) -> str:
+    return f"round {entry.get('round', '?')} (line {line})"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value

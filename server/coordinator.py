@@ -1,0 +1,314 @@
+"""The round loop of federated training under user-level DP: budget check, Poisson sampling, noised
+aggregation, server optimiser, signed ledger entry, checkpoint — one complete round at a time.
+
+Order within a round (what makes a kill at any point safe, see shared/run_folder.py): compute the new
+parameters, write the checkpoint (it carries the round's signed ledger entry), append the entry to the
+ledger, append the metrics row. A resumed run starts from the newest checkpoint and first appends that
+checkpoint's entry if the ledger stops one round short.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from server.ledger import PrivacyLedger
+from server.messaging import Population, train_round
+from server.strategy import (
+    NoisedAggregate,
+    ServerOptimizer,
+    UserLevelDPAggregator,
+    adaptive_from_config,
+    make_server_optimizer,
+    poisson_sample,
+)
+from shared.config import FedhomeConfig
+from shared.errors import BudgetExhaustedError, ConfigError
+from shared.model.params import params_sha256
+from shared.privacy.accounting import (
+    RoundEvent,
+    UserLevelAccountant,
+    calibrate_noise_multiplier,
+    default_delta,
+)
+from shared.privacy.noise import GaussianNoise
+from shared.run_folder import RunFolder, load_latest_checkpoint, save_checkpoint, trim_metrics
+
+log = logging.getLogger(__name__)
+
+EPSILON_SLACK = 1e-9  # relative: a round may bring epsilon to the budget, not past it
+Evaluator = Callable[[np.ndarray], dict[str, float]]
+
+
+def _derived_seed(seed: int, round_number: int, salt: int) -> int:
+    """A deterministic per-round seed from a base seed (only used when a fixed seed is configured)."""
+    return int(np.random.SeedSequence([seed, round_number, salt]).generate_state(1)[0])
+
+
+class RoundNoise:
+    """The aggregator's noise source: OS-entropy seeded, or per-round derived seeds when a seed is fixed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.current = GaussianNoise(seed=None if seed < 0 else seed)
+
+    def for_round(self, round_number: int) -> None:
+        if self.seed >= 0:
+            self.current = GaussianNoise(seed=_derived_seed(self.seed, round_number, 1))
+
+    @property
+    def source(self) -> str:
+        return self.current.source
+
+    def sample(self, shape: tuple[int, ...], *, std: float) -> np.ndarray:
+        return self.current.sample(shape, std=std)
+
+    def normal(self, *, std: float) -> float:
+        return self.current.normal(std=std)
+
+
+@dataclass
+class PrivacyPlan:
+    """The run's privacy parameters, fixed when the run starts (and recorded in config.json)."""
+
+    mode: str
+    sample_rate: float
+    noise_multiplier: float  # the accounted z (0 in mode "none")
+    delta: float
+    target_epsilon: float
+
+    @classmethod
+    def build(cls, config: FedhomeConfig, population: int) -> PrivacyPlan:
+        privacy, federated = config.privacy, config.federated
+        delta = privacy.delta or default_delta(population)
+        z = privacy.noise_multiplier
+        if privacy.mode == "none":
+            z = 0.0
+        elif z == 0.0:
+            z = calibrate_noise_multiplier(
+                target_epsilon=privacy.target_epsilon,
+                delta=delta,
+                sample_rate=federated.sample_rate,
+                rounds=federated.rounds,
+            )
+            log.info(
+                "noise multiplier %.4f calibrated for epsilon %.2f over %d rounds",
+                z,
+                privacy.target_epsilon,
+                federated.rounds,
+            )
+        return cls(privacy.mode, federated.sample_rate, z, delta, privacy.target_epsilon)
+
+
+@dataclass
+class RunState:
+    round: int
+    params: np.ndarray
+    run_id: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Coordinator:
+    """Owns the global parameters, the accountant, the ledger and the run folder of one training run."""
+
+    def __init__(
+        self,
+        config: FedhomeConfig,
+        folder: RunFolder,
+        population: Population,
+        initial_params: np.ndarray,
+        ledger: PrivacyLedger,
+        *,
+        evaluate: Evaluator,
+    ) -> None:
+        self.config, self.folder, self.population = config, folder, population
+        self.ledger, self.evaluate = ledger, evaluate
+        self.plan = PrivacyPlan.build(config, population.n_users)
+        self.accountant = UserLevelAccountant(delta=self.plan.delta)
+        self.noise = RoundNoise(config.privacy.seed)
+        self.aggregator = UserLevelDPAggregator(
+            population=population.n_users,
+            sample_rate=self.plan.sample_rate,
+            noise_multiplier=self.plan.noise_multiplier,
+            clip_norm=config.privacy.clip_norm,
+            mode=config.privacy.mode,
+            noise=self.noise,
+            adaptive=adaptive_from_config(config.privacy),
+        )
+        self.optimizer: ServerOptimizer = make_server_optimizer(config.federated)
+        self.state = RunState(0, initial_params.astype(np.float32), uuid.uuid4().hex[:12])
+        self.stop_reason = ""
+
+    # -- resume -------------------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Load the newest checkpoint, if any, and reconcile the ledger with it. True when resumed."""
+        checkpoint = load_latest_checkpoint(self.folder)
+        if checkpoint is None:
+            if self.ledger.last_round() > 0:
+                raise ConfigError(f"{self.folder.ledger} has entries but the run has no checkpoint")
+            return False
+        last = int(checkpoint["round"])
+        ledger_round = self.ledger.last_round()
+        if ledger_round == last - 1:
+            self.ledger.append_signed(checkpoint["ledger_entry"])
+        elif ledger_round != last:
+            raise ConfigError(f"ledger ends at round {ledger_round}, newest checkpoint is round {last}")
+        self.state = RunState(last, checkpoint["params"], checkpoint["run_id"], checkpoint["history"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.aggregator.load_state_dict(checkpoint["aggregator"])
+        self.accountant = UserLevelAccountant.from_dict(checkpoint["accountant"])
+        trim_metrics(self.folder, last)
+        log.info("resumed run %s after round %d", self.state.run_id, last)
+        return True
+
+    # -- one round ------------------------------------------------------------------------------------
+    def check_budget(self) -> None:
+        """BudgetExhaustedError when one more round would take user epsilon past the target."""
+        if self.plan.mode == "none":
+            return
+        event = RoundEvent(sample_rate=self.plan.sample_rate, noise_multiplier=self.plan.noise_multiplier)
+        epsilon = self.accountant.epsilon_if(event)
+        if epsilon > self.plan.target_epsilon * (1 + EPSILON_SLACK):
+            raise BudgetExhaustedError(
+                f"round {self.state.round + 1} would bring user-level epsilon to {epsilon:.3f}, past the "
+                f"budget of {self.plan.target_epsilon} (delta {self.plan.delta:.3g}): training stops here"
+            )
+
+    def sample(self, round_number: int) -> np.ndarray:
+        seed = self.config.privacy.seed
+        rng = np.random.default_rng(None if seed < 0 else _derived_seed(seed, round_number, 0))
+        return poisson_sample(self.population.n_users, sample_rate=self.plan.sample_rate, rng=rng)
+
+    def round_settings(self, round_number: int) -> dict[str, int | float]:
+        privacy = self.config.privacy
+        local = self.plan.noise_multiplier if self.plan.mode == "local" else 0.0
+        return {
+            "round": round_number,
+            "round-seed": _derived_seed(self.config.federated.seed, round_number, 2) % (2**62),
+            "clip-norm": self.aggregator.clip_norm,
+            "local-noise-multiplier": local,
+            "noise-seed": -1 if privacy.seed < 0 else _derived_seed(privacy.seed, round_number, 3) % (2**62),
+        }
+
+    def run_round(self, grid: Any) -> dict[str, Any]:
+        """One complete round; returns its metrics row."""
+        self.check_budget()
+        round_number = self.state.round + 1
+        start = time.perf_counter()
+        self.noise.for_round(round_number)
+        cohort = self.sample(round_number)
+        clip_norm = self.aggregator.clip_norm
+        replies = train_round(
+            grid,
+            self.population.split(cohort),
+            self.state.params,
+            self.round_settings(round_number),
+            clip_norm=clip_norm,
+            check_norm=self.plan.mode != "local",
+            timeout_s=self.config.federated.node_timeout_s,
+        )
+        result = self.aggregator.aggregate(
+            replies.update_sum, count=replies.count, unclipped_count=replies.unclipped_count
+        )
+        before = self.state.params
+        after = self.optimizer.step(before, result.mean_update)
+        self.accountant.record(
+            RoundEvent(sample_rate=self.plan.sample_rate, noise_multiplier=self.plan.noise_multiplier)
+        )
+        entry = self.ledger.sign(
+            self.ledger_fields(round_number, cohort.size, replies, result, before, after)
+        )
+        row = {
+            "round": round_number,
+            "cohort": int(cohort.size),
+            "rejected_users": replies.rejected_users,
+            "clip_norm": result.clip_norm,
+            # only the noised fraction (adaptive clipping) is published: the exact one is not private
+            "noised_unclipped_fraction": result.noised_unclipped_fraction,
+            "update_norm": float(np.linalg.norm(result.mean_update)),
+            "user_epsilon": self.epsilon(),
+            "seconds": time.perf_counter() - start,
+        }
+        self.state = RunState(round_number, after, self.state.run_id, [*self.state.history, row])
+        self.checkpoint(entry)
+        self.ledger.append_signed(entry)
+        return row
+
+    def epsilon(self) -> float:
+        if self.plan.mode == "none":
+            return math.inf
+        return float(self.accountant.spent()["pld"])
+
+    def ledger_fields(
+        self,
+        round_number: int,
+        cohort: int,
+        replies: Any,
+        result: NoisedAggregate,
+        before: np.ndarray,
+        after: np.ndarray,
+    ) -> dict[str, Any]:
+        spent = (
+            {k: _json_float(v) for k, v in self.accountant.spent().items()}
+            if self.plan.mode != "none"
+            else {
+                "pld": "inf",
+                "rdp": "inf",
+            }
+        )
+        fields = {
+            "run_id": self.state.run_id,
+            "round": round_number,
+            "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": self.plan.mode,
+            "unit_of_privacy": "user",
+            "sampling": "poisson",
+            "sample_rate": self.plan.sample_rate,
+            "population": self.population.n_users,
+            "expected_cohort": self.plan.sample_rate * self.population.n_users,
+            "realised_cohort": cohort,
+            "aggregated_users": replies.count,
+            "rejected_updates": replies.rejected_users,
+            "divisor": self.plan.sample_rate * self.population.n_users,
+            "clip_norm": result.clip_norm,
+            "next_clip_norm": result.next_clip_norm,
+            "noise_multiplier": self.plan.noise_multiplier,
+            "update_noise_multiplier": result.update_noise_multiplier,
+            "noise_std": result.noise_std,
+            "count_noise_std": result.count_noise_std,
+            "local_noise_multiplier": self.plan.noise_multiplier if self.plan.mode == "local" else 0.0,
+            "noise_rng": self.noise.source,
+            "model_sha256_before": params_sha256(before),
+            "model_sha256_after": params_sha256(after),
+            "delta": self.plan.delta,
+            "user_epsilon": spent,
+            "accountant_versions": self.accountant.versions(),
+        }
+        return fields
+
+    def checkpoint(self, entry: dict[str, Any]) -> None:
+        save_checkpoint(
+            self.folder,
+            self.state.round,
+            {
+                "params": self.state.params,
+                "run_id": self.state.run_id,
+                "history": self.state.history,
+                "optimizer": self.optimizer.state_dict(),
+                "aggregator": self.aggregator.state_dict(),
+                "accountant": self.accountant.to_dict(),
+                "ledger_entry": entry,
+            },
+        )
+
+
+def _json_float(value: float) -> float | str:
+    return "inf" if math.isinf(value) else float(value)

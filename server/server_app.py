@@ -1,0 +1,208 @@
+"""The fedhome ServerApp (Flower Message API): federated training of the two-tower model under user-level DP.
+
+What `main` does: embed the public catalogue and publish its text vectors into the run folder (devices read
+them), build the model and its trainable layout, wait for the nodes and ask how many users each hosts,
+resume from the newest checkpoint if the run folder has one, then run rounds (server/coordinator.py) until
+the configured number is done or the privacy budget would be exceeded, evaluating the global model every
+`eval_every` rounds, and write the final model and summary. The same app runs under the simulation engine
+(`fedhome-sim federated`, `flwr run`) and against a real SuperLink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from tqdm import tqdm
+
+from server.catalog import embed_catalogue
+from server.coordinator import Coordinator, Evaluator
+from server.ledger import PrivacyLedger
+from server.messaging import discover_population, evaluate_round, wait_for_nodes
+from shared.config import FedhomeConfig, from_flat, to_flat
+from shared.data.source import load_configured
+from shared.errors import BudgetExhaustedError, ConfigError
+from shared.model import ItemFeatures, TwoTower
+from shared.model.params import ParamLayout, get_flat, set_flat, trainable_layout
+from shared.run_folder import RunFolder, append_metrics, save_final, write_json_atomic
+from shared.signing import generate_private_key, key_id, load_private_key, save_private_key, save_public_key
+
+log = logging.getLogger(__name__)
+
+FEDERATED_EVAL_USERS = 2_000  # per node, for the per-round progress signal when no evaluator is given
+# model, layout -> (params -> validation metrics): the simulation's harness; None: federated evaluation
+EvaluatorFactory = Callable[[TwoTower, ParamLayout], Evaluator]
+
+
+def build_model(config: FedhomeConfig, folder: RunFolder, *, progress: bool) -> TwoTower:
+    """Embed the catalogue (through the cache), publish the vectors to the run folder, build the model."""
+    dataset, _ = load_configured(config.data)
+    table = embed_catalogue(dataset.catalogue, config.encoder, progress=progress)
+    np.save(folder.item_vectors, table.vectors)
+    features = ItemFeatures.from_catalogue(dataset.catalogue, table.vectors)
+    torch.manual_seed(config.federated.seed)
+    return TwoTower(features, config.model)
+
+
+def signing_key_for(config: FedhomeConfig, folder: RunFolder) -> Any:
+    """The ledger signing key: the configured file, or a per-run key kept beside (not in) the run folder."""
+    path = (
+        Path(config.federated.signing_key)
+        if config.federated.signing_key
+        else (folder.root.parent / f".{folder.root.name}.ledger_signing_key.pem")
+    )
+    if not path.exists():
+        if config.federated.signing_key:
+            raise ConfigError(f"signing key {path} not found (create one with `fedhome-server keygen`)")
+        save_private_key(generate_private_key(), path)
+    key = load_private_key(path)
+    if not folder.public_key.exists():
+        save_public_key(key.public_key(), folder.public_key)
+    return key
+
+
+def write_config(config: FedhomeConfig, folder: RunFolder) -> None:
+    """config.json; a resumed run must have been started with the same settings."""
+    flat = to_flat(config)
+    if folder.config.exists():
+        previous = json.loads(folder.config.read_text())
+        changed = sorted(k for k in flat if previous.get(k) != flat[k] and k != "federated.rounds")
+        if changed:
+            raise ConfigError(f"{folder.root} was started with other settings ({', '.join(changed)})")
+    write_json_atomic(folder.config, flat)
+
+
+def run_training(
+    grid: Grid, config: FedhomeConfig, *, evaluator: EvaluatorFactory | None, progress: bool
+) -> dict[str, Any]:
+    """The whole run; returns the summary written to the run folder."""
+    folder = RunFolder(config.federated.run_dir)
+    folder.create()
+    write_config(config, folder)
+    model = build_model(config, folder, progress=progress)
+    layout = trainable_layout(model, config.federated.trainable)
+    key = signing_key_for(config, folder)
+    ledger = PrivacyLedger(folder.ledger, signing_key=key)
+    nodes = wait_for_nodes(grid, config.federated.nodes, timeout_s=config.federated.node_timeout_s)
+    population = discover_population(grid, nodes, timeout_s=config.federated.node_timeout_s)
+    timeout = config.federated.node_timeout_s
+    evaluate: Evaluator = (
+        evaluator(model, layout)
+        if evaluator is not None
+        else lambda p: evaluate_round(
+            grid, population.node_ids, p, max_users=FEDERATED_EVAL_USERS, timeout_s=timeout
+        )
+    )
+    coordinator = Coordinator(config, folder, population, get_flat(model, layout), ledger, evaluate=evaluate)
+    coordinator.resume()
+    log.info(
+        "%d users on %d nodes; %d trainable parameters; mode %s, z %.4f, delta %.3g; ledger key %s",
+        population.n_users,
+        len(population.node_ids),
+        layout.dim,
+        coordinator.plan.mode,
+        coordinator.plan.noise_multiplier,
+        coordinator.plan.delta,
+        key_id(key.public_key()),
+    )
+    stop_reason = train_rounds(coordinator, grid, progress=progress)
+    set_flat(model, layout, coordinator.state.params)
+    summary = {
+        "run_id": coordinator.state.run_id,
+        "rounds": coordinator.state.round,
+        "stop_reason": stop_reason,
+        "population": population.n_users,
+        "nodes": len(population.node_ids),
+        "trainable_parameters": layout.dim,
+        "trainable": list(layout.names),
+        "mode": coordinator.plan.mode,
+        "noise_multiplier": coordinator.plan.noise_multiplier,
+        "delta": coordinator.plan.delta,
+        "user_epsilon": _finite_or_text(coordinator.epsilon()),
+        "user_epsilon_rdp": _finite_or_text(coordinator.accountant.spent()["rdp"])
+        if coordinator.plan.mode != "none"
+        else "inf",
+        "ledger_head": ledger.head_hash(),
+        "ledger_key_id": key_id(key.public_key()),
+        "final_eval": coordinator.evaluate(coordinator.state.params),
+    }
+    save_final(folder, coordinator.state.params, model.state_dict(), summary)
+    return summary
+
+
+def train_rounds(coordinator: Coordinator, grid: Grid, *, progress: bool) -> str:
+    """Rounds until done or out of budget; returns why it stopped."""
+    federated = coordinator.config.federated
+    bar = tqdm(
+        total=federated.rounds,
+        initial=coordinator.state.round,
+        unit="round",
+        disable=not progress,
+        desc="rounds",
+    )
+    reason = "completed all rounds"
+    while coordinator.state.round < federated.rounds:
+        try:
+            row = coordinator.run_round(grid)
+        except BudgetExhaustedError as exc:
+            log.warning("%s", exc)
+            reason = f"privacy budget: {exc}"
+            break
+        every = federated.eval_every
+        if every and (row["round"] % every == 0 or row["round"] == federated.rounds):
+            row.update(coordinator.evaluate(coordinator.state.params))
+        append_metrics(coordinator.folder, row)
+        bar.update(1)
+        bar.set_postfix(
+            eps=f"{row['user_epsilon']:.2f}",
+            ndcg=f"{row.get('valid_ndcg_10', math.nan):.4f}",
+            cohort=row["cohort"],
+            refresh=False,
+        )
+        log.info(
+            "round %d: cohort %d, user epsilon %.3f, valid NDCG@10 %s (%.2f s)",
+            row["round"],
+            row["cohort"],
+            row["user_epsilon"],
+            row.get("valid_ndcg_10", "-"),
+            row["seconds"],
+        )
+    bar.close()
+    return reason
+
+
+def _finite_or_text(value: float) -> float | str:
+    return "inf" if math.isinf(value) else float(value)
+
+
+def make_server_app(
+    config: FedhomeConfig | None = None,
+    *,
+    evaluator: EvaluatorFactory | None = None,
+    progress: bool | None = None,
+) -> ServerApp:
+    """The ServerApp: with `config` (fedhome-sim) as given; without (`flwr run`) from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config or from_flat(dict(context.run_config))
+        start = time.perf_counter()
+        show = sys.stderr.isatty() if progress is None else progress
+        summary = run_training(grid, run_config, evaluator=evaluator, progress=show)
+        log.info("federated run done in %.0f s: %s", time.perf_counter() - start, summary["stop_reason"])
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,214 @@
+"""User-level privacy accounting: PLD (dp_accounting) is the primary accountant, RDP (Opacus) a cross-check.
+
+What is accounted: each round, every user takes part independently with probability `sample_rate`
+(Poisson sampling), each participant's update is clipped to L2 norm C, and Gaussian noise of std
+noise_multiplier * C is added to the SUM of the clipped updates. Neighbouring datasets differ by adding or
+removing one user's whole data (user-level DP). The result is an (epsilon, delta) bound for everything the
+server releases over all rounds. Any other sampling (fixed-size cohorts), weighting (by example counts) or
+normalisation by the realised cohort size is NOT covered by these numbers.
+
+PLD discretisation: dp_accounting rounds privacy losses pessimistically onto a grid of width
+`VALUE_DISCRETIZATION_INTERVAL` (1e-3 here instead of the library's default 1e-4). The result stays a valid
+upper bound; against 1e-4 it is larger by at most ~3.5e-4 relative on the golden cases (12.23828 vs 12.23805
+at q=0.05, z=1, T=1000, delta=1e-6; 2.12525 vs 2.12452 at q=0.01) and it is ~10x faster (about 50 ms instead
+of 500 ms for 1,000 identical rounds), so `spent()` can run every round. Runs of identical rounds are
+composed with SelfComposedDpEvent, so the cost hardly depends on the number of rounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import dp_accounting
+from dp_accounting.pld import PLDAccountant
+from opacus.accountants import RDPAccountant
+
+from shared.errors import ConfigError, DataError
+
+VALUE_DISCRETIZATION_INTERVAL = 1e-3
+_CALIBRATION_TOL = 1e-3  # noise multipliers are calibrated to within this
+_FORMAT = 1  # version of the to_dict() layout
+
+Runs = tuple[tuple["RoundEvent", int], ...]  # (event, how many identical rounds in a row)
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    """One round: Poisson sampling with `sample_rate`, Gaussian noise noise_multiplier * C on the sum."""
+
+    sample_rate: float
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.sample_rate) and 0.0 < self.sample_rate <= 1.0):
+            raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0.0):
+            raise ConfigError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
+
+
+def default_delta(population: int) -> float:
+    """delta = N ** -1.1 for a population of N users: below 1/N, so no single user may simply be exposed."""
+    if population < 2:
+        raise ConfigError(f"population must be >= 2 to choose a delta, got {population}")
+    return float(population**-1.1)
+
+
+def pld_epsilon(events: Sequence[RoundEvent], *, delta: float) -> float:
+    """User-level epsilon at `delta` after these rounds, by PLD. 0 rounds: 0; any noise_multiplier 0: inf."""
+    _check_delta(delta)
+    return _pld_epsilon_of_runs(_runs(events), delta)
+
+
+def rdp_epsilon(events: Sequence[RoundEvent], *, delta: float) -> float:
+    """User-level epsilon at `delta` after these rounds by Opacus's RDP accountant (looser than PLD)."""
+    _check_delta(delta)
+    runs = _runs(events)
+    if not runs:
+        return 0.0
+    if any(event.noise_multiplier == 0 for event, _ in runs):
+        return math.inf
+    accountant = RDPAccountant()
+    accountant.history = [(event.noise_multiplier, event.sample_rate, count) for event, count in runs]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def calibrate_noise_multiplier(
+    *, target_epsilon: float, delta: float, sample_rate: float, rounds: int
+) -> float:
+    """The smallest noise multiplier (within 1e-3) whose PLD epsilon after `rounds` rounds is <= target.
+
+    The result is on the safe side: pld_epsilon([RoundEvent(sample_rate, z)] * rounds) <= target_epsilon.
+    """
+    _check_delta(delta)
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ConfigError(f"target_epsilon must be positive and finite, got {target_epsilon}")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    RoundEvent(sample_rate=sample_rate, noise_multiplier=1.0)  # validates sample_rate
+    return float(
+        dp_accounting.calibrate_dp_mechanism(
+            make_fresh_accountant=_pld_accountant,
+            make_event_from_param=lambda z: _dp_event(
+                ((RoundEvent(sample_rate=sample_rate, noise_multiplier=z), rounds),)
+            ),
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            tol=_CALIBRATION_TOL,
+        )
+    )
+
+
+class UserLevelAccountant:
+    """The privacy spent by a federated run so far, one RoundEvent per completed round."""
+
+    def __init__(self, *, delta: float) -> None:
+        _check_delta(delta)
+        self.delta = delta
+        self.events: list[RoundEvent] = []
+
+    def record(self, event: RoundEvent) -> None:
+        """Add a round that has happened (its noised aggregate was released)."""
+        self.events.append(event)
+
+    def spent(self) -> dict[str, float]:
+        """User-level epsilon spent so far at `delta`: {"pld": primary, "rdp": cross-check}."""
+        return {
+            "pld": pld_epsilon(self.events, delta=self.delta),
+            "rdp": rdp_epsilon(self.events, delta=self.delta),
+        }
+
+    def epsilon_if(self, event: RoundEvent) -> float:
+        """PLD epsilon if one more round `event` happened: refuse the round when this exceeds the budget."""
+        return pld_epsilon([*self.events, event], delta=self.delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe state (rounds compressed to runs of identical events)."""
+        runs = [
+            {"sample_rate": e.sample_rate, "noise_multiplier": e.noise_multiplier, "rounds": n}
+            for e, n in _runs(self.events)
+        ]
+        return {"format": _FORMAT, "delta": self.delta, "runs": runs}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UserLevelAccountant:
+        """The accountant saved by `to_dict`; DataError when the state is malformed."""
+        try:
+            if data["format"] != _FORMAT:
+                raise DataError(f"unknown accountant state format {data['format']!r}")
+            accountant = cls(delta=float(data["delta"]))
+            for run in data["runs"]:
+                event = RoundEvent(
+                    sample_rate=float(run["sample_rate"]), noise_multiplier=float(run["noise_multiplier"])
+                )
+                accountant.events.extend([event] * _count(run["rounds"]))
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise DataError(f"malformed accountant state: {exc}") from exc
+        return accountant
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        """Versions of the accounting libraries, for the ledger and the privacy report."""
+        return {name: metadata.version(name) for name in ("dp-accounting", "opacus")}
+
+
+def json_epsilon(value: float) -> float | str:
+    """An epsilon as JSON allows it: the string "inf" for an infinite epsilon (no noise), else the float."""
+    return "inf" if math.isinf(value) else value
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DataError(f"a run must last a positive whole number of rounds, got {value!r}")
+    return value
+
+
+def _check_delta(delta: float) -> None:
+    if not (math.isfinite(delta) and 0.0 < delta < 1.0):
+        raise ConfigError(f"delta must be in (0, 1), got {delta}")
+
+
+def _runs(events: Sequence[RoundEvent]) -> Runs:
+    """Consecutive identical events grouped: [a, a, a, b] -> ((a, 3), (b, 1))."""
+    runs: list[tuple[RoundEvent, int]] = []
+    for event in events:
+        if runs and runs[-1][0] == event:
+            runs[-1] = (event, runs[-1][1] + 1)
+        else:
+            runs.append((event, 1))
+    return tuple(runs)
+
+
+def _pld_accountant() -> PLDAccountant:
+    return PLDAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        value_discretization_interval=VALUE_DISCRETIZATION_INTERVAL,
+    )
+
+
+def _dp_event(runs: Runs) -> dp_accounting.DpEvent:
+    return dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(
+                    event.sample_rate, dp_accounting.GaussianDpEvent(event.noise_multiplier)
+                ),
+                count,
+            )
+            for event, count in runs
+        ]
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _pld_epsilon_of_runs(runs: Runs, delta: float) -> float:
+    """Cached: a round's `epsilon_if` and the `spent` after it is recorded ask for the same runs."""
+    if not runs:
+        return 0.0
+    if any(event.noise_multiplier == 0 for event, _ in runs):
+        return math.inf
+    return float(_pld_accountant().compose(_dp_event(runs)).get_epsilon(delta))

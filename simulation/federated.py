@@ -1,0 +1,131 @@
+"""Federated training in Flower's simulation engine: the ServerApp and ClientApp of server/ and client/,
+unchanged, on simulated nodes (each a shard of virtual devices, or one device each), then the final model
+evaluated by the central harness like every other model.
+
+The per-round progress signal is validation NDCG@10 on a fixed random subset of users (the harness, so the
+same protocol as the final figures); the final figures use every evaluated user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.simulation import run_simulation
+
+from client.client_app import make_client_app
+from server.server_app import make_server_app
+from shared.config import FedhomeConfig
+from shared.data.split import Split
+from shared.model import ItemFeatures, TwoTower
+from shared.model.params import ParamLayout, set_flat, trainable_layout
+from shared.run_folder import RunFolder
+from simulation.evaluate import EvalResult, evaluate
+from simulation.train import make_scorer
+
+log = logging.getLogger(__name__)
+
+PROGRESS_USERS = 3_000  # validation users evaluated every `eval_every` rounds (fixed subset)
+
+
+@dataclass
+class FederatedResult:
+    folder: RunFolder
+    summary: dict[str, Any]
+    valid: EvalResult
+    test: EvalResult
+    wall_s: float
+
+
+def progress_evaluator(split: Split, config: FedhomeConfig) -> Any:
+    """A factory for the ServerApp: given the model, params -> validation metrics on a fixed user subset."""
+    rng = np.random.default_rng(config.federated.seed)
+    users = split.eval_users
+    if users.size > PROGRESS_USERS:
+        users = np.sort(rng.choice(users, PROGRESS_USERS, replace=False))
+
+    def factory(model: TwoTower, layout: ParamLayout) -> Any:
+        def evaluate_params(params: np.ndarray) -> dict[str, float]:
+            set_flat(model, layout, params)
+            result = evaluate(
+                split, make_scorer(model, split), stage="valid", config=config.eval, users=users
+            )
+            return {"valid_ndcg_10": result.overall.ndcg_10, "valid_hr_10": result.overall.hr_10}
+
+        return evaluate_params
+
+    return factory
+
+
+def backend_config(config: FedhomeConfig) -> dict[str, Any]:
+    """Ray: one CPU per simulated node, at most as many nodes in flight as cores."""
+    cpus = max(1, min(os.cpu_count() or 1, config.federated.nodes))
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "WARNING"},
+    }
+
+
+def run_federated(config: FedhomeConfig, split: Split, *, progress: bool) -> FederatedResult:
+    """Train in the simulation engine, then evaluate the final global model on validation and test."""
+    start = time.perf_counter()
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(config.train.threads, 1)))
+    n_nodes = split.full.n_users if config.federated.devices_per_node == "one" else config.federated.nodes
+    config = dataclasses.replace(config, federated=dataclasses.replace(config.federated, nodes=n_nodes))
+    server_app = make_server_app(config, evaluator=progress_evaluator(split, config), progress=progress)
+    client_app = make_client_app(config)
+    run_simulation(server_app, client_app, num_supernodes=n_nodes, backend_config=backend_config(config))
+    folder = RunFolder(config.federated.run_dir)
+    if not folder.summary.exists():
+        raise RuntimeError(f"the federated run ended without a summary in {folder.root}: see the log above")
+    return evaluate_final(config, split, folder, time.perf_counter() - start)
+
+
+def load_final_model(config: FedhomeConfig, split: Split, folder: RunFolder) -> TwoTower:
+    """The run's final global model, rebuilt from the run folder alone."""
+    features = ItemFeatures.from_catalogue(split.dataset.catalogue, np.load(folder.item_vectors))
+    model = TwoTower(features, config.model)
+    model.load_state_dict(torch.load(folder.final_model))
+    layout = trainable_layout(model, config.federated.trainable)
+    set_flat(model, layout, np.load(folder.final_params))
+    return model
+
+
+def evaluate_final(config: FedhomeConfig, split: Split, folder: RunFolder, wall_s: float) -> FederatedResult:
+    summary = json.loads(folder.summary.read_text())
+    scorer = make_scorer(load_final_model(config, split, folder), split)
+    valid = evaluate(split, scorer, stage="valid", config=config.eval)
+    test = evaluate(split, scorer, stage="test", config=config.eval)
+    return FederatedResult(folder, summary, valid, test, wall_s)
+
+
+def write_federated_results(result: FederatedResult, *, command: str) -> str:
+    """results.json + results.md in the run folder; returns the markdown."""
+    summary = result.summary
+    rows = {
+        "command": command,
+        "wall_time_s": round(result.wall_s, 1),
+        "summary": summary,
+        "valid": result.valid.to_dict(),
+        "test": result.test.to_dict(),
+    }
+    (result.folder.root / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    epsilon = summary["user_epsilon"]
+    text = (
+        f"`{command}` ({result.wall_s:.0f} s wall)\n\n"
+        f"| rounds | mode | z | user epsilon (PLD) | delta | valid NDCG@10 | test NDCG@10 | test HR@10 |\n"
+        f"|---|---|---|---|---|---|---|---|\n"
+        f"| {summary['rounds']} | {summary['mode']} | {summary['noise_multiplier']:.3f} | {epsilon} "
+        f"| {summary['delta']:.3g} | {result.valid.overall.ndcg_10:.4f} | {result.test.overall.ndcg_10:.4f} "
+        f"| {result.test.overall.hr_10:.4f} |\n\nstopped: {summary['stop_reason']}\n"
+    )
+    (result.folder.root / "results.md").write_text(text)
+    return text

@@ -1,0 +1,133 @@
+"""The pieces of batched local training: examples, chunk index tensors, chunk plans, scores, clipped sums."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from local_toy import MODEL, ROWS, random_model, sequences
+
+from client.local_batch import UserExamples, build_chunk, draw_negatives, plan_chunks
+from client.local_loss import negative_scores
+from client.train import clipped_sum_of_blocks
+from shared.errors import ConfigError
+from shared.model import gather_histories
+from shared.model.examples import training_rows
+from shared.privacy.clipping import clip_rows
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("max_examples", [1, 3, 50])
+def test_each_user_trains_on_its_most_recent_training_rows(max_examples: int) -> None:
+    seqs = sequences(ROWS)
+    examples = UserExamples(seqs, max_examples=max_examples)
+    users, rows = training_rows(seqs)
+    for user in range(seqs.n_users):
+        expected = rows[users == user][-max_examples:]
+        owner, got = examples.rows_of(np.array([user]))
+        np.testing.assert_array_equal(got, expected)
+        assert examples.count(np.array([user]))[0] == expected.size == owner.size
+    owner, got = examples.rows_of(np.array([5, 2, 9]))
+    np.testing.assert_array_equal(got, np.concatenate([rows[users == u][-max_examples:] for u in (5, 2, 9)]))
+    np.testing.assert_array_equal(owner, np.repeat([0, 1, 2], examples.count(np.array([5, 2, 9]))))
+
+
+def test_chunk_indices_point_at_each_examples_items() -> None:
+    seqs = sequences(ROWS)
+    examples = UserExamples(seqs, max_examples=4)
+    users = np.array([7, 2, 13, 3])
+    negatives = torch.tensor([0, 5, 5, 9, 17, 3, 21, 9])
+    chunk = build_chunk(examples, users, negatives, max_history=MODEL.max_history)
+    for b, user in enumerate(users):
+        _, rows = examples.rows_of(np.array([user]))
+        batch = gather_histories(
+            seqs, np.full(rows.size, user), rows, seqs.timestamps[rows], MODEL.max_history
+        )
+        items = chunk.items[b].numpy()
+        assert np.all(np.diff(np.unique(items)) > 0)
+        np.testing.assert_allclose(chunk.weight[b, : rows.size].numpy(), 1 / rows.size)
+        assert not chunk.weight[b, rows.size :].any()
+        for m, row in enumerate(rows):
+            valid = batch.items[m] >= 0
+            np.testing.assert_array_equal(items[chunk.history[b, m].numpy()][valid], batch.items[m][valid])
+            np.testing.assert_array_equal(chunk.events[b, m].numpy(), batch.events[m])
+            assert items[chunk.positive[b, m]] == seqs.items[row]
+            touched = set(batch.items[m][valid]) | {seqs.items[row]}
+            expected = [int(n) in touched for n in negatives]
+            assert chunk.exclude[b, m].tolist() == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(counts=st.lists(st.integers(1, 40), min_size=0, max_size=80), max_users=st.integers(1, 16))
+def test_chunk_plans_cover_every_user_once_in_runs_no_longer_than_allowed(
+    counts: list[int], max_users: int
+) -> None:
+    ordered = np.sort(np.array(counts, dtype=np.int64))
+    plan = plan_chunks(ordered, max_users=max_users)
+    covered = [i for part in plan for i in range(ordered.size)[part]]
+    assert covered == list(range(ordered.size))
+    assert all(0 < part.stop - part.start <= max_users for part in plan)
+
+
+def test_chunk_plans_separate_very_active_users() -> None:
+    counts = np.array([1] * 60 + [32] * 4)
+    plan = plan_chunks(counts, max_users=64)
+    assert [(p.start, p.stop) for p in plan] == [(0, 60), (60, 64)]
+
+
+@pytest.mark.parametrize("item_id_residual", [False, True])
+def test_negative_scores_equal_the_models_scores(item_id_residual: bool) -> None:
+    model = random_model(item_id_residual=item_id_residual)
+    users = torch.nn.functional.normalize(torch.randn(5, model.items.text.shape[1]), dim=-1)
+    negatives = torch.tensor([3, 3, 0, 11, 25])
+    vectors, bias = model.items(negatives)
+    with torch.no_grad():
+        expected = model.scores(users, vectors, bias)
+        got = negative_scores(model, users * model.temperature(), negatives)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_negatives_need_an_allowed_item() -> None:
+    with pytest.raises(ConfigError):
+        draw_negatives(np.array([], dtype=np.int64), 4, round_seed=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    clip_norm=st.floats(1e-3, 1e3),
+    factor=st.sampled_from([1.0, -0.5, -3.0]),
+    scale=st.floats(1e-4, 1e4),
+)
+def test_clipped_sums_of_blocks_equal_clip_rows_then_sum(
+    seed: int, clip_norm: float, factor: float, scale: float
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    blocks = [torch.randn(6, size, generator=generator) * scale for size in (1, 7, 40)]
+    blocks[0][2] = 0.0
+    for block in blocks:
+        block[3] = 0.0  # a zero update stays zero and counts as unclipped
+    rows = torch.cat(blocks, dim=1) * factor
+    clipped, norms = clip_rows(rows, clip_norm=clip_norm)
+    total, got_norms = clipped_sum_of_blocks(blocks, factor=factor, clip_norm=clip_norm)
+    # each clipped row may be up to 1e-5 shorter (the float32 margin): at most 6 rows of norm <= C
+    assert torch.linalg.vector_norm(total - clipped.double().sum(dim=0)) <= 1.1e-5 * 6 * clip_norm
+    torch.testing.assert_close(got_norms.double(), norms, rtol=1e-5, atol=0)
+    assert torch.linalg.vector_norm(total) <= 6 * clip_norm
+    for row in range(6):  # every single contribution is within C, float32 rounding included
+        alone, _ = clipped_sum_of_blocks(
+            [b[row : row + 1] for b in blocks], factor=factor, clip_norm=clip_norm
+        )
+        assert float(torch.linalg.vector_norm(alone)) <= clip_norm
+
+
+def test_a_non_finite_row_adds_nothing() -> None:
+    blocks = [torch.ones(3, 4), torch.ones(3, 2)]
+    blocks[1][1, 0] = float("nan")
+    total, norms = clipped_sum_of_blocks(blocks, factor=-1.0, clip_norm=100.0)
+    assert bool(torch.isfinite(total).all())
+    torch.testing.assert_close(total, torch.full((6,), -2.0, dtype=torch.float64))
+    assert not bool(torch.isfinite(norms[1]))
