@@ -5,7 +5,9 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
   slots, never sees user identities or data.
 - train: global trainable parameters, the sampled slots, the round seed and clip norm -> the SUM of the
   sampled users' clipped updates (noised per user in local-DP mode), their count, and how many were
-  unclipped. Per-user updates never leave the node.
+  unclipped. Per-user updates never leave the node. With `privacy.record_level` (one device per node) the
+  device trains its user by record-level DP-SGD (client/record_level.py), clips that update the same way,
+  keeps the Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
 - evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
 
 Where a node's users come from: `node_config["partition-id"]` and `["num-partitions"]` (set by Flower's
@@ -23,28 +25,32 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.evaluate import ranking_sums
-from client.train import LocalTrainer
+from client.record_level import RecordLevelTrainer
+from client.train import LocalTrainer, UpdateSum
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import configured_split
 from shared.data.split import Split
 from shared.errors import ConfigError, UpdateRejectedError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, check_flat, set_flat, trainable_layout
+from shared.privacy.clipping import clip_update
 from shared.privacy.noise import GaussianNoise
 from shared.record_values import as_float, as_int
 from shared.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
+RECORD_STATE = "record-level"  # context.state entry: the device's Opacus accountant state, as JSON
 
 
 @dataclass
 class NodeModel:
     """What every node in a process shares for one run: the local data, the model skeleton, the trainer."""
 
+    config: FedhomeConfig
     split: Split
     model: TwoTower
     layout: ParamLayout
@@ -91,7 +97,7 @@ def node_model(config: FedhomeConfig) -> NodeModel:
         trainer = LocalTrainer(
             model, split.train, layout=layout, blocked=split.cold_items, config=config.federated
         )
-        _MODELS[key] = NodeModel(split, model, layout, trainer)
+        _MODELS[key] = NodeModel(config, split, model, layout, trainer)
     return _MODELS[key]
 
 
@@ -127,26 +133,85 @@ def handle_describe(node: Node, message: Message) -> Message:
     return Message(RecordDict({"population": metrics}), reply_to=message)
 
 
-def handle_train(node: Node, message: Message) -> Message:
-    params, slots = _params(message, node), _slots(message, node)
+@dataclass(frozen=True)
+class RoundSettings:
+    round_seed: int
+    clip_norm: float
+    local_noise_multiplier: float
+    noise: GaussianNoise
+
+
+def _round_settings(message: Message) -> RoundSettings:
     settings = message.content.config_records["round"]
     noise_seed = as_int(settings["noise-seed"], name="noise-seed")
-    noise = GaussianNoise(seed=None if noise_seed < 0 else noise_seed)
-    result = node.shared.trainer.clipped_sum(
-        params,
-        node.users[slots],
+    return RoundSettings(
         round_seed=as_int(settings["round-seed"], name="round-seed"),
         clip_norm=as_float(settings["clip-norm"], name="clip-norm"),
         local_noise_multiplier=as_float(settings["local-noise-multiplier"], name="local-noise-multiplier"),
-        noise=noise,
+        noise=GaussianNoise(seed=None if noise_seed < 0 else noise_seed),
     )
+
+
+def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
+    """A train round; `state` is the node's context.state (record-level mode keeps its accountant there)."""
+    params, users, settings = (
+        _params(message, node),
+        node.users[_slots(message, node)],
+        _round_settings(message),
+    )
+    stats: dict[str, int | float | list[int] | list[float]] = {}
+    if node.shared.config.privacy.record_level:
+        result, stats["record-epsilon"] = record_level_sum(node, state, params, users, settings)
+    else:
+        result = node.shared.trainer.clipped_sum(
+            params,
+            users,
+            round_seed=settings.round_seed,
+            clip_norm=settings.clip_norm,
+            local_noise_multiplier=settings.local_noise_multiplier,
+            noise=settings.noise,
+        )
+    stats.update({"count": result.count, "unclipped-count": result.unclipped_count})
     content = RecordDict(
         {
             "update": ArrayRecord({"sum": Array(result.total.astype(np.float32))}),
-            "stats": MetricRecord({"count": result.count, "unclipped-count": result.unclipped_count}),
+            "stats": MetricRecord(stats),
         }
     )
     return Message(content, reply_to=message)
+
+
+def record_level_sum(
+    node: Node, state: RecordDict, params: np.ndarray, users: np.ndarray, settings: RoundSettings
+) -> tuple[UpdateSum, float]:
+    """The device's record-level DP-SGD update clipped to the round's C (and noised in local mode), as a sum
+    over its one user, and its record-level epsilon so far; the accountant lives in `state` between rounds."""
+    if users.size != 1:
+        raise UpdateRejectedError("a record-level device trains exactly its one user")
+    shared = node.shared
+    trainer = RecordLevelTrainer(
+        shared.model,
+        shared.split.train,
+        int(users[0]),
+        layout=shared.layout,
+        blocked=shared.split.cold_items,
+        config=shared.config.federated,
+        privacy=shared.config.privacy,
+        examples=shared.trainer.examples,
+    )
+    if RECORD_STATE in state.config_records:
+        trainer.load_state_dict(json.loads(str(state.config_records[RECORD_STATE]["accountant"])))
+    update = trainer.train_round(params, round_seed=settings.round_seed)
+    state[RECORD_STATE] = ConfigRecord({"accountant": json.dumps(trainer.state_dict())})
+    try:
+        clipped, norm = clip_update(update.update, clip_norm=settings.clip_norm)
+    except UpdateRejectedError:  # not finite: a zero update that still counts, as in LocalTrainer
+        log.warning("a record-level update was not finite and counts as a zero update")
+        clipped, norm = np.zeros(shared.layout.dim, np.float32), 0.0
+    if settings.local_noise_multiplier > 0:
+        std = settings.local_noise_multiplier * settings.clip_norm
+        clipped = (clipped + settings.noise.sample(clipped.shape, std=std)).astype(np.float32)
+    return UpdateSum(clipped, 1, int(norm <= settings.clip_norm)), update.record_epsilon
 
 
 def handle_evaluate(node: Node, message: Message) -> Message:
@@ -177,7 +242,7 @@ def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return handle_train(node_for(context), message)
+        return handle_train(node_for(context), message, context.state)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

@@ -92,9 +92,19 @@ def negative_scores(model: TwoTower, scaled: Tensor, negatives: Tensor) -> Tenso
 class ChunkUpdates:
     """Unclipped updates theta_K - theta_0 of `steps` full-batch SGD steps of each user of a chunk."""
 
-    def __init__(self, model: TwoTower, layout: ParamLayout, *, steps: int, learning_rate: float) -> None:
+    def __init__(
+        self,
+        model: TwoTower,
+        layout: ParamLayout,
+        *,
+        steps: int,
+        learning_rate: float,
+        scales: dict[str, float] | None = None,
+    ) -> None:
         self.loss, self.layout = UserLoss(model), layout
         self.steps, self.learning_rate = steps, learning_rate
+        # theta = s * phi per parameter: training runs in phi (an s^2 larger step), updates come out in phi
+        self.scales = {PREFIX + n: (scales or {}).get(n, 1.0) for n in layout.names}
         trained = set(layout.names)
         # detached, so that nothing outside the layout records a gradient
         self.frozen = {PREFIX + n: p.detach() for n, p in model.named_parameters() if n not in trained}
@@ -106,7 +116,9 @@ class ChunkUpdates:
         start = {PREFIX + n: t for n, t in split_flat(params, self.layout).items()}
         out = vmap(self.one_user(start, negatives))(*chunk.tensors())
         size = chunk.items.shape[0]
-        blocks = [out[PREFIX + n].reshape(size, -1) for n in self.layout.names]
+        blocks = [
+            _scaled(out[PREFIX + n].reshape(size, -1), self.scales[PREFIX + n]) for n in self.layout.names
+        ]
         return blocks, (-self.learning_rate if self.steps == 1 else 1.0)
 
     def one_user(self, start: dict[str, Tensor], negatives: Negatives) -> Callable[..., dict[str, Tensor]]:
@@ -115,13 +127,13 @@ class ChunkUpdates:
             return functional_call(self.loss, {**self.frozen, **theta}, inputs)
 
         def update(*data: Tensor) -> dict[str, Tensor]:
-            if self.steps == 1:
+            if self.steps == 1:  # the gradient in theta; the caller's block scaling turns it into phi's
                 return grad(loss)(start, *data)
-            theta = start
+            theta, s = start, self.scales
             for _ in range(self.steps):
                 gradient = grad(loss)(theta, *data)
-                theta = {k: theta[k] - self.learning_rate * gradient[k] for k in theta}
-            return {k: theta[k] - start[k] for k in theta}
+                theta = {k: theta[k] - self.learning_rate * s[k] ** 2 * gradient[k] for k in theta}
+            return {k: (theta[k] - start[k]) / s[k] ** 2 for k in theta}  # blocks are scaled by s after
 
         return update
 
@@ -152,6 +164,10 @@ class ReferenceLoss(nn.Module):
         exclude = seen[:, negative_rows] | (negatives.items[None, :] == targets[:, None])  # (n, K)
         log_count = torch.full((k,), negatives.log_count)
         return sampled_softmax_loss(positive, left @ right[negative_rows].T, log_count, exclude)
+
+
+def _scaled(block: Tensor, scale: float) -> Tensor:
+    return block if scale == 1.0 else block * scale
 
 
 def split_flat(flat: Tensor, layout: ParamLayout) -> dict[str, Tensor]:

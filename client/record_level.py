@@ -104,11 +104,17 @@ class RecordLevelTrainer:
         blocked: np.ndarray,
         config: FederatedConfig,
         privacy: PrivacyConfig,
+        examples: UserExamples | None = None,
     ) -> None:
+        """`examples`: the node's UserExamples of `seqs` (with config.max_examples_per_user), to share."""
         if not 0 <= user < seqs.n_users:
             raise DataError("the device's user index is outside its sequences")
         self.model, self.user, self.layout, self.config, self.privacy = model, user, layout, config, privacy
-        self.examples = UserExamples(seqs, max_examples=config.max_examples_per_user)
+        if examples is not None and (
+            examples.seqs is not seqs or examples.max_examples != config.max_examples_per_user
+        ):
+            raise ConfigError("shared examples must be of these sequences, with max_examples_per_user")
+        self.examples = examples or UserExamples(seqs, max_examples=config.max_examples_per_user)
         self.allowed = np.flatnonzero(~blocked)
         self.history: list[tuple[float, float, int]] = []  # the accountant's (z, q, steps) entries
 

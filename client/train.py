@@ -30,7 +30,7 @@ from shared.config import FederatedConfig
 from shared.data.split import UserSequences
 from shared.errors import ConfigError, DataError
 from shared.model import TwoTower, gather_histories
-from shared.model.params import ParamLayout, check_flat
+from shared.model.params import ParamLayout, check_flat, group_scales
 from shared.privacy.noise import GaussianNoise
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class LocalTrainer:
         self.examples = UserExamples(seqs, max_examples=config.max_examples_per_user)
         self.allowed = np.flatnonzero(~blocked)  # (n_allowed,) sorted
         steps, rate = config.local_steps, config.local_learning_rate
-        self.updates = ChunkUpdates(model, layout, steps=steps, learning_rate=rate)
+        self.scales = group_scales(layout, config.update_scales)
+        self.updates = ChunkUpdates(model, layout, steps=steps, learning_rate=rate, scales=self.scales)
         self.reference = ReferenceLoss(model)
 
     def negatives(self, round_seed: int) -> Negatives:
@@ -133,7 +134,8 @@ class LocalTrainer:
         return total.numpy(), unclipped
 
     def user_update(self, params: np.ndarray, user: int, *, round_seed: int) -> np.ndarray:
-        """(P,) float32 unclipped update theta_K - theta_0 of one user: the plain autograd reference path."""
+        """(P,) float32 unclipped update of one user, (theta_K - theta_0) / s in the update-scale
+        parametrisation (FederatedConfig.update_scales; s = 1 by default): the plain autograd path."""
         check_flat(params, self.layout)
         user = int(self._check_users(np.array([user]))[0])
         _, rows = self.examples.rows_of(np.array([user]))
@@ -152,11 +154,13 @@ class LocalTrainer:
             values = {**self.updates.frozen, **{PREFIX + n: t for n, t in theta.items()}}
             loss = functional_call(self.reference, values, (batch, targets, negatives))
             grads = torch.autograd.grad(loss, list(theta.values()))
-            delta = {n: -rate * g for n, g in zip(theta, grads, strict=True)}  # one step: exactly -lr g
+            # one step: exactly -lr s^2 g in theta (training in phi, theta = s * phi)
+            delta = {n: -rate * self.scales[n] ** 2 * g for n, g in zip(theta, grads, strict=True)}
             theta = {n: (t + delta[n]).detach().requires_grad_() for n, t in theta.items()}
         if self.config.local_steps > 1:
             delta = {n: theta[n].detach() - start[n] for n in theta}
-        return torch.cat([delta[n].reshape(-1) for n in self.layout.names]).numpy()
+        # the update in phi: delta_theta / s
+        return torch.cat([(delta[n] / self.scales[n]).reshape(-1) for n in self.layout.names]).numpy()
 
     def _check_users(self, users: np.ndarray) -> np.ndarray:
         """`users` as int64, checked: 1-D, distinct (each user takes part at most once a round), in range."""

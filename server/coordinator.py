@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from server.ledger import PrivacyLedger
-from server.messaging import Population, train_round
+from server.messaging import Population, TrainReplies, train_round
 from server.strategy import (
     NoisedAggregate,
     ServerOptimizer,
@@ -32,7 +32,7 @@ from server.strategy import (
 )
 from shared.config import FedhomeConfig
 from shared.errors import BudgetExhaustedError, ConfigError
-from shared.model.params import params_sha256
+from shared.model.params import ParamLayout, params_sha256, scale_vector
 from shared.privacy.accounting import (
     RoundEvent,
     UserLevelAccountant,
@@ -125,6 +125,7 @@ class Coordinator:
         folder: RunFolder,
         population: Population,
         initial_params: np.ndarray,
+        layout: ParamLayout,
         ledger: PrivacyLedger,
         *,
         evaluate: Evaluator,
@@ -144,30 +145,53 @@ class Coordinator:
             adaptive=adaptive_from_config(config.privacy),
         )
         self.optimizer: ServerOptimizer = make_server_optimizer(config.federated)
+        # theta = scale * phi (FederatedConfig.update_scales): updates arrive in phi, the optimiser steps phi
+        self.scale = scale_vector(layout, config.federated.update_scales)
         self.state = RunState(0, initial_params.astype(np.float32), uuid.uuid4().hex[:12])
         self.stop_reason = ""
+        self.pending_row: dict[str, Any] | None = None  # set by resume(): a metrics row lost to a kill
 
     # -- resume -------------------------------------------------------------------------------------
     def resume(self) -> bool:
-        """Load the newest checkpoint, if any, and reconcile the ledger with it. True when resumed."""
+        """Load the newest checkpoint, if any, and reconcile ledger and metrics with it. True when resumed.
+
+        The ledger must end at the checkpoint's round, or one round short (killed between writing the
+        checkpoint and appending its entry: the entry is appended now). Anything else is refused. Metric
+        rows after the checkpoint's round, and a torn last row, are dropped; a missing row of the checkpoint's
+        round becomes `pending_row`, for the caller to complete and append.
+        """
         checkpoint = load_latest_checkpoint(self.folder)
         if checkpoint is None:
             if self.ledger.last_round() > 0:
                 raise ConfigError(f"{self.folder.ledger} has entries but the run has no checkpoint")
+            trim_metrics(self.folder, -1)  # a start killed before its first round completed (its round 0)
             return False
         last = int(checkpoint["round"])
-        ledger_round = self.ledger.last_round()
-        if ledger_round == last - 1:
-            self.ledger.append_signed(checkpoint["ledger_entry"])
-        elif ledger_round != last:
-            raise ConfigError(f"ledger ends at round {ledger_round}, newest checkpoint is round {last}")
+        self._reconcile_ledger(last, checkpoint["ledger_entry"])
         self.state = RunState(last, checkpoint["params"], checkpoint["run_id"], checkpoint["history"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.aggregator.load_state_dict(checkpoint["aggregator"])
         self.accountant = UserLevelAccountant.from_dict(checkpoint["accountant"])
-        trim_metrics(self.folder, last)
+        if trim_metrics(self.folder, last) < last:
+            self.pending_row = dict(self.state.history[-1])
         log.info("resumed run %s after round %d", self.state.run_id, last)
         return True
+
+    def _reconcile_ledger(self, last: int, entry: dict[str, Any]) -> None:
+        ledger_round = self.ledger.last_round()
+        if ledger_round == last - 1:
+            self.ledger.append_signed(entry)  # checks that it continues the chain
+            log.info("ledger entry of round %d restored from its checkpoint", last)
+        elif ledger_round != last:
+            raise ConfigError(
+                f"cannot resume {self.folder.root}: the ledger ends at round {ledger_round} but the newest "
+                f"checkpoint is round {last}; only a ledger exactly one round short of it can be repaired"
+            )
+        elif self.ledger.head_hash() != entry.get("entry_hash"):
+            raise ConfigError(
+                f"cannot resume {self.folder.root}: the ledger's round {last} is not the entry in the "
+                "checkpoint of that round (a ledger or checkpoint from another run?)"
+            )
 
     # -- one round ------------------------------------------------------------------------------------
     def check_budget(self) -> None:
@@ -214,17 +238,22 @@ class Coordinator:
             clip_norm=clip_norm,
             check_norm=self.plan.mode != "local",
             timeout_s=self.config.federated.node_timeout_s,
+            record_level=self.config.privacy.record_level,
         )
         result = self.aggregator.aggregate(
             replies.update_sum, count=replies.count, unclipped_count=replies.unclipped_count
         )
         before = self.state.params
-        after = self.optimizer.step(before, result.mean_update)
+        after = self.scale * self.optimizer.step(before / self.scale, result.mean_update)
         self.accountant.record(
             RoundEvent(sample_rate=self.plan.sample_rate, noise_multiplier=self.plan.noise_multiplier)
         )
+        record = self.record_epsilon_so_far(replies)
         entry = self.ledger.sign(
-            self.ledger_fields(round_number, cohort.size, replies, result, before, after)
+            {
+                **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
+                **self.record_level_fields(record, replies),
+            }
         )
         row = {
             "round": round_number,
@@ -237,6 +266,8 @@ class Coordinator:
             "user_epsilon": self.epsilon(),
             "seconds": time.perf_counter() - start,
         }
+        if record is not None:
+            row["record_epsilon"] = record
         self.state = RunState(round_number, after, self.state.run_id, [*self.state.history, row])
         self.checkpoint(entry)
         self.ledger.append_signed(entry)
@@ -293,6 +324,26 @@ class Coordinator:
             "accountant_versions": self.accountant.versions(),
         }
         return fields
+
+    def record_epsilon_so_far(self, replies: TrainReplies) -> float | None:
+        """Record-level mode: the largest record-level epsilon any device has reported up to this round."""
+        if replies.record_epsilon is None:
+            return None
+        earlier = [float(row.get("record_epsilon", 0.0)) for row in self.state.history]
+        return max([replies.record_epsilon, *earlier])
+
+    def record_level_fields(self, record: float | None, replies: TrainReplies) -> dict[str, Any]:
+        """Ledger fields of record-level DP-SGD on the devices: a guarantee per record (one interaction)
+        against an observer of a device's updates, labelled as such; NOT the user-level guarantee."""
+        if record is None or replies.record_epsilon is None:
+            return {}
+        return {
+            "record_epsilon": _json_float(record),  # the largest over every device so far
+            "record_epsilon_round": _json_float(replies.record_epsilon),  # largest over this round's devices
+            "record_delta": self.config.privacy.record_delta,
+            "record_accountant": "rdp",
+            "record_unit_of_privacy": "record",
+        }
 
     def checkpoint(self, entry: dict[str, Any]) -> None:
         save_checkpoint(

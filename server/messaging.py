@@ -86,6 +86,8 @@ class TrainReplies:
     unclipped_count: int
     rejected_nodes: int  # replies refused (error, malformed, oversized)
     rejected_users: int  # sampled users of refused or missing replies
+    # record-level mode: the largest record-level epsilon a replying device reported (None otherwise)
+    record_epsilon: float | None = None
 
 
 def train_round(
@@ -97,8 +99,12 @@ def train_round(
     clip_norm: float,
     check_norm: bool,
     timeout_s: float,
+    record_level: bool = False,
 ) -> TrainReplies:
-    """Send the round to every node with sampled users; sum the replies that pass the checks."""
+    """Send the round to every node with sampled users; sum the replies that pass the checks.
+
+    With `record_level`, every reply must carry the device's record-level epsilon ("record-epsilon"); the
+    largest one over the replies (rejected ones included: their device spent it) is returned."""
     global_record = ArrayRecord({"params": Array(params)})
     messages = []
     for node, slots in assignment.items():
@@ -113,10 +119,13 @@ def train_round(
     total = np.zeros(params.shape[0], dtype=np.float64)
     count = unclipped = rejected_nodes = 0
     answered: set[int] = set()
+    record_epsilons: list[float] = []
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         node = reply.metadata.src_node_id
         answered.add(node)
         try:
+            if record_level:
+                record_epsilons.append(_read_record_epsilon(reply))
             node_sum, node_count, node_unclipped = _read_train_reply(reply, len(assignment.get(node, [])))
             check_update_sum(
                 node_sum, count=node_count, dim=params.shape[0], clip_norm=clip_norm if check_norm else np.inf
@@ -131,7 +140,21 @@ def train_round(
     missing = [n for n in assignment if n not in answered]
     rejected_nodes += len(missing)
     sampled = sum(len(s) for s in assignment.values())
-    return TrainReplies(total, count, unclipped, rejected_nodes, sampled - count)
+    record = max(record_epsilons, default=0.0) if record_level else None
+    return TrainReplies(total, count, unclipped, rejected_nodes, sampled - count, record)
+
+
+def _read_record_epsilon(reply: Message) -> float:
+    """The device's record-level epsilon so far; UpdateRejectedError when the reply does not carry one."""
+    if reply.has_error():
+        raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
+    try:
+        value = as_float(reply.content.metric_records["stats"]["record-epsilon"], name="record-epsilon")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpdateRejectedError(f"a record-level reply without its record-level epsilon: {exc!r}") from exc
+    if not value >= 0:
+        raise UpdateRejectedError(f"record-level epsilon {value} is not >= 0")
+    return value
 
 
 def _read_train_reply(reply: Message, n_sampled: int) -> tuple[np.ndarray, int, int]:

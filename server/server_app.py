@@ -103,7 +103,9 @@ def run_training(
             grid, population.node_ids, p, max_users=FEDERATED_EVAL_USERS, timeout_s=timeout
         )
     )
-    coordinator = Coordinator(config, folder, population, get_flat(model, layout), ledger, evaluate=evaluate)
+    coordinator = Coordinator(
+        config, folder, population, get_flat(model, layout), layout, ledger, evaluate=evaluate
+    )
     coordinator.resume()
     log.info(
         "%d users on %d nodes; %d trainable parameters; mode %s, z %.4f, delta %.3g; ledger key %s",
@@ -151,6 +153,13 @@ def train_rounds(coordinator: Coordinator, grid: Grid, *, progress: bool) -> str
         desc="rounds",
     )
     reason = "completed all rounds"
+    if federated.eval_every and coordinator.state.round == 0:  # the starting point, for the curves
+        start = {"round": 0, "user_epsilon": 0.0, **coordinator.evaluate(coordinator.state.params)}
+        append_metrics(coordinator.folder, start)
+        log.info("round 0: valid NDCG@10 %s", start.get("valid_ndcg_10", "-"))
+    if coordinator.pending_row is not None:  # resumed after a kill that lost the last round's metrics row
+        finish_row(coordinator, coordinator.pending_row)
+        coordinator.pending_row = None
     while coordinator.state.round < federated.rounds:
         try:
             row = coordinator.run_round(grid)
@@ -158,10 +167,7 @@ def train_rounds(coordinator: Coordinator, grid: Grid, *, progress: bool) -> str
             log.warning("%s", exc)
             reason = f"privacy budget: {exc}"
             break
-        every = federated.eval_every
-        if every and (row["round"] % every == 0 or row["round"] == federated.rounds):
-            row.update(coordinator.evaluate(coordinator.state.params))
-        append_metrics(coordinator.folder, row)
+        finish_row(coordinator, row)
         bar.update(1)
         bar.set_postfix(
             eps=f"{row['user_epsilon']:.2f}",
@@ -179,6 +185,15 @@ def train_rounds(coordinator: Coordinator, grid: Grid, *, progress: bool) -> str
         )
     bar.close()
     return reason
+
+
+def finish_row(coordinator: Coordinator, row: dict[str, Any]) -> None:
+    """Add the evaluation when this round is due for one, then append the round's metrics row."""
+    federated = coordinator.config.federated
+    every = federated.eval_every
+    if every and (row["round"] % every == 0 or row["round"] == federated.rounds):
+        row.update(coordinator.evaluate(coordinator.state.params))
+    append_metrics(coordinator.folder, row)
 
 
 def _finite_or_text(value: float) -> float | str:

@@ -233,11 +233,16 @@ class FederatedConfig:
     n_negatives: int = 512  # sampled-softmax negatives, drawn uniformly (public) from a per-round seed
     # dotted parameter-name prefixes that federated training updates; "all" = every trainable parameter
     trainable: tuple[str, ...] = ("all",)
+    # Per-parameter update scales "prefix=s" (a fixed, public reparametrisation theta = s * phi): devices
+    # train and clip in phi, so a parameter group with s > 1 gets a larger share of the clipped update and
+    # an s^2 larger step, one with s < 1 a smaller one. Privacy is unchanged (clipping and noise act on phi).
+    update_scales: tuple[str, ...] = ()
     server_optimizer: ServerOptimizerName = "momentum"
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9
     server_beta2: float = 0.99  # Adam
     server_epsilon: float = 1e-3  # Adam's denominator floor (large: a noisy update must not explode)
+    server_bias_correction: bool = False  # Adam: Kingma & Ba's bias correction (Reddi et al. have none)
     nodes: int = 2  # simulated Flower nodes
     devices_per_node: DevicesPerNode = "shard"  # a node hosts a shard of users, or exactly one user
     chunk_size: int = 64  # users per batched (vmap) computation on a shard node
@@ -260,6 +265,14 @@ class FederatedConfig:
         _fraction("server_beta2", self.server_beta2)
         if not self.trainable:
             raise ConfigError("trainable must name at least one parameter prefix (or 'all')")
+        for entry in self.update_scales:
+            prefix, sep, value = entry.partition("=")
+            try:
+                ok = bool(sep and prefix) and float(value) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"update_scales entries look like 'users.out_proj=0.1', got {entry!r}")
         if self.eval_every < 0:
             raise ConfigError("eval_every must be >= 0")
 
@@ -276,6 +289,13 @@ class FedhomeConfig:
     mf: MFConfig = field(default_factory=MFConfig)  # the matrix factorisation baseline
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    def __post_init__(self) -> None:
+        if self.privacy.record_level and self.federated.devices_per_node != "one":
+            raise ConfigError(
+                "privacy.record_level (record-level DP-SGD on the device) needs federated.devices_per_node = "
+                f"'one' (each node one user's device), got {self.federated.devices_per_node!r}"
+            )
 
 
 def from_flat(flat: Mapping[str, Any], base: FedhomeConfig | None = None) -> FedhomeConfig:
@@ -341,7 +361,8 @@ def _convert(config: Any, name: str, value: Any) -> Any:
             return Path(value)
         if isinstance(current, tuple):
             parts = [v.strip() for v in value.split(",") if v.strip()]
-            return tuple(parts) if current and isinstance(current[0], str) else tuple(int(v) for v in parts)
+            annotation = str(next(f.type for f in dataclasses.fields(config) if f.name == name))
+            return tuple(parts) if "str" in annotation else tuple(int(v) for v in parts)
     except ValueError as exc:
         raise ConfigError(f"config key {name!r}: cannot read {value!r} as {type(current).__name__}") from exc
     raise ConfigError(f"config key {name!r} cannot be set from text")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError
 
 CHECKPOINT_PATTERN = re.compile(r"round-(\d{5})\.pt")
 KEEP_CHECKPOINTS = 3  # older ones are deleted: the newest complete one is all a resume needs
@@ -124,16 +124,32 @@ def append_metrics(folder: RunFolder, row: dict[str, Any]) -> None:
         out.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def trim_metrics(folder: RunFolder, last_round: int) -> None:
-    """Drop metric rows of rounds after `last_round` (rounds a resumed run will redo)."""
+def trim_metrics(folder: RunFolder, last_round: int) -> int:
+    """Drop metric rows of rounds after `last_round` (rounds a resumed run will redo) and a torn last row
+    (a kill mid-write); returns the round of the last row kept (-1 when none is)."""
     if not folder.metrics.exists():
-        return
-    kept = [
-        line
-        for line in folder.metrics.read_text().splitlines()
-        if line.strip() and json.loads(line).get("round", 0) <= last_round
-    ]
-    folder.metrics.write_text("".join(line + "\n" for line in kept))
+        return -1
+    lines = [line for line in folder.metrics.read_text().split("\n") if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append((json.loads(line), line))
+        except json.JSONDecodeError as exc:
+            if number < len(lines):  # only the last row can be torn by a kill
+                raise DataError(f"not a JSON row ({exc})", path=str(folder.metrics), line=number) from exc
+    kept = [(row, line) for row, line in rows if row.get("round", 0) <= last_round]
+    write_text_atomic(folder.metrics, "".join(line + "\n" for _, line in kept))
+    return int(kept[-1][0].get("round", 0)) if kept else -1
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text under a temporary name, fsync, rename: readers see the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
 
 
 def save_final(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -85,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fed.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    cal = sub.add_parser(
+        "calibrate", help="the noise multiplier z that spends a user-level (epsilon, delta) in T rounds"
+    )
+    cal.add_argument("--epsilon", type=float, required=True, help="target user-level epsilon")
+    cal.add_argument("--rounds", type=int, required=True, help="rounds T")
+    cal.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate q")
+    group = cal.add_mutually_exclusive_group(required=True)
+    group.add_argument("--delta", type=float, help="delta")
+    group.add_argument("--population", type=int, help="number of users N (delta = N^-1.1)")
+
     gen = sub.add_parser("generate", help="write the synthetic shop as items.csv + interactions.csv")
     gen.add_argument("out", type=Path, help="folder to write")
     gen.add_argument("--users", type=int, default=None)
@@ -148,6 +159,33 @@ def command_federated(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_calibrate(args: argparse.Namespace) -> int:
+    from shared.privacy.accounting import (
+        RoundEvent,
+        calibrate_noise_multiplier,
+        default_delta,
+        pld_epsilon,
+        rdp_epsilon,
+    )
+
+    delta = args.delta if args.delta is not None else default_delta(args.population)
+    z = calibrate_noise_multiplier(
+        target_epsilon=args.epsilon, delta=delta, sample_rate=args.sample_rate, rounds=args.rounds
+    )
+    events = [RoundEvent(sample_rate=args.sample_rate, noise_multiplier=z)] * args.rounds
+    print(
+        json.dumps(
+            {
+                "noise_multiplier": z,
+                "delta": delta,
+                "user_epsilon_pld": pld_epsilon(events, delta=delta),
+                "user_epsilon_rdp": rdp_epsilon(events, delta=delta),
+            }
+        )
+    )
+    return 0
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from shared.data.synthetic import write_shop_csv
 
@@ -164,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        commands = {"run": command_run, "federated": command_federated, "generate": command_generate}
+        commands = {
+            "run": command_run,
+            "federated": command_federated,
+            "calibrate": command_calibrate,
+            "generate": command_generate,
+        }
         return commands[args.command](args)
     except FedhomeError as exc:
         print(f"fedhome-sim: error: {exc}", file=sys.stderr)

@@ -98,24 +98,36 @@ class FedAdamOptimizer(ServerOptimizer):
     m <- beta1 m + (1 - beta1) u; v <- beta2 v + (1 - beta2) u^2; params + lr * m / (sqrt(v) + tau), with
     u = mean_update, m starting at 0 and v at tau^2. No bias correction (the paper has none). A large tau
     keeps coordinates where the update is mostly noise from taking full-size steps.
+
+    With `bias_correction` (Kingma & Ba's Adam, as the centralised trainer uses): v starts at 0 and the step
+    is lr * m_hat / (sqrt(v_hat) + tau) with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t). Without
+    it the early steps are up to several times lr wherever beta2 > beta1 (m warms up faster than v), which
+    on amazon_beauty pushed the model far from its starting point in the first rounds.
     """
 
     name = "adam"
     _slots = ("m", "v")
 
-    def __init__(self, *, learning_rate: float, beta1: float, beta2: float, tau: float) -> None:
+    def __init__(
+        self, *, learning_rate: float, beta1: float, beta2: float, tau: float, bias_correction: bool = False
+    ) -> None:
         super().__init__(learning_rate=learning_rate)
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and tau > 0):
             raise ConfigError(f"need beta1, beta2 in [0, 1) and tau > 0, got {beta1}, {beta2}, {tau}")
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
+        self.bias_correction = bias_correction
 
     def _initial(self, slot: str, dim: int) -> np.ndarray:
-        return np.full(dim, self.tau**2 if slot == "v" else 0.0, np.float64)
+        start_v = 0.0 if self.bias_correction else self.tau**2
+        return np.full(dim, start_v if slot == "v" else 0.0, np.float64)
 
     def _delta(self, update: np.ndarray) -> np.ndarray:
         m = self.beta1 * self._state["m"] + (1.0 - self.beta1) * update
         v = self.beta2 * self._state["v"] + (1.0 - self.beta2) * update**2
         self._state["m"], self._state["v"] = m, v
+        if self.bias_correction:
+            t = self.steps + 1
+            m, v = m / (1.0 - self.beta1**t), v / (1.0 - self.beta2**t)
         return self.learning_rate * m / (np.sqrt(v) + self.tau)
 
 
@@ -128,7 +140,9 @@ def make_server_optimizer(config: FederatedConfig) -> ServerOptimizer:
         return FedAvgMOptimizer(learning_rate=lr, momentum=config.server_momentum)
     if config.server_optimizer == "adam":
         beta1, beta2, tau = config.server_momentum, config.server_beta2, config.server_epsilon
-        return FedAdamOptimizer(learning_rate=lr, beta1=beta1, beta2=beta2, tau=tau)
+        return FedAdamOptimizer(
+            learning_rate=lr, beta1=beta1, beta2=beta2, tau=tau, bias_correction=config.server_bias_correction
+        )
     raise ConfigError(f"unknown server optimiser {config.server_optimizer!r}")
 
 

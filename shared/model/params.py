@@ -53,6 +53,32 @@ def _matches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def group_scales(layout: ParamLayout, scales: Sequence[str]) -> dict[str, float]:
+    """{parameter name: scale} from "prefix=scale" entries (the longest matching prefix wins; default 1)."""
+    parsed = sorted(
+        ((p, float(v)) for p, _, v in (e.partition("=") for e in scales)), key=lambda x: -len(x[0])
+    )
+    unmatched = [p for p, _ in parsed if not any(_matches(n, p) for n in layout.names)]
+    if unmatched:
+        raise ConfigError(f"update_scales prefixes match no trained parameter: {unmatched}")
+    return {name: next((v for p, v in parsed if _matches(name, p)), 1.0) for name in layout.names}
+
+
+def scale_vector(layout: ParamLayout, scales: Sequence[str]) -> np.ndarray:
+    """(layout.dim,) float32 per-coordinate scale of `group_scales`."""
+    per_name = group_scales(layout, scales)
+    return (
+        np.concatenate(
+            [
+                np.full(size, per_name[n], dtype=np.float32)
+                for n, size in zip(layout.names, layout.sizes, strict=True)
+            ]
+        )
+        if layout.names
+        else np.zeros(0, dtype=np.float32)
+    )
+
+
 def get_flat(model: nn.Module, layout: ParamLayout) -> np.ndarray:
     """(layout.dim,) float32 copy of the model's parameters in the layout's order."""
     named = dict(model.named_parameters())

@@ -18,6 +18,7 @@ composed with SelfComposedDpEvent, so the cost hardly depends on the number of r
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from typing import Any
 
 import dp_accounting
 from dp_accounting.pld import PLDAccountant
-from opacus.accountants import RDPAccountant
 
 from shared.errors import ConfigError, DataError
 
@@ -72,7 +72,7 @@ def rdp_epsilon(events: Sequence[RoundEvent], *, delta: float) -> float:
         return 0.0
     if any(event.noise_multiplier == 0 for event, _ in runs):
         return math.inf
-    accountant = RDPAccountant()
+    accountant = _rdp_accountant()
     accountant.history = [(event.noise_multiplier, event.sample_rate, count) for event, count in runs]
     return float(accountant.get_epsilon(delta=delta))
 
@@ -181,6 +181,19 @@ def _runs(events: Sequence[RoundEvent]) -> Runs:
         else:
             runs.append((event, 1))
     return tuple(runs)
+
+
+def _rdp_accountant() -> Any:
+    """A fresh Opacus RDPAccountant. Opacus is imported here, on first use, not with this module: importing
+    it calls logging.basicConfig, which would take the root logger from our entry points (undone here)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    from opacus.accountants import RDPAccountant
+
+    for handler in root.handlers[:]:
+        if handler not in before:
+            root.removeHandler(handler)
+    return RDPAccountant()
 
 
 def _pld_accountant() -> PLDAccountant:

@@ -160,3 +160,17 @@ def test_bad_hyperparameters_are_refused() -> None:
         FedAvgMOptimizer(learning_rate=1.0, momentum=1.0)
     with pytest.raises(ConfigError):
         FedAdamOptimizer(learning_rate=1.0, beta1=0.9, beta2=0.99, tau=0.0)
+
+
+def test_bias_corrected_adam_takes_lr_sized_first_steps() -> None:
+    # Kingma & Ba: the first step is lr * u / (|u| + tau) per coordinate, i.e. about lr * sign(u).
+    from server.strategy import FedAdamOptimizer
+
+    opt = FedAdamOptimizer(learning_rate=0.01, beta1=0.9, beta2=0.999, tau=1e-8, bias_correction=True)
+    params = np.zeros(3, dtype=np.float32)
+    update = np.array([0.5, -2.0, 1e-3])
+    after = opt.step(params, update)
+    np.testing.assert_allclose(after, 0.01 * np.sign(update), rtol=1e-4)
+    uncorrected = FedAdamOptimizer(learning_rate=0.01, beta1=0.9, beta2=0.999, tau=1e-8)
+    first = uncorrected.step(params, update)
+    assert np.all(np.abs(first) > 3 * 0.01)  # m / sqrt(v) = 0.1 / sqrt(0.001): over three times lr

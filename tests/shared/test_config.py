@@ -45,3 +45,10 @@ def test_configs_are_keyword_only_and_frozen() -> None:
         config.dim = 8  # type: ignore[misc]
     with pytest.raises(ConfigError):
         DataConfig(cold_item_fraction=-0.1)
+
+
+def test_record_level_dp_sgd_needs_one_device_per_node() -> None:
+    with pytest.raises(ConfigError, match="devices_per_node = 'one'"):
+        with_overrides(FedhomeConfig(), {"privacy.record_level": "true"})  # shards by default
+    one = {"privacy.record_level": "true", "federated.devices_per_node": "one"}
+    assert with_overrides(FedhomeConfig(), one).privacy.record_level

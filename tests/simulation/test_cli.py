@@ -91,3 +91,23 @@ def test_generate_writes_the_csv_layout(tmp_path: Path) -> None:
     )
     assert code == 0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["dataset"] == "shop"
+
+
+def test_calibrate_finds_the_noise_that_spends_the_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    # NOTES.md: epsilon 8 at q = 0.05 (delta = N^-1.1 for Beauty's 22,363 users) allows 500 rounds at z 0.956
+    args = [
+        "calibrate",
+        "--epsilon",
+        "8",
+        "--rounds",
+        "500",
+        "--sample-rate",
+        "0.05",
+        "--population",
+        "22363",
+    ]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["noise_multiplier"] == pytest.approx(0.956, abs=2e-3)
+    assert out["user_epsilon_pld"] <= 8.0 < out["user_epsilon_rdp"]
+    assert out["delta"] == pytest.approx(22363**-1.1)

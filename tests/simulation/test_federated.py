@@ -2,58 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from federated_toy import read_jsonl, tiny_config
 
 from server.audit.verify import verify_ledger
-from shared.config import FedhomeConfig, with_overrides
 from shared.data.source import configured_split
 from shared.run_folder import RunFolder
 from shared.signing import load_public_key
 from simulation.federated import run_federated
 
-TINY = {
-    "data.synthetic.n_users": "40",
-    "data.synthetic.n_items": "60",
-    "data.synthetic.n_categories": "4",
-    "data.cold_item_fraction": "0",
-    "encoder.backend": "torch",
-    "encoder.device": "cpu",
-    "model.dim": "16",
-    "model.residual_rank": "8",
-    "model.max_history": "8",
-    "federated.sample_rate": "0.5",
-    "federated.n_negatives": "16",
-    "federated.max_examples_per_user": "4",
-    "federated.nodes": "2",
-    "federated.eval_every": "1",
-    "federated.local_learning_rate": "0.5",
-    "privacy.clip_norm": "0.5",
-    "privacy.seed": "11",
-}
-
-
-def tiny_config(tmp_path: Path, cache: Path, **overrides: str) -> FedhomeConfig:
-    settings = {
-        **TINY,
-        "encoder.cache_dir": str(cache),
-        "federated.run_dir": str(tmp_path / "run"),
-        **{k.replace("__", "."): v for k, v in overrides.items()},
-    }
-    config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
-    return config
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("encoder-cache")
-
-
-def read_jsonl(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_short_central_dp_run_writes_a_verifiable_run_folder(tmp_path: Path, cache: Path) -> None:
@@ -70,7 +34,7 @@ def test_short_central_dp_run_writes_a_verifiable_run_folder(tmp_path: Path, cac
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
     metrics = read_jsonl(folder.metrics)
-    assert [m["round"] for m in metrics] == [1, 2, 3] and all("valid_ndcg_10" in m for m in metrics)
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3] and all("valid_ndcg_10" in m for m in metrics)
     assert result.summary["rounds"] == 3 and result.summary["ledger_head"] == entries[-1]["entry_hash"]
     assert 0.0 <= result.test.overall.ndcg_10 <= 1.0 and result.test.overall.n_users > 0
     assert not any("PRIVATE" in p.read_text(errors="ignore") for p in folder.root.glob("*") if p.is_file())

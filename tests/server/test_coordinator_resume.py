@@ -1,0 +1,148 @@
+"""Resuming a run from its folder after a kill at any point of a round, without Flower (nodes are faked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import server.coordinator as coordinator_module
+from server.audit.verify import verify_ledger
+from server.coordinator import Coordinator
+from server.ledger import PrivacyLedger
+from server.messaging import Population, TrainReplies
+from server.server_app import train_rounds
+from shared.config import FedhomeConfig, with_overrides
+from shared.errors import ConfigError
+from shared.model.params import ParamLayout
+from shared.privacy.accounting import RoundEvent, pld_epsilon
+from shared.privacy.clipping import clip_update
+from shared.run_folder import RunFolder, load_latest_checkpoint
+from shared.signing import Ed25519PrivateKey, generate_private_key
+
+DIM = 12
+POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
+
+
+def fake_train_round(
+    grid: Any, assignment: dict[int, np.ndarray], params: np.ndarray, settings: dict[str, Any], **_: Any
+) -> TrainReplies:
+    """The nodes' reply: a sum of clipped random updates, determined by the round seed."""
+    count = sum(len(slots) for slots in assignment.values())
+    rng = np.random.default_rng(int(settings["round-seed"]))
+    updates = [
+        clip_update(rng.normal(size=DIM), clip_norm=float(settings["clip-norm"]))[0] for _ in range(count)
+    ]
+    total = np.sum(updates, axis=0, dtype=np.float64) if updates else np.zeros(DIM)
+    return TrainReplies(total, count, count, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coordinator_module, "train_round", fake_train_round)
+
+
+def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
+    settings = {
+        "federated.run_dir": str(folder),
+        "federated.rounds": str(rounds),
+        "federated.sample_rate": "0.5",
+        "federated.eval_every": "2",
+        "privacy.noise_multiplier": "1.0",
+        "privacy.target_epsilon": "100",
+        "privacy.seed": "5",
+    }
+    config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
+    run = RunFolder(folder)
+    run.create()
+    ledger = PrivacyLedger(run.ledger, signing_key=key)
+    initial = np.linspace(-1, 1, DIM, dtype=np.float32)
+    layout = ParamLayout(("w",), ((DIM,),))
+    return Coordinator(
+        config, run, POPULATION, initial, layout, ledger, evaluate=lambda p: {"valid_x": float(p.sum())}
+    )
+
+
+def run_to(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
+    coordinator = make(folder, key, rounds)
+    coordinator.resume()
+    train_rounds(coordinator, None, progress=False)
+    return coordinator
+
+
+def drop_last_lines(path: Path, n: int) -> None:
+    lines = path.read_bytes().split(b"\n")[:-1]
+    path.write_bytes(b"".join(line + b"\n" for line in lines[:-n]))
+
+
+def rounds_of(path: Path) -> list[int]:
+    return [json.loads(line)["round"] for line in path.read_text().splitlines()]
+
+
+def test_a_checkpoint_whose_ledger_entry_was_not_yet_written_is_repaired_on_resume(tmp_path: Path) -> None:
+    key = generate_private_key()
+    folder = RunFolder(tmp_path / "run")
+    run_to(folder.root, key, 3)
+    checkpoint = load_latest_checkpoint(folder)
+    assert checkpoint is not None
+    drop_last_lines(folder.ledger, 1)  # killed after the checkpoint of round 3, before its ledger entry
+    resumed = make(folder.root, key, 5)
+    assert resumed.resume() and resumed.state.round == 3
+    entries = PrivacyLedger(folder.ledger).entries()
+    assert [e["round"] for e in entries] == [1, 2, 3] and entries[-1] == checkpoint["ledger_entry"]
+    event = RoundEvent(sample_rate=0.5, noise_multiplier=1.0)
+    assert resumed.epsilon() == pytest.approx(pld_epsilon([event] * 3, delta=resumed.plan.delta), rel=1e-12)
+    train_rounds(resumed, None, progress=False)
+    assert rounds_of(folder.ledger) == [1, 2, 3, 4, 5] and rounds_of(folder.metrics) == [0, 1, 2, 3, 4, 5]
+    report = verify_ledger(folder.ledger, key.public_key())
+    assert report.ok, report.problems
+    assert resumed.epsilon() == pytest.approx(pld_epsilon([event] * 5, delta=resumed.plan.delta), rel=1e-12)
+    straight = run_to(tmp_path / "straight", generate_private_key(), 5)
+    np.testing.assert_allclose(resumed.state.params, straight.state.params, rtol=1e-6, atol=1e-7)
+
+
+def test_a_ledger_two_rounds_behind_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    key = generate_private_key()
+    folder = RunFolder(tmp_path / "run")
+    run_to(folder.root, key, 3)
+    drop_last_lines(folder.ledger, 2)
+    with pytest.raises(ConfigError, match="ledger ends at round 1 but the newest checkpoint is round 3"):
+        make(folder.root, key, 5).resume()
+    assert rounds_of(folder.ledger) == [1]  # nothing written
+
+
+def test_a_ledger_of_another_run_is_refused(tmp_path: Path) -> None:
+    key = generate_private_key()
+    run_to(tmp_path / "run", key, 2)
+    run_to(tmp_path / "other", key, 2)
+    (tmp_path / "run" / "ledger.jsonl").write_bytes((tmp_path / "other" / "ledger.jsonl").read_bytes())
+    with pytest.raises(ConfigError, match="not the entry in the checkpoint"):
+        make(tmp_path / "run", key, 3).resume()
+
+
+def test_a_lost_and_a_torn_metrics_row_are_restored_once(tmp_path: Path) -> None:
+    key = generate_private_key()
+    folder = RunFolder(tmp_path / "run")
+    run_to(folder.root, key, 4)
+    drop_last_lines(folder.metrics, 1)  # killed after the ledger entry of round 4, before its metrics row
+    with folder.metrics.open("a") as out:
+        out.write('{"cohort": 3, "rou')  # ... in the middle of writing it
+    resumed = run_to(folder.root, key, 6)
+    rows = [json.loads(line) for line in folder.metrics.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4, 5, 6]
+    assert "valid_x" in rows[4] and "valid_x" not in rows[5]  # round 4 was due for an evaluation
+    assert resumed.state.round == 6
+
+
+def test_a_start_killed_before_its_first_checkpoint_starts_afresh(tmp_path: Path) -> None:
+    key = generate_private_key()
+    folder = RunFolder(tmp_path / "run")
+    folder.create()
+    folder.metrics.write_text('{"round": 0, "user_epsilon": 0.0}\n')  # the round-0 evaluation, then a kill
+    coordinator = make(folder.root, key, 2)
+    assert not coordinator.resume()
+    train_rounds(coordinator, None, progress=False)
+    assert rounds_of(folder.metrics) == [0, 1, 2] and rounds_of(folder.ledger) == [1, 2]
