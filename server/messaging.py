@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from server.strategy import check_update_sum
@@ -107,12 +107,12 @@ def train_round(
     largest one over the replies (rejected ones included: their device spent it) is returned."""
     global_record = ArrayRecord({"params": Array(params)})
     messages = []
-    for node, slots in assignment.items():
+    for position, (node, slots) in enumerate(assignment.items()):
         content = RecordDict(
             {
                 "global": global_record,
                 "sample": ArrayRecord({"slots": Array(slots.astype(np.int64))}),
-                "round": ConfigRecord(dict(settings)),
+                "round": ConfigRecord(_node_settings(settings, position)),
             }
         )
         messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
@@ -155,6 +155,15 @@ def _read_record_epsilon(reply: Message) -> float:
     if not value >= 0:
         raise UpdateRejectedError(f"record-level epsilon {value} is not >= 0")
     return value
+
+
+def _node_settings(settings: dict[str, int | float], position: int) -> dict[str, ConfigRecordValues]:
+    """The round's settings for one node: a fixed (test) noise seed differs per node, so that local-DP
+    noise is independent across nodes even in deterministic runs (-1, OS entropy, stays -1)."""
+    seed = int(settings.get("noise-seed", -1))
+    out: dict[str, ConfigRecordValues] = dict(settings)
+    out["noise-seed"] = seed if seed < 0 else (seed + position) % (2**62)
+    return out
 
 
 def _read_train_reply(reply: Message, n_sampled: int) -> tuple[np.ndarray, int, int]:

@@ -134,6 +134,8 @@ def run_training(
         "user_epsilon_rdp": _finite_or_text(coordinator.accountant.spent()["rdp"])
         if coordinator.plan.mode != "none"
         else "inf",
+        # record-level DP-SGD on the devices (a guarantee per interaction, not per user), when used
+        "record_epsilon": _record_epsilon(coordinator),
         "ledger_head": ledger.head_hash(),
         "ledger_key_id": key_id(key.public_key()),
         "final_eval": coordinator.evaluate(coordinator.state.params),
@@ -194,6 +196,11 @@ def finish_row(coordinator: Coordinator, row: dict[str, Any]) -> None:
     if every and (row["round"] % every == 0 or row["round"] == federated.rounds):
         row.update(coordinator.evaluate(coordinator.state.params))
     append_metrics(coordinator.folder, row)
+
+
+def _record_epsilon(coordinator: Coordinator) -> float | str | None:
+    values = [float(row["record_epsilon"]) for row in coordinator.state.history if "record_epsilon" in row]
+    return _finite_or_text(max(values)) if values else None
 
 
 def _finite_or_text(value: float) -> float | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -62,10 +63,11 @@ def test_record_level_epsilon_persists_on_each_device_across_rounds(tmp_path: Pa
         privacy__record_noise_multiplier="1.0",
         privacy__target_epsilon="100",
     )
-    run_federated(config, configured_split(config.data), progress=False)
+    result = run_federated(config, configured_split(config.data), progress=False)
     folder = RunFolder(config.federated.run_dir)
     entries = read_jsonl(folder.ledger)
     assert [e["round"] for e in entries] == [1, 2, 3]
+    assert result.summary["record_epsilon"] == entries[-1]["record_epsilon"]
     assert all(e["record_delta"] == 1e-5 and e["record_unit_of_privacy"] == "record" for e in entries)
     epsilons = [float(e["record_epsilon"]) for e in entries]  # type: ignore[arg-type]
     assert 0 < epsilons[0] < epsilons[-1] and epsilons == sorted(epsilons)  # it grows: the state persists
@@ -75,5 +77,33 @@ def test_record_level_epsilon_persists_on_each_device_across_rounds(tmp_path: Pa
         ]
         assert min(abs(epsilon - p) for p in possible) < 1e-9 * epsilon
     assert [row.get("record_epsilon") for row in read_jsonl(folder.metrics)][1:] == epsilons
+    report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
+    assert report.ok, report.problems
+
+
+def test_adaptive_clipping_moves_the_clip_norm_and_the_auditor_agrees(tmp_path: Path, cache: Path) -> None:
+    # C starts far above every update norm (all unclipped): the norm must shrink round after round.
+    config = tiny_config(
+        tmp_path,
+        cache,
+        federated__rounds="3",
+        federated__local_learning_rate="0.01",
+        privacy__clip_norm="50",
+        privacy__adaptive_clipping="true",
+        privacy__clip_count_stddev="1.0",
+        privacy__noise_multiplier="1.0",
+        privacy__target_epsilon="100",
+    )
+    run_federated(config, configured_split(config.data), progress=False)
+    folder = RunFolder(config.federated.run_dir)
+    entries = read_jsonl(folder.ledger)
+    norms = [float(e["clip_norm"]) for e in entries]  # type: ignore[arg-type]
+    assert norms[0] == 50 and norms[0] > norms[1] > norms[2]
+    for entry, following in itertools.pairwise(entries):
+        assert entry["next_clip_norm"] == following["clip_norm"]
+    for entry in entries:  # the update gets less noise than z: the rest of the budget went to the count
+        z, z_update = float(entry["noise_multiplier"]), float(entry["update_noise_multiplier"])  # type: ignore[arg-type]
+        assert z == 1.0 and z < z_update and entry["count_noise_std"] == 1.0
+        assert entry["noise_std"] == pytest.approx(z_update * float(entry["clip_norm"]))  # type: ignore[arg-type]
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
