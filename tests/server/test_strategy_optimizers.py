@@ -67,6 +67,7 @@ def test_adam_two_steps_by_hand_without_bias_correction() -> None:
             server_momentum=0.9,
             server_beta2=0.99,
             server_epsilon=1e-3,
+            server_bias_correction=False,
         )
     )
     p1 = opt.step(P0, U1)
