@@ -36,6 +36,24 @@ def _parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _add_shop_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    """The options `run` and `federated` share: data format, output folder, synthetic size, overrides."""
+    parser.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
+    parser.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
+    parser.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set train.epochs=3 --set federated.sample_rate=0.02",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhome-sim", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -45,22 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dataset", default="synthetic", help="'synthetic' or a data folder/file (default synthetic)"
     )
-    run.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
+    _add_shop_arguments(run, out_help="results folder (default runs/<dataset>-<time>)")
     run.add_argument("--model", type=_parse_models, default=list(MODEL_NAMES), help="comma list or 'all'")
     run.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
-    run.add_argument("--out", type=Path, default=None, help="results folder (default runs/<dataset>-<time>)")
-    run.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
-    run.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        type=_parse_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config value, e.g. --set train.epochs=3 --set data.cold_item_fraction=0",
-    )
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     fed = sub.add_parser(
         "federated",
@@ -68,23 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resumes from the run folder's newest checkpoint when it has one.",
     )
     fed.add_argument("--dataset", default="synthetic", help="'synthetic' or a data folder/file")
-    fed.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
-    fed.add_argument("--out", type=Path, default=None, help="run folder (default runs/federated-<dataset>)")
-    fed.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
-    fed.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
+    _add_shop_arguments(fed, out_help="run folder (default runs/federated-<dataset>)")
     fed.add_argument("--rounds", type=int, default=None, help="federated.rounds")
     fed.add_argument("--epsilon", type=float, default=None, help="privacy.target_epsilon (user level)")
     fed.add_argument("--mode", choices=["central", "local", "none"], default=None, help="privacy.mode")
-    fed.add_argument(
-        "--set",
-        dest="overrides",
-        type=_parse_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config value, e.g. --set federated.sample_rate=0.02",
-    )
-    fed.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     cal = sub.add_parser(
         "calibrate", help="the noise multiplier z that spends a user-level (epsilon, delta) in T rounds"

@@ -24,6 +24,7 @@ from client.client_app import make_client_app
 from server.server_app import make_server_app
 from shared.config import FedhomeConfig
 from shared.data.split import Split
+from shared.errors import FedhomeError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, set_flat, trainable_layout
 from shared.run_folder import RunFolder
@@ -82,10 +83,11 @@ def run_federated(config: FedhomeConfig, split: Split, *, progress: bool) -> Fed
     config = dataclasses.replace(config, federated=dataclasses.replace(config.federated, nodes=n_nodes))
     server_app = make_server_app(config, evaluator=progress_evaluator(split, config), progress=progress)
     client_app = make_client_app(config)
-    run_simulation(server_app, client_app, num_supernodes=n_nodes, backend_config=backend_config(config))
     folder = RunFolder(config.federated.run_dir)
+    folder.summary.unlink(missing_ok=True)  # rewritten when the run ends; a stale one must not pass for it
+    run_simulation(server_app, client_app, num_supernodes=n_nodes, backend_config=backend_config(config))
     if not folder.summary.exists():
-        raise RuntimeError(f"the federated run ended without a summary in {folder.root}: see the log above")
+        raise FedhomeError(f"the federated run ended without a summary in {folder.root}: see the log above")
     return evaluate_final(config, split, folder, time.perf_counter() - start)
 
 
