@@ -79,8 +79,9 @@ def plot(points: list[RunPoint], references: dict[str, float], out: Path) -> Non
             ax.axhline(
                 p.test_ndcg_10, linestyle="--", color="tab:green", label="federated, clipping only (no noise)"
             )
-    for (name, value), style in zip(references.items(), (":", "-.", (0, (1, 3)), "--"), strict=False):
-        ax.axhline(value, linestyle=style, color="gray", label=name)
+    styles = ((":", "black"), ("-.", "tab:orange"), ((0, (1, 3)), "tab:purple"), ("--", "gray"))
+    for (name, value), (style, color) in zip(references.items(), styles, strict=False):
+        ax.axhline(value, linestyle=style, color=color, label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("user-level epsilon (delta = N^-1.1)")
     ax.set_ylabel("test NDCG@10")
