@@ -38,6 +38,7 @@ from shared.privacy.accounting import (
     UserLevelAccountant,
     calibrate_noise_multiplier,
     default_delta,
+    json_epsilon,
 )
 from shared.privacy.noise import GaussianNoise
 from shared.run_folder import RunFolder, load_latest_checkpoint, save_checkpoint, trim_metrics
@@ -288,7 +289,7 @@ class Coordinator:
         after: np.ndarray,
     ) -> dict[str, Any]:
         spent = (
-            {k: _json_float(v) for k, v in self.accountant.spent().items()}
+            {k: json_epsilon(v) for k, v in self.accountant.spent().items()}
             if self.plan.mode != "none"
             else {
                 "pld": "inf",
@@ -338,8 +339,8 @@ class Coordinator:
         if record is None or replies.record_epsilon is None:
             return {}
         return {
-            "record_epsilon": _json_float(record),  # the largest over every device so far
-            "record_epsilon_round": _json_float(replies.record_epsilon),  # largest over this round's devices
+            "record_epsilon": json_epsilon(record),  # the largest over every device so far
+            "record_epsilon_round": json_epsilon(replies.record_epsilon),  # largest over this round's devices
             "record_delta": self.config.privacy.record_delta,
             "record_accountant": "rdp",
             "record_unit_of_privacy": "record",
@@ -359,7 +360,3 @@ class Coordinator:
                 "ledger_entry": entry,
             },
         )
-
-
-def _json_float(value: float) -> float | str:
-    return "inf" if math.isinf(value) else float(value)

@@ -34,6 +34,7 @@ from shared.data.source import load_configured
 from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, get_flat, set_flat, trainable_layout
+from shared.privacy.accounting import json_epsilon
 from shared.run_folder import RunFolder, append_metrics, save_final, write_json_atomic
 from shared.signing import generate_private_key, key_id, load_private_key, save_private_key, save_public_key
 
@@ -130,8 +131,8 @@ def run_training(
         "mode": coordinator.plan.mode,
         "noise_multiplier": coordinator.plan.noise_multiplier,
         "delta": coordinator.plan.delta,
-        "user_epsilon": _finite_or_text(coordinator.epsilon()),
-        "user_epsilon_rdp": _finite_or_text(coordinator.accountant.spent()["rdp"])
+        "user_epsilon": json_epsilon(coordinator.epsilon()),
+        "user_epsilon_rdp": json_epsilon(coordinator.accountant.spent()["rdp"])
         if coordinator.plan.mode != "none"
         else "inf",
         # record-level DP-SGD on the devices (a guarantee per interaction, not per user), when used
@@ -200,11 +201,7 @@ def finish_row(coordinator: Coordinator, row: dict[str, Any]) -> None:
 
 def _record_epsilon(coordinator: Coordinator) -> float | str | None:
     values = [float(row["record_epsilon"]) for row in coordinator.state.history if "record_epsilon" in row]
-    return _finite_or_text(max(values)) if values else None
-
-
-def _finite_or_text(value: float) -> float | str:
-    return "inf" if math.isinf(value) else float(value)
+    return json_epsilon(max(values)) if values else None
 
 
 def make_server_app(
