@@ -1,4 +1,4 @@
-"""`fedhome-sim`: run baselines and the two-tower model on a shop, or write the synthetic shop as CSV."""
+"""`fedhome-sim`: models on a shop, federated training, canary audits, the synthetic shop as CSV."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import FedhomeError
+from simulation.canary_audit import BREAKAGES
 from simulation.report import markdown_table, population_line, write_results
 from simulation.run import MODEL_NAMES, ModelName, prepare, run_model
 
@@ -87,6 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
     group = cal.add_mutually_exclusive_group(required=True)
     group.add_argument("--delta", type=float, help="delta")
     group.add_argument("--population", type=int, help="number of users N (delta = N^-1.1)")
+
+    can = sub.add_parser(
+        "canary",
+        help="empirical privacy audit with canary clients; exits 1 when a lower bound beats the accountant",
+        description="Trains with canary clients (Andrew et al. 2024) and compares the epsilon estimate and "
+        "lower bounds (Clopper-Pearson threshold test; Steinke, Nasr & Jagielski 2023) with the analytic "
+        "epsilon. Writes canary_audit.json into --out.",
+    )
+    can.add_argument("--dataset", default="synthetic", help="'synthetic' or a data folder/file")
+    _add_shop_arguments(can, out_help="folder for canary_audit.json (default runs/canary-<model>)")
+    can.add_argument("--model", choices=["recommender", "linear"], default="recommender")
+    can.add_argument("--rounds", type=int, default=None, help="federated.rounds")
+    noise = can.add_mutually_exclusive_group(required=True)
+    noise.add_argument("--epsilon", type=float, help="calibrate z to this user-level epsilon")
+    noise.add_argument("--noise-multiplier", type=float, help="z")
+    can.add_argument("--canaries", type=int, default=1200, help="canary directions, each inserted w.p. 1/2")
+    can.add_argument(
+        "--break",
+        dest="breakage",
+        choices=BREAKAGES,
+        default="none",
+        help="audit a deliberately broken mechanism (the accountant still assumes z)",
+    )
+    can.add_argument("--linear-users", type=int, default=20_000, help="--model linear: users")
+    can.add_argument("--linear-dim", type=int, default=10_000, help="--model linear: parameters")
+    can.add_argument("--seed", type=int, default=0, help="canaries, sampling and noise")
 
     gen = sub.add_parser("generate", help="write the synthetic shop as items.csv + interactions.csv")
     gen.add_argument("out", type=Path, help="folder to write")
@@ -178,6 +205,42 @@ def command_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_canary(args: argparse.Namespace) -> int:
+    import torch
+
+    from shared.privacy.accounting import calibrate_noise_multiplier, default_delta
+    from simulation.canary_audit import run_canary_audit, write_audit
+    from simulation.canary_models import linear_setup, recommender_setup
+
+    config = config_from_args(argparse.Namespace(**{**vars(args), "seed": None}))
+    torch.set_num_threads(1)
+    if args.model == "linear":
+        config = with_overrides(
+            config, {"federated.server_optimizer": "sgd", "federated.server_learning_rate": "1"}
+        )
+        setup = linear_setup(n_users=args.linear_users, dim=args.linear_dim, seed=args.seed)
+    else:
+        setup = recommender_setup(config)
+    z = args.noise_multiplier
+    if z is None:
+        population = (
+            setup.n_users + args.canaries // 2
+        )  # the expected inserted count; the audit uses the real one
+        z = calibrate_noise_multiplier(
+            target_epsilon=args.epsilon,
+            delta=default_delta(population),
+            sample_rate=config.federated.sample_rate,
+            rounds=config.federated.rounds,
+        )
+    result = run_canary_audit(
+        setup, config, canaries=args.canaries, noise_multiplier=z, breakage=args.breakage, seed=args.seed
+    )
+    path = write_audit(result, args.out or Path("runs") / f"canary-{args.model}")
+    print(result.summary())
+    print(f"written to {path}")
+    return 0 if result.ok else 1
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from shared.data.synthetic import write_shop_csv
 
@@ -198,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             "run": command_run,
             "federated": command_federated,
             "calibrate": command_calibrate,
+            "canary": command_canary,
             "generate": command_generate,
         }
         return commands[args.command](args)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,13 +25,37 @@ from server.catalog import embed_catalogue
 from server.strategy import UserLevelDPAggregator, make_server_optimizer, poisson_sample
 from shared.config import FedhomeConfig, with_overrides
 from shared.data.source import configured_split
+from shared.data.split import Split
 from shared.model import ItemFeatures, TwoTower
-from shared.model.params import get_flat, scale_vector, set_flat, trainable_layout
+from shared.model.params import ParamLayout, get_flat, scale_vector, set_flat, trainable_layout
 from shared.privacy.noise import GaussianNoise
 from simulation.evaluate import evaluate
 from simulation.train import make_scorer
 
 PROGRESS_USERS = 3_000
+
+
+@dataclass(frozen=True)
+class Replica:
+    """The pieces of a federation in one process: data, model, trained layout, local trainer, scales."""
+
+    split: Split
+    model: TwoTower
+    layout: ParamLayout
+    trainer: LocalTrainer
+    scale: np.ndarray  # (dim,) theta = scale * phi (FederatedConfig.update_scales)
+
+
+def build_replica(config: FedhomeConfig) -> Replica:
+    split = configured_split(config.data)
+    table = embed_catalogue(split.dataset.catalogue, config.encoder, progress=False)
+    torch.manual_seed(config.federated.seed)
+    model = TwoTower(ItemFeatures.from_catalogue(split.dataset.catalogue, table.vectors), config.model)
+    layout = trainable_layout(model, config.federated.trainable)
+    trainer = LocalTrainer(
+        model, split.train, layout=layout, blocked=split.cold_items, config=config.federated
+    )
+    return Replica(split, model, layout, trainer, scale_vector(layout, config.federated.update_scales))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,15 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     config: FedhomeConfig = with_overrides(
         FedhomeConfig(), {"data.dataset": args.dataset, "data.cold_item_fraction": "0", **overrides}
     )
-    split = configured_split(config.data)
-    table = embed_catalogue(split.dataset.catalogue, config.encoder, progress=False)
-    torch.manual_seed(config.federated.seed)
-    model = TwoTower(ItemFeatures.from_catalogue(split.dataset.catalogue, table.vectors), config.model)
-    layout = trainable_layout(model, config.federated.trainable)
-    trainer = LocalTrainer(
-        model, split.train, layout=layout, blocked=split.cold_items, config=config.federated
+    replica = build_replica(config)
+    split, model, layout, trainer, scale = (
+        replica.split,
+        replica.model,
+        replica.layout,
+        replica.trainer,
+        replica.scale,
     )
-    scale = scale_vector(layout, config.federated.update_scales)
     aggregator = UserLevelDPAggregator(
         population=split.full.n_users,
         sample_rate=config.federated.sample_rate,

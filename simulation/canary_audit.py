@@ -1,0 +1,279 @@
+"""Empirical privacy audit of federated training with canary clients (`fedhome-sim canary`).
+
+After Andrew et al., "One-shot Empirical Privacy Estimation for Federated Learning" (ICLR 2024): m canary
+directions u_i (random unit vectors in the space devices send updates in) are drawn; each is inserted as a
+client independently with probability 1/2, so the m directions double as the randomised inclusion of
+Steinke, Nasr & Jagielski (2023). An inserted canary is sampled by Poisson sampling like every user and,
+when sampled, sends a large update along u_i (`CANARY_MAGNITUDE` x C) that goes through the same clipping
+to C as everyone's; the server aggregates with its real UserLevelDPAggregator (the canaries are counted in
+the population) and its real server optimiser. Afterwards:
+- final-model statistic: cos(phi_T - phi_0, u_i), what an adversary who sees only the release can compute;
+- all-rounds statistic: max over rounds of cos(round t's noised mean update, u_i), for an adversary who
+  sees every round's model.
+Each statistic gives Andrew et al.'s epsilon estimate and two rigorous lower bounds
+(server/audit/empirical.py). The audit fails when a lower bound exceeds the analytic epsilon the
+accountant claims for this run: the mechanism leaks more than it says.
+
+The training loop is the in-process replica of simulation/tune_federated.py (the product's LocalTrainer,
+Poisson sampler, aggregator and optimiser, without Flower). `--model linear` audits a small linear-
+regression federation instead (the calibration table of docs/results.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from client.train import UpdateSum
+from server.audit import empirical
+from server.strategy import UserLevelDPAggregator, make_server_optimizer, poisson_sample
+from shared.config import FedhomeConfig
+from shared.errors import ConfigError
+from shared.privacy.accounting import RoundEvent, default_delta, pld_epsilon
+from shared.privacy.clipping import clip_rows
+from shared.privacy.noise import GaussianNoise
+
+CANARY_MAGNITUDE = 100.0  # a canary's raw update norm in units of C: only clipping keeps it at C
+MAX_CANARY_FLOATS = 400_000_000  # m x dim float32 directions kept in memory (1.6 GB)
+Breakage = Literal["none", "noise-off", "noise-tenth"]
+BREAKAGES: tuple[Breakage, ...] = ("none", "noise-off", "noise-tenth")
+
+
+class RoundTrainer(Protocol):
+    """What the audit needs from local training: the clipped update sum of a cohort (client.train)."""
+
+    def clipped_sum(
+        self, params: np.ndarray, users: np.ndarray, *, round_seed: int, clip_norm: float
+    ) -> UpdateSum: ...
+
+
+@dataclass(frozen=True)
+class Canaries:
+    directions: np.ndarray  # (m, dim) float32 unit rows
+    inserted: np.ndarray  # (m,) bool: took part as a client (each independently with probability 1/2)
+
+    @classmethod
+    def draw(cls, m: int, dim: int, *, seed: int) -> Canaries:
+        if m < 8:
+            raise ConfigError(f"an audit needs at least 8 canaries, got {m}")
+        if m * dim > MAX_CANARY_FLOATS:
+            raise ConfigError(f"{m} canaries x {dim} parameters do not fit in memory; use fewer canaries")
+        rng = np.random.default_rng(seed)
+        directions = rng.standard_normal((m, dim), dtype=np.float32)
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        return cls(directions, rng.random(m) < 0.5)
+
+    def round_sum(
+        self, rng: np.random.Generator, *, sample_rate: float, clip_norm: float, clip: bool
+    ) -> tuple[np.ndarray, int]:
+        """(sum of this round's sampled canaries' clipped updates (dim,), how many were sampled)."""
+        sampled = np.flatnonzero(self.inserted & (rng.random(self.inserted.size) < sample_rate))
+        raw = torch.from_numpy(self.directions[sampled] * np.float32(CANARY_MAGNITUDE * clip_norm))
+        rows = clip_rows(raw, clip_norm=clip_norm)[0] if clip else raw
+        return rows.sum(dim=0, dtype=torch.float64).numpy(), int(sampled.size)
+
+    def cosines(self, vector: np.ndarray) -> np.ndarray:
+        norm = float(np.linalg.norm(vector))
+        return (
+            np.zeros(self.inserted.size)
+            if norm == 0
+            else (self.directions @ vector.astype(np.float32)) / norm
+        )
+
+
+@dataclass
+class StatisticResult:
+    """One statistic's numbers: the fitted Gaussians, the estimate and the two lower bounds."""
+
+    inserted_mean: float
+    inserted_std: float
+    absent_mean: float
+    absent_std: float
+    epsilon_estimate: float
+    threshold_lower_bound: float
+    one_run_lower_bound: float
+
+    @classmethod
+    def of(
+        cls, scores: np.ndarray, inserted: np.ndarray, *, delta: float, confidence: float
+    ) -> StatisticResult:
+        fit_in = empirical.fit_gaussian(scores[inserted])
+        fit_out = empirical.fit_gaussian(scores[~inserted])
+        return cls(
+            inserted_mean=fit_in.mean,
+            inserted_std=fit_in.std,
+            absent_mean=fit_out.mean,
+            absent_std=fit_out.std,
+            epsilon_estimate=empirical.gaussian_pair_epsilon(fit_in, fit_out, delta=delta),
+            threshold_lower_bound=empirical.threshold_lower_bound(
+                scores, inserted, delta=delta, confidence=confidence
+            ),
+            one_run_lower_bound=empirical.one_run_lower_bound(
+                scores, inserted, delta=delta, confidence=confidence
+            ),
+        )
+
+    @property
+    def lower_bound(self) -> float:
+        return max(self.threshold_lower_bound, self.one_run_lower_bound)
+
+
+@dataclass
+class CanaryAuditResult:
+    """What `fedhome-sim canary` reports (canary_audit.json)."""
+
+    model: str
+    rounds: int
+    sample_rate: float
+    noise_multiplier: float  # the z the accountant was told
+    applied_noise_multiplier: float  # the z the aggregator really used (differs only when broken)
+    breakage: str
+    population: int  # users + inserted canaries
+    canaries: int
+    inserted: int
+    delta: float
+    analytic_epsilon: float  # PLD, user level, for the z the accountant was told
+    confidence: float
+    final_model: StatisticResult
+    all_rounds: StatisticResult
+    wall_s: float
+    canary_participations: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+    def summary(self) -> str:
+        rows = [
+            f"canary audit ({self.model}, {self.rounds} rounds, q={self.sample_rate}, "
+            f"z={self.noise_multiplier:.4g}, "
+            f"{self.inserted} of {self.canaries} canaries inserted, breakage: {self.breakage})",
+            f"analytic user-level epsilon (PLD) at delta={self.delta:.3g}: {self.analytic_epsilon:.3f}",
+        ]
+        for name, stat in (("final model", self.final_model), ("all rounds", self.all_rounds)):
+            rows.append(
+                f"{name}: estimate {stat.epsilon_estimate:.3f}, lower bounds "
+                f"{stat.threshold_lower_bound:.3f} (threshold, Clopper-Pearson) and "
+                f"{stat.one_run_lower_bound:.3f} (one run) at "
+                f"{self.confidence:.0%} confidence"
+            )
+        rows.append(
+            "OK: no lower bound exceeds the analytic epsilon"
+            if self.ok
+            else "FAILED: " + "; ".join(self.problems)
+        )
+        rows.append(f"wall time {self.wall_s:.1f} s")
+        return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class AuditSetup:
+    """A federation to audit: its trainer, start parameters in update space, and the real-user count."""
+
+    trainer: RoundTrainer
+    start: np.ndarray  # (dim,) float32 phi_0
+    n_users: int
+    name: str
+    to_params: Callable[[np.ndarray], np.ndarray] = lambda phi: phi  # phi -> what the trainer takes
+
+
+def run_canary_audit(
+    setup: AuditSetup,
+    config: FedhomeConfig,
+    *,
+    canaries: int,
+    noise_multiplier: float,
+    breakage: Breakage = "none",
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> CanaryAuditResult:
+    """Train `config.federated.rounds` rounds with canaries and compare the audit with the accountant."""
+    if breakage not in BREAKAGES:
+        raise ConfigError(f"breakage must be one of {BREAKAGES}, got {breakage!r}")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ConfigError("a canary audit checks a noised mechanism: noise_multiplier must be > 0")
+    started = time.perf_counter()
+    fed, clip_norm = config.federated, config.privacy.clip_norm
+    canary_set = Canaries.draw(canaries, setup.start.size, seed=seed + 1)
+    population = setup.n_users + int(canary_set.inserted.sum())
+    applied = {"none": noise_multiplier, "noise-off": 0.0, "noise-tenth": noise_multiplier / 10}[breakage]
+    aggregator = UserLevelDPAggregator(
+        population=population,
+        sample_rate=fed.sample_rate,
+        noise_multiplier=applied,
+        clip_norm=clip_norm,
+        mode="central" if applied > 0 else "none",
+        noise=GaussianNoise(seed=seed + 2),
+    )
+    optimizer = make_server_optimizer(fed)
+    rng = np.random.default_rng(seed + 3)
+    phi = setup.start.astype(np.float32)
+    best_round_cosine = np.full(canaries, -np.inf)
+    participations = 0
+    for round_number in range(1, fed.rounds + 1):
+        cohort = poisson_sample(setup.n_users, sample_rate=fed.sample_rate, rng=rng)
+        update = setup.trainer.clipped_sum(
+            setup.to_params(phi), cohort, round_seed=round_number, clip_norm=clip_norm
+        )
+        canary_sum, sampled = canary_set.round_sum(
+            rng, sample_rate=fed.sample_rate, clip_norm=clip_norm, clip=True
+        )
+        participations += sampled
+        result = aggregator.aggregate(
+            update.total.astype(np.float64) + canary_sum,
+            count=update.count + sampled,
+            unclipped_count=update.unclipped_count,
+        )
+        best_round_cosine = np.maximum(best_round_cosine, canary_set.cosines(result.mean_update))
+        phi = optimizer.step(phi, result.mean_update)
+    delta = default_delta(population)
+    analytic = pld_epsilon([RoundEvent(fed.sample_rate, noise_multiplier)] * fed.rounds, delta=delta)
+    final = StatisticResult.of(
+        canary_set.cosines(phi - setup.start), canary_set.inserted, delta=delta, confidence=confidence
+    )
+    every = StatisticResult.of(best_round_cosine, canary_set.inserted, delta=delta, confidence=confidence)
+    problems = [
+        f"{name}: lower bound {stat.lower_bound:.3f} exceeds the analytic epsilon {analytic:.3f}"
+        for name, stat in (("final model", final), ("all rounds", every))
+        if stat.lower_bound > analytic
+    ]
+    return CanaryAuditResult(
+        model=setup.name,
+        rounds=fed.rounds,
+        sample_rate=fed.sample_rate,
+        noise_multiplier=noise_multiplier,
+        applied_noise_multiplier=applied,
+        breakage=breakage,
+        population=population,
+        canaries=canaries,
+        inserted=int(canary_set.inserted.sum()),
+        delta=delta,
+        analytic_epsilon=analytic,
+        confidence=confidence,
+        final_model=final,
+        all_rounds=every,
+        wall_s=time.perf_counter() - started,
+        canary_participations=participations,
+        problems=problems,
+    )
+
+
+def write_audit(result: CanaryAuditResult, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "canary_audit.json"
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return path
