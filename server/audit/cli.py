@@ -1,7 +1,12 @@
-"""`fedhome-audit`: the privacy auditor's commands. `verify RUN_DIR --public-key KEY.pem` checks a ledger.
+"""`fedhome-audit`: the privacy auditor's commands.
+
+- `verify RUN_DIR --public-key KEY.pem` checks a ledger;
+- `report RUN_DIR --public-key KEY.pem --out DIR` writes report.html and report.json: the guarantee in
+  words, the verification of every entry, the mismatches between what ran and what the accountants assume,
+  what the guarantee does not cover, plots, and the run's canary audit if it has one.
 
 Exit status: 0 when every check passes, 1 when any check fails (tampering, a mismatch, a damaged ledger),
-2 on a usage error or a missing/unreadable ledger or key file.
+2 on a usage error or a missing/unreadable ledger or key file. `report` writes its files in both cases.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the ledger head hash pinned by a release (catches cut-off entries)",
     )
     verify.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    report = sub.add_parser("report", help="write the privacy report of a run as HTML and JSON")
+    report.add_argument("run_dir", type=Path, help="the run folder holding ledger.jsonl")
+    report.add_argument("--public-key", type=Path, required=True, help="the ledger's Ed25519 public key")
+    report.add_argument("--out", type=Path, required=True, help="folder for report.html and report.json")
+    report.add_argument("--expect-head", default=None, help="the ledger head hash pinned by a release")
     return parser
 
 
@@ -42,6 +52,23 @@ def command_verify(args: argparse.Namespace) -> int:
     report = verify_ledger(args.run_dir, public_key, expected_head=args.expect_head)
     print(json.dumps(report.to_dict(), indent=2) if args.json else summary(report))
     return 0 if report.ok else 1
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from server.audit.report import build_report
+    from server.audit.report_html import render_html
+
+    public_key = load_public_key(args.public_key)
+    report = build_report(args.run_dir, public_key, expected_head=args.expect_head)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "report.html").write_text(render_html(report))
+    verification = report["verification"]
+    ok = verification["ok"] and not report["mismatches"]
+    print(f"{'VERIFIED' if ok else 'FAILED'}: {verification['entries']} ledger entries, "
+          f"{len(verification['problems'])} problem(s), {len(report['mismatches'])} mismatch(es); "
+          f"report written to {args.out / 'report.html'} and report.json")  # fmt: skip
+    return 0 if ok else 1
 
 
 def summary(report: LedgerVerification) -> str:
@@ -67,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return command_verify(args)
+        return command_report(args) if args.command == "report" else command_verify(args)
     except FedhomeError as exc:
         print(f"fedhome-audit: error: {exc}", file=sys.stderr)
         return 2

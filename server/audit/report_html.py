@@ -1,0 +1,217 @@
+"""The privacy report as one self-contained HTML page (plots inlined as PNG), rendered from `build_report`."""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+body{line-height:1.45}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}
+.ok{color:#12691b;font-weight:bold} .bad{color:#a40000;font-weight:bold} img{max-width:100%}
+dt{font-weight:bold;margin-top:.5em} code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page for a report dict."""
+    v, g = report["verification"], report["guarantee"]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>fedhome privacy report {escape(str(report['run_id']))}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Privacy report: run <code>{escape(str(report['run_id']))}</code></h1>",
+        _verdict(v),
+        "<h2>The guarantee</h2>",
+        _guarantee(g),
+        "<h2>Accountants</h2>",
+        _table(
+            ["accountant", "library", "assumptions"],
+            [[a["name"], a["library"], a["assumptions"]] for a in report["accountants"]],
+        ),
+        "<h2>Does what ran match what the accountants assume?</h2>",
+        _list(report["mismatches"])
+        if report["mismatches"]
+        else "<p class='ok' id='mismatches'>No mismatch found.</p>",
+        "<h2>What the guarantee does not cover</h2>",
+        _list(report["not_covered"]),
+        "<h2>Empirical audit</h2>",
+        _canary(report["empirical_audit"]),
+        "<h2>Plots</h2>",
+        _plots(report),
+        "<h2>Every round</h2>",
+        _rounds(report),
+        f"<p><small>fedhome-audit {escape(report['tools']['fedhome-audit'])}, dp-accounting "
+        f"{escape(report['tools']['dp-accounting'])}; report format {report['report_version']}.</small></p>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _verdict(v: dict[str, Any]) -> str:
+    status = (
+        "<p class='ok' id='verdict'>VERIFIED: every signature, link, round and epsilon checks out.</p>"
+        if v["ok"]
+        else f"<p class='bad' id='verdict'>FAILED: {len(v['problems'])} problem(s).</p>"
+        + _list(v["problems"][:50])
+    )
+    facts = [
+        ("ledger entries", v["entries"]),
+        ("signing key id", v["key_id"]),
+        ("ledger head hash", v["head_hash"]),
+        ("epsilon claimed (PLD)", _fmt(v["claimed_epsilon"])),
+        (
+            "epsilon recomputed by this auditor (PLD / RDP)",
+            f"{_fmt(v['recomputed_epsilon'])} / {_fmt(v['recomputed_rdp_epsilon'])}",
+        ),
+    ]
+    return status + _table(["", ""], [[k, val] for k, val in facts])
+
+
+def _guarantee(g: dict[str, Any]) -> str:
+    eps = g["epsilon"]
+    items = [
+        ("Unit of privacy", g["unit_of_privacy"]),
+        ("Neighbouring datasets", g["neighbouring_relation"]),
+        ("Setting", "; ".join(g["setting"])),
+        ("Secure aggregation", g["secure_aggregation"]),
+        ("What is released", g["released"]),
+        (
+            "(epsilon, delta) spent",
+            f"({_fmt(eps['recomputed_pld'])}, {g['delta']:.3g}) after {g['rounds']} rounds"
+            if g["delta"] is not None
+            else "unknown (the ledger could not be read)",
+        ),
+        ("Why this delta", g["delta_reason"]),
+    ]
+    if g["record_level"]:
+        r = g["record_level"]
+        items.append(
+            ("Record-level DP-SGD", f"epsilon {_fmt(r['epsilon'])} at delta {r['delta']} ({r['note']})")
+        )
+    body = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(val))}</dd>" for k, val in items)
+    return f"<dl id='guarantee'>{body}</dl>"
+
+
+def _canary(audit: dict[str, Any] | None) -> str:
+    if audit is None:
+        return "<p>No canary audit in this run folder (run <code>fedhome-sim canary</code> to make one).</p>"
+    rows = [
+        [
+            name,
+            _fmt(audit[key]["epsilon_estimate"]),
+            _fmt(audit[key]["threshold_lower_bound"]),
+            _fmt(audit[key]["one_run_lower_bound"]),
+        ]
+        for name, key in (("final model", "final_model"), ("all rounds", "all_rounds"))
+    ]
+    verdict = (
+        "ok'>no lower bound exceeds the analytic epsilon"
+        if audit["ok"]
+        else "bad'>" + "; ".join(audit["problems"])
+    )
+    return (
+        f"<p>{escape(audit['source'])}. {audit['inserted']} of {audit['canaries']} canaries inserted, "
+        f"{audit['rounds']} rounds, breakage: {escape(audit['breakage'])}. Analytic epsilon "
+        f"<b>{_fmt(audit['analytic_epsilon'])}</b> at delta {audit['delta']:.3g}.</p>"
+        + _table(
+            [
+                "statistic",
+                "estimate (Andrew et al.)",
+                "lower bound (threshold, Clopper-Pearson)",
+                "lower bound (one run, Steinke et al.)",
+            ],
+            rows,
+        )
+        + f"<p id='canary-verdict' class='{verdict}</p>"
+    )
+
+
+def _rounds(report: dict[str, Any]) -> str:
+    results = {r["round"]: r for r in report["verification"]["entry_results"]}
+    head = ["round", "verified", "q", "N", "q*N", "cohort", "C", "z", "noise std", "eps PLD", "eps RDP"]
+    rows = []
+    for r in report["rounds"]:
+        result = results.get(r["round"], {"ok": False, "problems": ["not readable"]})
+        status = "ok" if result["ok"] else "; ".join(result["problems"])
+        rows.append(
+            [
+                r["round"],
+                status,
+                r["sample_rate"],
+                r["population"],
+                _fmt(r["expected_cohort"]),
+                r["realised_cohort"],
+                r["clip_norm"],
+                _fmt(r["noise_multiplier"]),
+                _fmt(r["noise_std"]),
+                _fmt(r["epsilon_pld"]),
+                _fmt(r["epsilon_rdp"]),
+            ]
+        )
+    return f"<details><summary>{len(rows)} rounds</summary>{_table(head, rows)}</details>"
+
+
+def _plots(report: dict[str, Any]) -> str:
+    rounds = report["rounds"]
+    if not rounds:
+        return "<p>No rounds to plot.</p>"
+    x = [r["round"] for r in rounds]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    by_round = report["verification"]["epsilon_by_round"]
+    for label, values, xs in (
+        ("claimed PLD", [_num(r["epsilon_pld"]) for r in rounds], x),
+        ("claimed RDP (Opacus)", [_num(r["epsilon_rdp"]) for r in rounds], x),
+        (
+            "recomputed PLD (auditor)",
+            [_num(e["recomputed_pld"]) for e in by_round],
+            [e["round"] for e in by_round],
+        ),
+    ):
+        axes[0].plot(xs, values, label=label)
+    axes[0].set(title="user-level epsilon spent", xlabel="round")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, [_num(r["realised_cohort"]) for r in rounds], ".", markersize=3, label="realised")
+    axes[1].plot(x, [_num(r["expected_cohort"]) for r in rounds], label="q*N (divisor)")
+    axes[1].set(title="cohort size", xlabel="round")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(x, [_num(r["clip_norm"]) for r in rounds])
+    axes[2].set(title="clip norm C", xlabel="round")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    alt = "epsilon, cohort size and clip norm per round"
+    return f"<img id='plots' alt='{alt}' src='data:image/png;base64,{data}'>"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    header = "".join(f"<th>{escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in items) + "</ul>"
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return float("inf") if value == "inf" else float("nan")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "n/a" if value is None else str(value)
