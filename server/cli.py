@@ -1,4 +1,5 @@
-"""`fedhome-server`: the central service's commands: embed a catalogue, make the ledger signing key."""
+"""`fedhome-server`: the central service's commands: embed a catalogue, make the signing key, publish and
+withdraw signed model releases."""
 
 from __future__ import annotations
 
@@ -34,7 +35,51 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "--out", type=Path, required=True, help="folder for ledger_signing_key.pem (0600) and .pub.pem"
     )
+    release = sub.add_parser("release", help="publish a signed model release from a run folder")
+    release.add_argument("run_dir", type=Path, help="a federated run folder")
+    release.add_argument("--store", type=Path, required=True, help="the release store folder")
+    release.add_argument("--signing-key", type=Path, required=True, help="the server's Ed25519 key (PEM)")
+    release.add_argument(
+        "--ledger-public-key",
+        type=Path,
+        default=None,
+        help="key the run's ledger is checked with (default: the signing key's public half)",
+    )
+    release.add_argument(
+        "--round", type=int, default=None, help="release a checkpoint instead of the final model"
+    )
+    withdraw = sub.add_parser("withdraw", help="withdraw a release: devices fall back to the previous one")
+    withdraw.add_argument("version", type=int)
+    withdraw.add_argument("--store", type=Path, required=True)
+    withdraw.add_argument("--signing-key", type=Path, required=True)
+    withdraw.add_argument("--reason", required=True, help="why (kept in the signed index)")
     return parser
+
+
+def command_release(args: argparse.Namespace) -> int:
+    from server.release import ReleaseStore, load_run
+
+    key = signing.load_private_key(args.signing_key)
+    ledger_key = (
+        signing.load_public_key(args.ledger_public_key) if args.ledger_public_key else key.public_key()
+    )
+    model, catalogue, source = load_run(args.run_dir, ledger_key, round_number=args.round)
+    store = ReleaseStore(args.store)
+    version = store.publish(model, catalogue, source, key)
+    manifest = store.manifest(version)
+    print(
+        json.dumps({"version": version, "folder": str(store.folder(version)), "privacy": manifest["privacy"]})
+    )
+    return 0
+
+
+def command_withdraw(args: argparse.Namespace) -> int:
+    from server.release import ReleaseStore
+
+    store = ReleaseStore(args.store)
+    store.withdraw(args.version, reason=args.reason, key=signing.load_private_key(args.signing_key))
+    print(json.dumps({"withdrawn": args.version, "latest": store.latest()}))
+    return 0
 
 
 def command_embed(args: argparse.Namespace) -> int:
@@ -79,12 +124,18 @@ def command_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"embed": command_embed, "keygen": command_keygen}
+COMMANDS = {
+    "embed": command_embed,
+    "keygen": command_keygen,
+    "release": command_release,
+    "withdraw": command_withdraw,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting RDP order warnings: noise here
     try:
         return COMMANDS[args.command](args)
     except FedhomeError as exc:

@@ -93,6 +93,7 @@ def _eps(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting RDP order warnings: noise here
     try:
         return command_report(args) if args.command == "report" else command_verify(args)
     except FedhomeError as exc:

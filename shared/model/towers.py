@@ -155,7 +155,9 @@ class UserTower(nn.Module):
         """`forward` from the history already through `in_proj` (B, L, d), padding = in_proj(0), and the
         last history item's vector (B, E), zero when the history is empty."""
         valid = events > 0  # (B, L)
-        x = projected + self.event_emb(events) + self.gap_emb(gaps) + self.position_emb
+        # a history of length l <= max_history fills the l most recent slots (left padding drops the rest)
+        positions = self.position_emb[self.max_history - projected.shape[1] :]  # (l, d)
+        x = projected + self.event_emb(events) + self.gap_emb(gaps) + positions
         x = self.drop(x)  # (B, L, d)
         for block in self.blocks:
             x = block(x, valid)

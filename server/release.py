@@ -1,0 +1,296 @@
+"""Model releases: build one from a finished (or checkpointed) run, keep their history, withdraw one.
+
+A release folder (see shared/release_manifest.py for the manifest) holds:
+- `user_tower.onnx`: the user tower (opset 17, exported in eval mode, dynamic batch and history length);
+  inputs history (B, L, E) float32 item vectors, events (B, L) int64, gaps (B, L) int64, hour (B,) int64,
+  weekday (B,) int64; output user_vector (B, E), unit norm;
+- `item_vectors_f32.npy` (N, E) float32, the item tower's vectors of the whole catalogue;
+- `item_vectors_int8.npy` (N, E) int8 and `item_scales.npy` (N,) float32: symmetric per-row quantisation,
+  vector ~ int8 * scale;
+- `item_bias.npy` (N,) float32 and, in `scoring.json`, the temperature: score = t <u, v> + bias;
+- `items.json`: the catalogue's metadata (id, title, category, brand, price, created_at, on_promotion).
+
+`ReleaseStore` keeps every release under `root/<version>/` and a signed `index.json` (versions, withdrawn
+flags with reasons). A release is written to a staging folder and renamed into place, so a crash leaves no
+half release; `latest()` is the newest release not withdrawn, so withdrawing one makes devices fall back
+to the previous.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.config import from_flat
+from shared.data.schema import UNKNOWN_TIME, Catalogue
+from shared.data.source import load_configured
+from shared.errors import ConfigError, DataError
+from shared.model import ItemFeatures, TwoTower
+from shared.model.params import params_sha256, set_flat, trainable_layout
+from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
+from shared.run_folder import RunFolder
+from shared.signing import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, key_id, sign, verify
+
+USER_TOWER = "user_tower.onnx"
+ITEMS_F32 = "item_vectors_f32.npy"
+ITEMS_INT8 = "item_vectors_int8.npy"
+ITEM_SCALES = "item_scales.npy"
+ITEM_BIAS = "item_bias.npy"
+ITEMS_META = "items.json"
+SCORING = "scoring.json"
+INDEX = "index.json"
+ONNX_OPSET = 17
+USER_TOWER_INPUTS = ("history", "events", "gaps", "hour", "weekday")
+
+
+def export_user_tower(model: TwoTower, path: Path) -> None:
+    """Write the user tower as ONNX (opset 17, eval mode, dynamic batch and history length)."""
+    model.eval()
+    tower = model.users
+    batch, length, dim = 2, tower.max_history, model.items.text.shape[1]
+    example = (
+        torch.zeros(batch, length, dim),
+        torch.ones(batch, length, dtype=torch.int64),
+        torch.zeros(batch, length, dtype=torch.int64),
+        torch.zeros(batch, dtype=torch.int64),
+        torch.zeros(batch, dtype=torch.int64),
+    )
+    dynamic = {name: {0: "batch", 1: "length"} for name in USER_TOWER_INPUTS[:3]}
+    dynamic.update({name: {0: "batch"} for name in USER_TOWER_INPUTS[3:]})
+    dynamic["user_vector"] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(
+            tower,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=list(USER_TOWER_INPUTS),
+            output_names=["user_vector"],
+            dynamic_axes=dynamic,
+        )
+
+
+def quantize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: (q (N, E) int8, scale (N,) float32) with vectors ~ q * scale[:, None]."""
+    peak = np.abs(vectors).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def catalogue_metadata(catalogue: Catalogue) -> list[dict[str, Any]]:
+    """One JSON-safe record per item, in index order."""
+    rows = []
+    for i in range(catalogue.n_items):
+        price = float(catalogue.price[i])
+        created = int(catalogue.created_at[i])
+        rows.append(
+            {
+                "id": catalogue.item_ids[i],
+                "title": catalogue.titles[i],
+                "category": catalogue.categories[i],
+                "brand": catalogue.brands[i],
+                "price": None if math.isnan(price) else round(price, 2),
+                "created_at": None if created == UNKNOWN_TIME else created,
+                "on_promotion": bool(catalogue.on_promotion[i]),
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class ReleaseSource:
+    """Everything a release is made of besides the model: provenance and the privacy spent."""
+
+    run_id: str
+    model_sha256: str
+    model_round: int
+    encoder: dict[str, str]
+    privacy: dict[str, Any]  # unit, epsilon, delta, ledger_head, ledger_entries[, record_epsilon, ...]
+
+
+def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> None:
+    """The release's model and catalogue files (not the manifest) into `folder`."""
+    if catalogue.n_items != model.items.n_items:
+        raise ConfigError(f"catalogue has {catalogue.n_items} items, the model {model.items.n_items}")
+    model.eval()
+    export_user_tower(model, folder / USER_TOWER)
+    with torch.no_grad():
+        vectors, bias = model.items()
+        temperature = float(model.temperature())
+    vectors_np = vectors.numpy().astype(np.float32)
+    q, scale = quantize_rows(vectors_np)
+    np.save(folder / ITEMS_F32, vectors_np)
+    np.save(folder / ITEMS_INT8, q)
+    np.save(folder / ITEM_SCALES, scale)
+    np.save(folder / ITEM_BIAS, bias.numpy().astype(np.float32))
+    (folder / ITEMS_META).write_text(json.dumps(catalogue_metadata(catalogue), ensure_ascii=False))
+    scoring = {
+        "temperature": temperature,
+        "max_history": model.users.max_history,
+        "dim": int(vectors.shape[1]),
+    }
+    (folder / SCORING).write_text(json.dumps(scoring))
+
+
+class ReleaseStore:
+    """Releases under `root/<version>/`, newest last, with a signed index of what is withdrawn."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, version: int) -> Path:
+        return self.root / f"{version:06d}"
+
+    def index(self, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
+        """The index ({"releases": [...], "key_id", "signature"}); verified when a key is given."""
+        path = self.root / INDEX
+        if not path.exists():
+            return {"releases": []}
+        try:
+            index = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid JSON") from exc
+        if public_key is not None:
+            if index.get("key_id") != key_id(public_key):
+                raise DataError(f"{path}: signed by another key")
+            verify(
+                public_key,
+                canonical_json({k: v for k, v in index.items() if k != "signature"}),
+                index["signature"],
+            )
+        return index
+
+    def versions(self) -> list[int]:
+        return [int(r["version"]) for r in self.index()["releases"]]
+
+    def latest(self) -> int | None:
+        """The newest version that is not withdrawn (None when there is none)."""
+        live = [int(r["version"]) for r in self.index()["releases"] if not r["withdrawn"]]
+        return max(live) if live else None
+
+    def publish(
+        self, model: TwoTower, catalogue: Catalogue, source: ReleaseSource, key: Ed25519PrivateKey
+    ) -> int:
+        """Build, sign and add a release; returns its version."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        version = max(self.versions(), default=0) + 1
+        staging = self.root / f".staging-{version:06d}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            write_release_files(model, catalogue, staging)
+            files = {p.name: file_digest(p) for p in sorted(staging.iterdir())}
+            manifest = sign_manifest(
+                {
+                    "version": version,
+                    "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "run_id": source.run_id,
+                    "model": {"sha256": source.model_sha256, "round": source.model_round},
+                    "encoder": source.encoder,
+                    "privacy": source.privacy,
+                    "files": files,
+                },
+                key,
+            )
+            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+            staging.rename(self.folder(version))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        releases = [*self.index()["releases"], {"version": version, "withdrawn": False, "reason": ""}]
+        self._write_index(releases, key)
+        return version
+
+    def withdraw(self, version: int, *, reason: str, key: Ed25519PrivateKey) -> None:
+        """Mark a release withdrawn (it stays on disk for the record; `latest` skips it)."""
+        if not reason.strip():
+            raise ConfigError("say why a release is withdrawn (--reason)")
+        releases = self.index()["releases"]
+        matches = [r for r in releases if r["version"] == version]
+        if not matches:
+            raise ConfigError(f"no release {version} in {self.root} (have {self.versions()})")
+        matches[0].update(withdrawn=True, reason=reason.strip())
+        self._write_index(releases, key)
+
+    def manifest(self, version: int) -> dict[str, Any]:
+        return read_manifest(self.folder(version))
+
+    def _write_index(self, releases: list[dict[str, Any]], key: Ed25519PrivateKey) -> None:
+        index: dict[str, Any] = {"releases": releases, "key_id": key_id(key.public_key())}
+        index["signature"] = sign(key, canonical_json(index))
+        temporary = self.root / f".{INDEX}.tmp"
+        temporary.write_text(json.dumps(index, indent=2))
+        os.replace(temporary, self.root / INDEX)
+
+
+def load_run(
+    run_dir: Path, public_key: Ed25519PublicKey, *, round_number: int | None = None
+) -> tuple[TwoTower, Catalogue, ReleaseSource]:
+    """The model of a run (its final model, or the checkpoint of `round_number`), its catalogue, and the
+    release provenance. The run's ledger must verify with `public_key`, and the parameters must be the
+    ones the ledger records for that round (model_sha256_after): a release never carries an unaccounted
+    model."""
+    from server.audit.verify import verify_ledger  # the auditor's checks, run before anything is released
+
+    folder = RunFolder(Path(run_dir))
+    report = verify_ledger(folder.root, public_key)
+    if not report.ok:
+        raise DataError(f"the run's ledger does not verify: {report.problems[:3]}")
+    config = from_flat(json.loads(folder.config.read_text()))
+    entries = [json.loads(line) for line in folder.ledger.read_text().splitlines() if line.strip()]
+    if round_number is None:
+        params = np.load(folder.final_params)
+        round_number = int(json.loads(folder.summary.read_text()).get("rounds", len(entries)))
+    else:
+        checkpoint = folder.checkpoints / f"round-{round_number:05d}.pt"
+        if not checkpoint.exists():
+            raise ConfigError(f"no checkpoint for round {round_number} in {folder.checkpoints}")
+        params = torch.load(checkpoint, weights_only=False)["params"]
+    if not 1 <= round_number <= len(entries):
+        raise DataError(f"round {round_number} is not in the ledger ({len(entries)} entries)")
+    entry = entries[round_number - 1]
+    if params_sha256(params) != entry["model_sha256_after"]:
+        raise DataError(
+            f"the run's parameters are not the model the ledger records after round {round_number}"
+        )
+    dataset, _ = load_configured(config.data)
+    vectors = np.load(folder.item_vectors)
+    torch.manual_seed(
+        config.federated.seed
+    )  # parameters outside the trained layout keep their initial values
+    model = TwoTower(ItemFeatures.from_catalogue(dataset.catalogue, vectors), config.model)
+    set_flat(model, trainable_layout(model, config.federated.trainable), params)
+    privacy: dict[str, Any] = {
+        "unit": entry.get("unit_of_privacy", "user"),
+        "epsilon": entry["user_epsilon"]["pld"],
+        "epsilon_rdp": entry["user_epsilon"]["rdp"],
+        "delta": entry["delta"],
+        "ledger_head": entry["entry_hash"],
+        "ledger_entries": round_number,
+        "ledger_key_id": entry["key_id"],
+    }
+    for name in ("record_epsilon", "record_delta"):
+        if name in entry:
+            privacy[name] = entry[name]
+    source = ReleaseSource(
+        run_id=str(entry["run_id"]),
+        model_sha256=str(entry["model_sha256_after"]),
+        model_round=round_number,
+        encoder={
+            "name": config.encoder.model_name,
+            "backend": config.encoder.backend,
+            "item_text_vectors_sha256": file_digest(folder.item_vectors)["sha256"],
+        },
+        privacy=privacy,
+    )
+    return model, dataset.catalogue, source

@@ -1,0 +1,101 @@
+"""Release manifests: what a model release holds, signed; and the check every device runs before using one.
+
+A release is a folder of files plus `manifest.json`:
+- "format": RELEASE_FORMAT; "version" (an increasing integer); "created_utc"; "run_id";
+- "model": {"sha256": sha256 of the trained parameters, "round": the round they come from};
+- "encoder": {"name", "backend", "package"} (the item-text encoder the item vectors come from);
+- "privacy": {"unit": "user", "epsilon": user-level PLD epsilon spent, "delta", "ledger_head": the hash of
+  the ledger entry of that round, "ledger_entries", optional "record_epsilon"/"record_delta"};
+- "files": {file name: {"sha256", "bytes"}} for every other file of the release;
+- "key_id" and "signature": Ed25519 over canonical_json(manifest without "signature") (shared.signing).
+
+`verify_release` is what a device (or anyone) runs: the signature against a PINNED public key, the key id,
+then every listed file's size and sha256. One flipped byte anywhere fails it. File names are plain names
+(no folders), so a manifest cannot point outside its release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from shared.errors import DataError, SignatureError
+from shared.signing import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, key_id, sign, verify
+
+MANIFEST_NAME = "manifest.json"
+RELEASE_FORMAT = 1
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """{"sha256": hex, "bytes": size} of a file, read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def sign_manifest(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The manifest `fields` with "format", "key_id" and "signature" added."""
+    for name in fields.get("files", {}):
+        _check_name(name)
+    manifest = {**fields, "format": RELEASE_FORMAT, "key_id": key_id(key.public_key())}
+    manifest.pop("signature", None)
+    manifest["signature"] = sign(key, canonical_json(manifest))
+    return manifest
+
+
+def verify_manifest(manifest: dict[str, Any], public_key: Ed25519PublicKey) -> None:
+    """Raise SignatureError unless `manifest` is signed by `public_key` (and names its key id)."""
+    if manifest.get("key_id") != key_id(public_key):
+        raise SignatureError(
+            f"release signed by key {manifest.get('key_id')!r}, not the pinned key {key_id(public_key)}"
+        )
+    unsigned = {k: v for k, v in manifest.items() if k != "signature"}
+    verify(public_key, canonical_json(unsigned), str(manifest.get("signature", "")))
+    if manifest.get("format") != RELEASE_FORMAT:
+        raise DataError(
+            f"unknown release format {manifest.get('format')!r} (this code reads {RELEASE_FORMAT})"
+        )
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The parsed manifest.json of a release folder (DataError when missing or not a JSON object)."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no release manifest") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise DataError(f"{path}: not a release manifest (no files table)")
+    return manifest
+
+
+def verify_release(folder: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """The manifest of the release in `folder` after checking its signature and every file it lists."""
+    manifest = read_manifest(folder)
+    verify_manifest(manifest, public_key)
+    for name, expected in manifest["files"].items():
+        _check_name(name)
+        path = Path(folder) / name
+        if not path.is_file():
+            raise DataError(f"release file {name} is missing")
+        if not isinstance(expected, dict) or file_digest(path) != {
+            "sha256": expected.get("sha256"),
+            "bytes": expected.get("bytes"),
+        }:
+            raise SignatureError(f"release file {name} does not match its sha256 in the signed manifest")
+    return manifest
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _FILE_NAME.match(name) or name == MANIFEST_NAME:
+        raise DataError(f"release file name {name!r} is not a plain file name")
