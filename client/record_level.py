@@ -109,6 +109,11 @@ class RecordLevelTrainer:
         """`examples`: the node's UserExamples of `seqs` (with config.max_examples_per_user), to share."""
         if not 0 <= user < seqs.n_users:
             raise DataError("the device's user index is outside its sequences")
+        if config.update_scales:
+            raise ConfigError(
+                "record-level DP-SGD (Opacus) trains in the model's own parametrisation: "
+                "set federated.update_scales to empty (--set federated.update_scales=)"
+            )
         self.model, self.user, self.layout, self.config, self.privacy = model, user, layout, config, privacy
         if examples is not None and (
             examples.seqs is not seqs or examples.max_examples != config.max_examples_per_user

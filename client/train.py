@@ -30,7 +30,7 @@ from shared.config import FederatedConfig
 from shared.data.split import UserSequences
 from shared.errors import ConfigError, DataError
 from shared.model import TwoTower, gather_histories
-from shared.model.params import ParamLayout, check_flat, group_scales
+from shared.model.params import ParamLayout, check_flat, check_update_scales, group_scales
 from shared.privacy.noise import GaussianNoise
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class LocalTrainer:
         self.examples = UserExamples(seqs, max_examples=config.max_examples_per_user)
         self.allowed = np.flatnonzero(~blocked)  # (n_allowed,) sorted
         steps, rate = config.local_steps, config.local_learning_rate
+        check_update_scales(model, config.update_scales)
         self.scales = group_scales(layout, config.update_scales)
         self.updates = ChunkUpdates(model, layout, steps=steps, learning_rate=rate, scales=self.scales)
         self.reference = ReferenceLoss(model)

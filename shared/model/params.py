@@ -53,14 +53,22 @@ def _matches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def check_update_scales(model: nn.Module, scales: Sequence[str]) -> None:
+    """Raise ConfigError for a "prefix=scale" entry whose prefix names no parameter of `model` (a typo)."""
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [
+        p for p, _, _ in (e.partition("=") for e in scales) if not any(_matches(n, p) for n in names)
+    ]
+    if unmatched:
+        raise ConfigError(f"update_scales prefixes match no model parameter: {unmatched}")
+
+
 def group_scales(layout: ParamLayout, scales: Sequence[str]) -> dict[str, float]:
-    """{parameter name: scale} from "prefix=scale" entries (the longest matching prefix wins; default 1)."""
+    """{parameter name: scale} from "prefix=scale" entries (the longest matching prefix wins; default 1).
+    Entries for parameters that are not trained have no effect (check_update_scales catches typos)."""
     parsed = sorted(
         ((p, float(v)) for p, _, v in (e.partition("=") for e in scales)), key=lambda x: -len(x[0])
     )
-    unmatched = [p for p, _ in parsed if not any(_matches(n, p) for n in layout.names)]
-    if unmatched:
-        raise ConfigError(f"update_scales prefixes match no trained parameter: {unmatched}")
     return {name: next((v for p, v in parsed if _matches(name, p)), 1.0) for name in layout.names}
 
 

@@ -77,6 +77,7 @@ def build(trainable: tuple[str, ...] = ("all",), **overrides: object) -> Toy:
         "n_negatives": 16,
         "max_examples_per_user": 5,
         "chunk_size": 4,
+        "update_scales": (),  # the plain parametrisation unless a test asks for scales
         **overrides,
     }
     config = FederatedConfig(trainable=trainable, **settings)  # type: ignore[arg-type]

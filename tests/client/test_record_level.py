@@ -125,3 +125,9 @@ def test_opacus_does_not_take_the_root_logger() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "True"
+
+
+def test_update_scales_are_refused_in_record_level_mode() -> None:
+    toy = build(update_scales=("users.out_proj=0.1",))
+    with pytest.raises(ConfigError, match="update_scales"):
+        trainer(toy, FEW)

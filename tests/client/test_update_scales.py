@@ -52,7 +52,8 @@ def test_longest_prefix_wins_and_unknown_prefixes_are_refused() -> None:
     per_name = group_scales(layout, ("items=2", "items.bias=5"))
     assert per_name["items.bias.weight"] == 5 and per_name["items.up.weight"] == 2
     assert per_name["users.out_proj.weight"] == 1
-    with pytest.raises(ConfigError):
-        group_scales(layout, ("nothing.here=2",))
+    assert group_scales(layout, ("users.out_proj=0.1",))["users.out_proj.weight"] == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="match no model parameter"):
+        build(update_scales=("nothing.here=2",))
     with pytest.raises(ConfigError):
         build(update_scales=("items.bias=-1",))

@@ -61,6 +61,7 @@ def test_record_level_epsilon_persists_on_each_device_across_rounds(tmp_path: Pa
         federated__rounds="3",
         privacy__record_level="true",
         privacy__record_noise_multiplier="1.0",
+        federated__update_scales="",
         privacy__target_epsilon="100",
     )
     result = run_federated(config, configured_split(config.data), progress=False)
