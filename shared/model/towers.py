@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shared.config import ModelConfig
-from shared.model.features import N_EVENT_CODES, N_GAP_BUCKETS, HistoryBatch, ItemFeatures
+from shared.history import N_EVENT_CODES, N_GAP_BUCKETS
+from shared.model.features import HistoryBatch, ItemFeatures
 
 MLP_RATIO = 2
 MAX_LOG_TEMPERATURE = math.log(100.0)

@@ -16,6 +16,7 @@ from shared.config import ModelConfig
 from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.split import UserSequences
 from shared.errors import ConfigError, DataError
+from shared.history import N_GAP_BUCKETS, gap_buckets, request_context
 from shared.model import (
     HistoryBatch,
     ItemFeatures,
@@ -25,7 +26,7 @@ from shared.model import (
     gather_histories,
     sampled_softmax_loss,
 )
-from shared.model.features import N_GAP_BUCKETS, gap_buckets, price_buckets, request_context
+from shared.model.features import price_buckets
 
 N_ITEMS, TEXT_DIM = 40, 16
 CONFIG = ModelConfig(dim=8, max_history=5, n_heads=2, n_layers=1, residual_rank=4, dropout=0.0)

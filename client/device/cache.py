@@ -1,0 +1,110 @@
+"""The device's release cache: install a release only after it verifies, swap atomically, keep the previous.
+
+Layout under `root`: `releases/<version>/` (verified releases), `state.json` ({"current", "previous"}),
+written by atomic rename, and `incoming/` (a download in progress). An install copies the files into
+`incoming/`, verifies them there against the PINNED public key (signature and every sha256), moves the
+folder into `releases/`, then switches `state.json`. A crash or an interrupted download at any point leaves
+the current release in use; a leftover `incoming/` is discarded on the next install. A release that does
+not verify is refused and the cache is unchanged. `withdraw_current()` falls back to the previous release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shared.errors import DataError
+from shared.release_manifest import MANIFEST_NAME, read_manifest, verify_release
+from shared.signing import Ed25519PublicKey
+
+# (file name, destination path) -> None: writes one file of the release being installed
+Fetch = Callable[[str, Path], None]
+
+
+def copy_from(folder: Path) -> Fetch:
+    """A Fetch that copies from a local release folder (the HTTP fetcher comes with the model service)."""
+
+    def fetch(name: str, destination: Path) -> None:
+        shutil.copyfile(Path(folder) / name, destination)
+
+    return fetch
+
+
+class ReleaseCache:
+    def __init__(self, root: Path, public_key: Ed25519PublicKey) -> None:
+        self.root, self.public_key = Path(root), public_key
+        (self.root / "releases").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    def state(self) -> dict[str, Any]:
+        path = self.root / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {"current": None, "previous": None}
+
+    def current(self) -> Path | None:
+        version = self.state()["current"]
+        return None if version is None else self._folder(version)
+
+    def install(self, fetch: Fetch) -> int:
+        """Download (via `fetch`), verify and switch to a release; returns its version. Raises
+        SignatureError/DataError (cache unchanged) when it does not verify."""
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        self.incoming.mkdir()
+        try:
+            fetch(MANIFEST_NAME, self.incoming / MANIFEST_NAME)
+            for name in read_manifest(self.incoming)["files"]:
+                if "/" in name or name.startswith("."):
+                    raise DataError(f"release file name {name!r} is not a plain file name")
+                fetch(name, self.incoming / name)
+            manifest = verify_release(self.incoming, self.public_key)
+        except Exception:
+            shutil.rmtree(self.incoming, ignore_errors=True)
+            raise
+        version = int(manifest["version"])
+        state = self.state()
+        if version == state["current"]:
+            shutil.rmtree(self.incoming, ignore_errors=True)
+            return version
+        target = self._folder(version)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(self.incoming, target)
+        self._write_state({"current": version, "previous": state["current"]})
+        self._prune()
+        return version
+
+    def withdraw_current(self) -> int | None:
+        """The current release was withdrawn: fall back to the previous one (returns it; None if none)."""
+        state = self.state()
+        previous = state["previous"]
+        if previous is not None and not self._folder(previous).exists():
+            previous = None
+        self._write_state({"current": previous, "previous": None})
+        return previous
+
+    def verify_current(self) -> dict[str, Any]:
+        """Re-verify the release in use (e.g. at app start): files on the device may have been altered."""
+        folder = self.current()
+        if folder is None:
+            raise DataError("no release installed")
+        return verify_release(folder, self.public_key)
+
+    def _folder(self, version: int) -> Path:
+        return self.root / "releases" / f"{int(version):06d}"
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        temporary = self.root / "state.json.tmp"
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, self.root / "state.json")
+
+    def _prune(self) -> None:
+        """Keep only the current and previous releases on the device."""
+        keep = {f"{int(v):06d}" for v in self.state().values() if v is not None}
+        for folder in (self.root / "releases").iterdir():
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)

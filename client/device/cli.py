@@ -1,0 +1,80 @@
+"""`fedhome-client`: the device SDK from the command line.
+
+- `install --from RELEASE_DIR --cache DIR --public-key KEY`: verify a release against the pinned key and
+  switch the device's cache to it (refused, cache unchanged, when anything does not verify);
+- `recommend --cache DIR --public-key KEY --history FILE [--k 10]`: the top items for a history file
+  (JSON lines of {"item_id", "event", "timestamp"}), ranked on the device from the verified release.
+
+Exit status: 0 on success, 2 on bad input or a release that does not verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from client.device.cache import ReleaseCache, copy_from
+from client.device.ranker import DeviceRanker, Event
+from shared.errors import DataError, FedhomeError
+from shared.signing import load_public_key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedhome-client", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    install = sub.add_parser("install", help="verify a release and switch the device's cache to it")
+    install.add_argument("--from", dest="source", type=Path, required=True, help="a release folder")
+    recommend = sub.add_parser("recommend", help="rank the catalogue for a history file on the device")
+    recommend.add_argument(
+        "--history", type=Path, required=True, help="JSON lines: item_id, event, timestamp"
+    )
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--now", type=int, default=None, help="request time, unix seconds (default now)")
+    recommend.add_argument("--precision", choices=["int8", "float32"], default="int8")
+    for command in (install, recommend):
+        command.add_argument("--cache", type=Path, required=True, help="the device's release cache folder")
+        command.add_argument("--public-key", type=Path, required=True, help="the pinned release key (PEM)")
+    return parser
+
+
+def read_history(path: Path) -> list[Event]:
+    events = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            events.append(Event(str(row["item_id"]), str(row["event"]), int(row["timestamp"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path} line {number}: expected item_id, event, timestamp ({exc})") from exc
+    return events
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cache = ReleaseCache(args.cache, load_public_key(args.public_key))
+        if args.command == "install":
+            print(json.dumps({"installed": cache.install(copy_from(args.source))}))
+            return 0
+        manifest = cache.verify_current()
+        ranker = DeviceRanker(cache.current(), precision=args.precision)  # type: ignore[arg-type]
+        now = int(time.time()) if args.now is None else args.now
+        items = ranker.recommend(read_history(args.history), now, k=args.k)
+        titles = {item["id"]: item["title"] for item in ranker.items}
+        print(
+            json.dumps(
+                {"release": manifest["version"], "for_you": [{"id": i, "title": titles[i]} for i in items]}
+            )
+        )
+        return 0
+    except FedhomeError as exc:
+        print(f"fedhome-client: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

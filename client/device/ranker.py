@@ -1,0 +1,126 @@
+"""On-device ranking from a verified release, with onnxruntime and numpy only (no torch on this path).
+
+The user vector comes from the device's recent history through the release's ONNX user tower; scores are
+t * <u, v> + bias against every item vector (int8 with a scale per row by default, float32 on request);
+top-k by argpartition. Nothing here leaves the device: the history, the user vector and the scores stay in
+memory.
+
+The int8 path multiplies in chunks of rows (numpy would otherwise convert the whole int8 matrix to float
+on every call, see NOTES.md) and scales each chunk's dot products by its rows' scales.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from shared.data.schema import EVENT_CODE
+from shared.errors import DataError
+from shared.history import gap_buckets, request_context
+
+INT8_CHUNK_ROWS = 16_384
+EXCLUDED = -np.inf
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction on the device: the item's catalogue id, the event type, unix seconds."""
+
+    item_id: str
+    event: str
+    timestamp: int
+
+
+class DeviceRanker:
+    """Ranks a release's catalogue for one history. `folder` must already be verified (ReleaseCache does)."""
+
+    def __init__(self, folder: Path, *, precision: str = "int8", threads: int = 1) -> None:
+        folder = Path(folder)
+        if precision not in ("int8", "float32"):
+            raise DataError(f"precision must be int8 or float32, got {precision!r}")
+        scoring = json.loads((folder / "scoring.json").read_text())
+        self.temperature = float(scoring["temperature"])
+        self.max_history = int(scoring["max_history"])
+        self.items = json.loads((folder / "items.json").read_text())
+        self.index = {item["id"]: i for i, item in enumerate(self.items)}
+        self.bias = np.load(folder / "item_bias.npy")
+        self.precision = precision
+        if precision == "int8":
+            self.q = np.load(folder / "item_vectors_int8.npy")
+            self.scale = np.load(folder / "item_scales.npy")
+            self.f32: np.ndarray | None = None
+        else:
+            self.f32 = np.load(folder / "item_vectors_f32.npy")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(folder / "user_tower.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def item_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(k, E) float32 vectors of item rows (dequantised on the int8 path)."""
+        if self.f32 is not None:
+            return self.f32[rows]
+        return self.q[rows].astype(np.float32) * self.scale[rows, None]
+
+    def user_vector(self, history: Sequence[Event], now: int) -> np.ndarray | None:
+        """(E,) unit user vector from the most recent `max_history` known events (None: no usable event)."""
+        known = [e for e in history if e.item_id in self.index and e.event in EVENT_CODE]
+        known = sorted(known, key=lambda e: e.timestamp)[-self.max_history :]
+        if not known:
+            return None
+        rows = np.array([self.index[e.item_id] for e in known])
+        events = np.array([[EVENT_CODE[e.event] + 1 for e in known]], dtype=np.int64)
+        gaps = gap_buckets(now - np.array([[e.timestamp for e in known]], dtype=np.int64))
+        hour, weekday = request_context(np.array([now]))
+        (vector,) = self.session.run(
+            None,
+            {
+                "history": self.item_vectors(rows)[None],
+                "events": events,
+                "gaps": gaps.astype(np.int64),
+                "hour": hour.astype(np.int64),
+                "weekday": weekday.astype(np.int64),
+            },
+        )
+        return np.asarray(vector[0], dtype=np.float32)
+
+    def scores(self, user: np.ndarray) -> np.ndarray:
+        """(N,) float32 scores of every item for user vector `user`."""
+        if self.f32 is not None:
+            dots = self.f32 @ user
+        else:
+            dots = np.empty(self.n_items, dtype=np.float32)
+            for lo in range(0, self.n_items, INT8_CHUNK_ROWS):
+                chunk = self.q[lo : lo + INT8_CHUNK_ROWS].astype(np.float32)
+                dots[lo : lo + INT8_CHUNK_ROWS] = (chunk @ user) * self.scale[lo : lo + INT8_CHUNK_ROWS]
+        return self.temperature * dots + self.bias
+
+    def top_k(self, scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Item rows of the k best scores, best first, never an excluded row."""
+        scores = scores.copy()
+        if exclude is not None and exclude.size:
+            scores[exclude] = EXCLUDED
+        k = min(k, int(np.isfinite(scores).sum()))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        part = np.argpartition(-scores, k - 1)[:k]
+        return part[np.argsort(-scores[part], kind="stable")]
+
+    def recommend(self, history: Sequence[Event], now: int, k: int = 10) -> list[str]:
+        """Item ids of the top k for this history, items already in the history left out."""
+        user = self.user_vector(history, now)
+        if user is None:
+            raise DataError("no event in the history names an item of this release")
+        seen = np.array(sorted({self.index[e.item_id] for e in history if e.item_id in self.index}))
+        return [self.items[i]["id"] for i in self.top_k(self.scores(user), k, seen)]

@@ -1,0 +1,205 @@
+"""The device SDK on a real signed release: ranking parity with the torch model, the verified cache with
+atomic swaps and fallback, the local event store, and `fedhome-client`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.device import cli as client_cli
+from client.device.cache import ReleaseCache, copy_from
+from client.device.events import EventStore
+from client.device.ranker import DeviceRanker, Event
+from server.release import ReleaseSource, ReleaseStore
+from shared.config import ModelConfig, SyntheticShopConfig
+from shared.data.schema import EVENT_CODE
+from shared.data.synthetic.shop import generate_shop
+from shared.errors import DataError, SignatureError
+from shared.history import gap_buckets, request_context
+from shared.model import HistoryBatch, ItemFeatures, TwoTower
+from shared.signing import generate_private_key, save_public_key
+
+KEY = generate_private_key()
+NOW = 1_750_000_000
+CONFIG = ModelConfig(dim=16, n_heads=2, residual_rank=8, max_history=6)
+
+
+def random_model() -> tuple[TwoTower, object]:
+    shop = generate_shop(SyntheticShopConfig(n_users=30, n_items=300, n_categories=5))
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(300, 24)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    torch.manual_seed(0)
+    model = TwoTower(ItemFeatures.from_catalogue(shop.catalogue, text), CONFIG)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model, shop.catalogue
+
+
+def source(version_tag: str) -> ReleaseSource:
+    privacy = {"unit": "user", "epsilon": 8.0, "delta": 1e-5, "ledger_head": "ab" * 32, "ledger_entries": 3}
+    encoder = {"name": "test", "backend": "none", "item_text_vectors_sha256": "cd" * 32}
+    return ReleaseSource(f"run-{version_tag}", "ef" * 32, 3, encoder, privacy)
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReleaseStore, TwoTower, Path]:
+    tmp = tmp_path_factory.mktemp("device")
+    model, catalogue = random_model()
+    store = ReleaseStore(tmp / "store")
+    store.publish(model, catalogue, source("a"), KEY)
+    store.publish(model, catalogue, source("b"), KEY)
+    key_file = tmp / "pinned.pem"
+    save_public_key(KEY.public_key(), key_file)
+    return store, model, key_file
+
+
+def history(ranker: DeviceRanker, n: int = 4) -> list[Event]:
+    ids = [item["id"] for item in ranker.items]
+    kinds = ["view", "cart", "view", "purchase", "favourite", "view", "view", "cart"]
+    return [Event(ids[7 * i + 3], kinds[i % len(kinds)], NOW - 3_600 * (n - i) * 5) for i in range(n)]
+
+
+@pytest.mark.parametrize("n_events", [1, 4, 6, 9])
+def test_device_scores_equal_the_torch_model_with_padded_histories(releases, n_events: int) -> None:  # type: ignore[no-untyped-def]
+    store, model, _ = releases
+    ranker = DeviceRanker(store.folder(1), precision="float32")
+    events = history(ranker, n_events)
+    got = ranker.scores(ranker.user_vector(events, NOW))  # type: ignore[arg-type]
+    # the trainer's path: left-padded to max_history, padding masked
+    kept = events[-CONFIG.max_history :]
+    pad = CONFIG.max_history - len(kept)
+    rows = np.array([-1] * pad + [ranker.index[e.item_id] for e in kept])[None]
+    codes = np.array([0] * pad + [EVENT_CODE[e.event] + 1 for e in kept])[None]
+    ages = np.array([0] * pad + [NOW - e.timestamp for e in kept])[None]
+    hour, weekday = request_context(np.array([NOW]))
+    batch = HistoryBatch(rows, codes, np.where(codes > 0, gap_buckets(ages), 0), hour, weekday)
+    with torch.no_grad():
+        users = model.user_vectors(batch)
+        expected = model.catalogue_scores(users)[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_path_ranks_like_float32(releases) -> None:  # type: ignore[no-untyped-def]
+    store, _, _ = releases
+    exact, fast = DeviceRanker(store.folder(1), precision="float32"), DeviceRanker(store.folder(1))
+    events = history(exact)
+    top_exact = set(exact.recommend(events, NOW, k=50))
+    top_fast = set(fast.recommend(events, NOW, k=50))
+    assert len(top_exact & top_fast) / 50 >= 0.9
+    assert not {e.item_id for e in events} & top_fast  # history items are never recommended
+
+
+def test_history_without_known_items_is_a_clear_error(releases) -> None:  # type: ignore[no-untyped-def]
+    ranker = DeviceRanker(releases[0].folder(1))
+    with pytest.raises(DataError, match="no event"):
+        ranker.recommend([Event("not-an-item", "view", NOW)], NOW)
+
+
+def test_cache_installs_verified_releases_keeps_the_previous_and_falls_back(releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, _, _ = releases
+    cache = ReleaseCache(tmp_path / "cache", KEY.public_key())
+    assert cache.install(copy_from(store.folder(1))) == 1
+    assert cache.install(copy_from(store.folder(2))) == 2
+    assert cache.state() == {"current": 2, "previous": 1}
+    assert cache.verify_current()["version"] == 2
+    assert cache.withdraw_current() == 1
+    assert cache.current() == tmp_path / "cache" / "releases" / "000001"
+
+
+@pytest.mark.parametrize(
+    "victim", ["user_tower.onnx", "item_vectors_int8.npy", "items.json", "manifest.json"]
+)
+def test_a_flipped_byte_is_refused_and_the_cache_is_unchanged(releases, tmp_path: Path, victim: str) -> None:  # type: ignore[no-untyped-def]
+    store, _, _ = releases
+    cache = ReleaseCache(tmp_path / "cache", KEY.public_key())
+    cache.install(copy_from(store.folder(1)))
+    bad = tmp_path / "bad"
+    shutil.copytree(store.folder(2), bad)
+    data = bytearray((bad / victim).read_bytes())
+    data[len(data) // 3] ^= 0x10
+    (bad / victim).write_bytes(bytes(data))
+    with pytest.raises((SignatureError, DataError)):
+        cache.install(copy_from(bad))
+    assert cache.state()["current"] == 1 and not cache.incoming.exists()
+    assert cache.verify_current()["version"] == 1
+
+
+def test_an_interrupted_download_leaves_the_current_release_in_use(releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, _, _ = releases
+    cache = ReleaseCache(tmp_path / "cache", KEY.public_key())
+    cache.install(copy_from(store.folder(1)))
+    seen = []
+
+    def dies_midway(name: str, destination: Path) -> None:
+        if len(seen) == 3:
+            destination.write_bytes(b"partial")
+            raise ConnectionError("network gone")
+        seen.append(name)
+        shutil.copyfile(store.folder(2) / name, destination)
+
+    with pytest.raises(ConnectionError):
+        cache.install(dies_midway)
+    assert cache.state()["current"] == 1 and cache.verify_current()["version"] == 1
+    assert cache.install(copy_from(store.folder(2))) == 2  # the next try starts clean
+
+
+def test_a_release_signed_by_another_key_is_refused(releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cache = ReleaseCache(tmp_path / "cache", generate_private_key().public_key())
+    with pytest.raises(SignatureError):
+        cache.install(copy_from(releases[0].folder(1)))
+    assert cache.current() is None
+
+
+def test_event_store_retention_wipe_and_bad_input(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.sqlite", max_events=5, max_age_days=30)
+    for i in range(8):
+        store.add(f"item-{i}", "view", NOW + i)
+    assert store.count() == 5 and store.recent(10)[0].item_id == "item-3"
+    store.add("old", "cart", NOW - 40 * 86_400)  # older than the retention window: dropped on write
+    assert "old" not in {e.item_id for e in store.recent(10)}
+    store.add("bought", "purchase", NOW + 10)
+    assert store.purchased() == {"bought"}
+    with pytest.raises(DataError):
+        store.add("x", "teleport", NOW)
+    with pytest.raises(DataError):
+        store.add("", "view", NOW)
+    assert store.count() == 5
+    store.wipe()
+    assert store.count() == 0 and store.recent() == []
+
+
+def test_fedhome_client_install_and_recommend(
+    releases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    store, _, key_file = releases
+    common = ["--cache", str(tmp_path / "cache"), "--public-key", str(key_file)]
+    assert client_cli.main(["install", "--from", str(store.folder(2)), *common]) == 0
+    ranker = DeviceRanker(store.folder(2))
+    lines = [
+        json.dumps({"item_id": e.item_id, "event": e.event, "timestamp": e.timestamp})
+        for e in history(ranker)
+    ]
+    (tmp_path / "history.jsonl").write_text("\n".join(lines))
+    capsys.readouterr()
+    args = ["recommend", "--history", str(tmp_path / "history.jsonl"), "--now", str(NOW), "--k", "5", *common]
+    assert client_cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["release"] == 2 and len(out["for_you"]) == 5
+    (tmp_path / "history.jsonl").write_text('{"item_id": 3}\n')
+    assert client_cli.main(args) == 2
+
+
+def test_device_path_does_not_import_torch(tmp_path: Path) -> None:
+    import subprocess
+
+    code = "import sys, client.device.cli, client.device.events; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
