@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument(
         "--round", type=int, default=None, help="release a checkpoint instead of the final model"
     )
+    serve = sub.add_parser("serve", help="run the model service (FastAPI + uvicorn)")
+    serve.add_argument("--store", type=Path, required=True, help="the release store folder")
+    serve.add_argument("--run", type=Path, required=True, help="the run whose ledger and report are served")
+    serve.add_argument("--public-key", type=Path, required=True, help="the server's public key (PEM)")
+    serve.add_argument("--signing-key", default="", help="the server's private key, for admin withdrawals")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
     withdraw = sub.add_parser("withdraw", help="withdraw a release: devices fall back to the previous one")
     withdraw.add_argument("version", type=int)
     withdraw.add_argument("--store", type=Path, required=True)
@@ -70,6 +77,24 @@ def command_release(args: argparse.Namespace) -> int:
     print(
         json.dumps({"version": version, "folder": str(store.folder(version)), "privacy": manifest["privacy"]})
     )
+    return 0
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.service import make_app
+    from shared.config import ServiceConfig
+
+    config = ServiceConfig(
+        release_store=args.store,
+        run_dir=args.run,
+        public_key=args.public_key,
+        signing_key=args.signing_key,
+        host=args.host,
+        port=args.port,
+    )
+    uvicorn.run(make_app(config), host=config.host, port=config.port, log_level="warning")
     return 0
 
 
@@ -129,6 +154,7 @@ COMMANDS = {
     "keygen": command_keygen,
     "release": command_release,
     "withdraw": command_withdraw,
+    "serve": command_serve,
 }
 
 

@@ -282,6 +282,25 @@ class FederatedConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """The model service (`fedhome-server serve`): what it serves and its limits. Not part of a run's config."""
+
+    release_store: Path = Path("releases")  # a ReleaseStore folder
+    run_dir: Path = Path("runs/federated")  # the run whose ledger and privacy report are served
+    public_key: Path = Path("ledger_public_key.pem")  # verifies the ledger, the releases and the index
+    signing_key: str = ""  # the server's Ed25519 key for admin actions that sign (withdraw); "" = none
+    admin_token_env: str = "FEDHOME_ADMIN_TOKEN"  # the environment variable holding the admin token
+    max_request_bytes: int = 64 * 1024  # larger request bodies are refused with 413
+    max_page_size: int = 500  # catalogue items per page, at most
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_bytes", "max_page_size", "port"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True, kw_only=True)
 class FedhomeConfig:
     """Everything a fedhome run is configured with."""
 

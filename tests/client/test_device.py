@@ -11,42 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from release_toy import CONFIG, random_model, source
 
 from client.device import cli as client_cli
 from client.device.cache import ReleaseCache, copy_from
 from client.device.events import EventStore
 from client.device.ranker import DeviceRanker, Event
-from server.release import ReleaseSource, ReleaseStore
-from shared.config import ModelConfig, SyntheticShopConfig
+from server.release import ReleaseStore
 from shared.data.schema import EVENT_CODE
-from shared.data.synthetic.shop import generate_shop
 from shared.errors import DataError, SignatureError
 from shared.history import gap_buckets, request_context
-from shared.model import HistoryBatch, ItemFeatures, TwoTower
+from shared.model import HistoryBatch, TwoTower
 from shared.signing import generate_private_key, save_public_key
 
 KEY = generate_private_key()
 NOW = 1_750_000_000
-CONFIG = ModelConfig(dim=16, n_heads=2, residual_rank=8, max_history=6)
-
-
-def random_model() -> tuple[TwoTower, object]:
-    shop = generate_shop(SyntheticShopConfig(n_users=30, n_items=300, n_categories=5))
-    rng = np.random.default_rng(0)
-    text = rng.normal(size=(300, 24)).astype(np.float32)
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    torch.manual_seed(0)
-    model = TwoTower(ItemFeatures.from_catalogue(shop.catalogue, text), CONFIG)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model, shop.catalogue
-
-
-def source(version_tag: str) -> ReleaseSource:
-    privacy = {"unit": "user", "epsilon": 8.0, "delta": 1e-5, "ledger_head": "ab" * 32, "ledger_entries": 3}
-    encoder = {"name": "test", "backend": "none", "item_text_vectors_sha256": "cd" * 32}
-    return ReleaseSource(f"run-{version_tag}", "ef" * 32, 3, encoder, privacy)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,89 @@
+"""Keeping a device's release cache in step with the model service over HTTP (standard library only).
+
+`sync(cache, base_url)` reads the service's signed release index, falls back when the release in use was
+withdrawn, and installs the latest release when it is newer. Files are fetched with If-None-Match set to
+the sha256 of the same file in the release in use, so unchanged files (a 304) are copied locally instead of
+downloaded. Everything fetched still goes through ReleaseCache.install, which verifies before switching.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.device.cache import Fetch, ReleaseCache
+from shared.errors import DataError, SignatureError
+from shared.release_manifest import file_digest
+from shared.signing import canonical_json, key_id, verify
+
+TIMEOUT_S = 30
+_CHUNK = 1 << 20
+
+
+@dataclass
+class SyncResult:
+    current: int | None
+    installed: int | None = None
+    fell_back: bool = False
+    downloaded: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+
+def get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise DataError(f"{url}: HTTP {exc.code}") from exc
+    except (urllib.error.URLError, ValueError) as exc:
+        raise DataError(f"{url}: {exc}") from exc
+
+
+def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResult) -> Fetch:
+    """A Fetch for release `version`, reusing files of the release folder `reuse` the server says are equal."""
+
+    def fetch(name: str, destination: Path) -> None:
+        url = f"{base_url}/v1/releases/{version}/files/{name}"
+        local = reuse / name if reuse is not None else None
+        headers = {}
+        if local is not None and local.is_file():
+            headers["If-None-Match"] = f'"{file_digest(local)["sha256"]}"'
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as response:
+                with destination.open("wb") as out:
+                    shutil.copyfileobj(response, out, _CHUNK)
+            result.downloaded.append(name)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 304 and local is not None:
+                shutil.copyfile(local, destination)
+                result.reused.append(name)
+                return
+            raise DataError(f"{url}: HTTP {exc.code}") from exc
+
+    return fetch
+
+
+def sync(cache: ReleaseCache, base_url: str) -> SyncResult:
+    """Bring the cache to the service's latest release (see the module docstring)."""
+    base_url = base_url.rstrip("/")
+    index = get_json(f"{base_url}/v1/releases")
+    signed = {k: v for k, v in index.items() if k in ("releases", "key_id", "signature")}
+    if signed.get("key_id") != key_id(cache.public_key):
+        raise SignatureError("the release index is not signed by the pinned key")
+    verify(cache.public_key, canonical_json({k: v for k, v in signed.items() if k != "signature"}), signed["signature"])
+    withdrawn = {int(r["version"]) for r in signed["releases"] if r["withdrawn"]}
+    live = [int(r["version"]) for r in signed["releases"] if not r["withdrawn"]]
+    result = SyncResult(current=cache.state()["current"])
+    if result.current in withdrawn:
+        result.current = cache.withdraw_current()
+        result.fell_back = True
+    latest = max(live, default=None)
+    if latest is not None and (result.current is None or latest > result.current):
+        result.installed = cache.install(http_fetch(base_url, latest, cache.current(), result))
+        result.current = result.installed
+    return result

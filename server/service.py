@@ -1,0 +1,255 @@
+"""The model service (`fedhome-server serve`): signed releases, their files, the catalogue, the privacy
+report and ledger, health and metrics, over FastAPI.
+
+Routes (all GET unless said; JSON unless said):
+- /health; /metrics (Prometheus text);
+- /v1/releases: the signed release index (versions, withdrawn flags and reasons);
+- /v1/releases/latest and /v1/releases/{version}: a signed manifest (ETag = the manifest's sha256;
+  If-None-Match answers 304);
+- /v1/releases/{version}/files/{name}: one file of a release (ETag = its sha256 from the signed manifest,
+  so a device that has the file already gets 304 and downloads only what changed);
+- /v1/catalogue?offset=&limit=: the latest release's item metadata, paged;
+- /v1/privacy/ledger (JSON lines) and /v1/privacy/report: the served run's ledger and the auditor's report
+  built from it with the public key;
+- POST /v1/admin/releases/{version}/withdraw {"reason"}: needs `Authorization: Bearer <token>` (the token
+  is read from the environment variable ServiceConfig.admin_token_env; without one, admin routes are off).
+
+Errors have one JSON shape {"error": {"type", "message"}} and one mapping from error types to statuses
+(`STATUS`). Request bodies over ServiceConfig.max_request_bytes are refused with 413 before they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from server.release import ITEMS_META, ReleaseStore
+from shared.config import ServiceConfig
+from shared.errors import ConfigError, DataError, FedhomeError, SignatureError
+from shared.release_manifest import MANIFEST_NAME
+from shared.signing import load_private_key, load_public_key
+
+
+class NotFoundError(FedhomeError):
+    """A release, file or page that does not exist."""
+
+
+class AuthError(FedhomeError):
+    """A missing or wrong admin token."""
+
+
+class PayloadTooLargeError(FedhomeError):
+    """A request body over the configured limit."""
+
+
+STATUS: dict[type[FedhomeError], int] = {
+    NotFoundError: 404,
+    AuthError: 401,
+    PayloadTooLargeError: 413,
+    ConfigError: 400,
+    DataError: 422,
+    SignatureError: 500,  # our own files no longer verify: a server fault, never served as valid
+}
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ReleaseEntry(BaseModel):
+    version: int
+    withdrawn: bool
+    reason: str
+
+
+class ReleaseIndex(BaseModel):
+    releases: list[ReleaseEntry]
+    latest: int | None
+    key_id: str | None = None
+    signature: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    latest_release: int | None
+
+
+class CataloguePage(BaseModel):
+    release: int
+    offset: int
+    limit: int
+    total: int
+    items: list[dict[str, Any]]
+
+
+class WithdrawRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class WithdrawResult(BaseModel):
+    withdrawn: int
+    latest: int | None
+
+
+def error_response(exc: FedhomeError) -> JSONResponse:
+    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
+    return JSONResponse({"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status)
+
+
+class BodyLimit(BaseHTTPMiddleware):
+    def __init__(self, app: Any, limit: int) -> None:
+        super().__init__(app)
+        self.limit = limit
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return error_response(PayloadTooLargeError(f"request body over {self.limit} bytes"))
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.limit:
+                    return error_response(PayloadTooLargeError(f"request body over {self.limit} bytes"))
+        return await call_next(request)
+
+
+def make_app(config: ServiceConfig) -> FastAPI:
+    store = ReleaseStore(config.release_store)
+    public_key = load_public_key(config.public_key)
+    registry = CollectorRegistry()
+    requests = Counter("fedhome_requests", "HTTP requests", ["route", "status"], registry=registry)
+    latency = Histogram("fedhome_request_seconds", "request latency", ["route"], registry=registry)
+    errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422)}
+    app = FastAPI(title="fedhome model service", version="1", responses=errors)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+
+    @app.exception_handler(FedhomeError)
+    async def handle_fedhome_error(request: Request, exc: FedhomeError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        route = request.scope.get("route")
+        with latency.labels(getattr(route, "path", "unmatched")).time():
+            response = await call_next(request)
+        route = request.scope.get("route")
+        requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    def live_manifest(version: int) -> dict[str, Any]:
+        if version not in store.versions():
+            raise NotFoundError(f"no release {version}")
+        return store.manifest(version)
+
+    def cached_json(payload: dict[str, Any], if_none_match: str | None) -> Response:
+        body = json.dumps(payload, sort_keys=True).encode()
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        if if_none_match == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(body, media_type="application/json", headers={"ETag": etag})
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", latest_release=store.latest())
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/releases", response_model=ReleaseIndex)
+    def releases() -> ReleaseIndex:
+        index = store.index(public_key)
+        return ReleaseIndex(latest=store.latest(), **index)
+
+    @app.get("/v1/releases/latest", responses={200: {"description": "the signed manifest"}, 304: {}})
+    def latest(if_none_match: str | None = Header(default=None)) -> Response:
+        version = store.latest()
+        if version is None:
+            raise NotFoundError("no release has been published")
+        return cached_json(live_manifest(version), if_none_match)
+
+    @app.get("/v1/releases/{version}", responses={200: {"description": "the signed manifest"}, 304: {}})
+    def manifest(version: int, if_none_match: str | None = Header(default=None)) -> Response:
+        return cached_json(live_manifest(version), if_none_match)
+
+    @app.get("/v1/releases/{version}/files/{name}", responses={200: {"description": "the file"}, 304: {}})
+    def release_file(version: int, name: str, if_none_match: str | None = Header(default=None)) -> Response:
+        files = live_manifest(version)["files"]
+        if name == MANIFEST_NAME:
+            return FileResponse(store.folder(version) / MANIFEST_NAME, media_type="application/json")
+        if name not in files:
+            raise NotFoundError(f"release {version} has no file {name!r}")
+        etag = f'"{files[name]["sha256"]}"'
+        if if_none_match == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return FileResponse(store.folder(version) / name, headers={"ETag": etag})
+
+    @app.get("/v1/catalogue", response_model=CataloguePage)
+    def catalogue(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1)) -> CataloguePage:
+        if limit > config.max_page_size:
+            raise ConfigError(f"limit must be at most {config.max_page_size}")
+        version = store.latest()
+        if version is None:
+            raise NotFoundError("no release has been published")
+        items = json.loads((store.folder(version) / ITEMS_META).read_text())
+        return CataloguePage(
+            release=version,
+            offset=offset,
+            limit=limit,
+            total=len(items),
+            items=items[offset : offset + limit],
+        )
+
+    @app.get("/v1/privacy/ledger", response_class=PlainTextResponse)
+    def ledger() -> Response:
+        path = Path(config.run_dir) / "ledger.jsonl"
+        if not path.is_file():
+            raise NotFoundError("the served run has no ledger")
+        return FileResponse(path, media_type="application/x-ndjson")
+
+    @app.get("/v1/privacy/report")
+    def report() -> dict[str, Any]:
+        from server.audit.report import build_report
+
+        if not (Path(config.run_dir) / "ledger.jsonl").is_file():
+            raise NotFoundError("the served run has no ledger")
+        return build_report(Path(config.run_dir), public_key)
+
+    @app.post("/v1/admin/releases/{version}/withdraw", response_model=WithdrawResult)
+    def withdraw(
+        version: int, body: WithdrawRequest, authorization: str | None = Header(default=None)
+    ) -> WithdrawResult:
+        require_admin(config, authorization)
+        if not config.signing_key:
+            raise ConfigError("the service has no signing key (ServiceConfig.signing_key)")
+        live_manifest(version)
+        store.withdraw(version, reason=body.reason, key=load_private_key(Path(config.signing_key)))
+        return WithdrawResult(withdrawn=version, latest=store.latest())
+
+    return app
+
+
+def require_admin(config: ServiceConfig, authorization: str | None) -> None:
+    """Raise AuthError unless the request carries the admin token (compared in constant time)."""
+    token = os.environ.get(config.admin_token_env, "")
+    if len(token) < 16:
+        raise AuthError("admin routes are off: no admin token of at least 16 characters is configured")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise AuthError("missing or wrong admin token")

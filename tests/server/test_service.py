@@ -1,0 +1,169 @@
+"""The model service on a real uvicorn server on loopback: releases with ETags, files, catalogue, the privacy
+ledger and report, admin auth, limits and typed errors, metrics, and a device syncing over HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from ledger_toy import KEY, write_run
+from release_toy import random_model, source
+
+from client.device.cache import ReleaseCache
+from client.device.sync import sync
+from server.release import ReleaseStore
+from server.service import make_app
+from shared.config import ServiceConfig
+from shared.signing import save_private_key, save_public_key
+
+TOKEN = "s3cret-admin-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ReleaseStore, Path]]:
+    tmp = tmp_path_factory.mktemp("service")
+    store = ReleaseStore(tmp / "store")
+    for seed in (0, 1):  # two releases whose model files differ
+        model, catalogue = random_model(seed)
+        store.publish(model, catalogue, source(str(seed)), KEY)
+    run = write_run(tmp / "run", rounds=3)
+    save_public_key(KEY.public_key(), tmp / "public.pem")
+    save_private_key(KEY, tmp / "private.pem")
+    config = ServiceConfig(
+        release_store=store.root,
+        run_dir=run,
+        public_key=tmp / "public.pem",
+        signing_key=str(tmp / "private.pem"),
+        max_request_bytes=2_048,
+        max_page_size=50,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}", store, run
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_health_index_and_latest_manifest_with_etag(service: tuple[str, ReleaseStore, Path]) -> None:
+    base, store, _ = service
+    assert httpx.get(f"{base}/health").json() == {"status": "ok", "latest_release": store.latest()}
+    index = httpx.get(f"{base}/v1/releases").json()
+    assert [r["version"] for r in index["releases"]] == store.versions() and index["signature"]
+    first = httpx.get(f"{base}/v1/releases/latest")
+    assert first.status_code == 200 and first.json()["version"] == store.latest()
+    again = httpx.get(f"{base}/v1/releases/latest", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+
+
+def test_files_have_their_signed_sha256_as_etag(service: tuple[str, ReleaseStore, Path]) -> None:
+    base, store, _ = service
+    manifest = store.manifest(1)
+    name = "item_vectors_int8.npy"
+    response = httpx.get(f"{base}/v1/releases/1/files/{name}")
+    assert response.status_code == 200 and response.content == (store.folder(1) / name).read_bytes()
+    assert response.headers["etag"] == f'"{manifest["files"][name]["sha256"]}"'
+    cached = httpx.get(
+        f"{base}/v1/releases/1/files/{name}", headers={"If-None-Match": response.headers["etag"]}
+    )
+    assert cached.status_code == 304 and cached.content == b""
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "kind"),
+    [
+        ("/v1/releases/99", 404, "NotFoundError"),
+        ("/v1/releases/1/files/secret.pem", 404, "NotFoundError"),
+        ("/v1/releases/1/files/..%2F..%2Fpublic.pem", 404, None),
+        ("/v1/catalogue?limit=51", 400, "ConfigError"),
+        ("/v1/releases/notanumber", 422, None),
+    ],
+)
+def test_bad_requests_get_typed_errors(
+    service: tuple[str, ReleaseStore, Path], path: str, status: int, kind: str | None
+) -> None:
+    response = httpx.get(service[0] + path)
+    assert response.status_code == status
+    if kind is not None:
+        assert response.json()["error"]["type"] == kind
+
+
+def test_catalogue_is_paged(service: tuple[str, ReleaseStore, Path]) -> None:
+    page = httpx.get(f"{service[0]}/v1/catalogue", params={"offset": 290, "limit": 50}).json()
+    assert page["total"] == 300 and len(page["items"]) == 10 and page["items"][0]["id"]
+
+
+def test_privacy_ledger_and_report(service: tuple[str, ReleaseStore, Path]) -> None:
+    base, _, run = service
+    ledger = httpx.get(f"{base}/v1/privacy/ledger")
+    assert ledger.content == (run / "ledger.jsonl").read_bytes()
+    report = httpx.get(f"{base}/v1/privacy/report").json()
+    assert report["verification"]["ok"] and report["guarantee"]["unit_of_privacy"] == "user"
+
+
+def test_admin_withdrawal_needs_the_token_and_limits_hold(
+    service: tuple[str, ReleaseStore, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, store, _ = service
+    url = f"{base}/v1/admin/releases/2/withdraw"
+    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
+    assert httpx.post(url, json={"reason": "x"}).status_code == 401
+    assert httpx.post(url, json={"reason": "x"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert (
+        httpx.post(
+            url, content=b"{not json", headers={**auth, "Content-Type": "application/json"}
+        ).status_code
+        == 422
+    )
+    too_big = httpx.post(url, json={"reason": "x" * 5_000}, headers=auth)
+    assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "PayloadTooLargeError"
+    assert store.latest() == 2  # nothing refused changed anything
+
+
+def test_openapi_and_metrics(service: tuple[str, ReleaseStore, Path]) -> None:
+    base = service[0]
+    schema = httpx.get(f"{base}/openapi.json").json()
+    assert {"/v1/releases/latest", "/v1/catalogue", "/v1/privacy/report"} <= set(schema["paths"])
+    httpx.get(f"{base}/health")
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'fedhome_requests_total{route="/health",status="200"}' in metrics
+
+
+def test_device_syncs_downloads_only_changed_files_and_falls_back_on_withdrawal(
+    service: tuple[str, ReleaseStore, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, store, _ = service
+    cache = ReleaseCache(tmp_path / "device", KEY.public_key())
+    cache.install(lambda name, dest: dest.write_bytes((store.folder(1) / name).read_bytes()))
+    result = sync(cache, base)
+    assert result.installed == 2 and cache.state() == {"current": 2, "previous": 1}
+    assert (
+        "items.json" in result.reused and "user_tower.onnx" in result.downloaded
+    )  # same catalogue, new model
+    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
+    response = httpx.post(
+        f"{base}/v1/admin/releases/2/withdraw",
+        json={"reason": "regression"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 200 and response.json() == {"withdrawn": 2, "latest": 1}
+    after = sync(cache, base)
+    assert after.fell_back and after.current == 1 and cache.verify_current()["version"] == 1
+    assert json.loads((tmp_path / "device" / "state.json").read_text())["current"] == 1
