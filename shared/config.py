@@ -283,7 +283,7 @@ class FederatedConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
-    """The model service (`fedhome-server serve`): what it serves and its limits. Not part of a run's config."""
+    """The model service (`fedhome-server serve`): what it serves, its limits. Not part of a run's config."""
 
     release_store: Path = Path("releases")  # a ReleaseStore folder
     run_dir: Path = Path("runs/federated")  # the run whose ledger and privacy report are served

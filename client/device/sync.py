@@ -45,7 +45,7 @@ def get_json(url: str) -> Any:
 
 
 def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResult) -> Fetch:
-    """A Fetch for release `version`, reusing files of the release folder `reuse` the server says are equal."""
+    """A Fetch for release `version`, reusing files of the folder `reuse` that the server says are equal."""
 
     def fetch(name: str, destination: Path) -> None:
         url = f"{base_url}/v1/releases/{version}/files/{name}"
@@ -54,9 +54,12 @@ def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResu
         if local is not None and local.is_file():
             headers["If-None-Match"] = f'"{file_digest(local)["sha256"]}"'
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as response:
-                with destination.open("wb") as out:
-                    shutil.copyfileobj(response, out, _CHUNK)
+            request = urllib.request.Request(url, headers=headers)
+            with (
+                urllib.request.urlopen(request, timeout=TIMEOUT_S) as response,
+                destination.open("wb") as out,
+            ):
+                shutil.copyfileobj(response, out, _CHUNK)
             result.downloaded.append(name)
         except urllib.error.HTTPError as exc:
             if exc.code == 304 and local is not None:
@@ -75,7 +78,8 @@ def sync(cache: ReleaseCache, base_url: str) -> SyncResult:
     signed = {k: v for k, v in index.items() if k in ("releases", "key_id", "signature")}
     if signed.get("key_id") != key_id(cache.public_key):
         raise SignatureError("the release index is not signed by the pinned key")
-    verify(cache.public_key, canonical_json({k: v for k, v in signed.items() if k != "signature"}), signed["signature"])
+    unsigned = {k: v for k, v in signed.items() if k != "signature"}
+    verify(cache.public_key, canonical_json(unsigned), signed["signature"])
     withdrawn = {int(r["version"]) for r in signed["releases"] if r["withdrawn"]}
     live = [int(r["version"]) for r in signed["releases"] if not r["withdrawn"]]
     result = SyncResult(current=cache.state()["current"])
