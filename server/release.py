@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,9 @@ def export_user_tower(model: TwoTower, path: Path) -> None:
     dynamic = {name: {0: "batch", 1: "length"} for name in USER_TOWER_INPUTS[:3]}
     dynamic.update({name: {0: "batch"} for name in USER_TOWER_INPUTS[3:]})
     dynamic["user_vector"] = {0: "batch"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter (dynamo=False) on purpose: the dynamo one needs onnxscript (NOTES.md)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript")
         torch.onnx.export(
             tower,
             example,

@@ -3,7 +3,9 @@
 - `install --from RELEASE_DIR --cache DIR --public-key KEY`: verify a release against the pinned key and
   switch the device's cache to it (refused, cache unchanged, when anything does not verify);
 - `recommend --cache DIR --public-key KEY --history FILE [--k 10]`: the top items for a history file
-  (JSON lines of {"item_id", "event", "timestamp"}), ranked on the device from the verified release.
+  (JSON lines of {"item_id", "event", "timestamp"}), ranked on the device from the verified release;
+- `homepage --cache DIR --public-key KEY --history FILE`: the whole personalised homepage (sections with
+  reasons and copy), composed on the device.
 
 Exit status: 0 on success, 2 on bad input or a release that does not verify.
 """
@@ -14,9 +16,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from client.device.cache import ReleaseCache, copy_from
+from client.device.homepage import Homepage
 from client.device.ranker import DeviceRanker, Event
 from shared.errors import DataError, FedhomeError
 from shared.signing import load_public_key
@@ -34,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--now", type=int, default=None, help="request time, unix seconds (default now)")
     recommend.add_argument("--precision", choices=["int8", "float32"], default="int8")
-    for command in (install, recommend):
+    homepage = sub.add_parser("homepage", help="compose the personalised homepage for a history file")
+    homepage.add_argument("--history", type=Path, required=True, help="JSON lines: item_id, event, timestamp")
+    homepage.add_argument("--now", type=int, default=None, help="request time, unix seconds (default now)")
+    for command in (install, recommend, homepage):
         command.add_argument("--cache", type=Path, required=True, help="the device's release cache folder")
         command.add_argument("--public-key", type=Path, required=True, help="the pinned release key (PEM)")
     return parser
@@ -61,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"installed": cache.install(copy_from(args.source))}))
             return 0
         manifest = cache.verify_current()
-        ranker = DeviceRanker(cache.current(), precision=args.precision)  # type: ignore[arg-type]
+        precision = getattr(args, "precision", "int8")
+        ranker = DeviceRanker(cache.current(), precision=precision)  # type: ignore[arg-type]
         now = int(time.time()) if args.now is None else args.now
+        if args.command == "homepage":
+            history = read_history(args.history)
+            purchased = {e.item_id for e in history if e.event == "purchase"}
+            page = Homepage(ranker).compose(history, now, purchased=purchased)
+            sections = [{"title": s.title, "cards": [asdict(c) for c in s.cards]} for s in page]
+            print(json.dumps({"release": manifest["version"], "sections": sections}, ensure_ascii=False))
+            return 0
         items = ranker.recommend(read_history(args.history), now, k=args.k)
         titles = {item["id"]: item["title"] for item in ranker.items}
         print(

@@ -172,6 +172,10 @@ def test_fedhome_client_install_and_recommend(
     assert client_cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["release"] == 2 and len(out["for_you"]) == 5
+    home = ["homepage", "--history", str(tmp_path / "history.jsonl"), "--now", str(NOW), *common]
+    assert client_cli.main(home) == 0
+    page = json.loads(capsys.readouterr().out)
+    assert page["sections"][0]["title"] == "For you" and page["sections"][0]["cards"][0]["copy"]
     (tmp_path / "history.jsonl").write_text('{"item_id": 3}\n')
     assert client_cli.main(args) == 2
 
