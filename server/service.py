@@ -11,6 +11,9 @@ Routes (all GET unless said; JSON unless said):
 - /v1/catalogue?offset=&limit=: the latest release's item metadata, paged;
 - /v1/privacy/ledger (JSON lines) and /v1/privacy/report: the served run's ledger and the auditor's report
   built from it with the public key;
+- /dashboard and /dashboard/releases/{version} (HTML): the auditor's dashboard: the privacy report of the
+  served run (verification of every ledger entry, epsilon over rounds, mismatches, exclusions), the list
+  of releases, and for one release whether it verifies and is bound to its ledger entry;
 - POST /v1/admin/releases/{version}/withdraw {"reason"}: needs `Authorization: Bearer <token>` (the token
   is read from the environment variable ServiceConfig.admin_token_env; without one, admin routes are off).
 
@@ -24,11 +27,12 @@ import hashlib
 import hmac
 import json
 import os
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -230,6 +234,31 @@ def make_app(config: ServiceConfig) -> FastAPI:
         if not (Path(config.run_dir) / "ledger.jsonl").is_file():
             raise NotFoundError("the served run has no ledger")
         return build_report(Path(config.run_dir), public_key)
+
+    def dashboard_page(release: Path | None) -> HTMLResponse:
+        from server.audit.report import build_report
+        from server.audit.report_html import render_html
+
+        if not (Path(config.run_dir) / "ledger.jsonl").is_file():
+            raise NotFoundError("the served run has no ledger")
+        rows = "".join(
+            f"<li><a href='/dashboard/releases/{r['version']}'>release {r['version']}</a>"
+            + (f" (withdrawn: {escape(r['reason'])})" if r["withdrawn"] else "")
+            + "</li>"
+            for r in store.index(public_key)["releases"]
+        )
+        nav = f"<nav id='releases'><a href='/dashboard'>live run</a><ul>{rows}</ul></nav>"
+        report = build_report(Path(config.run_dir), public_key, release=release)
+        return HTMLResponse(render_html(report, header=nav))
+
+    @app.get("/dashboard", response_class=HTMLResponse)
+    def dashboard() -> HTMLResponse:
+        return dashboard_page(None)
+
+    @app.get("/dashboard/releases/{version}", response_class=HTMLResponse)
+    def dashboard_release(version: int) -> HTMLResponse:
+        live_manifest(version)
+        return dashboard_page(store.folder(version))
 
     @app.post("/v1/admin/releases/{version}/withdraw", response_model=WithdrawResult)
     def withdraw(

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--public-key", type=Path, required=True, help="the ledger's Ed25519 public key")
     report.add_argument("--out", type=Path, required=True, help="folder for report.html and report.json")
     report.add_argument("--expect-head", default=None, help="the ledger head hash pinned by a release")
+    report.add_argument(
+        "--release", type=Path, default=None, help="a release folder to check against the ledger"
+    )
     return parser
 
 
@@ -59,12 +62,12 @@ def command_report(args: argparse.Namespace) -> int:
     from server.audit.report_html import render_html
 
     public_key = load_public_key(args.public_key)
-    report = build_report(args.run_dir, public_key, expected_head=args.expect_head)
+    report = build_report(args.run_dir, public_key, expected_head=args.expect_head, release=args.release)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.html").write_text(render_html(report))
     verification = report["verification"]
-    ok = verification["ok"] and not report["mismatches"]
+    ok = verification["ok"] and not report["mismatches"] and report["release"].get("ok", True)
     print(f"{'VERIFIED' if ok else 'FAILED'}: {verification['entries']} ledger entries, "
           f"{len(verification['problems'])} problem(s), {len(report['mismatches'])} mismatch(es); "
           f"report written to {args.out / 'report.html'} and report.json")  # fmt: skip

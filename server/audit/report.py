@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from server.audit.verify import LedgerVerification, verify_ledger
-from shared.errors import DataError
+from shared.errors import DataError, FedhomeError
+from shared.release_manifest import verify_release
 from shared.signing import Ed25519PublicKey
 
 REPORT_VERSION = 1
@@ -45,9 +46,14 @@ NOT_COVERED = [
 
 
 def build_report(
-    run: Path, public_key: Ed25519PublicKey, *, expected_head: str | None = None
+    run: Path,
+    public_key: Ed25519PublicKey,
+    *,
+    expected_head: str | None = None,
+    release: Path | None = None,
 ) -> dict[str, Any]:
-    """The report of the run folder (or ledger file) `run`, verified with `public_key`."""
+    """The report of the run folder (or ledger file) `run`, verified with `public_key`; with `release` (a
+    release folder) also whether that release verifies and is bound to an entry of this ledger."""
     run = Path(run)
     verification = verify_ledger(run, public_key, expected_head=expected_head)
     entries = _entries(run)
@@ -63,11 +69,38 @@ def build_report(
         "mismatches": mismatches(entries),
         "not_covered": NOT_COVERED,
         "empirical_audit": _canary_audit(folder),
-        "release": {
-            "manifest": None,
-            "note": "no release manifest was given; the ledger head is reported above",
-        },
+        "release": release_binding(release, entries, public_key),
         "tools": {"fedhome-audit": _version("fedhome"), "dp-accounting": _version("dp-accounting")},
+    }
+
+
+def release_binding(
+    release: Path | None, entries: list[dict[str, Any]], public_key: Ed25519PublicKey
+) -> dict[str, Any]:
+    """Does the release verify, and does its manifest name an entry of this ledger with the same epsilon?"""
+    if release is None:
+        return {"manifest": None, "note": "no release was given; the ledger head is reported above"}
+    problems: list[str] = []
+    try:
+        manifest = verify_release(release, public_key)
+    except FedhomeError as exc:
+        return {"manifest": None, "ok": False, "problems": [f"the release does not verify: {exc}"]}
+    privacy = manifest.get("privacy", {})
+    head, rounds = privacy.get("ledger_head"), privacy.get("ledger_entries")
+    bound = [e for e in entries if e.get("entry_hash") == head]
+    if not bound:
+        problems.append(f"the release's ledger head {head} is not an entry of this ledger")
+    elif bound[0].get("round") != rounds:
+        problems.append(f"the release says round {rounds}; its ledger head is round {bound[0].get('round')}")
+    elif bound[0].get("user_epsilon", {}).get("pld") != privacy.get("epsilon"):
+        problems.append("the release's epsilon differs from the ledger's at its round")
+    elif bound[0].get("model_sha256_after") != manifest.get("model", {}).get("sha256"):
+        problems.append("the release's model is not the model the ledger records after its round")
+    return {
+        "manifest": {k: manifest.get(k) for k in ("version", "created_utc", "run_id", "model", "privacy")},
+        "ok": not problems,
+        "problems": problems,
+        "bound_round": bound[0].get("round") if bound else None,
     }
 
 

@@ -22,13 +22,14 @@ dt{font-weight:bold;margin-top:.5em} code{background:#f4f4f4;padding:0 .2em}
 """
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The whole page for a report dict."""
+def render_html(report: dict[str, Any], *, header: str = "") -> str:
+    """The whole page for a report dict (`header`: trusted HTML put first in the body, e.g. navigation)."""
     v, g = report["verification"], report["guarantee"]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>fedhome privacy report {escape(str(report['run_id']))}</title>",
         f"<style>{STYLE}</style></head><body>",
+        header,
         f"<h1>Privacy report: run <code>{escape(str(report['run_id']))}</code></h1>",
         _verdict(v),
         "<h2>The guarantee</h2>",
@@ -46,6 +47,8 @@ def render_html(report: dict[str, Any]) -> str:
         _list(report["not_covered"]),
         "<h2>Empirical audit</h2>",
         _canary(report["empirical_audit"]),
+        "<h2>Release</h2>",
+        _release(report["release"]),
         "<h2>Plots</h2>",
         _plots(report),
         "<h2>Every round</h2>",
@@ -133,6 +136,21 @@ def _canary(audit: dict[str, Any] | None) -> str:
             rows,
         )
         + f"<p id='canary-verdict' class='{verdict}</p>"
+    )
+
+
+def _release(release: dict[str, Any]) -> str:
+    if release.get("manifest") is None and "ok" not in release:
+        return f"<p>{escape(release['note'])}</p>"
+    if not release["ok"]:
+        return f"<p class='bad' id='release-verdict'>RELEASE FAILED</p>{_list(release['problems'])}"
+    manifest = release["manifest"]
+    privacy = manifest["privacy"]
+    return (
+        f"<p class='ok' id='release-verdict'>Release {manifest['version']} verifies and is bound to ledger "
+        f"entry {release['bound_round']}: epsilon {_fmt(privacy['epsilon'])} "
+        f"at delta {privacy['delta']:.3g}, "
+        f"model {escape(str(manifest['model']['sha256'])[:16])}&hellip;</p>"
     )
 
 

@@ -199,3 +199,19 @@ def test_release_command_and_refusal_of_an_unaccounted_model(run: tuple[Path, Pa
         == 0
     )
     assert ReleaseStore(out).latest() == 1
+
+
+def test_report_binds_a_release_to_its_ledger_entry(
+    run: tuple[Path, Path], store: ReleaseStore, tmp_path: Path
+) -> None:
+    from server.audit.report import build_report
+
+    run_dir, key_path = run
+    key = load_private_key(key_path).public_key()
+    binding = build_report(run_dir, key, release=store.folder(1))["release"]
+    assert binding["ok"] and binding["bound_round"] == 2 and binding["manifest"]["version"] == 1
+    tampered = tmp_path / "release"
+    shutil.copytree(store.folder(1), tampered)
+    (tampered / "items.json").write_text("[]")
+    binding = build_report(run_dir, key, release=tampered)["release"]
+    assert not binding["ok"] and "does not verify" in binding["problems"][0]

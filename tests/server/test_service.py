@@ -4,7 +4,10 @@ ledger and report, admin auth, limits and typed errors, metrics, and a device sy
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -167,3 +170,38 @@ def test_device_syncs_downloads_only_changed_files_and_falls_back_on_withdrawal(
     after = sync(cache, base)
     assert after.fell_back and after.current == 1 and cache.verify_current()["version"] == 1
     assert json.loads((tmp_path / "device" / "state.json").read_text())["current"] == 1
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "the browser tests need Debian's chromium (.ci/run installs it: apt-get install chromium)"
+    return path
+
+
+def browse(url: str, out: Path) -> str:
+    """The DOM of `url` after a real headless Chromium ran the page; a screenshot is kept beside `out`."""
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={out}.profile",
+    ]
+    subprocess.run([chromium(), *flags, "--window-size=1100,2400", f"--screenshot={out}", url], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", url], check=True, capture_output=True, timeout=120
+    )
+    return dom.stdout.decode()
+
+
+def test_auditor_dashboard_in_a_real_browser(service: tuple[str, ReleaseStore, Path], tmp_path: Path) -> None:
+    base = service[0]
+    shots = Path(os.environ.get("FEDHOME_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    dom = browse(f"{base}/dashboard", shots / "dashboard.png")
+    assert "VERIFIED" in dom and 'id="releases"' in dom and "release 1" in dom
+    assert "data:image/png;base64," in dom and (shots / "dashboard.png").stat().st_size > 10_000
+    # the toy releases name a ledger head that is not in this run's ledger: the release page says so
+    dom = browse(f"{base}/dashboard/releases/1", shots / "dashboard-release-1.png")
+    assert "RELEASE FAILED" in dom and "not an entry of this ledger" in dom
