@@ -75,7 +75,7 @@ class TemplateCopy:
             return f"Popular in {category} this week"
         if category in tastes:
             return f"Picked for your taste in {category}"
-        return f"Something different from {item.get('brand') or category}"
+        return f"Something new to try in {category}"
 
 
 def top_category(item: dict[str, Any]) -> str:
@@ -181,4 +181,4 @@ class Homepage:
             row = self.ranker.index.get(event.item_id)
             if row is not None:
                 counts[self.categories[row]] = counts.get(self.categories[row], 0) + 1
-        return sorted(counts, key=lambda c: -counts[c])[:3]
+        return sorted(counts, key=lambda c: -counts[c])
