@@ -3,8 +3,10 @@
 python -m simulation.diagnose_start line-search --dataset ../shared/data/amazon_beauty
     one round's mean clipped update (1,100 users, C = 1, no noise) per parameter group, and validation
     NDCG@10 on 2,000 users after stepping the start along each group's part of it
-python -m simulation.diagnose_start central-steps --dataset ../shared/data/amazon_beauty
-    validation NDCG@10 on 3,000 users every 25 centralised Adam steps (batch 256) for 200 steps
+python -m simulation.diagnose_start central-steps --dataset ../shared/data/amazon_beauty \
+        [--batch 256] [--lr 1e-3] [--out-proj-lr LR] [--steps 200] [--every 25] [--negatives N --alpha A]
+    validation NDCG@10 on 3,000 users every `every` centralised Adam steps (random batches), optionally
+    with a separate learning rate for the user tower's read-out (users.out_proj) and other negatives
 """
 
 from __future__ import annotations
@@ -80,18 +82,23 @@ def line_search(dataset: str) -> None:
         print(group, f"norm {np.linalg.norm(part):.3f}", [(step, at(start + step * part)) for step in STEPS])
 
 
-def central_steps(dataset: str) -> None:
+def central_steps(dataset: str, args: argparse.Namespace) -> None:
     config, split, model = start_model(dataset)
-    trainer = Trainer(model, split.train, split.cold_items, TrainConfig())
+    train = TrainConfig(batch_size=args.batch, n_negatives=args.negatives, negative_alpha=args.alpha)
+    trainer = Trainer(model, split.train, split.cold_items, train)
+    out_proj = [p for n, p in model.named_parameters() if n.startswith("users.out_proj")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("users.out_proj")]
+    trainer.optimizer = torch.optim.Adam(
+        [{"params": rest, "lr": args.lr}, {"params": out_proj, "lr": args.out_proj_lr or args.lr}]
+    )
     rng = np.random.default_rng(0)
     users = np.sort(rng.choice(split.eval_users, 3000, replace=False))
-    order = rng.permutation(trainer.rows.shape[0])
     curve = []
-    for step in range(201):
-        if step % 25 == 0:
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
             curve.append((step, valid_ndcg(model, split, config, users)))
             model.train()
-        pick = order[step * 256 : (step + 1) * 256]
+        pick = rng.choice(trainer.rows.shape[0], args.batch, replace=False)
         trainer.step(trainer.users[pick], trainer.rows[pick])
     print(curve)
 
@@ -100,9 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["line-search", "central-steps"])
     parser.add_argument("--dataset", required=True)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--out-proj-lr", type=float, default=None, help="users.out_proj lr (default: --lr)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--negatives", type=int, default=2048)
+    parser.add_argument(
+        "--alpha", type=float, default=0.75, help="negatives ~ (count + 1)^alpha; 0 = uniform"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    (line_search if args.what == "line-search" else central_steps)(args.dataset)
+    if args.what == "line-search":
+        line_search(args.dataset)
+    else:
+        central_steps(args.dataset, args)
     return 0
 
 
