@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from server.release import ITEMS_META, ReleaseStore
@@ -56,10 +58,15 @@ class PayloadTooLargeError(FedhomeError):
     """A request body over the configured limit."""
 
 
+class UnavailableError(FedhomeError):
+    """A feature this service was started without (e.g. no signing key for admin actions)."""
+
+
 STATUS: dict[type[FedhomeError], int] = {
     NotFoundError: 404,
     AuthError: 401,
     PayloadTooLargeError: 413,
+    UnavailableError: 503,
     ConfigError: 400,
     DataError: 422,
     SignatureError: 500,  # our own files no longer verify: a server fault, never served as valid
@@ -139,13 +146,34 @@ def make_app(config: ServiceConfig) -> FastAPI:
     registry = CollectorRegistry()
     requests = Counter("fedhome_requests", "HTTP requests", ["route", "status"], registry=registry)
     latency = Histogram("fedhome_request_seconds", "request latency", ["route"], registry=registry)
-    errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422)}
-    app = FastAPI(title="fedhome model service", version="1", responses=errors)  # type: ignore[arg-type]
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorResponse, "content": {"application/json": {}}}
+        for code in (400, 401, 404, 413, 422, 503)
+    }
+    app = FastAPI(title="fedhome model service", version="1", responses=errors)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
 
     @app.exception_handler(FedhomeError)
     async def handle_fedhome_error(request: Request, exc: FedhomeError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {400: "BadRequest", 404: "NotFoundError", 405: "MethodNotAllowed"}.get(
+            exc.status_code, "HTTPError"
+        )
+        return JSONResponse(
+            {"error": {"type": kind, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        return JSONResponse({"error": {"type": "ValidationError", "message": problems}}, status_code=422)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: RequestResponseEndpoint) -> Response:
@@ -205,9 +233,9 @@ def make_app(config: ServiceConfig) -> FastAPI:
         return FileResponse(store.folder(version) / name, headers={"ETag": etag})
 
     @app.get("/v1/catalogue", response_model=CataloguePage)
-    def catalogue(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1)) -> CataloguePage:
-        if limit > config.max_page_size:
-            raise ConfigError(f"limit must be at most {config.max_page_size}")
+    def catalogue(
+        offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=config.max_page_size)
+    ) -> CataloguePage:
         version = store.latest()
         if version is None:
             raise NotFoundError("no release has been published")
@@ -220,7 +248,11 @@ def make_app(config: ServiceConfig) -> FastAPI:
             items=items[offset : offset + limit],
         )
 
-    @app.get("/v1/privacy/ledger", response_class=PlainTextResponse)
+    @app.get(
+        "/v1/privacy/ledger",
+        response_class=Response,
+        responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+    )
     def ledger() -> Response:
         path = Path(config.run_dir) / "ledger.jsonl"
         if not path.is_file():
@@ -265,9 +297,9 @@ def make_app(config: ServiceConfig) -> FastAPI:
         version: int, body: WithdrawRequest, authorization: str | None = Header(default=None)
     ) -> WithdrawResult:
         require_admin(config, authorization)
-        if not config.signing_key:
-            raise ConfigError("the service has no signing key (ServiceConfig.signing_key)")
         live_manifest(version)
+        if not config.signing_key:
+            raise UnavailableError("the service was started without a signing key (--signing-key)")
         store.withdraw(version, reason=body.reason, key=load_private_key(Path(config.signing_key)))
         return WithdrawResult(withdrawn=version, latest=store.latest())
 

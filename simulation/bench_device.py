@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     now = max(int(item["created_at"] or 0) for item in ranker.items) + 3_600
     ids = [item["id"] for item in ranker.items]
     history = [Event(ids[(37 * i) % len(ids)], "view", now - 3_600 * (20 - i)) for i in range(20)]
-    results = {"recall_at_50_int8_vs_f32": round(recall_at_50(args.release), 4)}
+    results: dict[str, object] = {"recall_at_50_int8_vs_f32": round(recall_at_50(args.release), 4)}
     rng = np.random.default_rng(1)
     for n in args.items:
         before = rss_mib()
