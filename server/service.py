@@ -18,7 +18,8 @@ Routes (all GET unless said; JSON unless said):
   is read from the environment variable ServiceConfig.admin_token_env; without one, admin routes are off).
 
 Errors have one JSON shape {"error": {"type", "message"}} and one mapping from error types to statuses
-(`STATUS`). Request bodies over ServiceConfig.max_request_bytes are refused with 413 before they are read.
+(`STATUS`). Request bodies must carry a Content-Length (411) of at most ServiceConfig.max_request_bytes
+(413); both are refused before anything is read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.base import RequestResponseEndpoint
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.release import ITEMS_META, ReleaseStore
 from shared.config import ServiceConfig
@@ -58,6 +61,10 @@ class PayloadTooLargeError(FedhomeError):
     """A request body over the configured limit."""
 
 
+class LengthRequiredError(FedhomeError):
+    """A request body without a Content-Length."""
+
+
 class UnavailableError(FedhomeError):
     """A feature this service was started without (e.g. no signing key for admin actions)."""
 
@@ -66,6 +73,7 @@ STATUS: dict[type[FedhomeError], int] = {
     NotFoundError: 404,
     AuthError: 401,
     PayloadTooLargeError: 413,
+    LengthRequiredError: 411,
     UnavailableError: 503,
     ConfigError: 400,
     DataError: 422,
@@ -122,22 +130,25 @@ def error_response(exc: FedhomeError) -> JSONResponse:
     return JSONResponse({"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status)
 
 
-class BodyLimit(BaseHTTPMiddleware):
-    def __init__(self, app: Any, limit: int) -> None:
-        super().__init__(app)
-        self.limit = limit
+class BodyLimit:
+    """ASGI middleware: bodies must declare their length (411 otherwise), and at most `limit` bytes (413),
+    refused before anything is read."""
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return error_response(PayloadTooLargeError(f"request body over {self.limit} bytes"))
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > self.limit:
-                    return error_response(PayloadTooLargeError(f"request body over {self.limit} bytes"))
-        return await call_next(request)
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            length = dict(scope["headers"]).get(b"content-length")
+            refusal: FedhomeError | None = None
+            if length is None:
+                refusal = LengthRequiredError("send the request body with a Content-Length header")
+            elif not length.isdigit() or int(length) > self.limit:
+                refusal = PayloadTooLargeError(f"request body over {self.limit} bytes")
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def make_app(config: ServiceConfig) -> FastAPI:
@@ -148,7 +159,7 @@ def make_app(config: ServiceConfig) -> FastAPI:
     latency = Histogram("fedhome_request_seconds", "request latency", ["route"], registry=registry)
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "content": {"application/json": {}}}
-        for code in (400, 401, 404, 413, 422, 503)
+        for code in (400, 401, 404, 411, 413, 422, 503)
     }
     app = FastAPI(title="fedhome model service", version="1", responses=errors)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
@@ -177,11 +188,13 @@ def make_app(config: ServiceConfig) -> FastAPI:
 
     @app.middleware("http")
     async def observe(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        route = request.scope.get("route")
-        with latency.labels(getattr(route, "path", "unmatched")).time():
-            response = await call_next(request)
-        route = request.scope.get("route")
-        requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        started = time.perf_counter()
+        response = await call_next(request)
+        path = getattr(
+            request.scope.get("route"), "path", "unmatched"
+        )  # the route template, known after routing
+        latency.labels(path).observe(time.perf_counter() - started)
+        requests.labels(path, str(response.status_code)).inc()
         return response
 
     def live_manifest(version: int) -> dict[str, Any]:

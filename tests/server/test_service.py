@@ -136,6 +136,10 @@ def test_admin_withdrawal_needs_the_token_and_limits_hold(
     assert binary.status_code in (400, 422) and "error" in binary.json()
     too_big = httpx.post(url, json={"reason": "x" * 5_000}, headers=auth)
     assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "PayloadTooLargeError"
+    chunked = httpx.post(
+        url, content=iter([b'{"reason": "x"}']), headers={**auth, "Content-Type": "application/json"}
+    )
+    assert chunked.status_code == 411 and chunked.json()["error"]["type"] == "LengthRequiredError"
     assert store.latest() == 2  # nothing refused changed anything
 
 
@@ -146,6 +150,7 @@ def test_openapi_and_metrics(service: tuple[str, ReleaseStore, Path]) -> None:
     httpx.get(f"{base}/health")
     metrics = httpx.get(f"{base}/metrics").text
     assert 'fedhome_requests_total{route="/health",status="200"}' in metrics
+    assert 'fedhome_request_seconds_count{route="/health"}' in metrics
 
 
 def test_device_syncs_downloads_only_changed_files_and_falls_back_on_withdrawal(
