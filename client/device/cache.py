@@ -51,9 +51,10 @@ class ReleaseCache:
         version = self.state()["current"]
         return None if version is None else self._folder(version)
 
-    def install(self, fetch: Fetch) -> int:
+    def install(self, fetch: Fetch, *, allow_older: bool = False) -> int:
         """Download (via `fetch`), verify and switch to a release; returns its version. Raises
-        SignatureError/DataError (cache unchanged) when it does not verify."""
+        SignatureError/DataError (cache unchanged) when it does not verify, and refuses a release older than
+        the one in use unless `allow_older` (an old, validly signed release must not be replayed)."""
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir()
         try:
@@ -68,6 +69,9 @@ class ReleaseCache:
             raise
         version = int(manifest["version"])
         state = self.state()
+        if state["current"] is not None and version < state["current"] and not allow_older:
+            shutil.rmtree(self.incoming, ignore_errors=True)
+            raise DataError(f"release {version} is older than the one in use ({state['current']}); refused")
         if version == state["current"]:
             shutil.rmtree(self.incoming, ignore_errors=True)
             return version

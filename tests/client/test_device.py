@@ -89,6 +89,9 @@ def test_cache_installs_verified_releases_keeps_the_previous_and_falls_back(rele
     assert cache.install(copy_from(store.folder(2))) == 2
     assert cache.state() == {"current": 2, "previous": 1}
     assert cache.verify_current()["version"] == 2
+    with pytest.raises(DataError, match="older"):
+        cache.install(copy_from(store.folder(1)))  # a replayed old release
+    assert cache.state()["current"] == 2 and not cache.incoming.exists()
     assert cache.withdraw_current() == 1
     assert cache.current() == tmp_path / "cache" / "releases" / "000001"
 
