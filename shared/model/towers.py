@@ -118,9 +118,9 @@ class Block(nn.Module):
 class UserTower(nn.Module):
     """Unit-norm user vectors from the vectors of the user's recent items and their context.
 
-    Inputs (the ONNX graph's inputs, in this order): history (B, L, E) item vectors left-padded with
-    anything (masked), events (B, L) int64 event code + 1 (0 = padding), gaps (B, L) int64 recency buckets,
-    hour (B,) int64, weekday (B,) int64. Output: (B, E) unit vectors.
+    Inputs (the ONNX graph's inputs, in this order; any length L <= max_history): history (B, L, E) item
+    vectors left-padded with anything (masked), events (B, L) int64 event code + 1 (0 = padding), gaps (B, L)
+    int64 recency buckets, hour (B,) int64, weekday (B,) int64. Output: (B, E) unit vectors.
     """
 
     def __init__(self, text_dim: int, config: ModelConfig) -> None:
