@@ -206,6 +206,10 @@ class PrivacyConfig:
     record_noise_multiplier: float = 1.0
     record_max_grad_norm: float = 1.0
     record_delta: float = 1e-5
+    # Participation cap k: each device contributes to at most k training rounds of a run and refuses to
+    # train after that (0: no cap). Accounting then reports the smaller of the Poisson bound and the cap
+    # bound (k rounds of the Gaussian mechanism without amplification): docs/federated.md
+    participation_cap: int = 0
     seed: int = (
         -1
     )  # >= 0: deterministic noise for tests and reproductions (the ledger says so); -1: OS entropy
@@ -217,6 +221,8 @@ class PrivacyConfig:
             raise ConfigError("noise_multiplier, clip_count_stddev and record_noise_multiplier must be >= 0")
         _fraction("delta", self.delta)
         _fraction("record_delta", self.record_delta)
+        if self.participation_cap < 0:
+            raise ConfigError(f"participation_cap must be >= 0 (0: none), got {self.participation_cap}")
         if not 0.0 < self.target_unclipped_quantile < 1.0:
             raise ConfigError("target_unclipped_quantile must be in (0, 1)")
 
@@ -257,6 +263,9 @@ class FederatedConfig:
     # Empty: a fresh key for this run only, kept outside the run folder (its public half goes into it).
     signing_key: str = ""
     node_timeout_s: float = 600.0  # how long a round waits for the nodes' replies
+    # Simulation: a folder in which each virtual device keeps its receipts (<dir>/device-<user index>/), as a
+    # real device does in its own folder (node config "device-dir"); empty: in the node's state only
+    receipts_dir: str = ""
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_steps", "local_learning_rate", "max_examples_per_user", "n_negatives"):
