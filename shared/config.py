@@ -291,6 +291,51 @@ class FederatedConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrendingConfig:
+    """Trending counts released under user-level DP, accounted with training (server/trending.py).
+
+    A trending round Poisson-samples users with rate `sample_rate` (1: everyone); each sampled device sends
+    the distinct items of its own log in the `window_days` before `as_of_s`, at most `max_items` (the most
+    recent), each weighted 1/sqrt(max_items), so each user's vector has L2 norm <= 1 (the sensitivity);
+    nodes return only sums. The server adds N(0, noise_multiplier^2) to every item of the sum and publishes
+    counts = noisy sum * sqrt(max_items) / sample_rate. The accountant records it as one
+    RoundEvent(sample_rate, noise_multiplier), composed with the training rounds. Off unless `every_rounds`
+    or `final` asks for it.
+    """
+
+    every_rounds: int = 0  # a trending release after every this many training rounds; 0: none
+    final: bool = False  # a trending release after the last training round (or where the budget stopped it)
+    sample_rate: float = 1.0  # q_t: 1 = every user takes part
+    noise_multiplier: float = 10.0  # z_t: std of the noise on each item's sum (the sensitivity is 1)
+    max_items: int = 10  # k: most recent distinct items a user contributes
+    window_days: float = 30.0  # the items of the last W days before as_of_s
+    # end of the window, unix seconds; 0: the wall-clock time of the trending round (a deployment).
+    # `fedhome-sim federated` replaces 0 with the end of the simulated log (a replay of the past)
+    as_of_s: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every_rounds < 0 or self.as_of_s < 0:
+            raise ConfigError("trending: every_rounds and as_of_s must be >= 0")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"trending.sample_rate must be in (0, 1], got {self.sample_rate}")
+        if not self.noise_multiplier > 0:
+            raise ConfigError(f"trending.noise_multiplier must be positive, got {self.noise_multiplier}")
+        _positive("trending.max_items", self.max_items)
+        _positive("trending.window_days", self.window_days)
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_rounds > 0 or self.final
+
+    def releases(self, rounds: int) -> int:
+        """How many trending releases a run of `rounds` training rounds makes (the last round's periodic
+        release and the final one are the same release)."""
+        periodic = rounds // self.every_rounds if self.every_rounds else 0
+        last_is_periodic = self.every_rounds > 0 and rounds % self.every_rounds == 0
+        return periodic + int(self.final and not last_is_periodic)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     """The model service (`fedhome-server serve`): what it serves, its limits. Not part of a run's config."""
 
@@ -301,11 +346,13 @@ class ServiceConfig:
     admin_token_env: str = "FEDHOME_ADMIN_TOKEN"  # the environment variable holding the admin token
     max_request_bytes: int = 64 * 1024  # larger request bodies are refused with 413
     max_page_size: int = 500  # catalogue items per page, at most
+    max_catalogue_batch: int = 100  # items per admin catalogue write (embedded synchronously), at most
+    demo_shoppers: str = ""  # JSON lines of synthetic shoppers for the /demo page (server/demo_shoppers.py)
     host: str = "127.0.0.1"
     port: int = 8000
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_page_size", "port"):
+        for name in ("max_request_bytes", "max_page_size", "max_catalogue_batch", "port"):
             _positive(name, getattr(self, name))
 
 
@@ -321,6 +368,7 @@ class FedhomeConfig:
     mf: MFConfig = field(default_factory=MFConfig)  # the matrix factorisation baseline
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    trending: TrendingConfig = field(default_factory=TrendingConfig)  # DP trending counts
 
     def __post_init__(self) -> None:
         if self.privacy.record_level and self.federated.devices_per_node != "one":

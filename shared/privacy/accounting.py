@@ -39,10 +39,16 @@ Runs = tuple[tuple["RoundEvent", int], ...]  # (event, how many identical rounds
 
 @dataclass(frozen=True)
 class RoundEvent:
-    """One round: Poisson sampling with `sample_rate`, Gaussian noise noise_multiplier * C on the sum."""
+    """One round: Poisson sampling with `sample_rate`, Gaussian noise noise_multiplier * C on the sum.
+
+    `capped`: a training round whose participants obey the run's participation cap (devices refuse to train
+    past it; shared/privacy/participation.py). False (the default, always safe) for anything the cap does
+    not limit, e.g. trending rounds: those are accounted with Poisson sampling in every bound.
+    """
 
     sample_rate: float
     noise_multiplier: float
+    capped: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sample_rate) and 0.0 < self.sample_rate <= 1.0):
@@ -78,11 +84,18 @@ def rdp_epsilon(events: Sequence[RoundEvent], *, delta: float) -> float:
 
 
 def calibrate_noise_multiplier(
-    *, target_epsilon: float, delta: float, sample_rate: float, rounds: int
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    rounds: int,
+    fixed_events: Sequence[RoundEvent] = (),
 ) -> float:
     """The smallest noise multiplier (within 1e-3) whose PLD epsilon after `rounds` rounds is <= target.
 
-    The result is on the safe side: pld_epsilon([RoundEvent(sample_rate, z)] * rounds) <= target_epsilon.
+    `fixed_events` are other releases of the same run with their own, fixed parameters (e.g. trending
+    rounds): they are composed with the rounds, so the target covers all of them. The result is on the
+    safe side: pld_epsilon([RoundEvent(sample_rate, z)] * rounds + fixed_events) <= target_epsilon.
     """
     _check_delta(delta)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
@@ -90,11 +103,16 @@ def calibrate_noise_multiplier(
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     RoundEvent(sample_rate=sample_rate, noise_multiplier=1.0)  # validates sample_rate
+    if fixed_events and pld_epsilon(fixed_events, delta=delta) >= target_epsilon:
+        raise ConfigError(
+            f"the other releases alone (e.g. trending rounds) spend epsilon >= {target_epsilon}: no noise "
+            "multiplier for the training rounds can meet the target"
+        )
     return float(
         dp_accounting.calibrate_dp_mechanism(
             make_fresh_accountant=_pld_accountant,
             make_event_from_param=lambda z: _dp_event(
-                ((RoundEvent(sample_rate=sample_rate, noise_multiplier=z), rounds),)
+                ((RoundEvent(sample_rate=sample_rate, noise_multiplier=z), rounds), *_runs(fixed_events))
             ),
             target_epsilon=target_epsilon,
             target_delta=delta,
@@ -104,7 +122,8 @@ def calibrate_noise_multiplier(
 
 
 class UserLevelAccountant:
-    """The privacy spent by a federated run so far, one RoundEvent per completed round."""
+    """The privacy spent by a federated run so far, one RoundEvent per completed round (training rounds
+    and trending rounds alike: each is a Poisson-subsampled Gaussian sum with sensitivity 1 in its units)."""
 
     def __init__(self, *, delta: float) -> None:
         _check_delta(delta)
@@ -130,6 +149,7 @@ class UserLevelAccountant:
         """JSON-safe state (rounds compressed to runs of identical events)."""
         runs = [
             {"sample_rate": e.sample_rate, "noise_multiplier": e.noise_multiplier, "rounds": n}
+            | ({"capped": True} if e.capped else {})
             for e, n in _runs(self.events)
         ]
         return {"format": _FORMAT, "delta": self.delta, "runs": runs}
@@ -143,7 +163,9 @@ class UserLevelAccountant:
             accountant = cls(delta=float(data["delta"]))
             for run in data["runs"]:
                 event = RoundEvent(
-                    sample_rate=float(run["sample_rate"]), noise_multiplier=float(run["noise_multiplier"])
+                    sample_rate=float(run["sample_rate"]),
+                    noise_multiplier=float(run["noise_multiplier"]),
+                    capped=run.get("capped", False) is True,
                 )
                 accountant.events.extend([event] * _count(run["rounds"]))
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
@@ -204,10 +226,14 @@ def _pld_accountant() -> PLDAccountant:
 
 
 def _dp_event(runs: Runs) -> dp_accounting.DpEvent:
+    """Each run as SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)), count); with q = 1
+    (everyone, or the cap bound's rounds without amplification) SelfComposedDpEvent(GaussianDpEvent(z))."""
     return dp_accounting.ComposedDpEvent(
         [
             dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(
+                dp_accounting.GaussianDpEvent(event.noise_multiplier)
+                if event.sample_rate == 1.0
+                else dp_accounting.PoissonSampledDpEvent(
                     event.sample_rate, dp_accounting.GaussianDpEvent(event.noise_multiplier)
                 ),
                 count,
