@@ -11,3 +11,4 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[dev]"
+bash scripts/install_web.sh  # the demo page's onnxruntime-web (npm ci in server/web)

@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--signing-key", default="", help="the server's private key, for admin withdrawals")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--demo-shoppers", default="", help="JSON lines of synthetic shoppers for the /demo page"
+    )
+    shoppers = sub.add_parser(
+        "demo-shoppers", help="write simulated shoppers of a run's synthetic shop for the /demo page"
+    )
+    shoppers.add_argument("run_dir", type=Path, help="a run folder trained on the synthetic shop")
+    shoppers.add_argument("--out", type=Path, required=True, help="the JSON-lines file to write")
+    shoppers.add_argument("--n", type=int, default=8, help="how many shoppers")
     withdraw = sub.add_parser("withdraw", help="withdraw a release: devices fall back to the previous one")
     withdraw.add_argument("version", type=int)
     withdraw.add_argument("--store", type=Path, required=True)
@@ -93,8 +102,18 @@ def command_serve(args: argparse.Namespace) -> int:
         signing_key=args.signing_key,
         host=args.host,
         port=args.port,
+        demo_shoppers=args.demo_shoppers,
     )
     uvicorn.run(make_app(config), host=config.host, port=config.port, log_level="warning")
+    return 0
+
+
+def command_demo_shoppers(args: argparse.Namespace) -> int:
+    from server.demo_shoppers import synthetic_shoppers, write_demo_shoppers
+
+    shoppers = synthetic_shoppers(args.run_dir, n=args.n)
+    write_demo_shoppers(shoppers, args.out)
+    print(json.dumps({"shoppers": len(shoppers), "out": str(args.out)}))
     return 0
 
 
@@ -155,6 +174,7 @@ COMMANDS = {
     "release": command_release,
     "withdraw": command_withdraw,
     "serve": command_serve,
+    "demo-shoppers": command_demo_shoppers,
 }
 
 

@@ -14,6 +14,8 @@ Routes (all GET unless said; JSON unless said):
 - /dashboard and /dashboard/releases/{version} (HTML): the auditor's dashboard: the privacy report of the
   served run (verification of every ledger entry, epsilon over rounds, mismatches, exclusions), the list
   of releases, and for one release whether it verifies and is bound to its ledger entry;
+- /demo, its static files and /v1/demo/shoppers (server/api_demo.py): the demo homepage page, ranked in the
+  browser from the latest release (onnxruntime-web, WebCrypto Ed25519);
 - POST /v1/admin/releases/{version}/withdraw {"reason"}: needs `Authorization: Bearer <token>` (the token
   is read from the environment variable ServiceConfig.admin_token_env; without one, admin routes are off).
 
@@ -316,6 +318,9 @@ def make_app(config: ServiceConfig) -> FastAPI:
         store.withdraw(version, reason=body.reason, key=load_private_key(Path(config.signing_key)))
         return WithdrawResult(withdrawn=version, latest=store.latest())
 
+    from server.api_demo import demo_router  # here: api_demo imports this module's error types
+
+    app.include_router(demo_router(config))
     return app
 
 

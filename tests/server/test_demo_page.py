@@ -1,0 +1,265 @@
+"""The demo homepage page in real headless Debian chromium (Playwright driving /usr/bin/chromium) against a
+real uvicorn server on loopback: the page verifies the release with WebCrypto, ranks with onnxruntime-web,
+and its ranking and sections equal the Python SDK's for the same histories; tampered releases are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from ledger_toy import KEY, write_run
+from playwright.sync_api import Browser, sync_playwright
+from release_toy import random_model, source
+
+from client.device.homepage import Homepage
+from client.device.ranker import DeviceRanker, Event
+from server.api_demo import ORT_DIST
+from server.demo_shoppers import read_demo_shoppers
+from server.release import ReleaseStore
+from server.service import make_app
+from shared import signing
+from shared.config import ServiceConfig
+from shared.errors import DataError
+
+SCORE_TOLERANCE = 1e-4
+
+
+def toy_shoppers(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Three synthetic histories over the toy catalogue: a funnel, a browser, one with an unknown item."""
+    now = max(item["created_at"] or 0 for item in items) + 86_400
+    ids = [item["id"] for item in items]
+    pattern = [
+        [(11, "view"), (11, "cart"), (40, "view"), (120, "view"), (200, "purchase"), (201, "favourite")],
+        [(i, "view") for i in (3, 57, 99, 150, 151, 152, 210, 260, 290)],
+        [(5, "view"), (-1, "view"), (77, "cart"), (77, "purchase")],
+    ]
+    shoppers = []
+    for n, events in enumerate(pattern, start=1):
+        history = [
+            {"item_id": ids[i] if i >= 0 else "no-such-item", "event": e, "timestamp": now - 5_400 * (9 - k)}
+            for k, (i, e) in enumerate(events)
+        ]
+        shoppers.append({"id": f"shopper-{n}", "label": f"Toy shopper {n}", "now": now, "history": history})
+    return shoppers
+
+
+@contextmanager
+def running(config: ServiceConfig) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port for `config`; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    assert ORT_DIST.is_dir(), "onnxruntime-web is missing: scripts/setup.sh runs npm ci in server/web"
+    tmp = tmp_path_factory.mktemp("demo")
+    store = ReleaseStore(tmp / "store")
+    model, catalogue = random_model(0)
+    store.publish(model, catalogue, source("0"), KEY)
+    items = json.loads((store.folder(1) / "items.json").read_text())
+    shoppers = toy_shoppers(items)
+    (tmp / "shoppers.jsonl").write_text("".join(json.dumps(s) + "\n" for s in shoppers))
+    signing.save_public_key(KEY.public_key(), tmp / "public.pem")
+    config = ServiceConfig(
+        release_store=store.root,
+        run_dir=write_run(tmp / "run", rounds=2),
+        public_key=tmp / "public.pem",
+        demo_shoppers=str(tmp / "shoppers.jsonl"),
+    )
+    with running(config) as base:
+        yield {"base": base, "store": store, "config": config, "shoppers": shoppers, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    assert Path(executable).exists(), "the browser tests need Debian's chromium (scripts/install_browser.sh)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        yield launched
+        launched.close()
+
+
+def open_demo(browser: Browser, url: str, screenshot: Path) -> tuple[dict[str, Any], int]:
+    """The page's state once it has ranked (or refused), and how many cards it shows; keeps a screenshot."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})  # a fresh cache every time
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_function(
+            "window.fedhomeDemo && !['loading', 'ranking'].includes(window.fedhomeDemo.status)",
+            timeout=90_000,
+        )
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+        state = page.evaluate("window.fedhomeDemo")
+        cards = page.locator("#sections .card:visible").count()
+        if state["status"] != "ready":
+            state["shown_error"] = page.locator("#error").inner_text()
+        return state, cards
+    finally:
+        context.close()
+
+
+def shots(tmp_path: Path) -> Path:
+    return Path(os.environ.get("FEDHOME_SCREENSHOTS", tmp_path))
+
+
+def python_page(folder: Path, shopper: dict[str, Any]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+    """What the Python SDK (DeviceRanker float32 + Homepage) gives for this shopper: top-20 ids, their
+    scores, and the sections."""
+    ranker = DeviceRanker(folder, precision="float32")
+    history = [Event(e["item_id"], e["event"], e["timestamp"]) for e in shopper["history"]]
+    now = shopper["now"]
+    top = ranker.recommend(history, now, k=20)
+    user = ranker.user_vector(history, now)
+    assert user is not None
+    scores = ranker.scores(user)[[ranker.index[i] for i in top]]
+    purchased = {e.item_id for e in history if e.event == "purchase"}
+    sections = Homepage(ranker).compose(history, now, purchased=purchased)
+    return (
+        top,
+        scores,
+        [{"key": s.key, "title": s.title, "cards": [asdict(c) for c in s.cards]} for s in sections],
+    )
+
+
+def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, tmp_path: Path) -> None:
+    folder = site["store"].folder(1)
+    for shopper in site["shoppers"]:
+        state, cards = open_demo(
+            browser,
+            f"{site['base']}/demo?shopper={shopper['id']}",
+            shots(tmp_path) / f"demo-{shopper['id']}.png",
+        )
+        assert state["status"] == "ready", state.get("error")
+        assert state["shopper"] == shopper["id"] and state["release"] == 1
+        top, scores, sections = python_page(folder, shopper)
+        assert [r["id"] for r in state["ranking"]] == top
+        browser_scores = np.array([r["score"] for r in state["ranking"]])
+        assert np.abs(browser_scores - scores).max() < SCORE_TOLERANCE
+        assert state["sections"] == sections
+        assert cards == sum(len(s["cards"]) for s in sections) > 0
+        assert {s["key"] for s in sections} >= {"for_you", "because", "new", "deals"}
+
+
+def tamper_signature(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    other = signing.generate_private_key()  # a well-formed signature, by another key
+    manifest["signature"] = signing.sign(other, signing.canonical_json(manifest))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def tamper_epsilon(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["privacy"]["epsilon"] = 0.5  # a smaller privacy cost than the one signed
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def flip_byte(name: str) -> Any:
+    def tamper(folder: Path) -> None:
+        data = bytearray((folder / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (folder / name).write_bytes(bytes(data))
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (tamper_signature, "signature does not verify"),
+        (tamper_epsilon, "signature does not verify"),
+        (flip_byte("item_vectors_f32.npy"), "item_vectors_f32.npy does not match its sha256"),
+        (flip_byte("user_tower.onnx"), "user_tower.onnx does not match its sha256"),
+    ],
+    ids=["signature", "manifest-epsilon", "item-vectors-byte", "user-tower-byte"],
+)
+def test_tampered_release_is_refused_in_the_browser(
+    site: dict[str, Any], browser: Browser, tmp_path: Path, tamper: Any, message: str
+) -> None:
+    store = ReleaseStore(tmp_path / "store")
+    shutil.copytree(site["store"].root, store.root)
+    tamper(store.folder(1))
+    config = ServiceConfig(**{**asdict(site["config"]), "release_store": store.root})
+    with running(config) as base:
+        state, cards = open_demo(
+            browser, f"{base}/demo", shots(tmp_path) / f"demo-refused-{tmp_path.name}.png"
+        )
+    assert state["status"] == "refused" and message in state["error"]
+    assert "Release refused" in state["shown_error"] and cards == 0 and "ranking" not in state
+
+
+def test_a_page_pinning_another_key_refuses_the_release(
+    site: dict[str, Any], browser: Browser, tmp_path: Path
+) -> None:
+    signing.save_public_key(signing.generate_private_key().public_key(), tmp_path / "other.pem")
+    config = ServiceConfig(**{**asdict(site["config"]), "public_key": tmp_path / "other.pem"})
+    with running(config) as base:
+        state, cards = open_demo(browser, f"{base}/demo", shots(tmp_path) / "demo-wrong-key.png")
+    assert state["status"] == "refused" and "not the pinned key" in state["error"] and cards == 0
+
+
+def test_shoppers_route_and_static_files(site: dict[str, Any]) -> None:
+    base = site["base"]
+    shoppers = httpx.get(f"{base}/v1/demo/shoppers").json()["shoppers"]
+    assert [s["id"] for s in shoppers] == [s["id"] for s in site["shoppers"]]
+    wasm = httpx.get(f"{base}/demo/ort/ort-wasm-simd-threaded.wasm")
+    assert wasm.status_code == 200 and wasm.headers["content-type"] == "application/wasm"
+    assert httpx.get(f"{base}/demo/static/demo.js").headers["content-type"].startswith("text/javascript")
+    for path in ("/demo/static/../api_demo.py", "/demo/static/index.html", "/demo/ort/ort.all.min.mjs"):
+        assert httpx.get(base + path).status_code == 404
+    config = ServiceConfig(**{**asdict(site["config"]), "demo_shoppers": ""})
+    with running(config) as other:
+        refused = httpx.get(f"{other}/v1/demo/shoppers")
+    assert refused.status_code == 503 and refused.json()["error"]["type"] == "UnavailableError"
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"id": "a", "history": []}', "history"),
+        ('{"id": "a", "history": [{"item_id": "x", "event": "teleport", "timestamp": 1}]}', "event"),
+        ('{"id": "../a", "history": [{"item_id": "x", "event": "view", "timestamp": 1}]}', "id"),
+        ('{"id": "a", "history": [{"item_id": "x", "event": "view", "timestamp": "soon"}]}', "timestamp"),
+        ("not json", "not a demo shopper"),
+    ],
+)
+def test_bad_demo_shopper_files_name_the_line(tmp_path: Path, line: str, problem: str) -> None:
+    good = '{"id": "ok", "history": [{"item_id": "x", "event": "view", "timestamp": 100}]}'
+    (tmp_path / "s.jsonl").write_text(good + "\n" + line + "\n")
+    with pytest.raises(DataError, match=rf"s\.jsonl:2: .*{problem}"):
+        read_demo_shoppers(tmp_path / "s.jsonl")
+    (tmp_path / "s.jsonl").write_text(good + "\n")
+    assert read_demo_shoppers(tmp_path / "s.jsonl")[0]["now"] == 100 + 3_600
