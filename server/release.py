@@ -7,6 +7,10 @@ A release folder (see shared/release_manifest.py for the manifest) holds:
 - `item_vectors_f32.npy` (N, E) float32, the item tower's vectors of the whole catalogue;
 - `item_vectors_int8.npy` (N, E) int8 and `item_scales.npy` (N,) float32: symmetric per-row quantisation,
   vector ~ int8 * scale;
+- `item_projection.npy` (E, P) float32, the top P = min(64, E) principal directions of the item vectors,
+  `item_codes_int8.npy` (P, N) int8 (one column per item) and `item_code_scales.npy` (N,) float32: the
+  device's coarse codes, Q^T v ~ code * scale (shared/item_codes.py). Optional for a device: releases
+  before these files load too, the device computes the same from the item vectors;
 - `item_bias.npy` (N,) float32 and, in `scoring.json`, the temperature: score = t <u, v> + bias;
 - `items.json`: the catalogue's metadata (id, title, category, brand, price, created_at, on_promotion).
 
@@ -35,6 +39,15 @@ from shared.config import from_flat
 from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.source import load_configured
 from shared.errors import ConfigError, DataError
+from shared.item_codes import (
+    CODE_DIM,
+    CODE_SCALES_FILE,
+    CODES_FILE,
+    PROJECTION_FILE,
+    coarse_codes,
+    principal_projection,
+    quantize_rows,
+)
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import params_sha256, set_flat, trainable_layout
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
@@ -83,14 +96,6 @@ def export_user_tower(model: TwoTower, path: Path) -> None:
         )
 
 
-def quantize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8: (q (N, E) int8, scale (N,) float32) with vectors ~ q * scale[:, None]."""
-    peak = np.abs(vectors).max(axis=1)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
-
-
 def catalogue_metadata(catalogue: Catalogue) -> list[dict[str, Any]]:
     """One JSON-safe record per item, in index order."""
     rows = []
@@ -136,6 +141,11 @@ def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> 
     np.save(folder / ITEMS_F32, vectors_np)
     np.save(folder / ITEMS_INT8, q)
     np.save(folder / ITEM_SCALES, scale)
+    projection = principal_projection([vectors_np], CODE_DIM)
+    codes, code_scales = coarse_codes(vectors_np, projection)
+    np.save(folder / PROJECTION_FILE, projection)
+    np.save(folder / CODES_FILE, codes)
+    np.save(folder / CODE_SCALES_FILE, code_scales)
     np.save(folder / ITEM_BIAS, bias.numpy().astype(np.float32))
     (folder / ITEMS_META).write_text(json.dumps(catalogue_metadata(catalogue), ensure_ascii=False))
     scoring = {

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from client.device.item_index import ItemIndex
 from client.device.ranker import DeviceRanker, Event
+from client.device.vector_store import VectorStore
 from server.release import quantize_rows
 
 
@@ -35,7 +37,7 @@ def rss_mib() -> float:
 def recall_at_50(folder: Path, n_users: int = 300) -> float:
     exact, fast = DeviceRanker(folder, precision="float32"), DeviceRanker(folder)
     rng = np.random.default_rng(0)
-    users = rng.normal(size=(n_users, exact.f32.shape[1])).astype(np.float32)  # type: ignore[union-attr]
+    users = rng.normal(size=(n_users, exact.item_index.store.dim)).astype(np.float32)
     users /= np.linalg.norm(users, axis=1, keepdims=True)
     hits = 0
     for user in users:
@@ -65,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         tiled = np.tile(base, (reps, 1))[:n] + rng.normal(0, 0.01, size=(n, base.shape[1])).astype(np.float32)
         q, scale = quantize_rows(tiled)
         del tiled
-        ranker.q, ranker.scale, ranker.f32 = q, scale, None
-        ranker.bias = np.zeros(n, dtype=np.float32)
+        ranker.item_index = ItemIndex(VectorStore(q, scale), np.zeros(n), temperature=ranker.temperature)
         ranker.items = [{"id": str(i)} for i in range(n)]  # ids only matter for recommend(), not timed here
         loaded = rss_mib()
         times = []

@@ -107,10 +107,7 @@ class Homepage:
         for reason_row in (
             self._recent_distinct(history)[: rules.because_sections] if user is not None else []
         ):
-            near = (
-                ranker.item_vectors(np.arange(ranker.n_items))
-                @ ranker.item_vectors(np.array([reason_row]))[0]
-            )
+            near = ranker.item_index.similarities(ranker.item_vectors(np.array([reason_row]))[0])
             title = ranker.items[reason_row]["title"]
             sections.append(
                 self._section("because", f"Because you viewed {title}", near, used, tastes, title)

@@ -1,12 +1,10 @@
 """On-device ranking from a verified release, with onnxruntime and numpy only (no torch on this path).
 
 The user vector comes from the device's recent history through the release's ONNX user tower; scores are
-t * <u, v> + bias against every item vector (int8 with a scale per row by default, float32 on request);
-top-k by argpartition. Nothing here leaves the device: the history, the user vector and the scores stay in
-memory.
-
-The int8 path multiplies in chunks of rows (numpy would otherwise convert the whole int8 matrix to float
-on every call, see NOTES.md) and scales each chunk's dot products by its rows' scales.
+t * <u, v> + bias against every item, by the two-stage ItemIndex (item_index.py: coarse int8 codes read
+directly by an integer kernel, then exact rescoring of the best candidates) or, with precision "float32",
+exactly against every float32 item vector. Nothing here leaves the device: the history, the user vector and
+the scores stay in memory.
 """
 
 from __future__ import annotations
@@ -19,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from client.device.item_index import DEFAULT_RESCORE, ItemIndex, Precision
 from shared.data.schema import EVENT_CODE
 from shared.errors import DataError
 from shared.history import gap_buckets, request_context
 
-INT8_CHUNK_ROWS = 16_384
 EXCLUDED = -np.inf
 
 
@@ -39,7 +37,14 @@ class Event:
 class DeviceRanker:
     """Ranks a release's catalogue for one history. `folder` must already be verified (ReleaseCache does)."""
 
-    def __init__(self, folder: Path, *, precision: str = "int8", threads: int = 1) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        precision: Precision = "int8",
+        threads: int = 1,
+        rescore: int = DEFAULT_RESCORE,
+    ) -> None:
         folder = Path(folder)
         if precision not in ("int8", "float32"):
             raise DataError(f"precision must be int8 or float32, got {precision!r}")
@@ -48,14 +53,10 @@ class DeviceRanker:
         self.max_history = int(scoring["max_history"])
         self.items = json.loads((folder / "items.json").read_text())
         self.index = {item["id"]: i for i, item in enumerate(self.items)}
-        self.bias = np.load(folder / "item_bias.npy")
         self.precision = precision
-        if precision == "int8":
-            self.q = np.load(folder / "item_vectors_int8.npy")
-            self.scale = np.load(folder / "item_scales.npy")
-            self.f32: np.ndarray | None = None
-        else:
-            self.f32 = np.load(folder / "item_vectors_f32.npy")
+        self.item_index = ItemIndex.from_release(
+            folder, precision=precision, rescore=rescore, threads=threads
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -65,13 +66,16 @@ class DeviceRanker:
 
     @property
     def n_items(self) -> int:
-        return len(self.items)
+        return self.item_index.n_items
+
+    @property
+    def bias(self) -> np.ndarray:
+        """(N,) float32 item biases."""
+        return self.item_index.bias
 
     def item_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """(k, E) float32 vectors of item rows (dequantised on the int8 path)."""
-        if self.f32 is not None:
-            return self.f32[rows]
-        return self.q[rows].astype(np.float32) * self.scale[rows, None]
+        """(k, E) float32 full-dimension vectors of item rows."""
+        return self.item_index.vectors(rows)
 
     def user_vector(self, history: Sequence[Event], now: int) -> np.ndarray | None:
         """(E,) unit user vector from the most recent `max_history` known events (None: no usable event)."""
@@ -96,15 +100,9 @@ class DeviceRanker:
         return np.asarray(vector[0], dtype=np.float32)
 
     def scores(self, user: np.ndarray) -> np.ndarray:
-        """(N,) float32 scores of every item for user vector `user`."""
-        if self.f32 is not None:
-            dots = self.f32 @ user
-        else:
-            dots = np.empty(self.n_items, dtype=np.float32)
-            for lo in range(0, self.n_items, INT8_CHUNK_ROWS):
-                chunk = self.q[lo : lo + INT8_CHUNK_ROWS].astype(np.float32)
-                dots[lo : lo + INT8_CHUNK_ROWS] = (chunk @ user) * self.scale[lo : lo + INT8_CHUNK_ROWS]
-        return self.temperature * dots + self.bias
+        """(N,) float32 scores of every item for user vector `user` (int8: exact for the best candidates,
+        coarse for the rest; see ItemIndex.scores)."""
+        return self.item_index.scores(user)
 
     def top_k(self, scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
         """Item rows of the k best scores, best first, never an excluded row."""
@@ -123,4 +121,5 @@ class DeviceRanker:
         if user is None:
             raise DataError("no event in the history names an item of this release")
         seen = np.array(sorted({self.index[e.item_id] for e in history if e.item_id in self.index}))
-        return [self.items[i]["id"] for i in self.top_k(self.scores(user), k, seen)]
+        rows, _ = self.item_index.top_k(user, k, exclude=seen)
+        return [self.items[i]["id"] for i in rows]

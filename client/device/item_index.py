@@ -1,0 +1,283 @@
+"""Two-stage on-device item index: coarse int8 scores of every item, then exact rescoring of the best.
+
+Scores are t * <u, v_j> + b_j (user vector u, item vector v_j, temperature t, item bias b_j).
+- Coarse stage (precision "int8"): u is projected onto the release's P principal directions Q (E, P),
+  coded in 7 bits and scored against every item's int8 code of Q^T v_j (a scale per item) by onnxruntime's
+  MatMulInteger, which reads the codes as int8 (int8_kernel.py): t * <Q^T u, Q^T v_j> + b_j.
+- Exact stage: the best `rescore` items by coarse score are scored again with the full-dimension vectors
+  (vector_store.py: the release's float32 file, memory-mapped, so only the rows read become resident).
+- Precision "float32" scores every item exactly: the reference path (the browser's ranker does the same).
+
+Resident memory of the int8 path for N items: codes P*N bytes; code scales, offsets and bias 4*N bytes
+each (1M items, P = 64: 61.0 + 11.4 MiB); the full vectors only as the file pages of the rows read.
+
+Items published after the release (catalogue deltas) are added with `extend` and changed with `replace`:
+float32 vectors and biases, coded with the release's projection, rankable from the next call on.
+Assumes one thread uses an index at a time (no locking).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from client.device.int8_kernel import CoarseKernel, code_offsets, quantize_user
+from client.device.vector_store import VectorStore
+from shared.errors import DataError
+from shared.item_codes import (
+    CODE_DIM,
+    CODE_SCALES_FILE,
+    CODES_FILE,
+    PROJECTION_FILE,
+    coarse_codes,
+    principal_projection,
+)
+
+Precision = Literal["int8", "float32"]
+DEFAULT_RESCORE = 512  # candidates rescored exactly per request
+MAX_BLOCKS = 8  # code blocks (the release's + added ones) before the added ones are merged
+
+
+class ItemIndex:
+    """Scores, top-k and nearest items over a release's item vectors; rows can be added or replaced."""
+
+    def __init__(
+        self,
+        vectors: VectorStore,
+        bias: np.ndarray,
+        *,
+        temperature: float,
+        precision: Precision = "int8",
+        projection: np.ndarray | None = None,
+        codes: np.ndarray | None = None,
+        code_scales: np.ndarray | None = None,
+        code_dim: int = CODE_DIM,
+        rescore: int = DEFAULT_RESCORE,
+        threads: int = 1,
+    ) -> None:
+        if precision not in ("int8", "float32"):
+            raise DataError(f"precision must be int8 or float32, got {precision!r}")
+        if rescore < 1:
+            raise DataError(f"rescore must be at least 1, got {rescore}")
+        self.store, self.temperature, self.precision, self.rescore = (
+            vectors,
+            float(temperature),
+            precision,
+            rescore,
+        )
+        self._bias = self._checked_bias(bias, vectors.n_rows)
+        self._blocks: list[np.ndarray] = []
+        if precision == "int8":
+            if projection is None:
+                projection = principal_projection((c for _, c in vectors.chunks()), code_dim)
+            self.projection = np.asarray(projection, dtype=np.float32)
+            if codes is None or code_scales is None:
+                codes, code_scales = self._code_all()
+            if codes.shape != (self.projection.shape[1], vectors.n_rows) or code_scales.shape != (
+                vectors.n_rows,
+            ):
+                raise DataError(
+                    f"item codes {codes.shape} do not fit {vectors.n_rows} items and {self.projection.shape}"
+                )
+            self._blocks = [codes]
+            self._code_scales = np.asarray(code_scales, dtype=np.float32)
+            self._offsets = code_offsets(codes)
+            self._kernel = CoarseKernel(threads)
+
+    @classmethod
+    def from_release(
+        cls, folder: Path, *, precision: Precision = "int8", rescore: int = DEFAULT_RESCORE, threads: int = 1
+    ) -> ItemIndex:
+        """The index of a verified release folder. Uses the release's projection and codes when it has
+        them (releases before they were added: computed here, once, from the item vectors)."""
+        folder = Path(folder)
+        scoring = json.loads((folder / "scoring.json").read_text())
+        mmap: Literal["r"] | None = "r" if precision == "int8" else None  # exact: every row, every request
+        if (folder / "item_vectors_f32.npy").exists():
+            store = VectorStore(np.load(folder / "item_vectors_f32.npy", mmap_mode=mmap))
+        else:
+            store = VectorStore(
+                np.load(folder / "item_vectors_int8.npy", mmap_mode=mmap), np.load(folder / "item_scales.npy")
+            )
+        coded = precision == "int8" and all(
+            (folder / n).exists() for n in (PROJECTION_FILE, CODES_FILE, CODE_SCALES_FILE)
+        )
+        return cls(
+            store,
+            np.load(folder / "item_bias.npy"),
+            temperature=float(scoring["temperature"]),
+            precision=precision,
+            projection=np.load(folder / PROJECTION_FILE) if coded else None,
+            codes=np.load(folder / CODES_FILE) if coded else None,
+            code_scales=np.load(folder / CODE_SCALES_FILE) if coded else None,
+            rescore=rescore,
+            threads=threads,
+        )
+
+    @property
+    def n_items(self) -> int:
+        return self.store.n_rows
+
+    @property
+    def bias(self) -> np.ndarray:
+        """(N,) float32 item biases (read-only view)."""
+        view = self._bias.view()
+        view.flags.writeable = False
+        return view
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(k, E) float32 full-dimension vectors of item rows."""
+        return self.store.rows(rows)
+
+    def scores(self, user: np.ndarray) -> np.ndarray:
+        """(N,) float32 t <u, v_j> + b_j: exact for the `rescore` best rows, coarse for the rest (int8)."""
+        return self._full(self._query(user), self.temperature, with_bias=True)
+
+    def similarities(self, vector: np.ndarray) -> np.ndarray:
+        """(N,) float32 <vector, v_j>: exact for the `rescore` most similar rows, coarse for the rest."""
+        return self._full(self._query(vector), 1.0, with_bias=False)
+
+    def top_k(
+        self, user: np.ndarray, k: int, *, rows: np.ndarray | None = None, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, exact scores) of the k best items for `user`, best first: only among `rows` when given,
+        never an `exclude`d row. int8: the best max(k, rescore) by coarse score are rescored exactly."""
+        query = self._query(user)
+        if self.precision == "float32":
+            scores = self._exact_all(query, self.temperature, with_bias=True)
+        else:
+            scores = self._coarse(query, self.temperature, with_bias=True)
+        if rows is not None:
+            allowed = np.full(self.n_items, -np.inf, dtype=np.float32)
+            allowed[rows] = scores[rows]
+            scores = allowed
+        if exclude is not None and len(exclude):
+            scores[exclude] = -np.inf
+        pool = k if self.precision == "float32" else max(k, self.rescore)
+        candidates = best(scores, pool)
+        if self.precision == "int8" and len(candidates):
+            exact = self._exact(query, candidates, self.temperature, with_bias=True)
+        else:
+            exact = scores[candidates]
+        order = np.argsort(-exact, kind="stable")[:k]
+        return candidates[order], exact[order]
+
+    def extend(self, vectors_f32: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Add items at the end: (k, E) float32 vectors and (k,) biases. Returns their rows (N..N+k-1)."""
+        bias = self._checked_bias(bias, len(vectors_f32))
+        rows = self.store.append(vectors_f32)
+        self._bias = np.concatenate([self._bias, bias])
+        if self.precision == "int8":
+            codes, scales = coarse_codes(self.store.rows(rows), self.projection)
+            self._blocks.append(codes)
+            self._code_scales = np.concatenate([self._code_scales, scales])
+            self._offsets = np.concatenate([self._offsets, code_offsets(codes)])
+            if len(self._blocks) > MAX_BLOCKS:
+                self._blocks = [self._blocks[0], np.concatenate(self._blocks[1:], axis=1)]
+        return rows
+
+    def replace(self, rows: np.ndarray, vectors_f32: np.ndarray, bias: np.ndarray) -> None:
+        """New (k, E) float32 vectors and (k,) biases for existing, distinct `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if (
+            rows.ndim != 1
+            or len(np.unique(rows)) != len(rows)
+            or (len(rows) and not 0 <= rows.min() <= rows.max() < self.n_items)
+        ):
+            raise DataError(f"rows to replace must be distinct item rows below {self.n_items}")
+        bias = self._checked_bias(bias, len(rows))
+        if len(vectors_f32) != len(rows):
+            raise DataError(f"{len(rows)} rows to replace but {len(vectors_f32)} vectors")
+        self.store.replace(rows, vectors_f32)
+        self._bias[rows] = bias
+        if self.precision == "int8":
+            codes, scales = coarse_codes(self.store.rows(rows), self.projection)
+            lo = 0
+            for block in self._blocks:
+                inside = (rows >= lo) & (rows < lo + block.shape[1])
+                block[:, rows[inside] - lo] = codes[:, inside]
+                lo += block.shape[1]
+            self._code_scales[rows] = scales
+            self._offsets[rows] = code_offsets(codes)
+
+    def resident_bytes(self) -> dict[str, int]:
+        """Bytes of each array this index keeps in memory (the mapped full-vector file not included)."""
+        sizes = {
+            "bias": self._bias.nbytes,
+            "added_vectors": self.store.added.nbytes + self.store.patched.nbytes,
+        }
+        if self.precision == "int8":
+            sizes.update(
+                codes=sum(b.nbytes for b in self._blocks),
+                code_scales=self._code_scales.nbytes,
+                offsets=self._offsets.nbytes,
+                projection=self.projection.nbytes,
+            )
+        if not isinstance(self.store.base, np.memmap):
+            sizes["vectors"] = self.store.base.nbytes
+        return sizes
+
+    def _query(self, vector: np.ndarray) -> np.ndarray:
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (self.store.dim,) or not np.isfinite(vector).all():
+            raise DataError(f"a query vector must be finite with shape ({self.store.dim},)")
+        return vector
+
+    def _full(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
+        if self.precision == "float32":
+            return self._exact_all(query, alpha, with_bias=with_bias)
+        scores = self._coarse(query, alpha, with_bias=with_bias)
+        top = best(scores, self.rescore)
+        scores[top] = self._exact(query, top, alpha, with_bias=with_bias)
+        return scores
+
+    def _coarse(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
+        user_u8, user_scale = quantize_user(query @ self.projection)
+        parts, lo = [], 0
+        for block in self._blocks:
+            hi = lo + block.shape[1]
+            parts.append(
+                self._kernel.dots(
+                    user_u8, user_scale * alpha, block, self._offsets[lo:hi], self._code_scales[lo:hi]
+                )
+            )
+            lo = hi
+        scores = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if with_bias:
+            scores += self._bias
+        return scores
+
+    def _exact(self, query: np.ndarray, rows: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
+        scores = alpha * (self.store.rows(rows) @ query)
+        return scores + self._bias[rows] if with_bias else scores
+
+    def _exact_all(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
+        scores = np.empty(self.n_items, dtype=np.float32)
+        for lo, block in self.store.chunks():
+            scores[lo : lo + len(block)] = block @ query
+        scores *= alpha
+        return scores + self._bias if with_bias else scores
+
+    def _code_all(self) -> tuple[np.ndarray, np.ndarray]:
+        pieces = [coarse_codes(block, self.projection) for _, block in self.store.chunks()]
+        if not pieces:
+            return np.zeros((self.projection.shape[1], 0), dtype=np.int8), np.zeros(0, dtype=np.float32)
+        return np.concatenate([c for c, _ in pieces], axis=1), np.concatenate([s for _, s in pieces])
+
+    @staticmethod
+    def _checked_bias(bias: np.ndarray, n: int) -> np.ndarray:
+        bias = np.array(bias, dtype=np.float32)  # a copy: the index owns (and may change) its biases
+        if bias.shape != (n,) or not np.isfinite(bias).all():
+            raise DataError(f"item biases must be {n} finite numbers, got shape {bias.shape}")
+        return bias
+
+
+def best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the n largest finite scores (any order)."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+    return rows[np.isfinite(scores[rows])]

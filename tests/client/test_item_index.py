@@ -1,0 +1,190 @@
+"""The two-stage item index: the integer kernel, recall against exact float32, items added or replaced
+after load, releases with and without the coarse codes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from ledger_toy import KEY
+from onnx import TensorProto, helper
+from release_toy import random_model, source
+
+from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, code_offsets, quantize_user
+from client.device.item_index import MAX_BLOCKS, ItemIndex
+from client.device.vector_store import VectorStore
+from server.release import ReleaseStore
+from shared.errors import DataError
+from shared.item_codes import CODE_SCALES_FILE, CODES_FILE, PROJECTION_FILE, principal_projection
+
+T = 7.5
+
+
+def coarse_model() -> onnx.ModelProto:
+    """The coarse graph, as int8_kernel.COARSE_DOTS_ONNX was built (regenerate it from this)."""
+    vi = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("MatMulInteger", ["user_u8", "codes"], ["dots_offset"]),
+        helper.make_node("Sub", ["dots_offset", "offsets"], ["dots"]),
+        helper.make_node("Cast", ["dots"], ["dots_f32"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["dots_f32", "code_scales"], ["scaled"]),
+        helper.make_node("Mul", ["scaled", "user_scale"], ["scores"]),
+    ]
+    inputs = [
+        vi("user_u8", TensorProto.UINT8, [1, "P"]),
+        vi("codes", TensorProto.INT8, ["P", "N"]),
+        vi("offsets", TensorProto.INT32, ["N"]),
+        vi("code_scales", TensorProto.FLOAT, ["N"]),
+        vi("user_scale", TensorProto.FLOAT, []),
+    ]
+    graph = helper.make_graph(nodes, "coarse_dots", inputs, [vi("scores", TensorProto.FLOAT, [1, "N"])])
+    opsets = [helper.make_opsetid("", 17)]
+    return helper.make_model(graph, opset_imports=opsets, producer_name="fedhome", ir_version=8)
+
+
+def anisotropic(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Item vectors with a decaying spectrum, like text embeddings (random ones would be isotropic)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    return ((rng.normal(size=(n, dim)) * 0.9 ** np.arange(dim)) @ basis.T).astype(np.float32)
+
+
+def index_of(vectors: np.ndarray, bias: np.ndarray, **kwargs) -> ItemIndex:  # type: ignore[no-untyped-def]
+    return ItemIndex(VectorStore(vectors.copy()), bias, temperature=T, **kwargs)
+
+
+def exact_top(vectors: np.ndarray, bias: np.ndarray, user: np.ndarray, k: int) -> np.ndarray:
+    scores = T * (vectors.astype(np.float64) @ user) + bias
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def test_the_embedded_graph_is_the_one_onnx_helper_builds() -> None:
+    embedded = onnx.load_from_string(COARSE_DOTS_ONNX)
+    assert embedded.graph == coarse_model().graph and embedded.opset_import == coarse_model().opset_import
+
+
+def test_integer_dots_are_exact_even_at_the_extremes() -> None:
+    kernel, rng = CoarseKernel(), np.random.default_rng(1)
+    codes = rng.integers(-127, 128, size=(64, 5000), dtype=np.int8)
+    codes[:, 0], codes[:, 1] = 127, -127  # every product at its largest: int16 pair sums must not saturate
+    for projected in (rng.normal(size=64), np.full(64, 1.0), np.full(64, -1.0)):
+        user_u8, _ = quantize_user(projected)
+        got = kernel.dots(user_u8, 1.0, codes, code_offsets(codes), np.ones(5000, dtype=np.float32))
+        expected = (user_u8[0].astype(np.int64) - 64) @ codes.astype(np.int64)
+        np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_fast_top_50_keeps_recall_against_exact_float32() -> None:
+    vectors = anisotropic(20_000)
+    bias = np.random.default_rng(2).normal(0, 0.1, size=20_000).astype(np.float32)
+    index = index_of(vectors, bias, code_dim=16, rescore=256)
+    users = anisotropic(100, seed=3)
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    hits = 0
+    for user in users:
+        rows, scores = index.top_k(user, 50)
+        hits += len(set(rows.tolist()) & set(exact_top(vectors, bias, user, 50).tolist()))
+        np.testing.assert_allclose(scores, T * (vectors[rows] @ user) + bias[rows], rtol=1e-5, atol=1e-5)
+        assert (np.diff(scores) <= 0).all()
+    assert hits / (50 * len(users)) >= 0.97
+
+
+def test_float32_precision_is_exact_and_scores_rescore_the_best_rows() -> None:
+    vectors, bias = anisotropic(3_000), np.zeros(3_000, dtype=np.float32)
+    user = vectors[7] / np.linalg.norm(vectors[7])
+    exact = index_of(vectors, bias, precision="float32")
+    np.testing.assert_allclose(exact.scores(user), T * (vectors @ user), rtol=1e-5, atol=1e-5)
+    fast = index_of(vectors, bias, code_dim=8, rescore=100)
+    scores = fast.scores(user)
+    top = exact_top(vectors, bias, user, 20)
+    np.testing.assert_allclose(scores[top], T * (vectors[top] @ user), rtol=1e-5, atol=1e-5)
+    near = fast.similarities(vectors[7])
+    assert int(np.argmax(near)) == int(np.argmax(vectors @ vectors[7]))  # dot products, not cosines
+
+
+def test_top_k_within_rows_and_without_excluded_rows() -> None:
+    vectors, bias = anisotropic(2_000), np.zeros(2_000, dtype=np.float32)
+    index, user = index_of(vectors, bias, code_dim=16), vectors[0] / np.linalg.norm(vectors[0])
+    subset = np.arange(1, 2_000, 3)
+    rows, _ = index.top_k(user, 10, rows=subset, exclude=subset[:5])
+    assert set(rows.tolist()) <= set(subset[5:].tolist()) and len(rows) == 10
+    expected = [r for r in exact_top(vectors, bias, user, 2_000) if r in set(subset[5:].tolist())][:10]
+    assert rows.tolist() == expected
+    few, _ = index.top_k(user, 10, rows=np.array([4, 5]))
+    assert sorted(few.tolist()) == [4, 5]
+
+
+def test_extend_and_replace_rank_like_an_index_built_with_those_rows() -> None:
+    vectors, rng = anisotropic(4_000), np.random.default_rng(4)
+    bias = rng.normal(0, 0.1, size=4_000).astype(np.float32)
+    index = index_of(vectors[:3_000], bias[:3_000], code_dim=16, rescore=128)
+    first = 3_000
+    for piece in np.array_split(np.arange(3_000, 4_000), MAX_BLOCKS + 3):  # more blocks than are kept
+        rows = index.extend(vectors[piece], bias[piece])
+        assert rows.tolist() == list(range(first, first + len(piece)))
+        first += len(piece)
+    changed = np.array([5, 3_500, 17])
+    new_vectors, new_bias = anisotropic(3, seed=9) * 3, np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    index.replace(changed, new_vectors, new_bias)
+    vectors[changed], bias[changed] = new_vectors, new_bias
+    fresh = index_of(vectors, bias, projection=index.projection, rescore=128)
+    for user in anisotropic(20, seed=5):
+        got, expected = index.top_k(user, 30), fresh.top_k(user, 30)
+        assert got[0].tolist() == expected[0].tolist()
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-5)
+        np.testing.assert_allclose(index.scores(user), fresh.scores(user), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(index.vectors(changed), new_vectors.astype(np.float32))
+    np.testing.assert_array_equal(index.bias[changed], new_bias)
+    assert index.n_items == 4_000
+
+
+def test_an_added_item_is_rankable_at_once() -> None:
+    vectors, bias = anisotropic(1_000), np.zeros(1_000, dtype=np.float32)
+    index = index_of(vectors, bias, code_dim=16)
+    user = vectors[3] / np.linalg.norm(vectors[3])
+    (row,) = index.extend((user * 10)[None], np.array([0.5]))
+    assert index.top_k(user, 1)[0].tolist() == [row]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda i: i.extend(np.ones((2, 5)), np.zeros(2)),  # wrong dimension
+        lambda i: i.extend(np.ones((2, 64)), np.zeros(3)),  # one bias per vector
+        lambda i: i.extend(np.full((1, 64), np.nan), np.zeros(1)),
+        lambda i: i.replace(np.array([1, 1]), np.ones((2, 64)), np.zeros(2)),  # repeated row
+        lambda i: i.replace(np.array([10_000]), np.ones((1, 64)), np.zeros(1)),  # no such row
+        lambda i: i.top_k(np.ones(3), 5),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(call) -> None:  # type: ignore[no-untyped-def]
+    vectors, bias = anisotropic(500), np.zeros(500, dtype=np.float32)
+    index = index_of(vectors, bias, code_dim=16)
+    user = vectors[0] / np.linalg.norm(vectors[0])
+    before = index.scores(user)
+    with pytest.raises(DataError):
+        call(index)
+    assert index.n_items == 500
+    np.testing.assert_array_equal(index.scores(user), before)
+
+
+def test_release_carries_signed_codes_and_an_old_release_without_them_ranks_the_same(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "store")
+    model, catalogue = random_model()
+    store.publish(model, catalogue, source("codes"), KEY)
+    folder = store.folder(1)
+    files = store.manifest(1)["files"]
+    assert {PROJECTION_FILE, CODES_FILE, CODE_SCALES_FILE} <= set(files)
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    for name in (PROJECTION_FILE, CODES_FILE, CODE_SCALES_FILE):
+        (old / name).unlink()
+    new_index, old_index = ItemIndex.from_release(folder), ItemIndex.from_release(old)
+    np.testing.assert_array_equal(old_index.projection, np.load(folder / PROJECTION_FILE))
+    vectors = np.load(folder / "item_vectors_f32.npy")
+    np.testing.assert_allclose(principal_projection([vectors], 64), new_index.projection, atol=1e-6)
+    user = vectors[11] / np.linalg.norm(vectors[11])
+    assert old_index.top_k(user, 20)[0].tolist() == new_index.top_k(user, 20)[0].tolist()
