@@ -23,6 +23,10 @@ largest over this round's devices), record_delta, record_accountant ("rdp"), rec
 ("record"): a guarantee for single interactions, separate from and no substitute for the user-level one.
 Never updates, interactions, user ids or keys.
 
+Trending releases (server/trending_round.py) append entries of kind "trending_counts" to the same chain:
+no "round" (they do not advance it) but "after_round", the training round they follow, which must be the
+ledger's last round. Entries without "kind" are training rounds (every ledger written before trending).
+
 Two steps when a checkpoint must hold the entry before the ledger does: `sign(fields)` makes the next
 entry without writing it, `append_signed(entry)` checks that it still continues the ledger and writes it;
 `append(fields)` does both.
@@ -48,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 RESERVED_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
+TRENDING_KIND = "trending_counts"  # an entry of a trending release (server/trending_round.py)
 
 
 def signed_bytes(entry: dict[str, Any]) -> bytes:
@@ -81,7 +86,8 @@ class PrivacyLedger:
         self._key_id = signing.key_id(signing_key.public_key()) if signing_key is not None else None
         existing = read_entries(self.path)  # fails closed on a damaged file
         self._head = existing[-1].get("entry_hash", GENESIS_HASH) if existing else GENESIS_HASH
-        self._last_round = _round_of(existing[-1], default=len(existing), path=self.path) if existing else 0
+        rounds = [e for e in existing if e.get("kind") != TRENDING_KIND]
+        self._last_round = _round_of(rounds[-1], default=len(rounds), path=self.path) if rounds else 0
 
     def append(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Sign, chain and durably write one entry; returns it as written."""
@@ -112,8 +118,9 @@ class PrivacyLedger:
             raise DataError("entry_hash does not match the entry", path=str(self.path))
         self._write_line(canonical_json(entry) + b"\n")
         self._head = entry["entry_hash"]
-        self._last_round = _round_of(entry, default=self._last_round + 1, path=self.path)
-        logger.info("ledger: round %d written (head %s)", self._last_round, self._head[:16])
+        if entry.get("kind") != TRENDING_KIND:
+            self._last_round = _round_of(entry, default=self._last_round + 1, path=self.path)
+        logger.info("ledger: entry after round %d written (head %s)", self._last_round, self._head[:16])
         return entry
 
     def entries(self) -> list[dict[str, Any]]:
@@ -132,7 +139,13 @@ class PrivacyLedger:
         clash = [name for name in RESERVED_FIELDS if name in fields]
         if clash:
             raise DataError(f"fields {clash} are set by the ledger itself", path=str(self.path))
-        if "round" in fields and fields["round"] != self._last_round + 1:
+        if fields.get("kind") == TRENDING_KIND:
+            if "round" in fields or fields.get("after_round") != self._last_round:
+                raise DataError(
+                    f"a trending entry must follow round {self._last_round} (after_round, no round)",
+                    path=str(self.path),
+                )
+        elif "round" in fields and fields["round"] != self._last_round + 1:
             raise DataError(
                 f"round {fields['round']!r} does not follow round {self._last_round}", path=str(self.path)
             )

@@ -81,6 +81,9 @@ def summary(report: LedgerVerification) -> str:
         f"user epsilon at delta={report.delta}: claimed {_eps(report.claimed_epsilon)} (PLD); "
         f"recomputed {_eps(report.recomputed_epsilon)} (PLD), {_eps(report.recomputed_rdp_epsilon)} (RDP)",
     ]
+    if report.trending:
+        after = ", ".join(str(row["after_round"]) for row in report.trending)
+        lines.append(f"trending releases: {len(report.trending)} (after rounds {after}), accounted above")
     if report.ok:
         lines.append("OK: every signature, link, round and epsilon checks out")
     else:

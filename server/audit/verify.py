@@ -11,6 +11,11 @@ by up to a few 1e-4 relative; a real misstatement (another noise multiplier, sam
 moves epsilon by more (a 101st round at q=0.05, z=1 adds 0.4%; z 0.1% lower, 0.2%). The applied noise std is
 exact arithmetic on logged floats, so it must match within 1e-9 relative.
 
+Trending releases (kind "trending_counts", server/audit/trending_checks.py) sit in the same chain without
+a "round" of their own ("after_round" must be the last round before them); their Poisson-subsampled
+Gaussian is composed into the recomputed epsilon like a training round, and their counts file, when it is
+beside the ledger, must match the sha256 the entry signs. Ledgers without such entries verify as before.
+
 Not detectable from the ledger alone: entries cut off at the END (the chain is still intact). Pin the head
 hash from a signed release manifest with `expected_head` to catch that.
 """
@@ -26,6 +31,12 @@ from typing import Any, NoReturn
 
 from server.audit.accountant import RoundByRoundPLD, rdp_epsilon
 from server.audit.entry_checks import check_fields, check_noise, close, epsilon_value
+from server.audit.trending_checks import (
+    check_counts_file,
+    check_trending_fields,
+    check_trending_noise,
+    is_trending,
+)
 from shared.errors import ConfigError, DataError, SignatureError
 from shared.signing import Ed25519PublicKey, canonical_json, key_id, verify
 
@@ -37,10 +48,11 @@ EPSILON_RTOL = 1e-3
 class EpsilonCheck:
     """Claimed vs recomputed user-level epsilon after one round (at the ledger's delta)."""
 
-    round: int
+    round: int  # the training round, or the round a trending release follows
     claimed_pld: float
     recomputed_pld: float
     claimed_rdp: float
+    kind: str = "training_round"  # or "trending_counts"
 
 
 @dataclass
@@ -57,6 +69,7 @@ class LedgerVerification:
     recomputed_epsilon: float | None = None  # the auditor's PLD after the last entry
     recomputed_rdp_epsilon: float | None = None  # the auditor's RDP bound after the last entry
     epsilons: list[EpsilonCheck] = field(default_factory=list)
+    trending: list[dict[str, Any]] = field(default_factory=list)  # one row per trending release
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe report (an infinite epsilon is written as "inf")."""
@@ -74,9 +87,13 @@ def verify_ledger(
     if not entries and not problems:
         problems.append("the ledger has no entries")
     _check_chain(entries, public_key, report)
-    valid = [(line, e) for line, e in entries if check_fields(_where(line, e), e, problems)]
+    valid = [(line, e) for line, e in entries if _check_fields(_where(line, e), e, problems)]
     for line, entry in valid:
-        check_noise(_where(line, entry), entry, problems)
+        if is_trending(entry):
+            check_trending_noise(_where(line, entry), entry, problems)
+            _trending_row(_where(line, entry), entry, ledger.parent, report)
+        else:
+            check_noise(_where(line, entry), entry, problems)
     _check_epsilons(valid, report)
     if expected_head is not None and report.head_hash != expected_head:
         problems.append(
@@ -84,6 +101,21 @@ def verify_ledger(
         )
     report.ok = not problems
     return report
+
+
+def _check_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
+    if is_trending(entry):
+        return check_trending_fields(where, entry, problems)
+    return check_fields(where, entry, problems)
+
+
+def _trending_row(where: str, entry: dict[str, Any], folder: Path, report: LedgerVerification) -> None:
+    """What the report lists about a trending release, with the check of its counts file."""
+    keys = ("after_round", "sample_rate", "noise_multiplier", "noise_std", "max_items", "window_days")
+    row: dict[str, Any] = {key: entry.get(key) for key in (*keys, "realised_cohort", "counts_sha256")}
+    row["counts_file_ok"] = check_counts_file(where, entry, folder, report.problems)
+    row["entry_hash"] = entry.get("entry_hash")
+    report.trending.append(row)
 
 
 def _ledger_file(path: Path) -> Path:
@@ -147,9 +179,15 @@ def _check_chain(
             problems.append(f"{where}: entry_hash does not match the entry's content")
         if entry.get("prev_hash") != previous_hash:
             problems.append(f"{where}: prev_hash does not link to the previous entry (removed or reordered?)")
+        previous_hash = str(entry.get("entry_hash"))
+        if is_trending(entry):
+            if "round" in entry or entry.get("after_round") != previous_round:
+                problems.append(f"{where}: a trending release must follow round {previous_round} (no round)")
+            continue
+        if entry.get("kind") is not None:
+            problems.append(f"{where}: unknown entry kind {entry.get('kind')!r}")
         if entry.get("round") != previous_round + 1:
             problems.append(f"{where}: round {entry.get('round')!r} should be {previous_round + 1}")
-        previous_hash = str(entry.get("entry_hash"))
         previous_round = entry["round"] if isinstance(entry.get("round"), int) else previous_round + 1
     report.head_hash = previous_hash
 
@@ -187,10 +225,14 @@ def _compare(
         problems.append(f"{where}: claimed PLD epsilon {pld} but the auditor recomputes {recomputed:.6g}")
     if rdp < recomputed * (1 - EPSILON_RTOL):
         problems.append(f"{where}: claimed RDP epsilon {rdp} is below the PLD epsilon {recomputed:.6g}")
+    if is_trending(entry):
+        return EpsilonCheck(entry["after_round"], pld, recomputed, rdp, kind="trending_counts")
     return EpsilonCheck(round=entry["round"], claimed_pld=pld, recomputed_pld=recomputed, claimed_rdp=rdp)
 
 
 def _where(line: int, entry: dict[str, Any]) -> str:
+    if is_trending(entry):
+        return f"trending release after round {entry.get('after_round', '?')} (line {line})"
     return f"round {entry.get('round', '?')} (line {line})"
 
 

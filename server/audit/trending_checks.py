@@ -1,0 +1,100 @@
+"""Checks of a trending-release ledger entry (kind "trending_counts"): fields, ranges, noise, counts file.
+
+The mechanism the entry must describe (server/trending.py): Poisson sampling with rate q_t, each user's
+contribution vector weighted 1/sqrt(max_items) per item so its L2 norm is <= 1 (sensitivity 1), Gaussian
+noise of std z_t * 1 on every item of the sum. Like server/audit/entry_checks.py, these checks append
+plain-language problems and never raise on malformed input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+from server.audit.entry_checks import NOISE_RTOL, close
+
+TRENDING_KIND = "trending_counts"
+REQUIRED = (
+    *("kind", "after_round", "mode", "sampling", "sample_rate", "noise_multiplier", "noise_std"),
+    *("sensitivity", "max_items", "item_weight", "counts_file", "counts_sha256", "delta", "user_epsilon"),
+    *("prev_hash", "key_id", "signature", "entry_hash"),
+)
+
+
+def is_trending(entry: dict[str, Any]) -> bool:
+    return entry.get("kind") == TRENDING_KIND
+
+
+def check_trending_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
+    """True when the fields the other checks read are present, well-typed and in range."""
+    missing = [name for name in REQUIRED if name not in entry]
+    names = ("sample_rate", "noise_multiplier", "noise_std", "sensitivity", "item_weight", "delta")
+    numbers = {name: _number(entry.get(name)) for name in names}
+    bad = [name for name, value in numbers.items() if name in entry and value is None]
+    k, after = entry.get("max_items"), entry.get("after_round", 0)
+    if type(k) is not int or type(after) is not int or not isinstance(entry.get("user_epsilon", {}), dict):
+        bad.append("max_items, after_round or user_epsilon")
+    if missing or bad:
+        problems.append(f"{where}: missing fields {missing}, malformed fields {bad}")
+        return False
+    v = {name: value for name, value in numbers.items() if value is not None}
+    ranges = [
+        ("sample_rate in (0, 1]", 0 < v["sample_rate"] <= 1),
+        ("noise_multiplier >= 0", v["noise_multiplier"] >= 0),
+        ("max_items >= 1", isinstance(k, int) and k >= 1),
+        ("delta in (0, 1)", 0 < v["delta"] < 1),
+    ]
+    out_of_range = [rule for rule, holds in ranges if not holds]
+    if out_of_range:
+        problems.append(f"{where}: values out of range, need {out_of_range}")
+    return not out_of_range
+
+
+def check_trending_noise(where: str, entry: dict[str, Any], problems: list[str]) -> None:
+    """Sensitivity 1 from weights 1/sqrt(k), noise applied = z_t * sensitivity, divisor q*N, Poisson."""
+    z, std, mode = float(entry["noise_multiplier"]), float(entry["noise_std"]), entry["mode"]
+    if entry["sampling"] != "poisson":
+        problems.append(f"{where}: sampling {entry['sampling']!r}; the accounting assumes Poisson sampling")
+    if not close(float(entry["item_weight"]), 1 / math.sqrt(entry["max_items"]), NOISE_RTOL):
+        problems.append(f"{where}: item_weight is not 1/sqrt(max_items): the L2 sensitivity is not 1")
+    if float(entry["sensitivity"]) != 1.0:
+        problems.append(f"{where}: sensitivity {entry['sensitivity']} (the accounting assumes 1)")
+    if mode == "none":
+        if z != 0 or std != 0:
+            problems.append(f"{where}: mode none must have noise_multiplier 0 and noise_std 0")
+    elif mode != "central":
+        problems.append(f"{where}: unknown mode {mode!r} for a trending release")
+    elif not close(std, z * float(entry["sensitivity"]), NOISE_RTOL):
+        problems.append(f"{where}: noise_std {std} != noise_multiplier {z} * sensitivity")
+    cohort, population = _number(entry.get("expected_cohort")), _number(entry.get("population"))
+    q = float(entry["sample_rate"])
+    if cohort is not None and population is not None and not close(cohort, q * population, NOISE_RTOL):
+        problems.append(f"{where}: expected_cohort {cohort} is not sample_rate * population")
+
+
+def check_counts_file(where: str, entry: dict[str, Any], folder: Path, problems: list[str]) -> bool | None:
+    """The published counts file beside the ledger against the entry's sha256; None when it is absent
+    (a ledger verified on its own), True when it matches."""
+    name = str(entry["counts_file"])
+    if name.startswith("/") or ".." in Path(name).parts:
+        problems.append(f"{where}: counts_file {name!r} points outside the run folder")
+        return False
+    path = folder / name
+    if not path.is_file():
+        return None
+    if hashlib.sha256(path.read_bytes()).hexdigest() != entry["counts_sha256"]:
+        problems.append(f"{where}: {name} does not match the counts_sha256 the entry signs")
+        return False
+    return True
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None

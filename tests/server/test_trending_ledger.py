@@ -1,0 +1,139 @@
+"""Trending releases in the signed ledger: they verify, they are accounted, and tampering is caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+from ledger_toy import DELTA, KEY, round_fields
+from trending_toy import Q_T, Z_T, trending_fields, write_trending_run
+
+from server.audit import cli as audit_cli
+from server.audit.verify import verify_ledger
+from server.ledger import PrivacyLedger, entry_hash, signed_bytes
+from shared import signing
+from shared.errors import DataError
+from shared.privacy.accounting import RoundEvent, UserLevelAccountant
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("trending-run")
+    write_trending_run(folder, rounds=3, every=1)
+    return folder
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+def rewrite(folder: Path, line: int, **changes: object) -> None:
+    """Edit one entry and sign it again with the real key (a key holder misstating the release)."""
+    lines = (folder / "ledger.jsonl").read_text().splitlines()
+    entry = json.loads(lines[line])
+    entry.update(changes)
+    entry["signature"] = signing.sign(KEY, signed_bytes(entry))
+    entry["entry_hash"] = entry_hash(entry)
+    lines[line] = signing.canonical_json(entry).decode()
+    (folder / "ledger.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def independent_epsilon(rounds: int, releases: int) -> float:
+    """dp_accounting's PLD of the same mechanisms, composed directly (not through fedhome's code)."""
+    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    train = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.0))
+    trend = dp_accounting.PoissonSampledDpEvent(Q_T, dp_accounting.GaussianDpEvent(Z_T))
+    accountant.compose(dp_accounting.SelfComposedDpEvent(train, rounds))
+    if releases:
+        accountant.compose(dp_accounting.SelfComposedDpEvent(trend, releases))
+    return float(accountant.get_epsilon(DELTA))
+
+
+def test_a_ledger_with_trending_releases_verifies_and_composes_them(run: Path) -> None:
+    report = verify_ledger(run, KEY.public_key())
+    assert report.ok, report.problems
+    assert report.entries == 6 and [c.kind for c in report.epsilons].count("trending_counts") == 3
+    assert [row["after_round"] for row in report.trending] == [1, 2, 3]
+    assert all(row["counts_file_ok"] for row in report.trending)
+    with_trending, training_only = independent_epsilon(3, 3), independent_epsilon(3, 0)
+    assert with_trending > training_only * 1.05
+    assert report.recomputed_epsilon == pytest.approx(with_trending, rel=2e-3)
+    assert report.claimed_epsilon == pytest.approx(with_trending, rel=2e-3)
+
+
+def test_the_accountant_composes_trending_with_training_like_dp_accounting() -> None:
+    accountant = UserLevelAccountant(delta=DELTA)
+    for _ in range(3):
+        accountant.record(RoundEvent(sample_rate=0.05, noise_multiplier=1.0))
+    training = accountant.spent()
+    for _ in range(2):
+        accountant.record(RoundEvent(sample_rate=Q_T, noise_multiplier=Z_T))
+    both = accountant.spent()
+    assert both["pld"] > training["pld"] and both["rdp"] > training["rdp"] >= training["pld"]
+    assert both["pld"] == pytest.approx(independent_epsilon(3, 2), rel=2e-3)
+
+
+def test_the_ledger_keeps_round_numbers_and_refuses_a_misplaced_trending_entry(tmp_path: Path) -> None:
+    acc = write_trending_run(tmp_path, rounds=2, every=1)
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl", signing_key=KEY)
+    assert ledger.last_round() == 2
+    with pytest.raises(DataError, match="must follow round 2"):
+        ledger.append(trending_fields(1, acc, tmp_path))
+    with pytest.raises(DataError, match="must follow round 2"):
+        ledger.append({**trending_fields(2, acc, tmp_path), "round": 3})
+    acc.record(RoundEvent(sample_rate=0.05, noise_multiplier=1.0))
+    ledger.append(round_fields(3, acc, q=0.05, z=1.0, mode="central"))  # training continues at 3
+    assert verify_ledger(tmp_path, KEY.public_key()).ok
+
+
+def test_a_flipped_byte_in_a_trending_entry_fails(run: Path, tmp_path: Path) -> None:
+    copy = copy_of(run, tmp_path)
+    lines = (copy / "ledger.jsonl").read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"noise_multiplier":4.0', b'"noise_multiplier":9.0')
+    (copy / "ledger.jsonl").write_bytes(b"".join(lines))
+    report = verify_ledger(copy, KEY.public_key())
+    assert not report.ok and any(
+        "trending release after round 1" in p and "signature" in p for p in report.problems
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"noise_multiplier": 8.0, "noise_std": 8.0}, "claimed PLD epsilon"),  # claims more noise than spent
+        ({"noise_std": 2.0}, "noise_std 2.0 != noise_multiplier"),
+        ({"item_weight": 1.0}, "sensitivity is not 1"),
+        ({"sampling": "fixed_size"}, "Poisson"),
+        ({"after_round": 2}, "must follow round 1"),
+    ],
+)
+def test_a_resigned_misstatement_of_a_trending_release_fails(
+    run: Path, tmp_path: Path, changes: dict[str, object], expected: str
+) -> None:
+    copy = copy_of(run, tmp_path)
+    rewrite(copy, 1, **changes)
+    report = verify_ledger(copy, KEY.public_key())
+    assert not report.ok and any(expected in p for p in report.problems), report.problems
+
+
+def test_altered_counts_or_a_removed_release_fail(run: Path, tmp_path: Path) -> None:
+    copy = copy_of(run, tmp_path)
+    np.save(copy / "trending" / "after-round-00002.npy", np.arange(7, dtype=np.float32) * 99)
+    report = verify_ledger(copy, KEY.public_key())
+    assert not report.ok and any("does not match the counts_sha256" in p for p in report.problems)
+    lines = (run / "ledger.jsonl").read_bytes().splitlines(keepends=True)
+    (copy / "ledger.jsonl").write_bytes(b"".join(lines[:3] + lines[4:]))  # the release after round 2
+    report = verify_ledger(copy, KEY.public_key())
+    assert not report.ok and any("prev_hash" in p for p in report.problems)
+
+
+def test_the_audit_cli_lists_the_trending_releases(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = audit_cli.main(["verify", str(run), "--public-key", str(run / "ledger_public_key.pem"), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [row["after_round"] for row in printed["trending"]] == [1, 2, 3]
