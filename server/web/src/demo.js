@@ -39,7 +39,7 @@ async function loadRelease() {
   const [scoringBytes, itemsBytes, biasBytes, vectorBytes, towerBytes] = await Promise.all(
     ["scoring.json", "items.json", "item_bias.npy", "item_vectors_f32.npy", "user_tower.onnx"].map(file),
   );
-  const trending = TRENDING in manifest.files ? parseNpy(await file(TRENDING)).data : null;
+  const trending = TRENDING in manifest.files ? Float64Array.from(parseNpy(await file(TRENDING)).data, Number) : null;
   const decode = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
   const scoring = decode(scoringBytes);
   const vectors = parseNpy(vectorBytes);

@@ -1,6 +1,13 @@
-// Reads NumPy .npy files (format versions 1-3, C order) into typed arrays: float32 (<f4), int8 (|i1).
+// Reads NumPy .npy files (format versions 1-3, C order, little-endian) into typed arrays.
 
-const TYPES = { "<f4": Float32Array, "|i1": Int8Array, "<i1": Int8Array };
+const TYPES = {
+  "<f4": Float32Array,
+  "<f8": Float64Array,
+  "|i1": Int8Array,
+  "<i1": Int8Array,
+  "<i4": Int32Array,
+  "<i8": BigInt64Array,
+};
 
 /** {dtype, shape, data} of the .npy file in `bytes` (a Uint8Array). Throws Error when it is not one. */
 export function parseNpy(bytes) {
