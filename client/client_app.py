@@ -9,6 +9,9 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
   device trains its user by record-level DP-SGD (client/record_level.py), clips that update the same way,
   keeps the Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
 - evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
+- query "trending": the sampled slots and the window -> the SUM of the sampled users' trending contribution
+  vectors (client/trending.py: at most k recent distinct items each, L2 norm <= 1) and their count, from
+  the users' training rows (in simulation the held-out rows are never released). Nothing per user leaves.
 
 Where a node's users come from: `node_config["partition-id"]` and `["num-partitions"]` (set by Flower's
 simulation engine, or by `flower-supernode --node-config`). With `devices_per_node = "shard"` partition p
@@ -31,6 +34,7 @@ from flwr.clientapp import ClientApp
 from client.evaluate import ranking_sums
 from client.record_level import RecordLevelTrainer
 from client.train import LocalTrainer, UpdateSum
+from client.trending import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import configured_split
 from shared.data.split import Split
@@ -229,6 +233,26 @@ def handle_evaluate(node: Node, message: Message) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 
 
+def handle_trending(node: Node, message: Message) -> Message:
+    """A trending round: the sum of the sampled users' contribution vectors (n_items,) and their count."""
+    settings = message.content.config_records["trending"]
+    window = TrendingWindow(
+        as_of_s=as_int(settings["as-of-s"], name="as-of-s"),
+        window_s=as_float(settings["window-s"], name="window-s"),
+        max_items=as_int(settings["max-items"], name="max-items"),
+        n_items=node.shared.split.n_items,
+    )
+    users = node.users[_slots(message, node)]
+    total = shard_sum(node.shared.split.train, users, window)
+    content = RecordDict(
+        {
+            "trending": ArrayRecord({"sum": Array(total)}),
+            "stats": MetricRecord({"count": int(users.size)}),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
 def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
     """The ClientApp: with `config` (fedhome-sim) as given; without (`flwr run`) from the run config."""
     app = ClientApp()
@@ -239,6 +263,10 @@ def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
     @app.query("describe")
     def describe(message: Message, context: Context) -> Message:
         return handle_describe(node_for(context), message)
+
+    @app.query("trending")
+    def trending(message: Message, context: Context) -> Message:
+        return handle_trending(node_for(context), message)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

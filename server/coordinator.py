@@ -30,6 +30,7 @@ from server.strategy import (
     make_server_optimizer,
     poisson_sample,
 )
+from server.trending_round import is_trending
 from shared.config import FedhomeConfig
 from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model.params import ParamLayout, params_sha256, scale_vector
@@ -94,11 +95,16 @@ class PrivacyPlan:
         if privacy.mode == "none":
             z = 0.0
         elif z == 0.0:
+            trending = config.trending  # its releases are fixed events: the target covers them too
             z = calibrate_noise_multiplier(
                 target_epsilon=privacy.target_epsilon,
                 delta=delta,
                 sample_rate=federated.sample_rate,
                 rounds=federated.rounds,
+                fixed_events=[
+                    RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=trending.noise_multiplier)
+                ]
+                * trending.releases(federated.rounds),
             )
             log.info(
                 "noise multiplier %.4f calibrated for epsilon %.2f over %d rounds",
@@ -180,7 +186,10 @@ class Coordinator:
 
     def _reconcile_ledger(self, last: int, entry: dict[str, Any]) -> None:
         ledger_round = self.ledger.last_round()
-        if ledger_round == last - 1:
+        if is_trending(entry) and entry.get("prev_hash") == self.ledger.head_hash():
+            self.ledger.append_signed(entry)  # killed before the trending entry reached the ledger
+            log.info("ledger entry of the trending release after round %d restored from its checkpoint", last)
+        elif ledger_round == last - 1:
             self.ledger.append_signed(entry)  # checks that it continues the chain
             log.info("ledger entry of round %d restored from its checkpoint", last)
         elif ledger_round != last:

@@ -12,7 +12,9 @@ A release folder (see shared/release_manifest.py for the manifest) holds:
   device's coarse codes, Q^T v ~ code * scale (shared/item_codes.py). Optional for a device: releases
   before these files load too, the device computes the same from the item vectors;
 - `item_bias.npy` (N,) float32 and, in `scoring.json`, the temperature: score = t <u, v> + bias;
-- `items.json`: the catalogue's metadata (id, title, category, brand, price, created_at, on_promotion).
+- `items.json`: the catalogue's metadata (id, title, category, brand, price, created_at, on_promotion);
+- `trending_counts.npy` (N,) float32 when the run made DP trending releases: the latest accounted counts
+  (server/release_trending.py), bound to their ledger entry in the manifest's privacy block.
 
 `ReleaseStore` keeps every release under `root/<version>/` and a signed `index.json` (versions, withdrawn
 flags with reasons). A release is written to a staging folder and renamed into place, so a crash leaves no
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.release_trending import TRENDING_COUNTS, epsilon_all, latest_trending
 from shared.config import from_flat
 from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.source import load_configured
@@ -125,6 +128,7 @@ class ReleaseSource:
     model_round: int
     encoder: dict[str, str]
     privacy: dict[str, Any]  # unit, epsilon, delta, ledger_head, ledger_entries[, record_epsilon, ...]
+    trending_file: Path | None = None  # the run's counts file for privacy["trending"], when there is one
 
 
 def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> None:
@@ -203,6 +207,8 @@ class ReleaseStore:
         staging.mkdir()
         try:
             write_release_files(model, catalogue, staging)
+            if source.trending_file is not None:
+                shutil.copyfile(source.trending_file, staging / TRENDING_COUNTS)
             files = {p.name: file_digest(p) for p in sorted(staging.iterdir())}
             manifest = sign_manifest(
                 {
@@ -260,7 +266,8 @@ def load_run(
     if not report.ok:
         raise DataError(f"the run's ledger does not verify: {report.problems[:3]}")
     config = from_flat(json.loads(folder.config.read_text()))
-    entries = [json.loads(line) for line in folder.ledger.read_text().splitlines() if line.strip()]
+    ledger = [json.loads(line) for line in folder.ledger.read_text().splitlines() if line.strip()]
+    entries = [e for e in ledger if "kind" not in e]  # the training rounds, in order
     if round_number is None:
         params = np.load(folder.final_params)
         round_number = int(json.loads(folder.summary.read_text()).get("rounds", len(entries)))
@@ -295,6 +302,10 @@ def load_run(
     for name in ("record_epsilon", "record_delta"):
         if name in entry:
             privacy[name] = entry[name]
+    trending = latest_trending(ledger, round_number, folder.root)
+    if trending is not None:
+        privacy["trending"] = trending[1]
+        privacy["epsilon_all"] = epsilon_all(privacy["epsilon"], trending[1])
     source = ReleaseSource(
         run_id=str(entry["run_id"]),
         model_sha256=str(entry["model_sha256_after"]),
@@ -305,5 +316,6 @@ def load_run(
             "item_text_vectors_sha256": file_digest(folder.item_vectors)["sha256"],
         },
         privacy=privacy,
+        trending_file=None if trending is None else trending[0],
     )
     return model, dataset.catalogue, source

@@ -29,6 +29,7 @@ from server.catalog import embed_catalogue
 from server.coordinator import Coordinator, Evaluator
 from server.ledger import PrivacyLedger
 from server.messaging import discover_population, evaluate_round, wait_for_nodes
+from server.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import load_configured
 from shared.errors import BudgetExhaustedError, ConfigError
@@ -118,7 +119,8 @@ def run_training(
         coordinator.plan.delta,
         key_id(key.public_key()),
     )
-    stop_reason = train_rounds(coordinator, grid, progress=progress)
+    trending = TrendingSchedule(coordinator, grid, n_items=model.items.n_items)
+    stop_reason = train_rounds(coordinator, grid, progress=progress, trending=trending)
     set_flat(model, layout, coordinator.state.params)
     summary = {
         "run_id": coordinator.state.run_id,
@@ -138,6 +140,7 @@ def run_training(
         # record-level DP-SGD on the devices (a guarantee per interaction, not per user), when used
         "record_epsilon": _record_epsilon(coordinator),
         "ledger_head": ledger.head_hash(),
+        "trending": trending.summary(),  # DP trending releases (accounted in user_epsilon above)
         "ledger_key_id": key_id(key.public_key()),
         "final_eval": coordinator.evaluate(coordinator.state.params),
     }
@@ -145,8 +148,11 @@ def run_training(
     return summary
 
 
-def train_rounds(coordinator: Coordinator, grid: Grid, *, progress: bool) -> str:
-    """Rounds until done or out of budget; returns why it stopped."""
+def train_rounds(
+    coordinator: Coordinator, grid: Grid, *, progress: bool, trending: TrendingSchedule | None = None
+) -> str:
+    """Rounds until done or out of budget, with the trending releases that are due; returns why it
+    stopped."""
     federated = coordinator.config.federated
     bar = tqdm(
         total=federated.rounds,
@@ -171,6 +177,8 @@ def train_rounds(coordinator: Coordinator, grid: Grid, *, progress: bool) -> str
             reason = f"privacy budget: {exc}"
             break
         finish_row(coordinator, row)
+        if trending is not None:
+            trending.after_round()
         bar.update(1)
         bar.set_postfix(
             eps=f"{row['user_epsilon']:.2f}",
@@ -187,6 +195,8 @@ def train_rounds(coordinator: Coordinator, grid: Grid, *, progress: bool) -> str
             row["seconds"],
         )
     bar.close()
+    if trending is not None:
+        trending.at_end()
     return reason
 
 

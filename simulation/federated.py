@@ -74,6 +74,17 @@ def backend_config(config: FedhomeConfig) -> dict[str, Any]:
     }
 
 
+def with_simulated_time(config: FedhomeConfig, split: Split) -> FedhomeConfig:
+    """A simulation replays a log recorded in the past: trending windows end where the training log ends
+    (its last timestamp + 1 s) unless `trending.as_of_s` is set, instead of at today's wall clock. That one
+    timestamp comes from the data (not noised); a deployment uses the round's own time."""
+    trending = config.trending
+    if not trending.enabled or trending.as_of_s or split.train.timestamps.size == 0:
+        return config
+    end = int(split.train.timestamps.max()) + 1
+    return dataclasses.replace(config, trending=dataclasses.replace(trending, as_of_s=end))
+
+
 def run_federated(config: FedhomeConfig, split: Split, *, progress: bool) -> FederatedResult:
     """Train in the simulation engine, then evaluate the final global model on validation and test."""
     start = time.perf_counter()
@@ -81,6 +92,7 @@ def run_federated(config: FedhomeConfig, split: Split, *, progress: bool) -> Fed
     os.environ.setdefault("OMP_NUM_THREADS", str(max(config.train.threads, 1)))
     n_nodes = split.full.n_users if config.federated.devices_per_node == "one" else config.federated.nodes
     config = dataclasses.replace(config, federated=dataclasses.replace(config.federated, nodes=n_nodes))
+    config = with_simulated_time(config, split)
     server_app = make_server_app(config, evaluator=progress_evaluator(split, config), progress=progress)
     client_app = make_client_app(config)
     folder = RunFolder(config.federated.run_dir)

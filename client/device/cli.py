@@ -5,7 +5,8 @@
 - `recommend --cache DIR --public-key KEY --history FILE [--k 10]`: the top items for a history file
   (JSON lines of {"item_id", "event", "timestamp"}), ranked on the device from the verified release;
 - `homepage --cache DIR --public-key KEY --history FILE`: the whole personalised homepage (sections with
-  reasons and copy), composed on the device.
+  reasons and copy), composed on the device; its Trending section uses the release's DP trending counts
+  when the release has them (and says which ledger entry and epsilon they come from).
 
 Exit status: 0 on success, 2 on bad input or a release that does not verify.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from client.device.cache import ReleaseCache, copy_from
 from client.device.homepage import Homepage
 from client.device.ranker import DeviceRanker, Event
+from client.device.trending import release_trending
 from shared.errors import DataError, FedhomeError
 from shared.signing import load_public_key
 
@@ -74,9 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "homepage":
             history = read_history(args.history)
             purchased = {e.item_id for e in history if e.event == "purchase"}
-            page = Homepage(ranker).compose(history, now, purchased=purchased)
+            folder = cache.current()
+            if folder is None:
+                raise DataError("no release installed")
+            trending = release_trending(folder, manifest, n_items=ranker.n_items)
+            homepage = Homepage(ranker, trending=None if trending is None else trending.counts)
+            page = homepage.compose(history, now, purchased=purchased)
             sections = [{"title": s.title, "cards": [asdict(c) for c in s.cards]} for s in page]
-            print(json.dumps({"release": manifest["version"], "sections": sections}, ensure_ascii=False))
+            out = {"release": manifest["version"], "sections": sections}
+            out["trending"] = None if trending is None else trending.describe()
+            print(json.dumps(out, ensure_ascii=False))
             return 0
         items = ranker.recommend(read_history(args.history), now, k=args.k)
         titles = {item["id"]: item["title"] for item in ranker.items}

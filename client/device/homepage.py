@@ -7,8 +7,9 @@ Sections, filled in this order so that the more personal ones pick first:
 - "New for you": items added within `new_days` of now (including items nobody has interacted with: their
   vectors come from their text), ranked by the same scores;
 - "Deals for you": items on promotion, ranked by the same scores;
-- "Trending": items by counts aggregated across devices (the caller passes them; the service publishes
-  them), ties broken by this shopper's scores.
+- "Trending": items by counts aggregated across devices under user-level DP: by default the release's
+  accounted trending counts (client/device/trending.py, given as `trending`), or counts the caller passes;
+  ties broken by this shopper's scores. No counts, no Trending section.
 Rules across the page: no item twice; items already purchased are left out unless their category is
 re-buyable; at most `per_category` items of one top-level category in a section. Each card carries a short
 line of copy from a CopyWriter (templates here; a language model could implement the same interface).
@@ -84,9 +85,15 @@ def top_category(item: dict[str, Any]) -> str:
 
 class Homepage:
     def __init__(
-        self, ranker: DeviceRanker, rules: HomepageRules | None = None, copy: CopyWriter | None = None
+        self,
+        ranker: DeviceRanker,
+        rules: HomepageRules | None = None,
+        copy: CopyWriter | None = None,
+        *,
+        trending: np.ndarray | None = None,  # the release's DP trending counts (n_items,), if it has them
     ):
         self.ranker, self.rules, self.copy = ranker, rules or HomepageRules(), copy or TemplateCopy()
+        self.trending = trending
         self.categories = [top_category(item) for item in ranker.items]
 
     def compose(
@@ -97,7 +104,8 @@ class Homepage:
         purchased: set[str] | None = None,
         trending_counts: np.ndarray | None = None,
     ) -> list[Section]:
-        """The page for this history (empty history: trending, new and deals by item bias only)."""
+        """The page for this history (empty history: trending, new and deals by item bias only).
+        `trending_counts` replaces the release's trending counts for this page."""
         ranker, rules = self.ranker, self.rules
         user = ranker.user_vector(history, now)
         scores = ranker.scores(user) if user is not None else ranker.bias.astype(np.float32).copy()
@@ -121,6 +129,7 @@ class Homepage:
         sections.append(
             self._section("deals", "Deals for you", np.where(promo, scores, -np.inf), used, tastes)
         )
+        trending_counts = self.trending if trending_counts is None else trending_counts
         if trending_counts is not None:
             if trending_counts.shape != (ranker.n_items,):
                 raise DataError(f"trending counts must have one value per item ({ranker.n_items})")
