@@ -1,5 +1,5 @@
 """`fedhome-server`: the central service's commands: embed a catalogue, make the signing key, publish and
-withdraw signed model releases."""
+withdraw signed model releases, publish catalogue deltas (catalogue-add)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from server import catalogue_command
 from server.catalog import embed_catalogue
 from shared import signing
 from shared.config import EncoderConfig, with_overrides
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     shoppers.add_argument("run_dir", type=Path, help="a run folder trained on the synthetic shop")
     shoppers.add_argument("--out", type=Path, required=True, help="the JSON-lines file to write")
     shoppers.add_argument("--n", type=int, default=8, help="how many shoppers")
+    catalogue_command.add_parser(sub)
     withdraw = sub.add_parser("withdraw", help="withdraw a release: devices fall back to the previous one")
     withdraw.add_argument("version", type=int)
     withdraw.add_argument("--store", type=Path, required=True)
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_release(args: argparse.Namespace) -> int:
+    from server.catalogue_delta import DeltaStore, load_base
     from server.release import ReleaseStore, load_run
 
     key = signing.load_private_key(args.signing_key)
@@ -83,6 +86,8 @@ def command_release(args: argparse.Namespace) -> int:
     store = ReleaseStore(args.store)
     version = store.publish(model, catalogue, source, key)
     manifest = store.manifest(version)
+    if DeltaStore(store).record():  # items written after earlier releases carry over to this one
+        DeltaStore(store).publish(load_base(store, version, args.run_dir, ledger_key), [], key)
     print(
         json.dumps({"version": version, "folder": str(store.folder(version)), "privacy": manifest["privacy"]})
     )
@@ -173,6 +178,7 @@ COMMANDS = {
     "keygen": command_keygen,
     "release": command_release,
     "withdraw": command_withdraw,
+    "catalogue-add": catalogue_command.command_catalogue_add,
     "serve": command_serve,
     "demo-shoppers": command_demo_shoppers,
 }

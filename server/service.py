@@ -18,6 +18,10 @@ Routes (all GET unless said; JSON unless said):
   browser from the latest release (onnxruntime-web, WebCrypto Ed25519);
 - POST /v1/admin/releases/{version}/withdraw {"reason"}: needs `Authorization: Bearer <token>` (the token
   is read from the environment variable ServiceConfig.admin_token_env; without one, admin routes are off).
+- catalogue writes and deltas (server/api_catalogue.py): POST /v1/admin/catalogue/items (admin) embeds
+  added or changed items and publishes a signed, cumulative catalogue delta of the latest release;
+  /v1/releases/{version}/deltas (the signed list), .../deltas/{sequence} (a manifest) and
+  .../deltas/{sequence}/files/{name} (ETag like release files) are what devices read.
 
 Errors have one JSON shape {"error": {"type", "message"}} and one mapping from error types to statuses
 (`STATUS`). Request bodies must carry a Content-Length (411) of at most ServiceConfig.max_request_bytes
@@ -44,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import RequestResponseEndpoint
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.api_catalogue import catalogue_router
 from server.release import ITEMS_META, ReleaseStore
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, FedhomeError, SignatureError
@@ -165,6 +170,7 @@ def make_app(config: ServiceConfig) -> FastAPI:
     }
     app = FastAPI(title="fedhome model service", version="1", responses=errors)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    app.include_router(catalogue_router(config, store, public_key))  # catalogue writes and deltas
 
     @app.exception_handler(FedhomeError)
     async def handle_fedhome_error(request: Request, exc: FedhomeError) -> JSONResponse:

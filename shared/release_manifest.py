@@ -8,6 +8,8 @@ A release is a folder of files plus `manifest.json`:
   the ledger entry of that round, "ledger_entries", optional "record_epsilon"/"record_delta"};
 - "files": {file name: {"sha256", "bytes"}} for every other file of the release;
 - "key_id" and "signature": Ed25519 over canonical_json(manifest without "signature") (shared.signing).
+Catalogue deltas (shared/catalogue_delta.py) use the same signed form with "kind": "catalogue-delta"; a
+manifest of one kind never verifies as the other.
 
 `verify_release` is what a device (or anyone) runs: the signature against a PINNED public key, the key id,
 then every listed file's size and sha256. One flipped byte anywhere fails it. File names are plain names
@@ -27,6 +29,7 @@ from shared.signing import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, 
 
 MANIFEST_NAME = "manifest.json"
 RELEASE_FORMAT = 1
+RELEASE_KIND = "release"  # manifests of another kind (e.g. "catalogue-delta") carry a "kind" field
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1 << 20
 
@@ -51,8 +54,11 @@ def sign_manifest(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, A
     return manifest
 
 
-def verify_manifest(manifest: dict[str, Any], public_key: Ed25519PublicKey) -> None:
-    """Raise SignatureError unless `manifest` is signed by `public_key` (and names its key id)."""
+def verify_manifest(
+    manifest: dict[str, Any], public_key: Ed25519PublicKey, *, kind: str = RELEASE_KIND
+) -> None:
+    """Raise SignatureError unless `manifest` is signed by `public_key` (and names its key id); DataError
+    unless it is a manifest of `kind` (a release's has no "kind"; a catalogue delta's says so)."""
     if manifest.get("key_id") != key_id(public_key):
         raise SignatureError(
             f"release signed by key {manifest.get('key_id')!r}, not the pinned key {key_id(public_key)}"
@@ -63,6 +69,8 @@ def verify_manifest(manifest: dict[str, Any], public_key: Ed25519PublicKey) -> N
         raise DataError(
             f"unknown release format {manifest.get('format')!r} (this code reads {RELEASE_FORMAT})"
         )
+    if manifest.get("kind", RELEASE_KIND) != kind:
+        raise DataError(f"a {manifest.get('kind')!r} manifest where a {kind!r} manifest was expected")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -79,10 +87,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_release(folder: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
-    """The manifest of the release in `folder` after checking its signature and every file it lists."""
+def verify_release(
+    folder: Path, public_key: Ed25519PublicKey, *, kind: str = RELEASE_KIND
+) -> dict[str, Any]:
+    """The manifest of the release (or catalogue delta, `kind`) in `folder` after checking its signature
+    and every file it lists."""
     manifest = read_manifest(folder)
-    verify_manifest(manifest, public_key)
+    verify_manifest(manifest, public_key, kind=kind)
     for name, expected in manifest["files"].items():
         _check_name(name)
         path = Path(folder) / name

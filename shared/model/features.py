@@ -41,11 +41,12 @@ class ItemFeatures:
     def n_categories(self) -> int:
         return int(self.category.max(initial=0)) + 1
 
-    def attributes(self) -> np.ndarray:
+    def attributes(self, n_categories: int | None = None) -> np.ndarray:
         """(n_items, n_categories + N_PRICE_BUCKETS + 2) float32 multi-hot: one-hot category, one-hot price
-        bucket, promotion flag. Multiplying it by a weight matrix sums one embedding per feature."""
+        bucket, promotion flag. Multiplying it by a weight matrix sums one embedding per feature.
+        `n_categories` (default: this table's own) fixes the width, e.g. to a trained model's."""
         n = self.n_items
-        widths = (self.n_categories, N_PRICE_BUCKETS + 1, 1)
+        widths = (n_categories or self.n_categories, N_PRICE_BUCKETS + 1, 1)
         out = np.zeros((n, sum(widths)), dtype=np.float32)
         rows = np.arange(n)
         out[rows, self.category] = 1.0
@@ -68,12 +69,19 @@ class ItemFeatures:
         )
 
 
-def price_buckets(price: np.ndarray) -> np.ndarray:
-    """(n,) int64 quantile bucket 1..N_PRICE_BUCKETS of each known price, 0 where the price is NaN."""
+def price_edges(price: np.ndarray) -> np.ndarray | None:
+    """The N_PRICE_BUCKETS - 1 inner quantile edges of the known prices (None when no price is known)."""
+    known = price[np.isfinite(price)]
+    return np.quantile(known, np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1]) if known.size else None
+
+
+def price_buckets(price: np.ndarray, edges: np.ndarray | None = None) -> np.ndarray:
+    """(n,) int64 quantile bucket 1..N_PRICE_BUCKETS of each known price, 0 where the price is NaN.
+    `edges` (default: `price_edges(price)`) lets items added later share a catalogue's buckets."""
     known = np.isfinite(price)
+    edges = price_edges(price) if edges is None else edges
     out = np.zeros(price.shape[0], dtype=np.int64)
-    if known.any():
-        edges = np.quantile(price[known], np.linspace(0, 1, N_PRICE_BUCKETS + 1)[1:-1])
+    if known.any() and edges is not None:
         out[known] = 1 + np.searchsorted(edges, price[known], side="right")
     return out
 

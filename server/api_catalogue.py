@@ -1,0 +1,141 @@
+"""The model service's catalogue-delta routes: admin writes that publish a signed delta, and devices' reads.
+
+- POST /v1/admin/catalogue/items {"items": [...]} (bearer token): add or change up to
+  ServiceConfig.max_catalogue_batch items (server/catalogue_items.py:CatalogueItem). Synchronous: the
+  texts are embedded (cached; only new texts are encoded) and the latest release's item tower run within
+  the request, then the next cumulative delta of the latest release is signed and published. Answers
+  DeltaResult. The first write after start loads the served run's model (it must be the release's run).
+- GET /v1/releases/{version}/deltas: the signed list of that release's deltas (an empty, unsigned list
+  when it has none);
+- GET /v1/releases/{version}/deltas/{sequence}: a delta's signed manifest (ETag = its sha256);
+- GET /v1/releases/{version}/deltas/{sequence}/files/{name}: one of its files (ETag = its signed sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from server.catalogue_delta import DeltaBase, DeltaResult, DeltaStore, load_base
+from server.catalogue_items import CatalogueItem
+from server.release import ReleaseStore
+from shared.config import ServiceConfig
+from shared.errors import ConfigError, DataError
+from shared.release_manifest import MANIFEST_NAME
+from shared.signing import Ed25519PublicKey, load_private_key
+
+
+class CatalogueWrite(BaseModel):
+    items: list[CatalogueItem] = Field(min_length=1)
+
+
+class DeltaEntry(BaseModel):
+    sequence: int
+    items: int
+    created_utc: str
+    manifest_sha256: str
+
+
+class DeltaList(BaseModel):
+    release: int
+    deltas: list[DeltaEntry]
+    latest: int | None
+    key_id: str | None = None
+    signature: str | None = None
+
+
+def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed25519PublicKey) -> APIRouter:
+    """The routes above over `store`; admin writes sign with config.signing_key."""
+    # imported here: server.service includes this router, so it is fully loaded by the time this runs
+    from server.service import NotFoundError, PayloadTooLargeError, UnavailableError, require_admin
+
+    router = APIRouter()
+    deltas = DeltaStore(store)
+    bases: dict[int, DeltaBase] = {}
+    loading = threading.Lock()
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        require_admin(config, authorization)
+
+    def base_of(version: int) -> DeltaBase:
+        with loading:
+            if version not in bases:
+                bases.clear()  # only the latest release's model is kept in memory
+                try:
+                    bases[version] = load_base(store, version, Path(config.run_dir), public_key)
+                except ConfigError as exc:  # the service's setup, not the request, is at fault
+                    raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
+            return bases[version]
+
+    def release(version: int) -> int:
+        if version not in store.versions():
+            raise NotFoundError(f"no release {version}")
+        return version
+
+    def listed(version: int, sequence: int) -> dict[str, Any]:
+        release(version)
+        if sequence not in deltas.sequences(version):
+            raise NotFoundError(f"release {version} has no delta {sequence}")
+        return deltas.manifest(version, sequence)
+
+    @router.post("/v1/admin/catalogue/items", response_model=DeltaResult, dependencies=[Depends(admin)])
+    def write_items(body: CatalogueWrite) -> DeltaResult:
+        if len(body.items) > config.max_catalogue_batch:
+            raise PayloadTooLargeError(
+                f"{len(body.items)} items; at most {config.max_catalogue_batch} a write"
+            )
+        ids = [item.id for item in body.items]
+        if len(set(ids)) != len(ids):
+            raise DataError("the batch names an item more than once")
+        if not config.signing_key:
+            raise UnavailableError("the service was started without a signing key (--signing-key)")
+        latest = store.latest()
+        if latest is None:
+            raise NotFoundError("no release has been published")
+        return deltas.publish(base_of(latest), body.items, load_private_key(Path(config.signing_key)))
+
+    @router.get("/v1/releases/{version}/deltas", response_model=DeltaList)
+    def delta_list(version: int) -> DeltaList:
+        listing = deltas.listing(release(version), public_key)
+        sequences = [int(entry["sequence"]) for entry in listing["deltas"]]
+        return DeltaList(latest=max(sequences, default=None), **listing)
+
+    @router.get(
+        "/v1/releases/{version}/deltas/{sequence}",
+        responses={200: {"description": "the signed delta manifest"}, 304: {}},
+    )
+    def delta_manifest(
+        version: int, sequence: int, if_none_match: str | None = Header(default=None)
+    ) -> Response:
+        body = json.dumps(listed(version, sequence), sort_keys=True).encode()
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        if if_none_match == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(body, media_type="application/json", headers={"ETag": etag})
+
+    @router.get(
+        "/v1/releases/{version}/deltas/{sequence}/files/{name}",
+        responses={200: {"description": "the file"}, 304: {}},
+    )
+    def delta_file(
+        version: int, sequence: int, name: str, if_none_match: str | None = Header(default=None)
+    ) -> Response:
+        files = listed(version, sequence)["files"]
+        folder = deltas.folder(version, sequence)
+        if name == MANIFEST_NAME:
+            return FileResponse(folder / MANIFEST_NAME, media_type="application/json")
+        if name not in files:
+            raise NotFoundError(f"delta {sequence} of release {version} has no file {name!r}")
+        etag = f'"{files[name]["sha256"]}"'
+        if if_none_match == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return FileResponse(folder / name, headers={"ETag": etag})
+
+    return router

@@ -1,0 +1,251 @@
+"""Catalogue writes on a real uvicorn server on loopback: admin auth, validation and limits, the signed
+cumulative delta (list, manifest and files with ETags), changed and removed items, the vectors' agreement
+with the release's, `fedhome-server catalogue-add` and the carry-over to a new release."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from catalogue_toy import new_item, release_item, release_of, write_model_run
+from ledger_toy import KEY
+
+from server import cli as server_cli
+from server.catalogue_delta import DeltaStore
+from server.release import ReleaseStore, load_run
+from server.service import make_app
+from shared.catalogue_delta import verify_delta, verify_delta_list
+from shared.config import ServiceConfig
+from shared.data.schema import Catalogue
+from shared.errors import DataError, SignatureError
+from shared.signing import generate_private_key, save_private_key, save_public_key
+
+TOKEN = "catalogue-admin-token-for-tests"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+WRITE = "/v1/admin/catalogue/items"
+
+
+@dataclass
+class Service:
+    url: str
+    store: ReleaseStore
+    run: Path
+    catalogue: Catalogue
+    keys: Path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("catalogue")
+    run = write_model_run(tmp, tmp_path_factory.getbasetemp() / "catalogue-encoder-cache")
+    store = release_of(run, tmp / "store")
+    save_public_key(KEY.public_key(), tmp / "public.pem")
+    save_private_key(KEY, tmp / "private.pem")
+    config = ServiceConfig(
+        release_store=store.root,
+        run_dir=run,
+        public_key=tmp / "public.pem",
+        signing_key=str(tmp / "private.pem"),
+        max_request_bytes=8_192,
+        max_catalogue_batch=4,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield Service(f"http://127.0.0.1:{port}", store, run, load_run(run, KEY.public_key())[1], tmp)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
+
+
+def download(service: Service, release: int, sequence: int, out: Path) -> Path:
+    """Every file of a delta, fetched from the service into `out` (as a device would)."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = f"{service.url}/v1/releases/{release}/deltas/{sequence}/files"
+    (out / "manifest.json").write_bytes(httpx.get(f"{base}/manifest.json").content)
+    for name in json.loads((out / "manifest.json").read_text())["files"]:
+        (out / name).write_bytes(httpx.get(f"{base}/{name}").content)
+    return out
+
+
+def test_writes_need_the_admin_token(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {"items": [new_item()]}
+    assert httpx.post(service.url + WRITE, json=body).status_code == 401
+    wrong = httpx.post(
+        service.url + WRITE, json=body, headers={"Authorization": "Bearer not-the-token-at-all"}
+    )
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "AuthError"
+    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", "short")  # a token under 16 characters turns admin routes off
+    assert (
+        httpx.post(service.url + WRITE, json=body, headers={"Authorization": "Bearer short"}).status_code
+        == 401
+    )
+    assert DeltaStore(service.store).sequences(1) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind"),
+    [
+        ({"items": []}, 422, "ValidationError"),
+        ({"items": [new_item(title="")]}, 422, "ValidationError"),
+        ({"items": [new_item(title="x" * 301)]}, 422, "ValidationError"),
+        ({"items": [new_item(item_id="has space")]}, 422, "ValidationError"),
+        ({"items": [new_item(price=-1)]}, 422, "ValidationError"),
+        ({"items": [new_item(created_at=1_900_000_000_000)]}, 422, "ValidationError"),  # milliseconds
+        ({"items": [new_item(status="gone")]}, 422, "ValidationError"),
+        ({"items": [new_item(colour="red")]}, 422, "ValidationError"),  # unknown field
+        ({"items": [new_item(), new_item()]}, 422, "DataError"),  # the same id twice
+        ({"items": [new_item(f"n{i}") for i in range(5)]}, 413, "PayloadTooLargeError"),  # over the batch
+        ({"items": [new_item(description="d" * 2_000)] * 4}, 413, "PayloadTooLargeError"),  # over the bytes
+    ],
+)
+def test_malformed_and_oversized_batches_are_refused(
+    service: Service, body: dict[str, object], status: int, kind: str
+) -> None:
+    response = httpx.post(service.url + WRITE, json=body, headers=ADMIN)
+    assert response.status_code == status and response.json()["error"]["type"] == kind
+    assert DeltaStore(service.store).sequences(1) == [] and DeltaStore(service.store).record() == {}
+
+
+def test_not_json_is_refused(service: Service) -> None:
+    response = httpx.post(
+        service.url + WRITE, content=b"{items", headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422 and DeltaStore(service.store).sequences(1) == []
+
+
+def test_a_write_publishes_a_signed_delta_with_the_release_models_vectors(
+    service: Service, tmp_path: Path
+) -> None:
+    unchanged = release_item(service.catalogue, 7)
+    response = httpx.post(service.url + WRITE, json={"items": [new_item(), unchanged]}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["release"] == 1 and result["sequence"] == 1 and result["items"] == 2
+    assert result["added"] == ["new-0001"] and result["changed"] == [unchanged["id"]]
+    listing = httpx.get(f"{service.url}/v1/releases/1/deltas").json()
+    assert listing["latest"] == 1 and verify_delta_list(listing, KEY.public_key(), 1) == [1]
+    rows = verify_delta(download(service, 1, 1, tmp_path / "d1"), KEY.public_key(), service.store.manifest(1))
+    release = service.store.folder(1)
+    vectors, bias = np.load(release / "item_vectors_f32.npy"), np.load(release / "item_bias.npy")
+    # the unchanged item gets its release row back: same encoder, text recipe, feature codes and tower
+    np.testing.assert_allclose(rows.vectors_f32[1], vectors[7], atol=1e-5)
+    np.testing.assert_allclose(rows.bias[1], bias[7], atol=1e-5)
+    assert np.abs(rows.vectors_f32[0] - vectors).max(axis=1).min() > 1e-3  # the new item is no release row
+    dequantised = rows.vectors_int8.astype(np.float32) * rows.scales[:, None]
+    np.testing.assert_allclose(dequantised, rows.vectors_f32, atol=float(rows.scales.max()))
+    assert [item["id"] for item in rows.items] == ["new-0001", unchanged["id"]]
+    assert rows.items[0]["created_at"] == new_item()["created_at"] and rows.active().all()
+
+
+def test_delta_manifest_and_files_have_etags(service: Service) -> None:
+    base = f"{service.url}/v1/releases/1/deltas/1"
+    manifest = httpx.get(base)
+    assert manifest.status_code == 200 and manifest.json()["kind"] == "catalogue-delta"
+    assert httpx.get(base, headers={"If-None-Match": manifest.headers["etag"]}).status_code == 304
+    name = "item_vectors_f32.npy"
+    file = httpx.get(f"{base}/files/{name}")
+    assert file.headers["etag"] == f'"{manifest.json()["files"][name]["sha256"]}"'
+    assert (
+        httpx.get(f"{base}/files/{name}", headers={"If-None-Match": file.headers["etag"]}).status_code == 304
+    )
+    for path in (
+        "/v1/releases/1/deltas/9",
+        "/v1/releases/7/deltas",
+        f"{base[len(service.url) :]}/files/key.pem",
+    ):
+        missing = httpx.get(service.url + path)
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
+
+
+def test_changes_and_removals_make_the_next_cumulative_delta(service: Service, tmp_path: Path) -> None:
+    before = DeltaStore(service.store).sequences(1)[-1]
+    gone = release_item(service.catalogue, 3) | {"status": "out_of_stock"}
+    changed = new_item(price=9.5, on_promotion=True)
+    response = httpx.post(service.url + WRITE, json={"items": [changed, gone]}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["sequence"] == before + 1 and response.json()["changed"] == [
+        "new-0001",
+        gone["id"],
+    ]
+    rows = verify_delta(
+        download(service, 1, before + 1, tmp_path / "d"), KEY.public_key(), service.store.manifest(1)
+    )
+    by_id = {item["id"]: (row, item) for row, item in enumerate(rows.items)}
+    assert {"new-0001", gone["id"], release_item(service.catalogue, 7)["id"]} <= set(by_id)  # cumulative
+    row, item = by_id["new-0001"]
+    assert item["price"] == 9.5 and item["on_promotion"] and item["status"] == "active"
+    assert by_id[gone["id"]][1]["status"] == "out_of_stock" and not rows.active()[by_id[gone["id"]][0]]
+    earlier = verify_delta(
+        download(service, 1, 1, tmp_path / "d1"), KEY.public_key(), service.store.manifest(1)
+    )
+    assert not np.allclose(
+        earlier.vectors_f32[0], rows.vectors_f32[row]
+    )  # promotion changes the tower's input
+
+
+def test_a_delta_does_not_verify_for_another_release_key_or_after_a_flipped_byte(
+    service: Service, tmp_path: Path
+) -> None:
+    folder = download(service, 1, 1, tmp_path / "d")
+    manifest = service.store.manifest(1)
+    with pytest.raises(SignatureError):
+        verify_delta(folder, generate_private_key().public_key(), manifest)
+    with pytest.raises(DataError):
+        verify_delta(folder, KEY.public_key(), {**manifest, "run_id": "another"})
+    data = bytearray((folder / "item_bias.npy").read_bytes())
+    data[-1] ^= 1
+    (folder / "item_bias.npy").write_bytes(bytes(data))
+    with pytest.raises(SignatureError):
+        verify_delta(folder, KEY.public_key(), manifest)
+
+
+def test_catalogue_add_command_and_carry_over_to_a_new_release(
+    service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = service.keys / "private.pem"
+    common = ["--store", str(service.store.root), "--run", str(service.run), "--signing-key", str(key)]
+    before = DeltaStore(service.store).sequences(1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(new_item("cli-1")) + "\n" + json.dumps(new_item("cli-2", title="")) + "\n")
+    assert server_cli.main(["catalogue-add", str(bad), *common]) == 2
+    assert "bad.jsonl:2: title" in capsys.readouterr().err
+    assert DeltaStore(service.store).sequences(1) == before  # nothing published
+    good = tmp_path / "items.jsonl"
+    good.write_text(
+        json.dumps(new_item("cli-1", title="Cast iron frying pan", category="Home > Kitchen")) + "\n"
+    )
+    assert server_cli.main(["catalogue-add", str(good), *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sequence"] == before[-1] + 1 and result["added"] == ["cli-1"]
+    record = DeltaStore(service.store).record()
+    assert (
+        server_cli.main(
+            ["release", str(service.run), "--store", str(service.store.root), "--signing-key", str(key)]
+        )
+        == 0
+    )
+    rows = verify_delta(DeltaStore(service.store).folder(2, 1), KEY.public_key(), service.store.manifest(2))
+    assert [item["id"] for item in rows.items] == list(record)  # every written item, now for release 2
