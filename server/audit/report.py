@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from server.audit.cap_check import report_section
 from server.audit.verify import LedgerVerification, verify_ledger
 from shared.errors import DataError, FedhomeError
 from shared.release_manifest import verify_release
@@ -179,6 +180,11 @@ def _guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) 
             "recomputed_pld": _safe(verification.recomputed_epsilon),
             "recomputed_rdp": _safe(verification.recomputed_rdp_epsilon),
         },
+        "participation_cap": report_section(
+            verification.participation_cap,
+            poisson=verification.recomputed_poisson_epsilon,
+            cap=verification.recomputed_cap_epsilon,
+        ),
         "record_level": (
             {
                 "epsilon": record[-1].get("record_epsilon"),
@@ -236,6 +242,9 @@ def _round_row(entry: dict[str, Any]) -> dict[str, Any]:
     row = {key: entry.get(key) for key in (*keys, *more)}
     row["epsilon_pld"] = epsilon.get("pld")
     row["epsilon_rdp"] = epsilon.get("rdp")
+    for key in ("refused_users", "participation_cap", "epsilon_bound"):
+        if key in entry:
+            row[key] = entry[key]
     return row
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from server.audit.accountant import RoundByRoundPLD, rdp_epsilon
+from server.audit.cap_check import CapCheck
 from server.audit.entry_checks import check_fields, check_noise, close, epsilon_value
 from server.audit.trending_checks import (
     check_counts_file,
@@ -70,6 +71,11 @@ class LedgerVerification:
     recomputed_rdp_epsilon: float | None = None  # the auditor's RDP bound after the last entry
     epsilons: list[EpsilonCheck] = field(default_factory=list)
     trending: list[dict[str, Any]] = field(default_factory=list)  # one row per trending release
+    # participation cap (server/audit/cap_check.py): the run's k, and the auditor's two bounds after the
+    # last entry; recomputed_epsilon is then the smaller one
+    participation_cap: int | None = None
+    recomputed_poisson_epsilon: float | None = None
+    recomputed_cap_epsilon: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe report (an infinite epsilon is written as "inf")."""
@@ -201,15 +207,26 @@ def _check_epsilons(valid: list[tuple[int, dict[str, Any]]], report: LedgerVerif
         return
     delta = report.delta = float(next(iter(deltas)))
     pld, rounds = RoundByRoundPLD(), []
+    cap = CapCheck.for_entries([entry for _, entry in valid], report.problems)
     for line, entry in valid:
         q, z = float(entry["sample_rate"]), float(entry["noise_multiplier"])
         pld.add_round(sample_rate=q, noise_multiplier=z)
         rounds.append((q, z))
-        check = _compare(_where(line, entry), entry, pld.epsilon(delta=delta), report.problems)
+        recomputed = pld.epsilon(delta=delta)
+        if cap is not None:  # a capped run claims min(Poisson bound, cap bound)
+            cap.add_round(_where(line, entry), entry, report.problems)
+            recomputed = cap.check(
+                _where(line, entry), entry, poisson=recomputed, delta=delta, problems=report.problems
+            )
+        check = _compare(_where(line, entry), entry, recomputed, report.problems)
         if check is not None:
             report.epsilons.append(check)
-    report.recomputed_epsilon = pld.epsilon(delta=delta)
+    report.recomputed_epsilon = report.recomputed_poisson_epsilon = pld.epsilon(delta=delta)
     report.recomputed_rdp_epsilon = rdp_epsilon(rounds, delta=delta)
+    if cap is not None:
+        report.participation_cap, report.recomputed_cap_epsilon = cap.cap, cap.epsilon(delta=delta)
+        report.recomputed_epsilon = min(report.recomputed_epsilon, report.recomputed_cap_epsilon)
+        report.recomputed_rdp_epsilon = min(report.recomputed_rdp_epsilon, cap.rdp_epsilon(delta=delta))
     report.claimed_epsilon = report.epsilons[-1].claimed_pld if report.epsilons else None
 
 
