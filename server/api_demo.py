@@ -11,7 +11,9 @@ and the key; a shop's app would ship the key inside the app. Good enough to demo
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Final
 
@@ -76,16 +78,27 @@ def page_config(public_key: Ed25519PublicKey) -> str:
     return json.dumps(config).replace("</", "<\\/")
 
 
+def content_security_policy(page: str) -> str:
+    """Only this origin's scripts, the page's inline import map (by its sha256) and WebAssembly."""
+    (import_map,) = re.findall(r'<script type="importmap">(.*?)</script>', page, flags=re.S)
+    digest = base64.b64encode(hashlib.sha256(import_map.encode()).digest()).decode("ascii")
+    return (
+        f"default-src 'self'; script-src 'self' 'sha256-{digest}' 'wasm-unsafe-eval'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
+
+
 def demo_router(config: ServiceConfig) -> APIRouter:
     """The demo page's routes; shoppers are read (and checked) once, here, when the app is built."""
     router = APIRouter()
     public_key = load_public_key(config.public_key)
     shoppers = read_demo_shoppers(Path(config.demo_shoppers)) if config.demo_shoppers else None
     page = (WEB / "src" / "index.html").read_text().replace("__FEDHOME_CONFIG__", page_config(public_key))
+    headers = {"Content-Security-Policy": content_security_policy(page)}
 
     @router.get("/demo", response_class=HTMLResponse)
     def demo_page() -> HTMLResponse:
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=headers)
 
     @router.get("/demo/static/{name}", response_class=FileResponse)
     def demo_static(name: str) -> FileResponse:

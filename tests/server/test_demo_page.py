@@ -137,10 +137,10 @@ def open_demo(browser: Browser, url: str, screenshot: Path) -> tuple[dict[str, A
     context = browser.new_context(viewport={"width": 1200, "height": 900})  # a fresh cache every time
     try:
         page = context.new_page()
-        page.goto(url)
-        page.wait_for_function(
-            "window.fedhomeDemo && !['loading', 'ranking'].includes(window.fedhomeDemo.status)",
-            timeout=90_000,
+        response = page.goto(url)
+        assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
+        page.wait_for_selector(  # a selector, not a JS predicate: the page's CSP forbids eval
+            'body:not([data-status="loading"]):not([data-status="ranking"])', state="attached", timeout=90_000
         )
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=True)

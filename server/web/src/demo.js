@@ -14,7 +14,12 @@ const RANKING_K = 20;
 const config = JSON.parse(document.getElementById("fedhome-demo-config").textContent);
 const $ = (id) => document.getElementById(id);
 const state = { status: "loading" };
-window.fedhomeDemo = state;
+window.fedhomeDemo = state; // what the page did, for the browser tests (never sent anywhere)
+
+function setStatus(status) {
+  state.status = status;
+  document.body.dataset.status = status;
+}
 
 function element(tag, attributes = {}, text = "") {
   const node = document.createElement(tag);
@@ -24,8 +29,8 @@ function element(tag, attributes = {}, text = "") {
 }
 
 function fail(error) {
-  state.status = error instanceof ReleaseRefusedError ? "refused" : "error";
   state.error = error.message;
+  setStatus(error instanceof ReleaseRefusedError ? "refused" : "error");
   $("content").hidden = true;
   $("error").hidden = false;
   $("error").textContent = `${state.status === "refused" ? "Release refused" : "Error"}: ${error.message}`;
@@ -108,7 +113,7 @@ function showRanking(ranker, ranking) {
 
 async function rankShopper(release, shopper) {
   const { ranker, trending } = release;
-  state.status = "ranking";
+  setStatus("ranking");
   const purchased = new Set(shopper.history.filter((e) => e.event === "purchase").map((e) => e.item_id));
   const started = performance.now();
   const sections = await new Homepage(ranker).compose(shopper.history, shopper.now, { purchased, trendingCounts: trending });
@@ -119,12 +124,13 @@ async function rankShopper(release, shopper) {
   showRanking(ranker, ranking);
   $("timing").textContent = `Ranked ${ranker.nItems} items in this browser in ${elapsed.toFixed(1)} ms.`;
   Object.assign(state, {
-    status: "ready",
     shopper: shopper.id,
     now: shopper.now,
+    rankMs: elapsed,
     ranking: ranking.map(({ id, score }) => ({ id, score })),
     sections,
   });
+  setStatus("ready");
 }
 
 async function main() {
