@@ -5,12 +5,14 @@ the int8 codes as they are (MLAS u8 x s8 kernel, one thread measured at ~3-4 ms 
 project's 2-core AVX2 machine; the signed x signed variant has no fast kernel and takes ~130 ms).
 
 MatMulInteger's fast path wants an unsigned left operand without a zero point (a zero-point input was
-measured 4x slower), so the user code is 7-bit signed shifted to unsigned: a = q + 64 with q in [-63, 63],
-a in [1, 127], and the shift is taken off again with a per-item offset 64 * sum_k codes[k, j] computed once
-per item. 7 bits also keep the AVX2 kernel exact: it adds pairs of u8 x s8 products in saturating int16,
-and 2 * 127 * 127 = 32,258 < 32,767. The graph below is 378 bytes of ONNX, kept here so that the device
-needs no file and no `onnx` package for it (tests/client/test_item_index.py rebuilds it with onnx.helper
-and checks it is the same graph).
+measured 4x slower, and the contrib MatMulIntegerToFloat, which fuses the scales, 3x slower), so the user
+code is 7-bit signed shifted to unsigned: a = q + 64 with q in [-63, 63], a in [1, 127]; the shift is
+taken off again with a per-item offset 64 * sum_k codes[k, j] computed once per item. 7 bits also keep the
+AVX2 kernel exact: it adds pairs of u8 x s8 products in saturating int16, and 2 * 127 * 127 = 32,258 <
+32,767. The kernel writes its int32 dots into a buffer the caller owns (IOBinding), so a request allocates
+nothing of catalogue size; the caller turns them into float scores in place. The graph is 152 bytes of
+ONNX, kept here so that the device needs no file and no `onnx` package for it
+(tests/client/test_item_index.py rebuilds it with onnx.helper and checks it is the same graph).
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ import base64
 import numpy as np
 import onnxruntime as ort
 
-# inputs user_u8 (1, P) uint8, codes (P, N) int8, offsets (N,) int32, code_scales (N,) float32,
-# user_scale () float32; output scores (1, N) = ((user_u8 @ codes) - offsets) * code_scales * user_scale
+from shared.errors import DataError
+
+# inputs user_u8 (1, P) uint8 and codes (P, N) int8; output dots (1, N) int32 = user_u8 @ codes
 COARSE_DOTS_ONNX = base64.b64decode(
-    "CAgSB2ZlZGhvbWU65gIKLAoHdXNlcl91OAoFY29kZXMSC2RvdHNfb2Zmc2V0Ig1NYXRNdWxJbnRlZ2VyCiEKC2RvdHNfb2Zmc2V0"
-    "CgdvZmZzZXRzEgRkb3RzIgNTdWIKIQoEZG90cxIIZG90c19mMzIiBENhc3QqCQoCdG8YAaABAgokCghkb3RzX2YzMgoLY29kZV9z"
-    "Y2FsZXMSBnNjYWxlZCIDTXVsCiEKBnNjYWxlZAoKdXNlcl9zY2FsZRIGc2NvcmVzIgNNdWwSC2NvYXJzZV9kb3RzWhoKB3VzZXJf"
-    "dTgSDwoNCAISCQoCCAEKAxIBUFoZCgVjb2RlcxIQCg4IAxIKCgMSAVAKAxIBTloWCgdvZmZzZXRzEgsKCQgGEgUKAxIBTloaCgtj"
-    "b2RlX3NjYWxlcxILCgkIARIFCgMSAU5aFAoKdXNlcl9zY2FsZRIGCgQIARIAYhkKBnNjb3JlcxIPCg0IARIJCgIIAQoDEgFOQgQK"
-    "ABAR"
+    "CAgSB2ZlZGhvbWU6hAEKJQoHdXNlcl91OAoFY29kZXMSBGRvdHMiDU1hdE11bEludGVnZXISC2NvYXJzZV9kb3RzWhoKB3VzZXJf"
+    "dTgSDwoNCAISCQoCCAEKAxIBUFoZCgVjb2RlcxIQCg4IAxIKCgMSAVAKAxIBTmIXCgRkb3RzEg8KDQgGEgkKAggBCgMSAU5CBAoA"
+    "EBE="
 )
 USER_LEVELS = 63  # the user code is q in [-63, 63]
 USER_SHIFT = 64  # ... sent as q + 64 in [1, 127]
@@ -36,7 +36,9 @@ USER_SHIFT = 64  # ... sent as q + 64 in [1, 127]
 
 def code_offsets(codes: np.ndarray) -> np.ndarray:
     """(N,) int32: USER_SHIFT * sum_k codes[k, j], what the shifted user code adds to item j's dot."""
-    return (USER_SHIFT * codes.sum(axis=0, dtype=np.int32)).astype(np.int32)
+    offsets = codes.sum(axis=0, dtype=np.int32)
+    offsets *= USER_SHIFT
+    return offsets
 
 
 def quantize_user(projected: np.ndarray) -> tuple[np.ndarray, float]:
@@ -63,16 +65,20 @@ class CoarseKernel:
         codes: np.ndarray,
         offsets: np.ndarray,
         code_scales: np.ndarray,
+        out: np.ndarray,
     ) -> np.ndarray:
-        """(N,) float32 approximate <Q^T u, Q^T v_j> for the N items of one block of codes (P, N)."""
-        (scores,) = self.session.run(
-            None,
-            {
-                "user_u8": user_u8,
-                "codes": codes,
-                "offsets": offsets,
-                "code_scales": code_scales,
-                "user_scale": np.asarray(user_scale, dtype=np.float32),
-            },
-        )
-        return np.asarray(scores[0])
+        """(N,) float32 ~ <Q^T u, Q^T v_j> for the N items of one block of codes (P, N), written into
+        `out`, an (N,) int32 or float32 buffer (returned as its float32 view)."""
+        if out.shape != (codes.shape[1],) or out.itemsize != 4 or not out.flags.c_contiguous:
+            raise DataError("out must be a contiguous 4-byte buffer with one entry per item")
+        dots = out.view(np.int32)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("user_u8", user_u8)
+        binding.bind_cpu_input("codes", codes)
+        binding.bind_output("dots", "cpu", 0, np.int32, [1, len(dots)], dots.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        np.subtract(dots, offsets, out=dots)
+        scores = out.view(np.float32)
+        np.multiply(dots, code_scales, out=scores, dtype=np.float32, casting="unsafe")
+        scores *= np.float32(user_scale)
+        return scores

@@ -37,7 +37,7 @@ from shared.item_codes import (
 )
 
 Precision = Literal["int8", "float32"]
-DEFAULT_RESCORE = 512  # candidates rescored exactly per request
+DEFAULT_RESCORE = 1024  # candidates rescored exactly per request (recall@50 0.98 at 1M items, bench_device)
 MAX_BLOCKS = 8  # code blocks (the release's + added ones) before the added ones are merged
 
 
@@ -86,6 +86,7 @@ class ItemIndex:
             self._code_scales = np.asarray(code_scales, dtype=np.float32)
             self._offsets = code_offsets(codes)
             self._kernel = CoarseKernel(threads)
+        self._buffer = np.empty(vectors.n_rows if precision == "int8" else 0, dtype=np.float32)
 
     @classmethod
     def from_release(
@@ -215,6 +216,7 @@ class ItemIndex:
                 code_scales=self._code_scales.nbytes,
                 offsets=self._offsets.nbytes,
                 projection=self.projection.nbytes,
+                score_buffer=self._buffer.nbytes,
             )
         if not isinstance(self.store.base, np.memmap):
             sizes["vectors"] = self.store.base.nbytes
@@ -229,23 +231,29 @@ class ItemIndex:
     def _full(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
         if self.precision == "float32":
             return self._exact_all(query, alpha, with_bias=with_bias)
-        scores = self._coarse(query, alpha, with_bias=with_bias)
+        scores = self._coarse(query, alpha, with_bias=with_bias).copy()
         top = best(scores, self.rescore)
         scores[top] = self._exact(query, top, alpha, with_bias=with_bias)
         return scores
 
     def _coarse(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
+        """(N,) coarse scores in the index's own buffer: valid until the next call (copy to keep them)."""
         user_u8, user_scale = quantize_user(query @ self.projection)
-        parts, lo = [], 0
+        if len(self._buffer) != self.n_items:
+            self._buffer = np.empty(self.n_items, dtype=np.float32)
+        lo = 0
         for block in self._blocks:
             hi = lo + block.shape[1]
-            parts.append(
-                self._kernel.dots(
-                    user_u8, user_scale * alpha, block, self._offsets[lo:hi], self._code_scales[lo:hi]
-                )
+            self._kernel.dots(
+                user_u8,
+                user_scale * alpha,
+                block,
+                self._offsets[lo:hi],
+                self._code_scales[lo:hi],
+                out=self._buffer[lo:hi],
             )
             lo = hi
-        scores = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        scores = self._buffer.view(np.float32)
         if with_bias:
             scores += self._bias
         return scores
@@ -276,8 +284,31 @@ class ItemIndex:
 
 
 def best(scores: np.ndarray, n: int) -> np.ndarray:
-    """Rows of the n largest finite scores (any order)."""
+    """Rows of the n largest finite scores (any order).
+
+    On large arrays a full argpartition costs several ms at 1M rows; instead a threshold is read off an
+    evenly strided sample (about 64n values) with a safety margin, the rows above it are kept, and only
+    those are partitioned. If too few rows pass (a skewed order), it falls back to the full argpartition,
+    so the result is always the exact top n."""
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
-    rows = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+    if n >= len(scores):
+        rows = np.arange(len(scores))
+    else:
+        rows = _above_sampled_threshold(scores, n)
+        if rows is None:
+            rows = np.argpartition(scores, len(scores) - n)[len(scores) - n :]
     return rows[np.isfinite(scores[rows])]
+
+
+def _above_sampled_threshold(scores: np.ndarray, n: int) -> np.ndarray | None:
+    step = len(scores) // (64 * n)
+    if step < 4:
+        return None
+    sample = scores[::step]
+    rank = min(len(sample) - 1, 2 * (n // step) + 8)  # twice the expected rank, plus a margin
+    threshold = np.partition(sample, len(sample) - 1 - rank)[len(sample) - 1 - rank]
+    above = np.flatnonzero(scores >= threshold)
+    if len(above) < n:
+        return None
+    return above[np.argpartition(scores[above], len(above) - n)[len(above) - n :]]

@@ -41,6 +41,8 @@ class VectorStore:
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """(k, E) float32 vectors of `rows` (any order, repeats allowed)."""
         rows = np.asarray(rows, dtype=np.int64)
+        if not len(self.added) and not len(self.patched_rows):  # the common case: one gather, no copy
+            return self._read_base(rows)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         in_base = rows < len(self.base)
         out[in_base] = self._read_base(rows[in_base])
@@ -78,8 +80,10 @@ class VectorStore:
         self.patched_rows, self.patched = merged_rows[order], merged[order]
 
     def _read_base(self, rows: np.ndarray) -> np.ndarray:
-        block = np.asarray(self.base[rows], dtype=np.float32)
-        return block if self.base_scales is None else block * self.base_scales[rows, None]
+        block = np.asarray(self.base[rows], dtype=np.float32)  # a gather: only these rows' pages are read
+        if self.base_scales is not None:
+            block *= self.base_scales[rows, None]
+        return block
 
     def _read_base_block(self, lo: int, hi: int) -> np.ndarray:
         block = np.asarray(self.base[lo:hi], dtype=np.float32)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from release_toy import random_model, source
 
 from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, code_offsets, quantize_user
-from client.device.item_index import MAX_BLOCKS, ItemIndex
+from client.device.item_index import MAX_BLOCKS, ItemIndex, best
 from client.device.vector_store import VectorStore
 from server.release import ReleaseStore
 from shared.errors import DataError
@@ -26,21 +26,9 @@ T = 7.5
 def coarse_model() -> onnx.ModelProto:
     """The coarse graph, as int8_kernel.COARSE_DOTS_ONNX was built (regenerate it from this)."""
     vi = helper.make_tensor_value_info
-    nodes = [
-        helper.make_node("MatMulInteger", ["user_u8", "codes"], ["dots_offset"]),
-        helper.make_node("Sub", ["dots_offset", "offsets"], ["dots"]),
-        helper.make_node("Cast", ["dots"], ["dots_f32"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["dots_f32", "code_scales"], ["scaled"]),
-        helper.make_node("Mul", ["scaled", "user_scale"], ["scores"]),
-    ]
-    inputs = [
-        vi("user_u8", TensorProto.UINT8, [1, "P"]),
-        vi("codes", TensorProto.INT8, ["P", "N"]),
-        vi("offsets", TensorProto.INT32, ["N"]),
-        vi("code_scales", TensorProto.FLOAT, ["N"]),
-        vi("user_scale", TensorProto.FLOAT, []),
-    ]
-    graph = helper.make_graph(nodes, "coarse_dots", inputs, [vi("scores", TensorProto.FLOAT, [1, "N"])])
+    node = helper.make_node("MatMulInteger", ["user_u8", "codes"], ["dots"])
+    inputs = [vi("user_u8", TensorProto.UINT8, [1, "P"]), vi("codes", TensorProto.INT8, ["P", "N"])]
+    graph = helper.make_graph([node], "coarse_dots", inputs, [vi("dots", TensorProto.INT32, [1, "N"])])
     opsets = [helper.make_opsetid("", 17)]
     return helper.make_model(graph, opset_imports=opsets, producer_name="fedhome", ir_version=8)
 
@@ -72,7 +60,8 @@ def test_integer_dots_are_exact_even_at_the_extremes() -> None:
     codes[:, 0], codes[:, 1] = 127, -127  # every product at its largest: int16 pair sums must not saturate
     for projected in (rng.normal(size=64), np.full(64, 1.0), np.full(64, -1.0)):
         user_u8, _ = quantize_user(projected)
-        got = kernel.dots(user_u8, 1.0, codes, code_offsets(codes), np.ones(5000, dtype=np.float32))
+        out = np.empty(5000, dtype=np.float32)
+        got = kernel.dots(user_u8, 1.0, codes, code_offsets(codes), np.ones(5000, dtype=np.float32), out=out)
         expected = (user_u8[0].astype(np.int64) - 64) @ codes.astype(np.int64)
         np.testing.assert_array_equal(got, expected.astype(np.float32))
 
@@ -188,3 +177,19 @@ def test_release_carries_signed_codes_and_an_old_release_without_them_ranks_the_
     np.testing.assert_allclose(principal_projection([vectors], 64), new_index.projection, atol=1e-6)
     user = vectors[11] / np.linalg.norm(vectors[11])
     assert old_index.top_k(user, 20)[0].tolist() == new_index.top_k(user, 20)[0].tolist()
+
+
+@pytest.mark.parametrize("order", ["random", "ascending", "descending", "ties"])
+def test_best_is_the_exact_top_n_whatever_the_order(order: str) -> None:
+    scores = np.random.default_rng(6).normal(size=300_000).astype(np.float32)
+    if order == "ascending":
+        scores.sort()
+    elif order == "descending":
+        scores[::-1].sort()
+    elif order == "ties":
+        scores = np.round(scores, 1)
+    scores[::7] = -np.inf  # excluded rows are never returned
+    for n in (1, 512, 4_000):
+        got = best(scores, n)
+        assert len(got) == n and np.isfinite(scores[got]).all()
+        assert np.sort(scores[got])[0] >= np.sort(scores)[::-1][n - 1]
