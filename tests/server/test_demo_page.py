@@ -7,11 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,26 +15,22 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from ledger_toy import KEY, write_run
 from playwright.sync_api import Browser, sync_playwright
 from release_toy import random_model, source
 
-from client.device.homepage import Homepage
-from client.device.ranker import DeviceRanker, Event
 from server import cli as server_cli
 from server.api_demo import ORT_DIST
 from server.demo_shoppers import read_demo_shoppers
 from server.release import ReleaseStore
-from server.service import make_app
 from shared import signing
 from shared.config import FedhomeConfig, ServiceConfig, SyntheticShopConfig, to_flat
 from shared.data.synthetic.shop import generate_shop
 from shared.errors import DataError
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
+from simulation.demo_page import TRENDING, launch_chromium, open_demo, running, sdk_page
 
 SCORE_TOLERANCE = 1e-4
-TRENDING = "trending_counts.npy"
 
 
 def toy_shoppers(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -76,28 +68,6 @@ def add_trending_counts(folder: Path) -> None:
     (folder / MANIFEST_NAME).write_text(json.dumps(sign_manifest(fields, KEY), indent=2))
 
 
-@contextmanager
-def running(config: ServiceConfig) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port for `config`; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(config), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     assert ORT_DIST.is_dir(), "onnxruntime-web is missing: scripts/setup.sh runs npm ci in server/web"
@@ -122,58 +92,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    assert Path(executable).exists(), "the browser tests need Debian's chromium (scripts/install_browser.sh)"
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
+        launched = launch_chromium(playwright)
         yield launched
         launched.close()
 
 
-def open_demo(browser: Browser, url: str, screenshot: Path) -> tuple[dict[str, Any], int]:
-    """The page's state once it has ranked (or refused), and how many cards it shows; keeps a screenshot."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})  # a fresh cache every time
-    try:
-        page = context.new_page()
-        response = page.goto(url)
-        assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
-        page.wait_for_selector(  # a selector, not a JS predicate: the page's CSP forbids eval
-            'body:not([data-status="loading"]):not([data-status="ranking"])', state="attached", timeout=90_000
-        )
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(screenshot), full_page=True)
-        state = page.evaluate("window.fedhomeDemo")
-        cards = page.locator("#sections .card:visible").count()
-        if state["status"] != "ready":
-            state["shown_error"] = page.locator("#error").inner_text()
-        return state, cards
-    finally:
-        context.close()
-
-
 def shots(tmp_path: Path) -> Path:
     return Path(os.environ.get("FEDHOME_SCREENSHOTS", tmp_path))
-
-
-def python_page(folder: Path, shopper: dict[str, Any]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
-    """What the Python SDK (DeviceRanker float32 + Homepage) gives for this shopper: top-20 ids, their
-    scores, and the sections."""
-    ranker = DeviceRanker(folder, precision="float32")
-    history = [Event(e["item_id"], e["event"], e["timestamp"]) for e in shopper["history"]]
-    now = shopper["now"]
-    user = ranker.user_vector(history, now)
-    top = ranker.recommend(history, now, k=20) if user is not None else []
-    scores = ranker.scores(user)[[ranker.index[i] for i in top]] if user is not None else np.zeros(0)
-    purchased = {e.item_id for e in history if e.event == "purchase"}
-    counts = np.load(folder / TRENDING) if (folder / TRENDING).exists() else None
-    sections = Homepage(ranker).compose(history, now, purchased=purchased, trending_counts=counts)
-    return (
-        top,
-        scores,
-        [{"key": s.key, "title": s.title, "cards": [asdict(c) for c in s.cards]} for s in sections],
-    )
 
 
 def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, tmp_path: Path) -> None:
@@ -186,7 +112,7 @@ def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, 
         )
         assert state["status"] == "ready", state.get("error")
         assert state["shopper"] == shopper["id"] and state["release"] == 1
-        top, scores, sections = python_page(folder, shopper)
+        top, scores, sections = sdk_page(folder, shopper)
         assert [r["id"] for r in state["ranking"]] == top
         browser_scores = np.array([r["score"] for r in state["ranking"]])
         differences.extend(np.abs(browser_scores - scores))

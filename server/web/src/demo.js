@@ -32,6 +32,8 @@ function fail(error) {
   state.error = error.message;
   setStatus(error instanceof ReleaseRefusedError ? "refused" : "error");
   $("content").hidden = true;
+  if (state.status === "refused") $("release").textContent = "Release not verified: nothing of it is used.";
+  $("release").classList.add("failed");
   $("error").hidden = false;
   $("error").textContent = `${state.status === "refused" ? "Release refused" : "Error"}: ${error.message}`;
 }
@@ -135,7 +137,9 @@ async function rankShopper(release, shopper) {
 
 async function main() {
   try {
+    const started = performance.now();
     const release = await loadRelease();
+    state.loadMs = performance.now() - started; // manifest + files + sha256 + signature + onnxruntime session
     showRelease(release.manifest);
     state.release = release.manifest.version;
     const response = await fetch(`${config.apiBase}/v1/demo/shoppers`);

@@ -1,0 +1,169 @@
+"""The demo homepage page checked in headless Debian chromium against the device SDK, for a release store.
+
+    python -m simulation.demo_page --store runs/demo-releases --run runs/demo-federated \
+        --public-key runs/demo-federated/ledger_public_key.pem --shoppers runs/demo-shoppers.jsonl \
+        --screenshots runs/demo-page
+
+Starts the model service on a free loopback port (stopped at the end), opens /demo?shopper=ID for every
+demo shopper in chromium (Playwright driving /usr/bin/chromium, one fresh browser context each), and prints
+one JSON line per shopper: whether the page's top-20 ranking and sections equal the SDK's (DeviceRanker
+float32 + Homepage, the same history and request time), the largest score difference, the page's load time
+(manifest, files, sha256, signature, onnxruntime-web session) and its ranking time, in milliseconds. The
+tests (tests/server/test_demo_page.py) use the same helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from playwright.sync_api import Browser, Playwright, sync_playwright
+
+from client.device.homepage import Homepage
+from client.device.ranker import DeviceRanker, Event
+from server.demo_shoppers import read_demo_shoppers
+from server.release import ReleaseStore
+from server.service import make_app
+from shared.config import ServiceConfig
+
+TRENDING = "trending_counts.npy"  # what the page reads when the release lists it
+RANKING_K = 20  # the page's ranking table
+READY = 'body:not([data-status="loading"]):not([data-status="ranking"])'
+
+
+@contextmanager
+def running(config: ServiceConfig) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port for `config`; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = make_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError("the service did not start within 20 s")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def launch_chromium(playwright: Playwright) -> Browser:
+    """Debian's chromium, headless (never Playwright's own browser download)."""
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(executable).exists():
+        raise RuntimeError("Debian's chromium is missing (scripts/install_browser.sh installs it)")
+    return playwright.chromium.launch(
+        executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    )
+
+
+def open_demo(browser: Browser, url: str, screenshot: Path) -> tuple[dict[str, Any], int]:
+    """The page's state once it has ranked (or refused) and how many cards it shows; keeps a screenshot."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})  # a fresh cache every time
+    try:
+        page = context.new_page()
+        response = page.goto(url)
+        if response is None or "script-src 'self'" not in response.headers.get("content-security-policy", ""):
+            raise RuntimeError(f"{url}: no Content-Security-Policy on the page")
+        page.wait_for_selector(
+            READY, state="attached", timeout=90_000
+        )  # not a JS predicate: CSP forbids eval
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+        state: dict[str, Any] = page.evaluate("window.fedhomeDemo")
+        cards = page.locator("#sections .card:visible").count()
+        if state["status"] != "ready":
+            state["shown_error"] = page.locator("#error").inner_text()
+        return state, cards
+    finally:
+        context.close()
+
+
+def sdk_page(folder: Path, shopper: dict[str, Any]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+    """What the device SDK (DeviceRanker float32 + Homepage) gives for this shopper at its request time:
+    the top-20 ids (none when the release knows none of its items), their scores, and the sections."""
+    ranker = DeviceRanker(folder, precision="float32")
+    history = [Event(e["item_id"], e["event"], e["timestamp"]) for e in shopper["history"]]
+    now = shopper["now"]
+    user = ranker.user_vector(history, now)
+    top = ranker.recommend(history, now, k=RANKING_K) if user is not None else []
+    scores = ranker.scores(user)[[ranker.index[i] for i in top]] if user is not None else np.zeros(0)
+    purchased = {e.item_id for e in history if e.event == "purchase"}
+    counts = np.load(folder / TRENDING) if (folder / TRENDING).exists() else None
+    sections = Homepage(ranker).compose(history, now, purchased=purchased, trending_counts=counts)
+    return (
+        top,
+        scores,
+        [{"key": s.key, "title": s.title, "cards": [asdict(c) for c in s.cards]} for s in sections],
+    )
+
+
+def compare(state: dict[str, Any], folder: Path, shopper: dict[str, Any]) -> dict[str, Any]:
+    """The page's ranking and sections against the SDK's for one shopper."""
+    top, scores, sections = sdk_page(folder, shopper)
+    page_scores = np.array([r["score"] for r in state.get("ranking", [])])
+    same_ranking = [r["id"] for r in state.get("ranking", [])] == top
+    return {
+        "shopper": shopper["id"],
+        "status": state["status"],
+        "same_ranking": same_ranking,
+        "same_sections": state.get("sections") == sections,
+        "max_score_difference": float(np.abs(page_scores - scores).max()) if same_ranking and top else 0.0,
+        "sections": [s["key"] for s in sections],
+        "load_ms": round(float(state.get("loadMs", float("nan"))), 1),
+        "rank_ms": round(float(state.get("rankMs", float("nan"))), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulation.demo_page", description=__doc__)
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--run", type=Path, required=True, help="the run the service serves")
+    parser.add_argument("--public-key", type=Path, required=True)
+    parser.add_argument("--shoppers", type=Path, required=True, help="demo shoppers (JSON lines)")
+    parser.add_argument("--screenshots", type=Path, required=True, help="folder for one PNG per shopper")
+    args = parser.parse_args(argv)
+    config = ServiceConfig(
+        release_store=args.store,
+        run_dir=args.run,
+        public_key=args.public_key,
+        demo_shoppers=str(args.shoppers),
+    )
+    store = ReleaseStore(args.store)
+    latest = store.latest()
+    if latest is None:
+        print("no release in the store", file=sys.stderr)
+        return 2
+    ok = True
+    with running(config) as base, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        for shopper in read_demo_shoppers(args.shoppers):
+            url = f"{base}/demo?shopper={shopper['id']}"
+            state, _ = open_demo(browser, url, args.screenshots / f"demo-{shopper['id']}.png")
+            result = compare(state, store.folder(latest), shopper)
+            ok = ok and result["status"] == "ready" and result["same_ranking"] and result["same_sections"]
+            print(json.dumps(result))
+        browser.close()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
