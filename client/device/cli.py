@@ -20,9 +20,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from client.device.cache import ReleaseCache, copy_from
+from client.device.deltas import open_ranker
 from client.device.homepage import Homepage
-from client.device.ranker import DeviceRanker, Event
+from client.device.ranker import Event
 from client.device.trending import release_trending
 from shared.errors import DataError, FedhomeError
 from shared.signing import load_public_key
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         manifest = cache.verify_current()
         precision = getattr(args, "precision", "int8")
-        ranker = DeviceRanker(cache.current(), precision=precision)  # type: ignore[arg-type]
+        ranker = open_ranker(cache, precision=precision)  # type: ignore[arg-type]  # + its delta
         now = int(time.time()) if args.now is None else args.now
         if args.command == "homepage":
             history = read_history(args.history)
@@ -79,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             folder = cache.current()
             if folder is None:
                 raise DataError("no release installed")
-            trending = release_trending(folder, manifest, n_items=ranker.n_items)
-            homepage = Homepage(ranker, trending=None if trending is None else trending.counts)
+            trending = release_trending(folder, manifest, n_items=ranker.release_items)
+            added = ranker.n_items - ranker.release_items  # items of a catalogue delta: no count yet
+            counts = None if trending is None else np.pad(trending.counts, (0, added))
+            homepage = Homepage(ranker, trending=counts)
             page = homepage.compose(history, now, purchased=purchased)
             sections = [{"title": s.title, "cards": [asdict(c) for c in s.cards]} for s in page]
             out = {"release": manifest["version"], "sections": sections}

@@ -171,6 +171,7 @@ class Homepage:
                 blocked.discard(row)  # may come back even though the shopper has seen it
             else:
                 blocked.add(row)
+        blocked.update(int(row) for row in self.ranker.hidden)  # out of stock or withdrawn (catalogue delta)
         return blocked
 
     def _recent_distinct(self, history: Sequence[Event]) -> list[int]:

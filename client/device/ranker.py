@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from client.device.item_index import DEFAULT_RESCORE, ItemIndex, Precision
+from shared.catalogue_delta import DeltaRows
 from shared.data.schema import EVENT_CODE
 from shared.errors import DataError
 from shared.history import gap_buckets, request_context
@@ -53,6 +54,8 @@ class DeviceRanker:
         self.max_history = int(scoring["max_history"])
         self.items = json.loads((folder / "items.json").read_text())
         self.index = {item["id"]: i for i, item in enumerate(self.items)}
+        self.hidden = np.zeros(0, dtype=np.int64)  # rows a catalogue delta took off the pages (apply_delta)
+        self.release_items = len(self.items)  # rows from here on were added by a catalogue delta
         self.precision = precision
         self.item_index = ItemIndex.from_release(
             folder, precision=precision, rescore=rescore, threads=threads
@@ -63,6 +66,28 @@ class DeviceRanker:
         self.session = ort.InferenceSession(
             str(folder / "user_tower.onnx"), options, providers=["CPUExecutionProvider"]
         )
+
+    def apply_delta(self, delta: DeltaRows) -> None:
+        """Items published after the release (a VERIFIED catalogue delta): rows of items the release has
+        are replaced, new items appended, and items whose status is not "active" hidden from rankings and
+        pages (their rows stay, so a history that names them still counts)."""
+        if delta.vectors_f32.shape[1] != self.item_index.store.dim:
+            raise DataError(f"delta vectors have shape {delta.vectors_f32.shape}, not the release's")
+        known = [i for i, item in enumerate(delta.items) if item["id"] in self.index]
+        fresh = [i for i, item in enumerate(delta.items) if item["id"] not in self.index]
+        rows = np.array([self.index[delta.items[i]["id"]] for i in known], dtype=np.int64)
+        self.item_index.replace(rows, delta.vectors_f32[known], delta.bias[known])
+        for i, row in zip(known, rows, strict=True):
+            self.items[row] = delta.items[i]
+        if fresh:
+            added = self.item_index.extend(delta.vectors_f32[fresh], delta.bias[fresh])
+            for i, row in zip(fresh, added, strict=True):
+                self.items.append(delta.items[i])
+                self.index[delta.items[i]["id"]] = int(row)
+        inactive = [self.index[item["id"]] for item in delta.items if item["status"] != "active"]
+        self.hidden = np.union1d(self.hidden, np.array(inactive, dtype=np.int64)).astype(np.int64)
+        active = [self.index[item["id"]] for item in delta.items if item["status"] == "active"]
+        self.hidden = np.setdiff1d(self.hidden, np.array(active, dtype=np.int64)).astype(np.int64)
 
     @property
     def n_items(self) -> int:
@@ -121,5 +146,5 @@ class DeviceRanker:
         if user is None:
             raise DataError("no event in the history names an item of this release")
         seen = np.array(sorted({self.index[e.item_id] for e in history if e.item_id in self.index}))
-        rows, _ = self.item_index.top_k(user, k, exclude=seen)
+        rows, _ = self.item_index.top_k(user, k, exclude=np.union1d(seen, self.hidden).astype(np.int64))
         return [self.items[i]["id"] for i in rows]

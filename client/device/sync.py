@@ -4,6 +4,7 @@
 withdrawn, and installs the latest release when it is newer. Files are fetched with If-None-Match set to
 the sha256 of the same file in the release in use, so unchanged files (a 304) are copied locally instead of
 downloaded. Everything fetched still goes through ReleaseCache.install, which verifies before switching.
+Then the newest catalogue delta of the release in use is applied when it is newer (client/device/deltas.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from client.device.cache import Fetch, ReleaseCache
+from client.device.deltas import sync_deltas
 from shared.errors import DataError, SignatureError
 from shared.release_manifest import file_digest
 from shared.signing import canonical_json, key_id, verify
@@ -32,6 +34,7 @@ class SyncResult:
     fell_back: bool = False
     downloaded: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    delta: int | None = None  # the catalogue delta applied by this sync (client/device/deltas.py)
 
 
 def get_json(url: str) -> Any:
@@ -90,4 +93,6 @@ def sync(cache: ReleaseCache, base_url: str) -> SyncResult:
     if latest is not None and (result.current is None or latest > result.current):
         result.installed = cache.install(http_fetch(base_url, latest, cache.current(), result))
         result.current = result.installed
+    if result.current is not None:
+        result.delta = sync_deltas(cache, base_url)
     return result

@@ -16,9 +16,13 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from catalogue_toy import new_item, release_item, release_of, write_model_run
+from catalogue_toy import NOW, new_item, release_item, release_of, write_model_run
 from ledger_toy import KEY
 
+from client.device import cli as client_cli
+from client.device.cache import ReleaseCache
+from client.device.deltas import open_ranker
+from client.device.sync import sync
 from server import cli as server_cli
 from server.catalogue_delta import DeltaStore
 from server.release import ReleaseStore, load_run
@@ -222,6 +226,25 @@ def test_a_delta_does_not_verify_for_another_release_key_or_after_a_flipped_byte
         verify_delta(folder, KEY.public_key(), manifest)
 
 
+def test_a_device_syncs_the_release_and_its_newest_delta(
+    service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = ReleaseCache(tmp_path / "device", KEY.public_key())
+    result = sync(cache, service.url)
+    assert result.installed == 1 and result.delta == DeltaStore(service.store).sequences(1)[-1]
+    assert sync(cache, service.url).delta is None  # nothing newer
+    ranker = open_ranker(cache, precision="float32")
+    assert ranker.items[ranker.index["new-0001"]]["price"] == 9.5  # the latest state of the item
+    history = tmp_path / "history.jsonl"
+    history.write_text(
+        json.dumps({"item_id": service.catalogue.item_ids[0], "event": "view", "timestamp": NOW})
+    )
+    args = ["--cache", str(cache.root), "--public-key", str(service.keys / "public.pem")]
+    assert client_cli.main(["homepage", *args, "--history", str(history), "--now", str(NOW)]) == 0
+    shown = {card["item_id"] for s in json.loads(capsys.readouterr().out)["sections"] for card in s["cards"]}
+    assert "new-0001" in shown and release_item(service.catalogue, 3)["id"] not in shown  # out of stock
+
+
 def test_catalogue_add_command_and_carry_over_to_a_new_release(
     service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -241,6 +264,8 @@ def test_catalogue_add_command_and_carry_over_to_a_new_release(
     result = json.loads(capsys.readouterr().out)
     assert result["sequence"] == before[-1] + 1 and result["added"] == ["cli-1"]
     record = DeltaStore(service.store).record()
+    device = ReleaseCache(tmp_path / "device", KEY.public_key())
+    sync(device, service.url)
     assert (
         server_cli.main(
             ["release", str(service.run), "--store", str(service.store.root), "--signing-key", str(key)]
@@ -249,3 +274,5 @@ def test_catalogue_add_command_and_carry_over_to_a_new_release(
     )
     rows = verify_delta(DeltaStore(service.store).folder(2, 1), KEY.public_key(), service.store.manifest(2))
     assert [item["id"] for item in rows.items] == list(record)  # every written item, now for release 2
+    result = sync(device, service.url)
+    assert result.installed == 2 and result.delta == 1 and set(record) <= set(open_ranker(device).index)

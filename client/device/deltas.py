@@ -1,0 +1,172 @@
+"""The device's catalogue deltas: the newest signed delta of the release in use, verified and kept atomically.
+
+Layout under the release cache's root: `deltas/<release>/<sequence>/` (the applied delta of a release),
+`deltas/state.json` ({"applied": {release: sequence}}, replaced by atomic rename) and `deltas/incoming/`
+(a download in progress). An install downloads into `incoming/`, verifies it there (the pinned key's
+signature, every file's sha256, that it was made for exactly the release in use, array shapes), renames it
+into place, then switches `state.json`. Anything that does not verify is refused and the delta in use, if
+any, stays; a delta older than (or as old as) the one applied is refused too (a replay). Deltas are
+cumulative (shared/catalogue_delta.py), so only the newest is fetched and kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from client.device.cache import Fetch, ReleaseCache
+from client.device.item_index import Precision
+from client.device.ranker import DeviceRanker
+from shared.catalogue_delta import DeltaRows, manifest_sha256, verify_delta, verify_delta_list
+from shared.errors import DataError, SignatureError
+from shared.release_manifest import MANIFEST_NAME, read_manifest
+
+TIMEOUT_S = 30
+_CHUNK = 1 << 20
+
+
+class DeltaCache:
+    """The applied catalogue delta of each release kept in `cache` (one per release, the newest)."""
+
+    def __init__(self, cache: ReleaseCache) -> None:
+        self.cache = cache
+        self.root = cache.root / "deltas"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    def applied(self, release: int) -> int | None:
+        """The sequence of the delta applied to `release` (None: none)."""
+        path = self.root / "state.json"
+        state = json.loads(path.read_text()) if path.exists() else {"applied": {}}
+        sequence = state["applied"].get(str(release))
+        return None if sequence is None else int(sequence)
+
+    def install(self, fetch: Fetch, *, listed_sha256: str | None = None) -> int:
+        """Download (via `fetch`), verify and apply a delta of the release in use; returns its sequence.
+        Raises SignatureError/DataError, with the delta in use unchanged, when it does not verify, is not
+        newer than the one applied, or is not the manifest a signed delta list names (`listed_sha256`)."""
+        release, base = self.release()
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        self.incoming.mkdir()
+        try:
+            fetch(MANIFEST_NAME, self.incoming / MANIFEST_NAME)
+            for name in read_manifest(self.incoming)["files"]:
+                if "/" in name or name.startswith("."):
+                    raise DataError(f"delta file name {name!r} is not a plain file name")
+                fetch(name, self.incoming / name)
+            rows = verify_delta(self.incoming, self.cache.public_key, base)
+            if listed_sha256 is not None and manifest_sha256(rows.manifest) != listed_sha256:
+                raise SignatureError("the delta is not the one the signed delta list names")
+            sequence = rows.sequence
+            applied = self.applied(release)
+            if applied is not None and sequence <= applied:
+                raise DataError(f"delta {sequence} is not newer than the one applied ({applied}); refused")
+        except Exception:
+            shutil.rmtree(self.incoming, ignore_errors=True)
+            raise
+        target = self._folder(release, sequence)
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.incoming, target)
+        self._set_applied(release, sequence)
+        return sequence
+
+    def rows(self) -> DeltaRows | None:
+        """The applied delta of the release in use, verified again (files on a device may be altered);
+        None when that release has none."""
+        release, base = self.release()
+        sequence = self.applied(release)
+        if sequence is None:
+            return None
+        return verify_delta(self._folder(release, sequence), self.cache.public_key, base)
+
+    def release(self) -> tuple[int, dict[str, Any]]:
+        folder = self.cache.current()
+        if folder is None:
+            raise DataError("no release installed")
+        manifest = read_manifest(folder)
+        return int(manifest["version"]), manifest
+
+    def _folder(self, release: int, sequence: int) -> Path:
+        return self.root / f"{int(release):06d}" / f"{int(sequence):06d}"
+
+    def _set_applied(self, release: int, sequence: int) -> None:
+        path = self.root / "state.json"
+        state = json.loads(path.read_text()) if path.exists() else {"applied": {}}
+        kept = {v for v in self.cache.state().values() if v is not None}  # the releases still on the device
+        applied = {k: v for k, v in state["applied"].items() if int(k) in kept}
+        applied[str(release)] = sequence
+        temporary = self.root / "state.json.tmp"
+        temporary.write_text(json.dumps({"applied": applied}))
+        os.replace(temporary, path)
+        self._prune(applied)
+
+    def _prune(self, applied: dict[str, int]) -> None:
+        keep = {self._folder(int(r), s) for r, s in applied.items()}
+        for release in self.root.iterdir():
+            if not release.is_dir() or release.name == "incoming":
+                continue
+            for folder in release.iterdir():
+                if folder not in keep:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def open_ranker(cache: ReleaseCache, *, precision: Precision = "int8", threads: int = 1) -> DeviceRanker:
+    """The ranker of the release in use with its applied catalogue delta (verified again) on top."""
+    folder = cache.current()
+    if folder is None:
+        raise DataError("no release installed")
+    ranker = DeviceRanker(folder, precision=precision, threads=threads)
+    rows = DeltaCache(cache).rows()
+    if rows is not None:
+        ranker.apply_delta(rows)
+    return ranker
+
+
+def sync_deltas(cache: ReleaseCache, base_url: str) -> int | None:
+    """Apply the service's newest delta of the release in use when it is newer than the applied one;
+    returns the sequence applied now (None: nothing new). Raises SignatureError/DataError when the list or
+    the delta does not verify (nothing applied)."""
+    deltas = DeltaCache(cache)
+    release, _ = deltas.release()
+    listing = _get_json(f"{base_url}/v1/releases/{release}/deltas")
+    if not listing.get("deltas"):
+        return None  # nothing published for this release (an empty list carries no signature)
+    latest = verify_delta_list(listing, cache.public_key, release)[-1]
+    applied = deltas.applied(release)
+    if applied is not None and latest <= applied:
+        return None
+    (entry,) = [e for e in listing["deltas"] if int(e["sequence"]) == latest]
+    fetch = _http_fetch(f"{base_url}/v1/releases/{release}/deltas/{latest}/files")
+    return deltas.install(fetch, listed_sha256=str(entry["manifest_sha256"]))
+
+
+def _http_fetch(base: str) -> Fetch:
+    def fetch(name: str, destination: Path) -> None:
+        url = f"{base}/{name}"
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, destination.open("wb") as out:
+                shutil.copyfileobj(response, out, _CHUNK)
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(f"{url}: {exc}") from exc
+
+    return fetch
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            payload = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DataError(f"{url}: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise DataError(f"{url}: not a JSON object")
+    return payload

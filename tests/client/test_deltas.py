@@ -1,0 +1,175 @@
+"""Catalogue deltas on the device: verified before use (pinned key, every sha256, the release it was made
+for, no replay), kept atomically, and ranked with the release: a new item is in New for you at once,
+changed items change, removed items are never shown."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from catalogue_toy import NOW, new_item, release_item, release_of, write_model_run
+from ledger_toy import KEY
+
+from client.device.cache import ReleaseCache, copy_from
+from client.device.deltas import DeltaCache, open_ranker
+from client.device.homepage import Homepage, HomepageRules
+from client.device.ranker import DeviceRanker, Event
+from server.catalogue_delta import DeltaStore, load_base
+from server.catalogue_items import CatalogueItem
+from server.release import ReleaseStore
+from shared.errors import DataError, SignatureError
+from shared.release_manifest import MANIFEST_NAME, sign_manifest
+from shared.signing import Ed25519PrivateKey, generate_private_key
+
+
+@dataclass
+class Published:
+    store: ReleaseStore
+    deltas: DeltaStore
+    first: Path  # delta 1: a new lipstick
+    second: (
+        Path  # delta 2: the lipstick cheaper, release item `deal` on promotion, `gone` out of stock, and a
+    )
+    gone: str  # withdrawn new item
+    deal: str
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
+    tmp = tmp_path_factory.mktemp("device-deltas")
+    run = write_model_run(tmp, tmp_path_factory.getbasetemp() / "catalogue-encoder-cache")
+    store = release_of(run, tmp / "store")
+    base, deltas = load_base(store, 1, run, KEY.public_key()), DeltaStore(store)
+    deltas.publish(base, [CatalogueItem.model_validate(new_item())], KEY)
+    deal = next(i for i in range(4, 60) if not base.catalogue.on_promotion[i])
+    second = [
+        new_item(price=4.0),
+        release_item(base.catalogue, 3) | {"status": "out_of_stock"},
+        release_item(base.catalogue, deal) | {"on_promotion": True},
+        new_item("new-0002", title="Retired gadget", status="withdrawn"),
+    ]
+    deltas.publish(base, [CatalogueItem.model_validate(item) for item in second], KEY)
+    ids = base.catalogue.item_ids
+    return Published(store, deltas, deltas.folder(1, 1), deltas.folder(1, 2), ids[3], ids[deal])
+
+
+@pytest.fixture
+def device(published: Published, tmp_path: Path) -> ReleaseCache:
+    cache = ReleaseCache(tmp_path / "device", KEY.public_key())
+    cache.install(copy_from(published.store.folder(1)))
+    return cache
+
+
+def history_near(ranker: DeviceRanker, item_id: str, n: int = 3) -> list[Event]:
+    """Views of the n release items most similar to `item_id`, oldest first, the day before NOW."""
+    similar = ranker.item_vectors(np.arange(60)) @ ranker.item_vectors(np.array([ranker.index[item_id]]))[0]
+    rows = np.argsort(-similar)[:n][::-1]
+    return [Event(ranker.items[r]["id"], "view", NOW - 86_400 + 60 * i) for i, r in enumerate(rows)]
+
+
+def page(ranker: DeviceRanker, history: list[Event], **rules: int) -> dict[str, list[str]]:
+    sections = Homepage(ranker, HomepageRules(**rules)).compose(history, NOW)
+    return {s.key: [c.item_id for c in s.cards] for s in sections}
+
+
+def test_a_new_item_is_ranked_and_shown_in_new_for_you(published: Published, device: ReleaseCache) -> None:
+    before = open_ranker(device, precision="float32")
+    assert "new-0001" not in before.index
+    assert DeltaCache(device).install(copy_from(published.first)) == 1
+    ranker = open_ranker(device, precision="float32")
+    assert ranker.n_items == before.n_items + 1 and ranker.items[-1]["id"] == "new-0001"
+    electronics = [
+        e
+        for e in history_near(ranker, "new-0001", 60)
+        if "Electronics" in ranker.items[ranker.index[e.item_id]]["category"]
+    ][-3:]
+    shown = page(ranker, electronics, section_size=3, because_sections=0)
+    assert shown["new"][0] == "new-0001"  # the only item added within new_days of NOW
+    near = history_near(ranker, "new-0001")
+    assert "new-0001" in ranker.recommend(near, NOW, k=5)  # ranked by the same model, on day one
+    user = ranker.user_vector(near, NOW)
+    assert user is not None
+    delta_row = np.load(published.first / "item_vectors_f32.npy")[0]
+    expected = ranker.temperature * float(delta_row @ user) + float(
+        np.load(published.first / "item_bias.npy")[0]
+    )
+    assert ranker.scores(user)[ranker.index["new-0001"]] == pytest.approx(expected, abs=1e-5)
+    int8 = open_ranker(device)  # the two-stage index ranks it too
+    assert "new-0001" in int8.recommend(near, NOW, k=5)
+
+
+def test_changed_and_removed_items(published: Published, device: ReleaseCache) -> None:
+    no_history: list[Event] = []
+    assert published.deal not in page(open_ranker(device), no_history, section_size=100)["deals"]
+    DeltaCache(device).install(copy_from(published.second))
+    ranker = open_ranker(device, precision="float32")
+    gone = published.gone
+    assert ranker.items[ranker.index["new-0001"]]["price"] == 4.0
+    assert published.deal in page(ranker, no_history, section_size=100)["deals"]  # now on promotion
+    assert {ranker.index[gone], ranker.index["new-0002"]} == set(ranker.hidden.tolist())
+    history = [Event(gone, "view", NOW - 600), *history_near(ranker, "new-0001")]
+    assert ranker.user_vector(history, NOW) is not None  # a removed item still counts as history
+    everything = page(ranker, history, section_size=100, per_category=100)
+    shown = {item for cards in everything.values() for item in cards}
+    assert "new-0001" in shown and not {gone, "new-0002"} & shown
+    assert not {gone, "new-0002"} & set(ranker.recommend(history, NOW, k=ranker.n_items))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "manifest.json",
+        "items.json",
+        "item_vectors_f32.npy",
+        "item_vectors_int8.npy",
+        "item_scales.npy",
+        "item_bias.npy",
+    ],
+)
+def test_a_flipped_byte_anywhere_is_refused_and_nothing_changes(
+    published: Published, device: ReleaseCache, tmp_path: Path, name: str
+) -> None:
+    deltas = DeltaCache(device)
+    deltas.install(copy_from(published.first))
+    tampered = shutil.copytree(published.second, tmp_path / "tampered")
+    data = bytearray((tampered / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tampered / name).write_bytes(bytes(data))
+    with pytest.raises((SignatureError, DataError)):
+        deltas.install(copy_from(tampered))
+    assert deltas.applied(1) == 1 and not deltas.incoming.exists()
+    assert "new-0002" not in open_ranker(device, precision="float32").index  # still delta 1
+
+
+def resigned(source: Path, out: Path, key: Ed25519PrivateKey, **changes: object) -> Path:
+    folder = shutil.copytree(source, out)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest.pop("signature")
+    (folder / MANIFEST_NAME).write_text(json.dumps(sign_manifest({**manifest, **changes}, key)))
+    return folder
+
+
+def test_another_key_another_release_a_release_manifest_or_a_replay_is_refused(
+    published: Published, device: ReleaseCache, tmp_path: Path
+) -> None:
+    deltas = DeltaCache(device)
+    with pytest.raises(SignatureError):
+        deltas.install(copy_from(resigned(published.second, tmp_path / "k", generate_private_key())))
+    with pytest.raises(DataError):
+        deltas.install(copy_from(resigned(published.second, tmp_path / "r", KEY, release=2)))
+    with pytest.raises(DataError):  # a release's manifest presented as a delta
+        deltas.install(copy_from(published.store.folder(1)))
+    assert deltas.applied(1) is None
+    deltas.install(copy_from(published.second))
+    with pytest.raises(DataError, match="not newer"):
+        deltas.install(copy_from(published.first))  # an older, validly signed delta
+    assert deltas.applied(1) == 2
+    # an altered file on the device after install: open_ranker verifies again and refuses it
+    applied = device.root / "deltas" / "000001" / "000002" / "item_bias.npy"
+    applied.write_bytes(applied.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(SignatureError):
+        open_ranker(device)
