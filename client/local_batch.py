@@ -9,7 +9,7 @@ number of examples (weight 1/n on the user's n real examples, 0 on padding copie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from shared.data.split import UserSequences
 from shared.errors import ConfigError
-from shared.model import gather_histories
+from shared.model import HistoryBatch, gather_histories
 from shared.model.examples import training_rows
 
 # Fixed cost of one batched computation in padded examples' work: measured on one thread at Beauty's size
@@ -143,7 +143,7 @@ def chunk_of_rows(
     """The ChunkBatch of examples `rows` (T,) of users `user_of_row` (T,), grouped by `owner` (T,), owners
     0..B-1 in order, each with at least one example."""
     n_owners = int(owner[-1]) + 1 if owner.size else 0
-    batch = gather_histories(seqs, user_of_row, rows, seqs.timestamps[rows], max_history)
+    batch = trim_padding(gather_histories(seqs, user_of_row, rows, seqs.timestamps[rows], max_history))
     targets = seqs.items[rows].astype(np.int64)  # (T,)
     valid = batch.items >= 0  # (T, L)
     item_sets, history, positive = _local_items(owner, batch.items, valid, targets, n_owners)
@@ -160,6 +160,18 @@ def chunk_of_rows(
         exclude=torch.from_numpy(exclude[source]),
         weight=torch.from_numpy(weight),
     )
+
+
+def trim_padding(batch: HistoryBatch) -> HistoryBatch:
+    """`batch` without its leading slots that are padding in every history (the same user vectors: the
+    user tower masks padding keys and reads only the last slot, and a history of length l <= max_history
+    keeps its slots' position embeddings). Kept whole when some history is empty, the one case where the
+    padding slots do count (all keys masked gives a uniform softmax over them)."""
+    lengths = (batch.items >= 0).sum(axis=1)  # (T,)
+    if lengths.size == 0 or int(lengths.min()) == 0:
+        return batch
+    cut = batch.items.shape[1] - int(lengths.max())  # leading slots that are padding everywhere
+    return replace(batch, items=batch.items[:, cut:], events=batch.events[:, cut:], gaps=batch.gaps[:, cut:])
 
 
 def _local_items(

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from local_toy import MODEL, ROWS, random_model, sequences
 
-from client.local_batch import UserExamples, build_chunk, draw_negatives, plan_chunks
+from client.local_batch import UserExamples, build_chunk, draw_negatives, plan_chunks, trim_padding
 from client.local_loss import negative_scores
 from client.train import clipped_sum_of_blocks
 from shared.errors import ConfigError
-from shared.model import gather_histories
+from shared.model import HistoryBatch, gather_histories
 from shared.model.examples import training_rows
 from shared.privacy.clipping import clip_rows
 
@@ -50,14 +50,54 @@ def test_chunk_indices_point_at_each_examples_items() -> None:
         assert np.all(np.diff(np.unique(items)) > 0)
         np.testing.assert_allclose(chunk.weight[b, : rows.size].numpy(), 1 / rows.size)
         assert not chunk.weight[b, rows.size :].any()
+        width = chunk.events.shape[-1]  # leading slots that are padding in every history are cut
         for m, row in enumerate(rows):
-            valid = batch.items[m] >= 0
-            np.testing.assert_array_equal(items[chunk.history[b, m].numpy()][valid], batch.items[m][valid])
-            np.testing.assert_array_equal(chunk.events[b, m].numpy(), batch.events[m])
+            assert not batch.events[m, : MODEL.max_history - width].any()
+            valid = batch.items[m, -width:] >= 0
+            got = items[chunk.history[b, m].numpy()][valid]
+            np.testing.assert_array_equal(got, batch.items[m, -width:][valid])
+            np.testing.assert_array_equal(chunk.events[b, m].numpy(), batch.events[m, -width:])
             assert items[chunk.positive[b, m]] == seqs.items[row]
             touched = set(batch.items[m][valid]) | {seqs.items[row]}
             expected = [int(n) in touched for n in negatives]
             assert chunk.exclude[b, m].tolist() == expected
+
+
+def histories(rows: list[list[int]], ends_from_last: int = 0) -> HistoryBatch:
+    """The toy users' `rows` as full-width histories, each ending `ends_from_last` rows before its end."""
+    seqs = sequences(rows)
+    ends = seqs.offsets[1:] - ends_from_last
+    return gather_histories(
+        seqs, np.arange(len(rows)), ends, seqs.timestamps[ends - 1] + 60, MODEL.max_history
+    )
+
+
+def test_trimmed_histories_give_the_same_user_vectors_and_gradients() -> None:
+    model = random_model()
+    batch = histories([[1, 2], [4], [6, 7]])  # at most 2 of max_history = 4 slots used
+    trimmed = trim_padding(batch)
+    assert trimmed.items.shape == (3, 2) and MODEL.max_history == 4
+    np.testing.assert_array_equal(trimmed.items, batch.items[:, -2:])
+    weights = torch.randn(3, model.items.text.shape[1], generator=torch.Generator().manual_seed(0))
+    results = []
+    for one in (batch, trimmed):
+        model.zero_grad()
+        users = model.user_vectors(one)
+        (users * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((users.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    assert results[1][1].keys() == results[0][1].keys() and "users.position_emb" in results[0][1]
+    for name, gradient in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_histories_are_kept_whole_when_one_is_empty_or_none_is_padded() -> None:
+    with_empty = histories([[1, 2], [4]], ends_from_last=1)  # the second history is empty
+    assert not (with_empty.items[1] >= 0).any()
+    assert trim_padding(with_empty).items.shape == with_empty.items.shape
+    full = histories([[1, 2, 3, 5, 8], [4]])
+    assert trim_padding(full).items.shape == full.items.shape
 
 
 @settings(max_examples=50, deadline=None)

@@ -232,6 +232,44 @@ def test_catalogue_paths_match_the_plain_ones() -> None:
         assert torch.allclose(low, plain, rtol=2e-2, atol=2e-2 * float(plain.abs().max()))
 
 
+def every_position_user_vectors(model: TwoTower, batch: HistoryBatch) -> torch.Tensor:
+    """(B, E) user vectors the way the tower computed them before it skipped work: every block over every
+    position, then the last position read (the reference for the tower's last-position-only block)."""
+    users = model.users
+    history = torch.from_numpy(batch.items).clamp(min=0)
+    events, gaps = torch.from_numpy(batch.events), torch.from_numpy(batch.gaps)
+    valid = events > 0
+    vectors = model.items(history.reshape(-1))[0].reshape(*history.shape, -1) * valid.unsqueeze(-1)
+    x = users.in_proj(vectors) + users.event_emb(events) + users.gap_emb(gaps) + users.position_emb
+    for block in users.blocks:
+        x = block(x, valid)  # (B, L, d): all positions
+    context = users.hour_emb(torch.from_numpy(batch.hour)) + users.weekday_emb(
+        torch.from_numpy(batch.weekday)
+    )
+    read = users.ln_out(x[:, -1]) + context
+    return torch.nn.functional.normalize(vectors[:, -1] + users.out_proj(read), dim=-1, eps=1e-12)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_last_position_only_equals_every_position_in_vectors_and_gradients(n_layers: int) -> None:
+    config = ModelConfig(dim=8, max_history=5, n_heads=2, n_layers=n_layers, residual_rank=4, dropout=0.0)
+    model = randomised(TwoTower(features(), config))
+    batch = history([[1, 2, 3], [], [5, 6, 7, 8, 9, 10, 11], [12]])
+    weights = torch.randn(4, TEXT_DIM, generator=torch.Generator().manual_seed(3))
+    results = []
+    for compute in (every_position_user_vectors, lambda m, b: m.user_vectors(b)):
+        model.zero_grad()
+        users = compute(model, batch)
+        (users * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((users.detach(), grads))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got_grads.keys() == want_grads.keys() and "users.blocks.0.attn.qkv.weight" in got_grads
+    for name, gradient in want_grads.items():
+        torch.testing.assert_close(got_grads[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_history_features_change_the_user_vector() -> None:
     model = randomised(TwoTower(features(), CONFIG))
     batch = history([[1, 2, 3]])
