@@ -188,6 +188,7 @@ def bench_size(ranker: DeviceRanker, folder: Path, args: argparse.Namespace, now
     )
     random_users /= np.linalg.norm(random_users, axis=1, keepdims=True)
     return {
+        "rescore": index.rescore,
         "p50_ms": round(float(np.percentile(total, 50)), 2),
         "p99_ms": round(float(np.percentile(total, 99)), 2),
         "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 2),
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--recall-users", type=int, default=200)
-    parser.add_argument("--rescore", type=int, default=DEFAULT_RESCORE)
+    parser.add_argument("--rescore", type=int, default=DEFAULT_RESCORE, help="0: 2 sqrt(N), at least 256")
     parser.add_argument("--code-dim", type=int, default=CODE_DIM)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed")
     args = parser.parse_args(argv)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, object] = {
             "release_items": ranker.n_items,
             "code_dim": args.code_dim,
-            "rescore": args.rescore,
+            "rescore_setting": args.rescore,
         }
         results["release_itself"] = bench_size(ranker, release, args, now)
         for n in args.items:

@@ -14,7 +14,8 @@ from onnx import TensorProto, helper
 from release_toy import random_model, source
 
 from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, code_offsets, quantize_user
-from client.device.item_index import MAX_BLOCKS, ItemIndex, best
+from client.device.item_index import MAX_BLOCKS, ItemIndex
+from client.device.top_n import best
 from client.device.vector_store import VectorStore
 from server.release import ReleaseStore
 from shared.errors import DataError

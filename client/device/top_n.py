@@ -1,0 +1,35 @@
+"""The rows of the n largest scores of a large array, faster than a full argpartition (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the n largest finite scores (any order).
+
+    On large arrays a full argpartition costs several ms at 1M rows; instead a threshold is read off an
+    evenly strided sample (about 64n values) with a safety margin, the rows above it are kept, and only
+    those are partitioned. If too few rows pass (a skewed order), it falls back to the full argpartition,
+    so the result is always the exact top n."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rows: np.ndarray | None = (
+        np.arange(len(scores)) if n >= len(scores) else _above_sampled_threshold(scores, n)
+    )
+    if rows is None:
+        rows = np.argpartition(scores, len(scores) - n)[len(scores) - n :]
+    return rows[np.isfinite(scores[rows])]
+
+
+def _above_sampled_threshold(scores: np.ndarray, n: int) -> np.ndarray | None:
+    step = len(scores) // (64 * n)
+    if step < 4:
+        return None
+    sample = scores[::step]
+    rank = min(len(sample) - 1, 2 * (n // step) + 8)  # twice the expected rank, plus a margin
+    threshold = np.partition(sample, len(sample) - 1 - rank)[len(sample) - 1 - rank]
+    above = np.flatnonzero(scores >= threshold)
+    if len(above) < n:
+        return None
+    return above[np.argpartition(scores[above], len(above) - n)[len(above) - n :]]
