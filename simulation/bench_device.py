@@ -10,10 +10,10 @@ release-like folder in --work-dir: the release's own items first, then synthetic
 of two random distinct release items (so they stay in the span and spectrum of real item vectors), bias 0;
 float32 vectors written to a file that the index memory-maps, and the projection and int8 codes computed
 from them as server/release.py does. Per size it prints: p50/p99 per request over --requests requests
-(each a different random 20-event history of real items, history rows excluded, top 10), the resident
-arrays of the index and the process's RssAnon/RssFile growth from before loading the index to after the
-requests, and recall@50 of the fast top-50 against exact float32 scoring for user-tower vectors of random
-histories and for random unit vectors.
+(each a different random 20-event history of real items, history rows excluded, top 10; wall clock and
+this thread's CPU time), the resident arrays of the index, and RssAnon/RssFile growth of a fresh process
+(one per size) from before loading the index to after the requests, and recall@50 of the fast top-50
+against exact float32 scoring for user-tower vectors of random histories and for random unit vectors.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -201,8 +202,19 @@ def bench_size(ranker: DeviceRanker, folder: Path, args: argparse.Namespace, now
         "rss_anon_growth_after_requests_mib": round(after["RssAnon"] - before["RssAnon"], 1),
         "rss_file_growth_after_requests_mib": round(after["RssFile"] - before["RssFile"], 1),
         "recall_at_50_user_tower_users": round(recall_at_50(index, tower_users), 4),
+        "recall_users": len(tower_users),
         "recall_at_50_random_unit_users": round(recall_at_50(index, random_users), 4),
     }
+
+
+def measure_in_fresh_process(release: Path, folder: Path, args: argparse.Namespace) -> dict[str, object]:
+    """bench_size in a new Python process, so that memory freed by earlier work cannot hide growth."""
+    command = [sys.executable, "-m", "simulation.bench_device", "--release", str(release), "--measure"]
+    command += [str(folder), "--requests", str(args.requests), "--recall-users", str(args.recall_users)]
+    command += ["--rescore", str(args.rescore)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,26 +228,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescore", type=int, default=DEFAULT_RESCORE, help="0: 2 sqrt(N), at least 256")
     parser.add_argument("--code-dim", type=int, default=CODE_DIM)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed")
+    parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.measure is not None:
+        ranker = DeviceRanker(args.release, threads=1, rescore=args.rescore)
+        now = max(int(item["created_at"] or 0) for item in ranker.items) + 3_600
+        print(json.dumps(bench_size(ranker, args.measure, args, now)))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="bench-device-")) if args.work_dir is None else args.work_dir
     try:
         release = args.release or build_release(args.dataset, work / "store")
         ranker = DeviceRanker(release, threads=1, rescore=args.rescore)
-        now = max(int(item["created_at"] or 0) for item in ranker.items) + 3_600
         base = ranker.item_index.vectors(np.arange(ranker.n_items))
         results: dict[str, object] = {
             "release_items": ranker.n_items,
             "code_dim": args.code_dim,
             "rescore_setting": args.rescore,
         }
-        results["release_itself"] = bench_size(ranker, release, args, now)
+        results["release_itself"] = measure_in_fresh_process(release, release, args)
         for n in args.items:
             write_catalogue(work / f"items-{n}", base, n, ranker.temperature, args.code_dim)
-            results[f"{n}_items"] = bench_size(ranker, work / f"items-{n}", args, now)
+            results[f"{n}_items"] = measure_in_fresh_process(release, work / f"items-{n}", args)
             shutil.rmtree(work / f"items-{n}")
             print(json.dumps({f"{n}_items": results[f"{n}_items"]}), flush=True)
-        results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(results, indent=2))
     finally:
         if args.work_dir is None:

@@ -40,6 +40,7 @@ from shared.item_codes import (
 Precision = Literal["int8", "float32"]
 DEFAULT_RESCORE = 0  # 0: choose from the catalogue size, see auto_rescore
 MIN_RESCORE = 256
+RESCORE_CHUNK = 256  # rows gathered from the full vectors at a time (256 x 384 float32 = 384 KiB)
 MAX_BLOCKS = 8  # code blocks (the release's + added ones) before the added ones are merged
 
 
@@ -267,9 +268,10 @@ class ItemIndex:
 
     def _exact(self, query: np.ndarray, rows: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
         """Exact scores of `rows` (sorted by the caller or not; read in row order for locality)."""
-        order = np.argsort(rows, kind="stable")
-        scores = np.empty(len(rows), dtype=np.float32)
-        scores[order] = alpha * (self.store.rows(rows[order]) @ query)
+        order, scores = np.argsort(rows, kind="stable"), np.empty(len(rows), dtype=np.float32)
+        for lo in range(0, len(rows), RESCORE_CHUNK):  # small pieces: no catalogue-size temporaries
+            piece = order[lo : lo + RESCORE_CHUNK]
+            scores[piece] = alpha * (self.store.rows(rows[piece]) @ query)
         return scores + self._bias[rows] if with_bias else scores
 
     def _exact_all(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
