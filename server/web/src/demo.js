@@ -72,7 +72,8 @@ function showRelease(manifest) {
   const p = manifest.privacy ?? {};
   $("release").textContent =
     `Release ${manifest.version} verified in this browser (Ed25519 key ${manifest.key_id}, every file's sha256): ` +
-    `user-level epsilon ${p.epsilon} at delta ${p.delta}, model round ${manifest.model?.round}.`;
+    `user-level epsilon ${Number(p.epsilon).toPrecision(3)} at delta ${Number(p.delta).toPrecision(3)}, ` +
+    `model round ${manifest.model?.round}.`;
 }
 
 function showHistory(ranker, shopper) {

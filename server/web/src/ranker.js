@@ -64,8 +64,16 @@ export class Ranker {
     return this.vectors.subarray(row * this.dim, (row + 1) * this.dim);
   }
 
-  /** (dim) unit user vector from the most recent maxHistory known events; null when none is usable. */
+  /** (dim) unit user vector from the most recent maxHistory known events; null when none is usable.
+   * The last (history, now) is remembered, so the homepage and the ranking table run the tower once. */
   async userVector(history, now) {
+    if (this.last?.history !== history || this.last?.now !== now) {
+      this.last = { history, now, user: this.computeUserVector(history, now) };
+    }
+    return this.last.user;
+  }
+
+  async computeUserVector(history, now) {
     const known = history.filter((e) => this.index.has(e.item_id) && this.eventCode.has(e.event));
     const recent = sortedBy(known, (e) => e.timestamp).slice(-this.maxHistory);
     if (!recent.length) return null;
