@@ -107,11 +107,17 @@ def read_trending_reply(
         raise UpdateRejectedError(f"malformed trending reply: {exc}") from exc
     if count != n_sampled:
         raise UpdateRejectedError(f"trending reply counts {count} users, {n_sampled} were sampled")
+    return check_trending_sum(node_sum, count=count, n_items=n_items, max_items=max_items), count
+
+
+def check_trending_sum(node_sum: np.ndarray, *, count: int, n_items: int, max_items: int) -> np.ndarray:
+    """The sum as float64 when it could be a sum of `count` contribution vectors: shape (n_items,), finite,
+    L2 norm <= count * 1, every item in [0, count / sqrt(k)]; UpdateRejectedError otherwise."""
     check_update_sum(node_sum, count=count, dim=n_items, clip_norm=SENSITIVITY)
     values = node_sum.astype(np.float64)
     if values.size and (values.min() < -VALUE_SLACK or values.max() > count / math.sqrt(max_items) + 1e-6):
         raise UpdateRejectedError("trending sum has an item outside [0, count / sqrt(k)]")
-    return values, count
+    return values
 
 
 def noised_counts(

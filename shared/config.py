@@ -306,8 +306,11 @@ class TrendingConfig:
     every_rounds: int = 0  # a trending release after every this many training rounds; 0: none
     final: bool = False  # a trending release after the last training round (or where the budget stopped it)
     sample_rate: float = 1.0  # q_t: 1 = every user takes part
-    noise_multiplier: float = 10.0  # z_t: std of the noise on each item's sum (the sensitivity is 1)
-    max_items: int = 10  # k: most recent distinct items a user contributes
+    # z_t: std of the noise on each item's sum (the sensitivity is 1). z_t 2, k 3, 30 days on the default
+    # synthetic shop: epsilon 1.64 alone, +0.27 on a 60-round epsilon-8 run, top-20 overlap 0.53
+    # (python -m simulation.bench_trending, docs/results.md); a larger shop affords more noise
+    noise_multiplier: float = 2.0
+    max_items: int = 3  # k: most recent distinct items a user contributes
     window_days: float = 30.0  # the items of the last W days before as_of_s
     # end of the window, unix seconds; 0: the wall-clock time of the trending round (a deployment).
     # `fedhome-sim federated` replaces 0 with the end of the simulated log (a replay of the past)

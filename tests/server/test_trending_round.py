@@ -1,0 +1,136 @@
+"""Trending releases inside a run, without Flower (nodes are faked): budget stop, calibration, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_coordinator_resume import POPULATION, drop_last_lines, fake_train_round
+
+import server.coordinator as coordinator_module
+import server.trending_round as trending_module
+from server.audit.verify import verify_ledger
+from server.coordinator import Coordinator, PrivacyPlan
+from server.ledger import PrivacyLedger
+from server.server_app import train_rounds
+from server.trending import TrendingReplies
+from server.trending_round import TrendingSchedule
+from shared.config import FedhomeConfig, with_overrides
+from shared.model.params import ParamLayout
+from shared.privacy.accounting import RoundEvent, pld_epsilon
+from shared.run_folder import RunFolder
+from shared.signing import Ed25519PrivateKey, generate_private_key
+
+N_ITEMS, K = 5, 2
+
+
+def fake_trending_query(grid: Any, assignment: dict[int, np.ndarray], **_: Any) -> TrendingReplies:
+    """Every sampled user touched item 0 and item 3."""
+    count = sum(len(slots) for slots in assignment.values())
+    total = np.zeros(N_ITEMS)
+    total[[0, 3]] = count / math.sqrt(K)
+    return TrendingReplies(total, count, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coordinator_module, "train_round", fake_train_round)
+    monkeypatch.setattr(trending_module, "trending_query", fake_trending_query)
+
+
+def config_of(folder: Path, rounds: int, **trending: str) -> FedhomeConfig:
+    settings = {
+        "federated.run_dir": str(folder),
+        "federated.rounds": str(rounds),
+        "federated.sample_rate": "0.5",
+        "federated.eval_every": "0",
+        "privacy.noise_multiplier": "1.0",
+        "privacy.target_epsilon": "100",
+        "privacy.seed": "5",
+        "trending.max_items": str(K),
+        "trending.as_of_s": "1000",
+        **{f"trending.{name}": value for name, value in trending.items()},
+    }
+    config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
+    return config
+
+
+def make(config: FedhomeConfig, key: Ed25519PrivateKey) -> Coordinator:
+    run = RunFolder(config.federated.run_dir)
+    run.create()
+    ledger = PrivacyLedger(run.ledger, signing_key=key)
+    layout = ParamLayout(("w",), ((12,),))
+    initial = np.linspace(-1, 1, 12, dtype=np.float32)
+    return Coordinator(config, run, POPULATION, initial, layout, ledger, evaluate=lambda p: {})
+
+
+def run(config: FedhomeConfig, key: Ed25519PrivateKey) -> tuple[Coordinator, TrendingSchedule]:
+    coordinator = make(config, key)
+    coordinator.resume()
+    schedule = TrendingSchedule(coordinator, None, n_items=N_ITEMS)
+    train_rounds(coordinator, None, progress=False, trending=schedule)
+    return coordinator, schedule
+
+
+TRAIN = RoundEvent(sample_rate=0.5, noise_multiplier=1.0)
+
+
+def test_releases_are_accounted_in_order_and_the_final_one_is_not_repeated(tmp_path: Path) -> None:
+    key = generate_private_key()
+    config = config_of(tmp_path / "run", 3, every_rounds="2", final="true", noise_multiplier="3")
+    coordinator, schedule = run(config, key)
+    entries = coordinator.ledger.entries()
+    assert [e.get("round", e.get("after_round")) for e in entries] == [1, 2, 2, 3, 3]
+    assert [e.get("kind") for e in entries].count("trending_counts") == 2 and not schedule.refused
+    release = RoundEvent(sample_rate=1.0, noise_multiplier=3.0)
+    expected = pld_epsilon([TRAIN, TRAIN, release, TRAIN, release], delta=coordinator.plan.delta)
+    assert coordinator.epsilon() == pytest.approx(expected, rel=1e-12)
+    counts = np.load(tmp_path / "run" / entries[-1]["counts_file"])
+    assert counts.shape == (N_ITEMS,) and entries[-1]["count_noise_std"] == pytest.approx(3 * math.sqrt(K))
+    report = verify_ledger(tmp_path / "run", key.public_key())
+    assert report.ok and [row["counts_file_ok"] for row in report.trending] == [True, True]
+
+
+def test_a_release_over_budget_is_refused_and_spends_nothing(tmp_path: Path) -> None:
+    key = generate_private_key()
+    config = config_of(tmp_path / "run", 2, final="true", noise_multiplier="0.2")
+    budget = pld_epsilon([TRAIN, TRAIN], delta=PrivacyPlan.build(config, 10).delta) * 1.5
+    config = with_overrides(config, {"privacy.target_epsilon": str(budget)})
+    coordinator, schedule = run(config, key)
+    assert [e.get("kind") for e in coordinator.ledger.entries()] == [None, None]
+    assert len(schedule.refused) == 1 and "past the budget" in schedule.refused[0]
+    assert coordinator.epsilon() == pytest.approx(budget / 1.5, rel=1e-12)
+    assert not (tmp_path / "run" / "trending").exists()
+
+
+def test_calibration_covers_the_planned_releases() -> None:
+    base = {"federated.rounds": "20", "federated.sample_rate": "0.1", "privacy.target_epsilon": "3"}
+    plain: FedhomeConfig = with_overrides(FedhomeConfig(), base)
+    with_releases: FedhomeConfig = with_overrides(
+        plain, {"trending.every_rounds": "10", "trending.final": "true", "trending.noise_multiplier": "4"}
+    )
+    assert with_releases.trending.releases(20) == 2
+    z0, z1 = PrivacyPlan.build(plain, 1000), PrivacyPlan.build(with_releases, 1000)
+    assert z1.noise_multiplier > z0.noise_multiplier
+    release = RoundEvent(sample_rate=1.0, noise_multiplier=4.0)
+    train = RoundEvent(sample_rate=0.1, noise_multiplier=z1.noise_multiplier)
+    assert pld_epsilon([train] * 20 + [release] * 2, delta=z1.delta) <= 3.0
+    tighter = RoundEvent(sample_rate=0.1, noise_multiplier=z1.noise_multiplier * 0.99)
+    assert pld_epsilon([tighter] * 20 + [release] * 2, delta=z1.delta) > 3.0 * 0.995
+
+
+def test_a_release_killed_before_its_ledger_entry_is_restored_on_resume(tmp_path: Path) -> None:
+    key = generate_private_key()
+    config = config_of(tmp_path / "run", 2, every_rounds="1", noise_multiplier="3")
+    run(config, key)
+    drop_last_lines(tmp_path / "run" / "ledger.jsonl", 1)  # the release after round 2 never reached it
+    coordinator, _ = run(config_of(tmp_path / "run", 3, every_rounds="1", noise_multiplier="3"), key)
+    entries = coordinator.ledger.entries()
+    assert [e.get("round", e.get("after_round")) for e in entries] == [1, 1, 2, 2, 3, 3]
+    release = RoundEvent(sample_rate=1.0, noise_multiplier=3.0)
+    expected = pld_epsilon([TRAIN, release] * 3, delta=coordinator.plan.delta)
+    assert coordinator.epsilon() == pytest.approx(expected, rel=1e-12)
+    assert verify_ledger(tmp_path / "run", key.public_key()).ok
