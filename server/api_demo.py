@@ -100,13 +100,13 @@ def demo_router(config: ServiceConfig) -> APIRouter:
     def demo_page() -> HTMLResponse:
         return HTMLResponse(page, headers=headers)
 
-    @router.get("/demo/static/{name}", response_class=FileResponse)
+    @router.get("/demo/static/{name}", response_class=FileResponse, include_in_schema=False)
     def demo_static(name: str) -> FileResponse:
         if name not in SOURCES:
             raise NotFoundError(f"no demo file {name!r}")
         return FileResponse(WEB / "src" / name, media_type=SOURCES[name])
 
-    @router.get("/demo/ort/{name}", response_class=FileResponse)
+    @router.get("/demo/ort/{name}", response_class=FileResponse, include_in_schema=False)
     def demo_ort(name: str) -> FileResponse:
         if name not in ORT_FILES:
             raise NotFoundError(f"no onnxruntime-web file {name!r}")
