@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from server.audit.cap_check import report_section
+from server.audit.trending_checks import is_trending
 from server.audit.verify import LedgerVerification, verify_ledger
 from shared.errors import DataError, FedhomeError
 from shared.release_manifest import verify_release
@@ -66,7 +67,8 @@ def build_report(
         "verification": _verification(verification, entries),
         "guarantee": _guarantee(entries, verification),
         "accountants": _accountants(last),
-        "rounds": [_round_row(entry) for entry in entries],
+        "rounds": [_round_row(entry) for entry in entries if not is_trending(entry)],
+        "trending": verification.trending,  # DP trending releases, accounted in the same epsilon
         "mismatches": mismatches(entries),
         "not_covered": NOT_COVERED,
         "empirical_audit": _canary_audit(folder),
@@ -97,12 +99,30 @@ def release_binding(
         problems.append("the release's epsilon differs from the ledger's at its round")
     elif bound[0].get("model_sha256_after") != manifest.get("model", {}).get("sha256"):
         problems.append("the release's model is not the model the ledger records after its round")
+    problems.extend(_trending_binding(manifest, entries))
     return {
         "manifest": {k: manifest.get(k) for k in ("version", "created_utc", "run_id", "model", "privacy")},
         "ok": not problems,
         "problems": problems,
         "bound_round": bound[0].get("round") if bound else None,
     }
+
+
+def _trending_binding(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:
+    """A release's trending counts must come from a trending entry of this ledger, with its epsilon and
+    the sha256 that entry signs."""
+    block = manifest.get("privacy", {}).get("trending")
+    if block is None:
+        return []
+    bound = [e for e in entries if is_trending(e) and e.get("entry_hash") == block.get("ledger_entry_hash")]
+    if not bound:
+        return ["the release's trending counts name no trending entry of this ledger"]
+    listed = manifest.get("files", {}).get(str(block.get("file")), {})
+    if listed.get("sha256") != bound[0].get("counts_sha256"):
+        return ["the release's trending counts file is not the one its ledger entry signs"]
+    if bound[0].get("user_epsilon", {}).get("pld") != block.get("epsilon"):
+        return ["the release's trending epsilon differs from its ledger entry's"]
+    return []
 
 
 def _entries(run: Path) -> list[dict[str, Any]]:
@@ -166,8 +186,14 @@ def _guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) 
         "setting": [_setting(mode) for mode in modes],
         "secure_aggregation": "not used in this run: each node's sum of clipped updates reaches the server",
         "released": "the model after every round (each entry binds model_sha256_after); the epsilon covers "
-        "the whole sequence, so releasing only the final model is covered too (post-processing)",
-        "rounds": len(entries),
+        "the whole sequence, so releasing only the final model is covered too (post-processing)"
+        + (
+            "; and the DP trending counts of every trending release (each entry binds counts_sha256)"
+            if any(is_trending(e) for e in entries)
+            else ""
+        ),
+        "rounds": len([e for e in entries if not is_trending(e)]),
+        "trending_releases": len([e for e in entries if is_trending(e)]),
         "delta": delta,
         "delta_reason": (
             f"delta = N^-1.1 with N = {population} users: below 1/N, so a mechanism that simply published "

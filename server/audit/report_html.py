@@ -53,6 +53,8 @@ def render_html(report: dict[str, Any], *, header: str = "") -> str:
         _plots(report),
         "<h2>Every round</h2>",
         _rounds(report),
+        "<h2>Trending releases</h2>",
+        _trending(report.get("trending", [])),
         f"<p><small>fedhome-audit {escape(report['tools']['fedhome-audit'])}, dp-accounting "
         f"{escape(report['tools']['dp-accounting'])}; report format {report['report_version']}.</small></p>",
         "</body></html>",
@@ -177,6 +179,28 @@ def _rounds(report: dict[str, Any]) -> str:
             ]
         )
     return f"<details><summary>{len(rows)} rounds</summary>{_table(head, rows)}</details>"
+
+
+def _trending(rows: list[dict[str, Any]]) -> str:
+    """DP trending counts released during the run: each one a Poisson-subsampled Gaussian (sensitivity 1),
+    composed into the epsilon above."""
+    if not rows:
+        return "<p id='trending'>No trending counts were released.</p>"
+    head = ["after round", "q", "z", "noise std", "k", "window (days)", "cohort", "counts file"]
+    table = [
+        [
+            r["after_round"],
+            r["sample_rate"],
+            _fmt(r["noise_multiplier"]),
+            _fmt(r["noise_std"]),
+            r["max_items"],
+            r["window_days"],
+            r["realised_cohort"],
+            {True: "matches", False: "DOES NOT MATCH", None: "not present"}[r["counts_file_ok"]],
+        ]
+        for r in rows
+    ]
+    return f"<div id='trending'>{_table(head, table)}</div>"
 
 
 def _plots(report: dict[str, Any]) -> str:

@@ -13,6 +13,8 @@ from ledger_toy import DELTA, KEY, round_fields
 from trending_toy import Q_T, Z_T, trending_fields, write_trending_run
 
 from server.audit import cli as audit_cli
+from server.audit.report import build_report
+from server.audit.report_html import render_html
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger, entry_hash, signed_bytes
 from shared import signing
@@ -137,3 +139,31 @@ def test_the_audit_cli_lists_the_trending_releases(run: Path, capsys: pytest.Cap
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert [row["after_round"] for row in printed["trending"]] == [1, 2, 3]
+
+
+def test_the_report_lists_the_trending_releases_beside_the_rounds(run: Path) -> None:
+    report = build_report(run, KEY.public_key())
+    assert len(report["rounds"]) == 3 and report["guarantee"]["trending_releases"] == 3
+    assert [row["after_round"] for row in report["trending"]] == [1, 2, 3]
+    assert "trending counts" in report["guarantee"]["released"] and not report["mismatches"]
+    html = render_html(report)
+    assert "<h2>Trending releases</h2>" in html and html.count("matches</td>") == 3
+
+
+def test_a_release_binds_its_trending_counts_to_their_entry(run: Path) -> None:
+    from server.audit.report import _entries, _trending_binding
+
+    entries = _entries(run)
+    last = [e for e in entries if e.get("kind") == "trending_counts"][-1]
+    block = {"file": "trending_counts.npy", "ledger_entry_hash": last["entry_hash"],
+             "epsilon": last["user_epsilon"]["pld"]}  # fmt: skip
+    files = {"trending_counts.npy": {"sha256": last["counts_sha256"]}}
+    manifest = {"privacy": {"trending": block}, "files": files}
+    assert _trending_binding(manifest, entries) == []
+    assert _trending_binding({"privacy": {}, "files": {}}, entries) == []
+    other = {**manifest, "privacy": {"trending": {**block, "ledger_entry_hash": entries[0]["entry_hash"]}}}
+    assert "no trending entry" in _trending_binding(other, entries)[0]
+    wrong_file = {**manifest, "files": {"trending_counts.npy": {"sha256": "0" * 64}}}
+    assert "not the one its ledger entry signs" in _trending_binding(wrong_file, entries)[0]
+    wrong_epsilon = {**manifest, "privacy": {"trending": {**block, "epsilon": 0.1}}}
+    assert "epsilon differs" in _trending_binding(wrong_epsilon, entries)[0]

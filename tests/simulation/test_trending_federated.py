@@ -13,6 +13,7 @@ from federated_toy import read_jsonl, tiny_config
 
 from client.device import cli as client_cli
 from server import cli as server_cli
+from server.audit.report import build_report
 from server.audit.verify import verify_ledger
 from shared.config import FedhomeConfig
 from shared.data.source import configured_split
@@ -105,6 +106,8 @@ def test_the_release_carries_the_counts_and_the_device_shows_them(
     assert manifest["files"]["trending_counts.npy"]["sha256"] == last["counts_sha256"]
     assert manifest["privacy"]["epsilon_all"] == pytest.approx(result.summary["user_epsilon"])
     assert manifest["privacy"]["epsilon_all"] > manifest["privacy"]["epsilon"]
+    binding = build_report(run, load_public_key(public), release=store / "000001")["release"]
+    assert binding["ok"], binding["problems"]
     args = ["--cache", str(device), "--public-key", str(public)]
     assert client_cli.main(["install", "--from", str(store / "000001"), *args]) == 0
     history = tmp_path / "history.jsonl"
