@@ -70,7 +70,7 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
                 bases.clear()  # only the latest release's model is kept in memory
                 try:
                     bases[version] = load_base(store, version, Path(config.run_dir), public_key)
-                except ConfigError as exc:  # the service's setup, not the request, is at fault
+                except (ConfigError, DataError, OSError) as exc:  # the service's setup is at fault
                     raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
             return bases[version]
 

@@ -4,6 +4,7 @@ with the release's, `fedhome-server catalogue-add` and the carry-over to a new r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -18,6 +19,7 @@ import pytest
 import uvicorn
 from catalogue_toy import NOW, new_item, release_item, release_of, write_model_run
 from ledger_toy import KEY
+from release_toy import random_model, source
 
 from client.device import cli as client_cli
 from client.device.cache import ReleaseCache
@@ -62,6 +64,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         max_request_bytes=8_192,
         max_catalogue_batch=4,
     )
+    with serve(config) as url:
+        yield Service(url, store, run, load_run(run, KEY.public_key())[1], tmp)
+
+
+@contextlib.contextmanager
+def serve(config: ServiceConfig) -> Iterator[str]:
+    """The model service on a real uvicorn server on a free loopback port; yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -74,9 +83,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    yield Service(f"http://127.0.0.1:{port}", store, run, load_run(run, KEY.public_key())[1], tmp)
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(autouse=True)
@@ -224,6 +235,25 @@ def test_a_delta_does_not_verify_for_another_release_key_or_after_a_flipped_byte
     (folder / "item_bias.npy").write_bytes(bytes(data))
     with pytest.raises(SignatureError):
         verify_delta(folder, KEY.public_key(), manifest)
+
+
+def test_writes_are_unavailable_when_the_served_run_is_not_the_releases(
+    service: Service, tmp_path: Path
+) -> None:
+    store = ReleaseStore(tmp_path / "store")
+    model, catalogue = random_model()
+    store.publish(model, catalogue, source("other"), KEY)  # a release of another model than the run's
+    keys = service.keys
+    config = ServiceConfig(
+        release_store=store.root,
+        run_dir=service.run,
+        public_key=keys / "public.pem",
+        signing_key=str(keys / "private.pem"),
+    )
+    with serve(config) as url:
+        response = httpx.post(url + WRITE, json={"items": [new_item()]}, headers=ADMIN)
+    assert response.status_code == 503 and response.json()["error"]["type"] == "UnavailableError"
+    assert DeltaStore(store).sequences(1) == [] and DeltaStore(store).record() == {}
 
 
 def test_a_device_syncs_the_release_and_its_newest_delta(
