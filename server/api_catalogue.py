@@ -27,7 +27,7 @@ from server.catalogue_delta import DeltaBase, DeltaResult, DeltaStore, load_base
 from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore
 from shared.config import ServiceConfig
-from shared.errors import ConfigError, DataError
+from shared.errors import ConfigError, DataError, EncoderError
 from shared.release_manifest import MANIFEST_NAME
 from shared.signing import Ed25519PublicKey, load_private_key
 
@@ -99,7 +99,11 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
         latest = store.latest()
         if latest is None:
             raise NotFoundError("no release has been published")
-        return deltas.publish(base_of(latest), body.items, load_private_key(Path(config.signing_key)))
+        key = load_private_key(Path(config.signing_key))
+        try:
+            return deltas.publish(base_of(latest), body.items, key)
+        except EncoderError as exc:  # the encoder could not load or run: nothing was published
+            raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
 
     @router.get("/v1/releases/{version}/deltas", response_model=DeltaList)
     def delta_list(version: int) -> DeltaList:

@@ -10,6 +10,7 @@ catalogue never had gets the "unknown" code 0. So an item re-sent unchanged gets
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.catalog import embed_texts, load_encoder, vector_cache_dir
 from server.embedding.cache import EmbeddingCache, text_key
@@ -48,6 +49,15 @@ class CatalogueItem(BaseModel):
     on_promotion: bool = False
     description: str = Field(default="", max_length=2_000)
     status: Literal["active", "out_of_stock", "withdrawn"] = "active"
+
+    @field_validator("title", "category", "brand", "description")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        """Text the encoder and JSON files can take: no control characters (but tab and newline) and no
+        lone surrogates (which json.loads lets through)."""
+        if any(unicodedata.category(c) == "Cs" or (ord(c) < 32 and c not in "\t\n") for c in value):
+            raise ValueError("must be printable text (no control characters or lone surrogates)")
+        return value
 
 
 @dataclass

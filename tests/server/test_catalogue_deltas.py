@@ -130,6 +130,8 @@ def test_writes_need_the_admin_token(service: Service, monkeypatch: pytest.Monke
         ({"items": [new_item(price=-1)]}, 422, "ValidationError"),
         ({"items": [new_item(created_at=1_900_000_000_000)]}, 422, "ValidationError"),  # milliseconds
         ({"items": [new_item(status="gone")]}, 422, "ValidationError"),
+        ({"items": [new_item(title="lone \ud800 surrogate")]}, 422, "ValidationError"),
+        ({"items": [new_item(brand="bell \u0007")]}, 422, "ValidationError"),
         ({"items": [new_item(colour="red")]}, 422, "ValidationError"),  # unknown field
         ({"items": [new_item(), new_item()]}, 422, "DataError"),  # the same id twice
         ({"items": [new_item(f"n{i}") for i in range(5)]}, 413, "PayloadTooLargeError"),  # over the batch
@@ -139,7 +141,8 @@ def test_writes_need_the_admin_token(service: Service, monkeypatch: pytest.Monke
 def test_malformed_and_oversized_batches_are_refused(
     service: Service, body: dict[str, object], status: int, kind: str
 ) -> None:
-    response = httpx.post(service.url + WRITE, json=body, headers=ADMIN)
+    json_headers = {**ADMIN, "Content-Type": "application/json"}
+    response = httpx.post(service.url + WRITE, content=json.dumps(body), headers=json_headers)  # \u escapes
     assert response.status_code == status and response.json()["error"]["type"] == kind
     assert DeltaStore(service.store).sequences(1) == [] and DeltaStore(service.store).record() == {}
 
