@@ -60,7 +60,10 @@ class ItemIndex:
         code_dim: int = CODE_DIM,
         rescore: int = DEFAULT_RESCORE,
         threads: int = 1,
+        copy_bias: bool = True,
     ) -> None:
+        """`copy_bias=False`: the index keeps the `bias` array itself and may change it (from_release
+        passes arrays it has just loaded: a copy would leave the original's memory behind in the heap)."""
         if precision not in ("int8", "float32"):
             raise DataError(f"precision must be int8 or float32, got {precision!r}")
         if rescore < 0:
@@ -71,7 +74,7 @@ class ItemIndex:
             precision,
             rescore,
         )
-        self._bias = self._checked_bias(bias, vectors.n_rows)
+        self._bias = self._checked_bias(bias, vectors.n_rows, copy=copy_bias)
         self._blocks: list[np.ndarray] = []
         if precision == "int8":
             if projection is None:
@@ -119,6 +122,7 @@ class ItemIndex:
             code_scales=np.load(folder / CODE_SCALES_FILE) if coded else None,
             rescore=rescore,
             threads=threads,
+            copy_bias=False,
         )
 
     @property
@@ -288,8 +292,9 @@ class ItemIndex:
         return np.concatenate([c for c, _ in pieces], axis=1), np.concatenate([s for _, s in pieces])
 
     @staticmethod
-    def _checked_bias(bias: np.ndarray, n: int) -> np.ndarray:
-        bias = np.array(bias, dtype=np.float32)  # a copy: the index owns (and may change) its biases
+    def _checked_bias(bias: np.ndarray, n: int, *, copy: bool = True) -> np.ndarray:
+        # a copy unless told otherwise: the index owns (and may change) its biases
+        bias = np.array(bias, dtype=np.float32, copy=True if copy else None)
         if bias.shape != (n,) or not np.isfinite(bias).all():
             raise DataError(f"item biases must be {n} finite numbers, got shape {bias.shape}")
         return bias
