@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--recall-users", type=int, default=200)
-    parser.add_argument("--rescore", type=int, default=DEFAULT_RESCORE, help="0: 2 sqrt(N), at least 256")
+    parser.add_argument(
+        "--rescore", type=int, default=DEFAULT_RESCORE, help="0: 3 sqrt(N) within [256, 2048]"
+    )
     parser.add_argument("--code-dim", type=int, default=CODE_DIM)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed")
     parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)  # the child's mode

@@ -39,7 +39,7 @@ from shared.item_codes import (
 
 Precision = Literal["int8", "float32"]
 DEFAULT_RESCORE = 0  # 0: choose from the catalogue size, see auto_rescore
-MIN_RESCORE = 256
+MIN_RESCORE, MAX_RESCORE = 256, 2048
 RESCORE_CHUNK = 256  # rows gathered from the full vectors at a time (256 x 384 float32 = 384 KiB)
 MAX_BLOCKS = 8  # code blocks (the release's + added ones) before the added ones are merged
 
@@ -301,7 +301,7 @@ class ItemIndex:
 
 
 def auto_rescore(n_items: int) -> int:
-    """2 sqrt(N) candidates, at least MIN_RESCORE: 632 at 100k items, 2,000 at 1M. Measured (bench_device,
-    docs/results.md) to keep recall@50 against exact float32 near 0.98-0.99 at both sizes, where a fixed
-    512 fell to 0.957 at 1M and a fixed 1,024 cost 0.3 ms more than needed at 100k."""
-    return max(MIN_RESCORE, round(2 * n_items**0.5))
+    """3 sqrt(N) candidates, between MIN_RESCORE and MAX_RESCORE: 949 at 100k items, 2,048 at 1M. From
+    bench_device (docs/results.md): 2 sqrt(N) kept recall@50 against exact float32 at 0.993 at 1M but only
+    0.971 at 100k; a fixed 512 fell to 0.957 at 1M."""
+    return max(MIN_RESCORE, min(MAX_RESCORE, round(3 * n_items**0.5)))
