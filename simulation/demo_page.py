@@ -10,7 +10,8 @@ one JSON line per shopper: whether the page's top-20 ranking and sections equal 
 float32 + Homepage, the same history and request time), the largest score difference, the page's load time
 (manifest, files, sha256, signature, onnxruntime-web session) and its ranking time on that fresh page (the
 first user-tower run), and the ranking time when the shopper is picked in a page that has already ranked
-one ("warm"), in milliseconds. The tests (tests/server/test_demo_page.py) use the same helpers.
+one ("warm"), in milliseconds. The SDK side applies the release's newest catalogue delta, as the page
+does. The tests (tests/server/test_demo_page.py) use the same helpers.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from client.device.homepage import Homepage
 from client.device.ranker import DeviceRanker, Event
+from client.device.trending import release_trending
+from server.catalogue_delta import DeltaStore
 from server.demo_shoppers import read_demo_shoppers
 from server.release import ReleaseStore
 from server.service import make_app
+from shared.catalogue_delta import verify_delta
 from shared.config import ServiceConfig
+from shared.release_manifest import read_manifest
+from shared.signing import Ed25519PublicKey, load_public_key
 
-TRENDING = "trending_counts.npy"  # what the page reads when the release lists it
 RANKING_K = 20  # the page's ranking table
 READY = 'body:not([data-status="loading"]):not([data-status="ranking"])'
 
@@ -115,17 +120,31 @@ def warm_rank_ms(browser: Browser, base: str, shopper_ids: list[str]) -> dict[st
         context.close()
 
 
-def sdk_page(folder: Path, shopper: dict[str, Any]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
-    """What the device SDK (DeviceRanker float32 + Homepage) gives for this shopper at its request time:
-    the top-20 ids (none when the release knows none of its items), their scores, and the sections."""
-    ranker = DeviceRanker(folder, precision="float32")
+def sdk_ranker(store: ReleaseStore, version: int, public_key: Ed25519PublicKey) -> DeviceRanker:
+    """DeviceRanker (float32) of a release with its newest catalogue delta applied, as a device has it."""
+    ranker = DeviceRanker(store.folder(version), precision="float32")
+    sequences = DeltaStore(store).sequences(version)
+    if sequences:
+        folder = DeltaStore(store).folder(version, sequences[-1])
+        ranker.apply_delta(verify_delta(folder, public_key, store.manifest(version)))
+    return ranker
+
+
+def sdk_page(
+    ranker: DeviceRanker, folder: Path, shopper: dict[str, Any]
+) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+    """What the device SDK (`ranker` + Homepage) gives for this shopper at its request time: the top-20 ids
+    (none when the release knows none of its items), their scores, and the sections; the trending counts
+    are the release's (`folder`, as client/device/trending.py reads them) when it has them."""
     history = [Event(e["item_id"], e["event"], e["timestamp"]) for e in shopper["history"]]
     now = shopper["now"]
     user = ranker.user_vector(history, now)
     top = ranker.recommend(history, now, k=RANKING_K) if user is not None else []
     scores = ranker.scores(user)[[ranker.index[i] for i in top]] if user is not None else np.zeros(0)
     purchased = {e.item_id for e in history if e.event == "purchase"}
-    counts = np.load(folder / TRENDING) if (folder / TRENDING).exists() else None
+    trending = release_trending(folder, read_manifest(folder), n_items=ranker.release_items)
+    added = ranker.n_items - ranker.release_items  # items of a catalogue delta have no count (0)
+    counts = None if trending is None else np.pad(trending.counts, (0, added))
     sections = Homepage(ranker).compose(history, now, purchased=purchased, trending_counts=counts)
     return (
         top,
@@ -134,9 +153,11 @@ def sdk_page(folder: Path, shopper: dict[str, Any]) -> tuple[list[str], np.ndarr
     )
 
 
-def compare(state: dict[str, Any], folder: Path, shopper: dict[str, Any]) -> dict[str, Any]:
+def compare(
+    state: dict[str, Any], ranker: DeviceRanker, folder: Path, shopper: dict[str, Any]
+) -> dict[str, Any]:
     """The page's ranking and sections against the SDK's for one shopper."""
-    top, scores, sections = sdk_page(folder, shopper)
+    top, scores, sections = sdk_page(ranker, folder, shopper)
     page_scores = np.array([r["score"] for r in state.get("ranking", [])])
     same_ranking = [r["id"] for r in state.get("ranking", [])] == top
     return {
@@ -178,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         for shopper in shoppers:
             url = f"{base}/demo?shopper={shopper['id']}"
             state, _ = open_demo(browser, url, args.screenshots / f"demo-{shopper['id']}.png")
-            result = {**compare(state, store.folder(latest), shopper), "warm_rank_ms": warm[shopper["id"]]}
+            ranker = sdk_ranker(store, latest, load_public_key(args.public_key))
+            result = compare(state, ranker, store.folder(latest), shopper)
+            result["warm_rank_ms"] = warm[shopper["id"]]
             ok = ok and result["status"] == "ready" and result["same_ranking"] and result["same_sections"]
             print(json.dumps(result))
         browser.close()

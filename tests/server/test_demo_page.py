@@ -19,18 +19,22 @@ from ledger_toy import KEY, write_run
 from playwright.sync_api import Browser, sync_playwright
 from release_toy import random_model, source
 
+from client.device.ranker import DeviceRanker, Event
 from server import cli as server_cli
 from server.api_demo import ORT_DIST
+from server.catalogue_delta import LIST_NAME, DeltaStore
 from server.demo_shoppers import read_demo_shoppers
 from server.release import ReleaseStore
 from shared import signing
+from shared.catalogue_delta import DELTA_KIND, manifest_sha256, sign_delta_list
 from shared.config import FedhomeConfig, ServiceConfig, SyntheticShopConfig, to_flat
 from shared.data.synthetic.shop import generate_shop
 from shared.errors import DataError
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
-from simulation.demo_page import TRENDING, launch_chromium, open_demo, running, sdk_page
+from simulation.demo_page import launch_chromium, open_demo, running, sdk_page, sdk_ranker
 
 SCORE_TOLERANCE = 1e-4
+TRENDING = "trending_counts.npy"
 
 
 def toy_shoppers(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -54,18 +58,77 @@ def toy_shoppers(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return shoppers
 
 
-def add_trending_counts(folder: Path) -> None:
-    """Small integer counts with many ties (so the shopper's scores break them), signed into the manifest."""
+def resign(folder: Path, change: Any) -> None:
+    """Apply `change` to a release's manifest fields and sign it again with the server's key."""
     manifest = read_manifest(folder)
-    counts = (
-        np.random.default_rng(3)
-        .integers(0, 4, size=len(json.loads((folder / "items.json").read_text())))
-        .astype(np.float32)
-    )
-    np.save(folder / TRENDING, counts)
     fields = {k: v for k, v in manifest.items() if k not in ("signature", "key_id", "format")}
-    fields["files"][TRENDING] = file_digest(folder / TRENDING)
+    change(fields)
     (folder / MANIFEST_NAME).write_text(json.dumps(sign_manifest(fields, KEY), indent=2))
+
+
+def add_trending_counts(folder: Path) -> None:
+    """Small integer counts with many ties (so the shopper's scores break them), signed into the manifest
+    with the privacy block server/release_trending.py writes."""
+    n_items = len(json.loads((folder / "items.json").read_text()))
+    np.save(folder / TRENDING, np.random.default_rng(3).integers(0, 4, size=n_items).astype(np.float32))
+    block = {"file": TRENDING, "after_round": 3, "epsilon": 8.0, "ledger_entry_hash": "ab" * 32}
+
+    def change(fields: dict[str, Any]) -> None:
+        fields["files"][TRENDING] = file_digest(folder / TRENDING)
+        fields["privacy"]["trending"] = {**block, "count_noise_std": 2.0}
+
+    resign(folder, change)
+
+
+def add_delta(store: ReleaseStore, shopper: dict[str, Any]) -> dict[str, str]:
+    """A signed catalogue delta of release 1 (shared/catalogue_delta.py): two new items (one on offer), one
+    changed item, and `shopper`'s best item withdrawn. Returns the ids of what it did."""
+    folder, base = store.folder(1), store.manifest(1)
+    items = json.loads((folder / "items.json").read_text())
+    vectors, bias = np.load(folder / "item_vectors_f32.npy"), np.load(folder / "item_bias.npy")
+    ranker = DeviceRanker(folder, precision="float32")
+    history = [Event(e["item_id"], e["event"], e["timestamp"]) for e in shopper["history"]]
+    withdrawn = ranker.recommend(history, shopper["now"], k=1)[0]
+    rng = np.random.default_rng(9)
+    rows = [11, 57, 3, ranker.index[withdrawn]]  # near shopper 1's and 2's items, then a change, a withdrawal
+    records = [
+        {**items[11], "id": "new-1", "title": "Brand-new item", "created_at": shopper["now"] - 3_600},
+        {**items[57], "id": "new-2", "on_promotion": True, "created_at": shopper["now"] - 7_200},
+        {**items[3], "title": items[3]["title"] + " (new edition)"},
+        {**items[ranker.index[withdrawn]]},
+    ]
+    for record, status in zip(records, ["active", "active", "active", "withdrawn"], strict=True):
+        record.update(description="", status=status)
+    delta_vectors = (vectors[rows] + 0.05 * rng.normal(size=(4, vectors.shape[1]))).astype(np.float32)
+    scales = (np.abs(delta_vectors).max(axis=1) / 127).astype(np.float32)
+    deltas = DeltaStore(store)
+    target = deltas.folder(1, 1)
+    target.mkdir(parents=True)
+    (target / "items.json").write_text(json.dumps(records))
+    np.save(target / "item_vectors_f32.npy", delta_vectors)
+    np.save(target / "item_vectors_int8.npy", np.rint(delta_vectors / scales[:, None]).astype(np.int8))
+    np.save(target / "item_scales.npy", scales)
+    np.save(target / "item_bias.npy", (bias[rows] + 0.1).astype(np.float32))
+    fields = {
+        "kind": DELTA_KIND,
+        "release": 1,
+        "base_manifest_sha256": manifest_sha256(base),
+        "sequence": 1,
+        "created_utc": "2026-12-01T00:00:00Z",
+        "model": base["model"],
+        "encoder": base["encoder"],
+        "files": {p.name: file_digest(p) for p in sorted(target.iterdir())},
+    }
+    manifest = sign_manifest(fields, KEY)
+    (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    entry = {
+        "sequence": 1,
+        "items": 4,
+        "created_utc": fields["created_utc"],
+        "manifest_sha256": manifest_sha256(manifest),
+    }
+    (deltas.root / "000001" / LIST_NAME).write_text(json.dumps(sign_delta_list(1, [entry], KEY)))
+    return {"new": "new-1", "offer": "new-2", "changed": items[3]["id"], "withdrawn": withdrawn}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +141,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     add_trending_counts(store.folder(1))
     items = json.loads((store.folder(1) / "items.json").read_text())
     shoppers = toy_shoppers(items)
+    delta = add_delta(store, shoppers[0])
     (tmp / "shoppers.jsonl").write_text("".join(json.dumps(s) + "\n" for s in shoppers))
     signing.save_public_key(KEY.public_key(), tmp / "public.pem")
     config = ServiceConfig(
@@ -87,7 +151,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         demo_shoppers=str(tmp / "shoppers.jsonl"),
     )
     with running(config) as base:
-        yield {"base": base, "store": store, "config": config, "shoppers": shoppers, "tmp": tmp}
+        yield {"base": base, "store": store, "config": config, "shoppers": shoppers, "delta": delta}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +167,7 @@ def shots(tmp_path: Path) -> Path:
 
 
 def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, tmp_path: Path) -> None:
-    folder, differences = site["store"].folder(1), []
+    store, differences, shown = site["store"], [], set()
     for shopper in site["shoppers"]:
         state, cards = open_demo(
             browser,
@@ -111,8 +175,9 @@ def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, 
             shots(tmp_path) / f"demo-{shopper['id']}.png",
         )
         assert state["status"] == "ready", state.get("error")
-        assert state["shopper"] == shopper["id"] and state["release"] == 1
-        top, scores, sections = sdk_page(folder, shopper)
+        assert state["shopper"] == shopper["id"] and state["release"] == 1 and state["delta"] == 1
+        ranker = sdk_ranker(store, 1, KEY.public_key())  # the release with its catalogue delta applied
+        top, scores, sections = sdk_page(ranker, store.folder(1), shopper)
         assert [r["id"] for r in state["ranking"]] == top
         browser_scores = np.array([r["score"] for r in state["ranking"]])
         differences.extend(np.abs(browser_scores - scores))
@@ -120,7 +185,11 @@ def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, 
         assert cards == sum(len(s["cards"]) for s in sections) > 0
         expected_keys = {"new", "deals", "trending"} | ({"for_you", "because"} if top else set())
         assert {s["key"] for s in sections} == expected_keys
+        shown |= {card["item_id"] for section in state["sections"] for card in section["cards"]}
+        shown |= {r["id"] for r in state["ranking"]}
     assert max(differences) < SCORE_TOLERANCE
+    delta = site["delta"]  # the delta shows: its new items are on pages, the withdrawn item on none
+    assert {delta["new"], delta["offer"]} <= shown and delta["withdrawn"] not in shown
     print(f"browser vs DeviceRanker float32: max |score difference| {max(differences):.2e} over the top 20")
 
 
@@ -169,6 +238,26 @@ def test_tampered_release_is_refused_in_the_browser(
         )
     assert state["status"] == "refused" and message in state["error"]
     assert "Release refused" in state["shown_error"] and cards == 0 and "ranking" not in state
+
+
+def test_a_tampered_catalogue_delta_is_not_used(
+    site: dict[str, Any], browser: Browser, tmp_path: Path
+) -> None:
+    store = ReleaseStore(tmp_path / "store")
+    shutil.copytree(site["store"].root, store.root)
+    flip_byte("item_vectors_f32.npy")(DeltaStore(store).folder(1, 1))
+    config = ServiceConfig(**{**asdict(site["config"]), "release_store": store.root})
+    shopper = site["shoppers"][0]
+    with running(config) as base:
+        state, _ = open_demo(
+            browser, f"{base}/demo?shopper={shopper['id']}", shots(tmp_path) / "demo-bad-delta.png"
+        )
+    # as on a device: the verified release is used, the delta that does not verify is not
+    assert state["status"] == "ready" and "delta" not in state
+    assert "item_vectors_f32.npy does not match its sha256" in state["deltaError"]
+    top, _, sections = sdk_page(DeviceRanker(store.folder(1), precision="float32"), store.folder(1), shopper)
+    assert [r["id"] for r in state["ranking"]] == top and state["sections"] == sections
+    assert site["delta"]["withdrawn"] in top
 
 
 def test_a_page_pinning_another_key_refuses_the_release(

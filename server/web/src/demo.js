@@ -7,9 +7,8 @@ import * as ort from "onnxruntime-web";
 import { Homepage } from "./homepage.js";
 import { parseNpy } from "./npy.js";
 import { Ranker } from "./ranker.js";
-import { ReleaseRefusedError, fetchVerified, verifyManifest } from "./verify.js";
+import { ReleaseRefusedError, fetchVerified, verifyDeltaList, verifyManifest } from "./verify.js";
 
-const TRENDING = "trending_counts.npy";
 const RANKING_K = 20;
 const config = JSON.parse(document.getElementById("fedhome-demo-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -41,12 +40,12 @@ function fail(error) {
 async function loadRelease() {
   const response = await fetch(`${config.apiBase}/v1/releases/latest`, { cache: "no-store" });
   if (!response.ok) throw new Error(`no release to show (HTTP ${response.status})`);
-  const manifest = await verifyManifest(await response.text(), config.publicKey);
-  const file = (name) => fetchVerified(config.apiBase, manifest, name);
+  const { manifest, digest } = await verifyManifest(await response.text(), config.publicKey);
+  const file = (name) => fetchVerified(`${config.apiBase}/v1/releases/${manifest.version}/files`, manifest, name);
   const [scoringBytes, itemsBytes, biasBytes, vectorBytes, towerBytes] = await Promise.all(
     ["scoring.json", "items.json", "item_bias.npy", "item_vectors_f32.npy", "user_tower.onnx"].map(file),
   );
-  const trending = TRENDING in manifest.files ? Float64Array.from(parseNpy(await file(TRENDING)).data, Number) : null;
+  const trending = await loadTrending(manifest, file);
   const decode = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
   const scoring = decode(scoringBytes);
   const vectors = parseNpy(vectorBytes);
@@ -65,14 +64,71 @@ async function loadRelease() {
     eventTypes: config.eventTypes,
     nGapBuckets: config.nGapBuckets,
   });
-  return { manifest, ranker, trending };
+  return { manifest, digest, ranker, trending };
 }
 
-function showRelease(manifest) {
+/** The release's DP trending counts (client/device/trending.py release_trending): the file its signed
+ * privacy block names, one finite value per release item; null when the release has none. */
+async function loadTrending(manifest, file) {
+  const block = manifest.privacy?.trending;
+  if (block === undefined || block === null) return null;
+  if (!(block.file in manifest.files)) throw new ReleaseRefusedError(`the release's trending counts ${block.file} are not a file of its signed manifest`);
+  const counts = Float64Array.from(parseNpy(await file(block.file)).data, Number);
+  if (counts.some((c) => !Number.isFinite(c))) throw new ReleaseRefusedError("trending counts must be finite");
+  return { counts, block };
+}
+
+/** Stable JSON of a plain value (keys sorted), to compare two parsed objects. */
+function stable(value) {
+  if (Array.isArray(value)) return `[${value.map(stable).join(",")}]`;
+  if (value && typeof value === "object") {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${stable(value[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** The newest signed catalogue delta of the release (shared/catalogue_delta.py), verified; null when the
+ * release has none. Deltas are cumulative, so only the newest is read. */
+async function loadDelta(base, baseDigest) {
+  const releaseUrl = `${config.apiBase}/v1/releases/${base.version}`;
+  const listed = await fetch(`${releaseUrl}/deltas`, { cache: "no-store" });
+  if (listed.status === 404) return null; // a service without catalogue deltas
+  if (!listed.ok) throw new ReleaseRefusedError(`delta list: HTTP ${listed.status}`);
+  const entries = await verifyDeltaList(await listed.text(), config.publicKey, base.version);
+  if (!entries.length) return null;
+  const entry = entries.reduce((a, b) => (b.sequence > a.sequence ? b : a));
+  const response = await fetch(`${releaseUrl}/deltas/${entry.sequence}`, { cache: "no-store" });
+  if (!response.ok) throw new ReleaseRefusedError(`delta ${entry.sequence}: HTTP ${response.status}`);
+  const { manifest, digest } = await verifyManifest(await response.text(), config.publicKey, "catalogue-delta");
+  if (digest !== entry.manifest_sha256) throw new ReleaseRefusedError("the delta is not the one the signed delta list names");
+  if (manifest.release !== base.version || manifest.base_manifest_sha256 !== baseDigest) {
+    throw new ReleaseRefusedError(`the delta is for another release than ${base.version}`);
+  }
+  if (stable(manifest.model) !== stable(base.model)) throw new ReleaseRefusedError("the delta's vectors come from another model than its release's");
+  const file = (name) => fetchVerified(`${releaseUrl}/deltas/${entry.sequence}/files`, manifest, name, "delta file");
+  const [itemsBytes, vectorBytes, biasBytes] = await Promise.all(["items.json", "item_vectors_f32.npy", "item_bias.npy"].map(file));
+  const items = JSON.parse(new TextDecoder().decode(itemsBytes));
+  const vectors = parseNpy(vectorBytes);
+  const bias = parseNpy(biasBytes).data;
+  const statuses = ["active", "out_of_stock", "withdrawn"];
+  if (!Array.isArray(items) || vectors.shape[0] !== items.length || bias.length !== items.length) {
+    throw new ReleaseRefusedError(`delta arrays disagree with its ${items.length} items`);
+  }
+  if (items.some((item) => !statuses.includes(item?.status)) || new Set(items.map((i) => i.id)).size !== items.length) {
+    throw new ReleaseRefusedError("a delta item has no valid status, or an item is named twice");
+  }
+  return { sequence: manifest.sequence, items, vectors: vectors.data, dim: vectors.shape[1], bias };
+}
+
+function showRelease(manifest, trending) {
   const p = manifest.privacy ?? {};
+  const t = trending?.block;
+  $("trending").textContent = t
+    ? `Trending: counts released under user-level DP after round ${t.after_round} (noise std ${+Number(t.count_noise_std).toPrecision(3)} per count, epsilon spent by then ${+Number(t.epsilon).toPrecision(3)}).`
+    : "";
   $("release").textContent =
     `Release ${manifest.version} verified in this browser (Ed25519 key ${manifest.key_id}, every file's sha256): ` +
-    `user-level epsilon ${Number(p.epsilon).toPrecision(3)} at delta ${Number(p.delta).toPrecision(3)}, ` +
+    `user-level epsilon ${+Number(p.epsilon).toPrecision(3)} at delta ${+Number(p.delta).toPrecision(3)}, ` +
     `model round ${manifest.model?.round}.`;
 }
 
@@ -116,10 +172,12 @@ function showRanking(ranker, ranking) {
 
 async function rankShopper(release, shopper) {
   const { ranker, trending } = release;
+  // counts are per release item; items a catalogue delta added have none yet (0), as fedhome-client does
+  const counts = trending === null ? null : Float64Array.from({ length: ranker.nItems }, (_, i) => trending.counts[i] ?? 0);
   setStatus("ranking");
   const purchased = new Set(shopper.history.filter((e) => e.event === "purchase").map((e) => e.item_id));
   const started = performance.now();
-  const sections = await new Homepage(ranker).compose(shopper.history, shopper.now, { purchased, trendingCounts: trending });
+  const sections = await new Homepage(ranker).compose(shopper.history, shopper.now, { purchased, trendingCounts: counts });
   const ranking = await ranker.recommend(shopper.history, shopper.now, RANKING_K).catch(() => []);
   const elapsed = performance.now() - started;
   showHistory(ranker, shopper);
@@ -140,8 +198,21 @@ async function main() {
   try {
     const started = performance.now();
     const release = await loadRelease();
+    try {
+      const delta = await loadDelta(release.manifest, release.digest);
+      if (delta !== null) {
+        release.ranker.applyDelta(delta);
+        state.delta = delta.sequence;
+        $("delta").textContent = `Catalogue delta ${delta.sequence} verified and applied: ${delta.items.length} items added or changed since the release.`;
+      }
+    } catch (error) {
+      // as on a device: a delta that does not verify is not used; the verified release still is
+      state.deltaError = error.message;
+      $("delta").textContent = `Catalogue delta refused: ${error.message}`;
+      $("delta").classList.add("failed");
+    }
     state.loadMs = performance.now() - started; // manifest + files + sha256 + signature + onnxruntime session
-    showRelease(release.manifest);
+    showRelease(release.manifest, release.trending);
     state.release = release.manifest.version;
     const response = await fetch(`${config.apiBase}/v1/demo/shoppers`);
     const body = await response.json();

@@ -89,6 +89,7 @@ export class Homepage {
       if (this.rules.rebuyableCategories.includes(this.categories[row])) blocked.delete(row);
       else blocked.add(row);
     }
+    for (const row of this.ranker.hidden) blocked.add(row); // out of stock or withdrawn (catalogue delta)
     return blocked;
   }
 

@@ -40,6 +40,42 @@ export class Ranker {
     Object.assign(this, { ort, session, items, vectors, dim, bias, temperature, maxHistory, nGapBuckets });
     this.eventCode = new Map(eventTypes.map((name, code) => [name, code]));
     this.index = new Map(items.map((item, row) => [item.id, row]));
+    this.hidden = new Set(); // rows a catalogue delta took off the pages (out of stock, withdrawn)
+  }
+
+  /** DeviceRanker.apply_delta for a VERIFIED catalogue delta: rows of items the release has are replaced,
+   * new items appended in the delta's order, items whose status is not "active" hidden from rankings and
+   * pages (their rows stay, so a history naming them still counts). */
+  applyDelta({ items, vectors, dim, bias }) {
+    if (dim !== this.dim) throw new Error(`delta vectors are ${dim}-d, the release's ${this.dim}-d`);
+    this.last = null; // a remembered user vector was built from the old item vectors
+    const fresh = [];
+    items.forEach((item, i) => {
+      const row = this.index.get(item.id);
+      if (row === undefined) {
+        fresh.push(i);
+        return;
+      }
+      this.vectors.set(vectors.subarray(i * dim, (i + 1) * dim), row * dim);
+      this.bias[row] = bias[i];
+      this.items[row] = item;
+    });
+    const n = this.nItems;
+    const grown = new Float32Array((n + fresh.length) * dim);
+    grown.set(this.vectors);
+    const grownBias = new Float32Array(n + fresh.length);
+    grownBias.set(this.bias);
+    fresh.forEach((i, j) => {
+      grown.set(vectors.subarray(i * dim, (i + 1) * dim), (n + j) * dim);
+      grownBias[n + j] = bias[i];
+      this.items.push(items[i]);
+      this.index.set(items[i].id, n + j);
+    });
+    Object.assign(this, { vectors: grown, bias: grownBias });
+    for (const item of items) {
+      if (item.status === "active") this.hidden.delete(this.index.get(item.id));
+      else this.hidden.add(this.index.get(item.id));
+    }
   }
 
   get nItems() {
@@ -115,7 +151,7 @@ export class Ranker {
     const user = await this.userVector(history, now);
     if (user === null) throw new Error("no event in the history names an item of this release");
     const scores = this.scores(user);
-    const seen = [...new Set(history.filter((e) => this.index.has(e.item_id)).map((e) => this.index.get(e.item_id)))];
-    return this.topK(scores, k, seen).map((row) => ({ row, id: this.items[row].id, score: scores[row] }));
+    const seen = new Set(history.filter((e) => this.index.has(e.item_id)).map((e) => this.index.get(e.item_id)));
+    return this.topK(scores, k, [...seen, ...this.hidden]).map((row) => ({ row, id: this.items[row].id, score: scores[row] }));
   }
 }
