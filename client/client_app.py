@@ -9,6 +9,11 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
   device trains its user by record-level DP-SGD (client/record_level.py), clips that update the same way,
   keeps the Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
 - evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
+
+Participation caps (client/participation.py): a sampled device that has already contributed to its cap of
+training rounds in this run refuses and is left out of the sum; the reply says how many refused
+("refused-count"). Node config "participation-cap" gives the node's devices their own (lower) cap, and
+"device-dir" the folder where the node's one device keeps its receipts (client/device/receipts.py).
 - query "trending": the sampled slots and the window -> the SUM of the sampled users' trending contribution
   vectors (client/trending.py: at most k recent distinct items each, L2 norm <= 1) and their count, from
   the users' training rows (in simulation the held-out rows are never released). Nothing per user leaves.
@@ -32,6 +37,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.evaluate import ranking_sums
+from client.participation import DeviceFolder, Participation, RoundTerms, device_folders, own_cap
 from client.record_level import RecordLevelTrainer
 from client.train import LocalTrainer, UpdateSum
 from client.trending import TrendingWindow, shard_sum
@@ -68,6 +74,8 @@ class Node:
     shared: NodeModel
     users: np.ndarray  # (n,) global user index of each slot
     partition_id: int
+    device_cap: int = 0  # node config "participation-cap": the devices' own cap (0: only the run's)
+    folder: DeviceFolder | None = None  # where each device keeps its receipts (None: node state only)
 
 
 # Per process: a Ray actor serves many rounds and many nodes; load the data and build the model once.
@@ -116,7 +124,12 @@ def load_node(config: FedhomeConfig, context: Context) -> Node:
         num_partitions=num_partitions,
         devices_per_node=config.federated.devices_per_node,
     )
-    return Node(shared, users, partition_id)
+    folder = device_folders(
+        node_device_dir=str(context.node_config.get("device-dir", "")),
+        receipts_dir=config.federated.receipts_dir,
+        users=users,
+    )
+    return Node(shared, users, partition_id, int(context.node_config.get("participation-cap", 0)), folder)
 
 
 def _params(message: Message, node: Node) -> np.ndarray:
@@ -143,27 +156,40 @@ class RoundSettings:
     clip_norm: float
     local_noise_multiplier: float
     noise: GaussianNoise
+    terms: RoundTerms
 
 
 def _round_settings(message: Message) -> RoundSettings:
     settings = message.content.config_records["round"]
     noise_seed = as_int(settings["noise-seed"], name="noise-seed")
+    clip_norm = as_float(settings["clip-norm"], name="clip-norm")
+    terms = RoundTerms(
+        run_id=str(settings["run-id"]),
+        round=as_int(settings["round"], name="round"),
+        clip_norm=clip_norm,
+        noise_multiplier=as_float(settings["noise-multiplier"], name="noise-multiplier"),
+        sample_rate=as_float(settings["sample-rate"], name="sample-rate"),
+        delta=as_float(settings["delta"], name="delta"),
+        participation_cap=as_int(settings["participation-cap"], name="participation-cap"),
+    )
     return RoundSettings(
         round_seed=as_int(settings["round-seed"], name="round-seed"),
-        clip_norm=as_float(settings["clip-norm"], name="clip-norm"),
+        clip_norm=clip_norm,
         local_noise_multiplier=as_float(settings["local-noise-multiplier"], name="local-noise-multiplier"),
         noise=GaussianNoise(seed=None if noise_seed < 0 else noise_seed),
+        terms=terms,
     )
 
 
 def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
-    """A train round; `state` is the node's context.state (record-level mode keeps its accountant there)."""
-    params, users, settings = (
-        _params(message, node),
-        node.users[_slots(message, node)],
-        _round_settings(message),
-    )
-    stats: dict[str, int | float | list[int] | list[float]] = {}
+    """A train round; `state` is the node's context.state (participation counts, and in record-level mode
+    the device's accountant, live there)."""
+    params, slots, settings = _params(message, node), _slots(message, node), _round_settings(message)
+    cap = own_cap(settings.terms.participation_cap, node.device_cap)
+    counts = Participation(state, run_id=settings.terms.run_id, n_devices=node.users.size, folder=node.folder)
+    slots, refused = counts.admit(slots, cap=cap)
+    users = node.users[slots]
+    stats: dict[str, int | float | list[int] | list[float]] = {"refused-count": refused}
     if node.shared.config.privacy.record_level:
         result, stats["record-epsilon"] = record_level_sum(node, state, params, users, settings)
     else:
@@ -175,6 +201,7 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
             local_noise_multiplier=settings.local_noise_multiplier,
             noise=settings.noise,
         )
+    counts.record(slots, settings.terms, cap=cap)
     stats.update({"count": result.count, "unclipped-count": result.unclipped_count})
     content = RecordDict(
         {
@@ -189,14 +216,15 @@ def record_level_sum(
     node: Node, state: RecordDict, params: np.ndarray, users: np.ndarray, settings: RoundSettings
 ) -> tuple[UpdateSum, float]:
     """The device's record-level DP-SGD update clipped to the round's C (and noised in local mode), as a sum
-    over its one user, and its record-level epsilon so far; the accountant lives in `state` between rounds."""
-    if users.size != 1:
+    over its one user, and its record-level epsilon so far; the accountant lives in `state` between rounds.
+    A device that refused (at its participation cap: `users` empty) sends an empty sum and its epsilon."""
+    if users.size > 1 or node.users.size != 1:
         raise UpdateRejectedError("a record-level device trains exactly its one user")
     shared = node.shared
     trainer = RecordLevelTrainer(
         shared.model,
         shared.split.train,
-        int(users[0]),
+        int(node.users[0]),
         layout=shared.layout,
         blocked=shared.split.cold_items,
         config=shared.config.federated,
@@ -205,6 +233,8 @@ def record_level_sum(
     )
     if RECORD_STATE in state.config_records:
         trainer.load_state_dict(json.loads(str(state.config_records[RECORD_STATE]["accountant"])))
+    if users.size == 0:
+        return UpdateSum(np.zeros(shared.layout.dim, np.float32), 0, 0), trainer.record_epsilon
     update = trainer.train_round(params, round_seed=settings.round_seed)
     state[RECORD_STATE] = ConfigRecord({"accountant": json.dumps(trainer.state_dict())})
     try:

@@ -22,6 +22,7 @@ import numpy as np
 
 from server.ledger import PrivacyLedger
 from server.messaging import Population, TrainReplies, train_round
+from server.participation_record import cap_ledger_fields
 from server.strategy import (
     NoisedAggregate,
     ServerOptimizer,
@@ -36,12 +37,12 @@ from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model.params import ParamLayout, params_sha256, scale_vector
 from shared.privacy.accounting import (
     RoundEvent,
-    UserLevelAccountant,
     calibrate_noise_multiplier,
     default_delta,
     json_epsilon,
 )
 from shared.privacy.noise import GaussianNoise
+from shared.privacy.participation import CappedAccountant, accountant_from_dict, make_accountant
 from shared.run_folder import RunFolder, load_latest_checkpoint, save_checkpoint, trim_metrics
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,9 @@ class Coordinator:
         self.config, self.folder, self.population = config, folder, population
         self.ledger, self.evaluate = ledger, evaluate
         self.plan = PrivacyPlan.build(config, population.n_users)
-        self.accountant = UserLevelAccountant(delta=self.plan.delta)
+        self.accountant = make_accountant(
+            delta=self.plan.delta, participation_cap=config.privacy.participation_cap
+        )
         self.noise = RoundNoise(config.privacy.seed)
         self.aggregator = UserLevelDPAggregator(
             population=population.n_users,
@@ -178,7 +181,9 @@ class Coordinator:
         self.state = RunState(last, checkpoint["params"], checkpoint["run_id"], checkpoint["history"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.aggregator.load_state_dict(checkpoint["aggregator"])
-        self.accountant = UserLevelAccountant.from_dict(checkpoint["accountant"])
+        self.accountant = accountant_from_dict(checkpoint["accountant"])
+        if isinstance(self.accountant, CappedAccountant):
+            self.accountant.new_segment()  # the nodes' participation counts may start from zero again
         if trim_metrics(self.folder, last) < last:
             self.pending_row = dict(self.state.history[-1])
         log.info("resumed run %s after round %d", self.state.run_id, last)
@@ -208,8 +213,7 @@ class Coordinator:
         """BudgetExhaustedError when one more round would take user epsilon past the target."""
         if self.plan.mode == "none":
             return
-        event = RoundEvent(sample_rate=self.plan.sample_rate, noise_multiplier=self.plan.noise_multiplier)
-        epsilon = self.accountant.epsilon_if(event)
+        epsilon = self.accountant.epsilon_if(self.training_event())
         if epsilon > self.plan.target_epsilon * (1 + EPSILON_SLACK):
             raise BudgetExhaustedError(
                 f"round {self.state.round + 1} would bring user-level epsilon to {epsilon:.3f}, past the "
@@ -221,11 +225,25 @@ class Coordinator:
         rng = np.random.default_rng(None if seed < 0 else _derived_seed(seed, round_number, 0))
         return poisson_sample(self.population.n_users, sample_rate=self.plan.sample_rate, rng=rng)
 
-    def round_settings(self, round_number: int) -> dict[str, int | float]:
+    def training_event(self) -> RoundEvent:
+        """A training round for the accountant: capped when the run has a participation cap."""
+        return RoundEvent(
+            sample_rate=self.plan.sample_rate,
+            noise_multiplier=self.plan.noise_multiplier,
+            capped=self.config.privacy.participation_cap > 0,
+        )
+
+    def round_settings(self, round_number: int) -> dict[str, int | float | str]:
         privacy = self.config.privacy
         local = self.plan.noise_multiplier if self.plan.mode == "local" else 0.0
         return {
             "round": round_number,
+            # what each device's receipt records (client/device/receipts.py)
+            "run-id": self.state.run_id,
+            "sample-rate": self.plan.sample_rate,
+            "noise-multiplier": self.plan.noise_multiplier,
+            "delta": self.plan.delta,
+            "participation-cap": privacy.participation_cap,
             "round-seed": _derived_seed(self.config.federated.seed, round_number, 2) % (2**62),
             "clip-norm": self.aggregator.clip_norm,
             "local-noise-multiplier": local,
@@ -255,20 +273,20 @@ class Coordinator:
         )
         before = self.state.params
         after = self.scale * self.optimizer.step(before / self.scale, result.mean_update)
-        self.accountant.record(
-            RoundEvent(sample_rate=self.plan.sample_rate, noise_multiplier=self.plan.noise_multiplier)
-        )
+        self.accountant.record(self.training_event())
         record = self.record_epsilon_so_far(replies)
         entry = self.ledger.sign(
             {
                 **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
                 **self.record_level_fields(record, replies),
+                **cap_ledger_fields(self.accountant, refused_users=replies.refused_users),
             }
         )
         row = {
             "round": round_number,
             "cohort": int(cohort.size),
             "rejected_users": replies.rejected_users,
+            "refused_users": replies.refused_users,
             "clip_norm": result.clip_norm,
             # only the noised fraction (adaptive clipping) is published: the exact one is not private
             "noised_unclipped_fraction": result.noised_unclipped_fraction,

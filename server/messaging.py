@@ -88,13 +88,14 @@ class TrainReplies:
     rejected_users: int  # sampled users of refused or missing replies
     # record-level mode: the largest record-level epsilon a replying device reported (None otherwise)
     record_epsilon: float | None = None
+    refused_users: int = 0  # sampled users whose device refused to train: it had reached its cap
 
 
 def train_round(
     grid: Grid,
     assignment: dict[int, np.ndarray],
     params: np.ndarray,
-    settings: dict[str, int | float],
+    settings: dict[str, int | float | str],
     *,
     clip_norm: float,
     check_norm: bool,
@@ -117,7 +118,7 @@ def train_round(
         )
         messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
     total = np.zeros(params.shape[0], dtype=np.float64)
-    count = unclipped = rejected_nodes = 0
+    count = unclipped = rejected_nodes = refused = 0
     answered: set[int] = set()
     record_epsilons: list[float] = []
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
@@ -126,7 +127,9 @@ def train_round(
         try:
             if record_level:
                 record_epsilons.append(_read_record_epsilon(reply))
-            node_sum, node_count, node_unclipped = _read_train_reply(reply, len(assignment.get(node, [])))
+            node_sum, node_count, node_unclipped, node_refused = _read_train_reply(
+                reply, len(assignment.get(node, []))
+            )
             check_update_sum(
                 node_sum, count=node_count, dim=params.shape[0], clip_norm=clip_norm if check_norm else np.inf
             )
@@ -137,11 +140,12 @@ def train_round(
         total += node_sum
         count += node_count
         unclipped += node_unclipped
+        refused += node_refused
     missing = [n for n in assignment if n not in answered]
     rejected_nodes += len(missing)
     sampled = sum(len(s) for s in assignment.values())
     record = max(record_epsilons, default=0.0) if record_level else None
-    return TrainReplies(total, count, unclipped, rejected_nodes, sampled - count, record)
+    return TrainReplies(total, count, unclipped, rejected_nodes, sampled - count - refused, record, refused)
 
 
 def _read_record_epsilon(reply: Message) -> float:
@@ -157,7 +161,7 @@ def _read_record_epsilon(reply: Message) -> float:
     return value
 
 
-def _node_settings(settings: dict[str, int | float], position: int) -> dict[str, ConfigRecordValues]:
+def _node_settings(settings: dict[str, int | float | str], position: int) -> dict[str, ConfigRecordValues]:
     """The round's settings for one node: a fixed (test) noise seed differs per node, so that local-DP
     noise is independent across nodes even in deterministic runs (-1, OS entropy, stays -1)."""
     seed = int(settings.get("noise-seed", -1))
@@ -166,7 +170,8 @@ def _node_settings(settings: dict[str, int | float], position: int) -> dict[str,
     return out
 
 
-def _read_train_reply(reply: Message, n_sampled: int) -> tuple[np.ndarray, int, int]:
+def _read_train_reply(reply: Message, n_sampled: int) -> tuple[np.ndarray, int, int, int]:
+    """(sum, count, unclipped count, refused count): count + refused must be the node's sampled users."""
     if reply.has_error():
         raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
     try:
@@ -176,13 +181,15 @@ def _read_train_reply(reply: Message, n_sampled: int) -> tuple[np.ndarray, int, 
             as_int(stats["count"], name="count"),
             as_int(stats["unclipped-count"], name="unclipped-count"),
         )
+        refused = as_int(stats.get("refused-count", 0), name="refused-count")
     except (KeyError, TypeError, ValueError) as exc:
         raise UpdateRejectedError(f"malformed train reply: {exc}") from exc
-    if count != n_sampled or not 0 <= unclipped <= count:
+    if refused < 0 or count + refused != n_sampled or not 0 <= unclipped <= count:
         raise UpdateRejectedError(
-            f"reply counts {count} users ({unclipped} unclipped), {n_sampled} were sampled"
+            f"reply counts {count} users ({unclipped} unclipped) and {refused} refused, "
+            f"{n_sampled} were sampled"
         )
-    return node_sum.astype(np.float64), count, unclipped
+    return node_sum.astype(np.float64), count, unclipped, refused
 
 
 def evaluate_round(

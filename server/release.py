@@ -299,7 +299,7 @@ def load_run(
         "ledger_entries": round_number,
         "ledger_key_id": entry["key_id"],
     }
-    for name in ("record_epsilon", "record_delta"):
+    for name in ("record_epsilon", "record_delta", "participation_cap", "epsilon_bound"):
         if name in entry:
             privacy[name] = entry[name]
     trending = latest_trending(ledger, round_number, folder.root)

@@ -7,6 +7,9 @@
 - `homepage --cache DIR --public-key KEY --history FILE`: the whole personalised homepage (sections with
   reasons and copy), composed on the device; its Trending section uses the release's DP trending counts
   when the release has them (and says which ledger entry and epsilon they come from).
+- `receipts --data DIR [--cache DIR --public-key KEY] [--json]`: the training rounds this device took part
+  in, the release each ended up in, the run's epsilon and the device's own bound
+  (client/device/receipts_cli.py).
 
 Exit status: 0 on success, 2 on bad input or a release that does not verify.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.device import receipts_cli
 from client.device.cache import ReleaseCache, copy_from
 from client.device.deltas import open_ranker
 from client.device.homepage import Homepage
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (install, recommend, homepage):
         command.add_argument("--cache", type=Path, required=True, help="the device's release cache folder")
         command.add_argument("--public-key", type=Path, required=True, help="the pinned release key (PEM)")
+    receipts_cli.add_parser(sub)
     return parser
 
 
@@ -68,6 +73,8 @@ def read_history(path: Path) -> list[Event]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "receipts":
+            return receipts_cli.run(args)
         cache = ReleaseCache(args.cache, load_public_key(args.public_key))
         if args.command == "install":
             print(json.dumps({"installed": cache.install(copy_from(args.source))}))

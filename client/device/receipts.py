@@ -10,10 +10,11 @@ What they give the user (`summary`): the number of rounds their device actually 
 count, which is what its participation cap limits), the run's published epsilon (from the installed
 release's signed manifest), and an individual bound for their own participation: the composition of the
 Gaussian mechanisms of exactly those rounds without any amplification by sampling
-(shared.privacy.participation.individual_epsilon). That bound holds for this user conditionally on when
-they were sampled (the sampling coins are independent of everyone's data); it covers the training rounds
-only, assumes the server added the noise it announced (the ledger and `fedhome-audit verify` check that),
-and says nothing about other users.
+(`own_epsilon`, equal to shared.privacy.participation.individual_epsilon, computed here with dp-accounting
+directly because shared.privacy imports torch and the device SDK does not). That bound holds for this user
+conditionally on when they were sampled (the sampling coins are independent of everyone's data); it covers
+the training rounds only, assumes the server added the noise it announced (the ledger and `fedhome-audit
+verify` check that), and says nothing about other users.
 """
 
 from __future__ import annotations
@@ -118,15 +119,13 @@ class ReceiptStore:
 def summary(receipts: list[Receipt], manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per run: rounds taken part in, the device's cap, the individual bound, and the run's epsilon from the
     installed release `manifest` when it is of that run (its signed privacy section)."""
-    from shared.privacy.participation import individual_epsilon  # dp-accounting, loaded only when asked
-
     runs: dict[str, list[Receipt]] = {}
     for receipt in receipts:
         runs.setdefault(receipt.run_id, []).append(receipt)
     out = []
     for run_id, rows in runs.items():
         delta = rows[-1].delta
-        own = individual_epsilon([r.noise_multiplier for r in rows], delta=delta)
+        own = own_epsilon([r.noise_multiplier for r in rows], delta=delta)
         privacy = (manifest or {}).get("privacy", {}) if (manifest or {}).get("run_id") == run_id else {}
         out.append(
             {
@@ -141,3 +140,22 @@ def summary(receipts: list[Receipt], manifest: dict[str, Any] | None = None) -> 
             }
         )
     return out
+
+
+def own_epsilon(noise_multipliers: list[float], *, delta: float) -> float:
+    """The composition of these rounds' Gaussian mechanisms (noise multiplier z, sensitivity 1) without
+    amplification by sampling, at `delta`, by dp-accounting's PLD accountant (add/remove neighbours; grid
+    1e-3 as the training server's accountant). No rounds: 0; a round without noise: inf."""
+    if not noise_multipliers:
+        return 0.0
+    if any(z <= 0 for z in noise_multipliers):
+        return math.inf
+    import dp_accounting  # loaded only when asked: it takes about a second
+    from dp_accounting.pld import PLDAccountant
+
+    accountant = PLDAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        value_discretization_interval=1e-3,
+    )
+    events = [dp_accounting.GaussianDpEvent(z) for z in noise_multipliers]
+    return float(accountant.compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta))

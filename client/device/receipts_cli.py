@@ -1,0 +1,88 @@
+"""`fedhome-client receipts --data DIR`: show the device's receipts and what they mean for its user.
+
+With `--cache DIR --public-key KEY` the release in use is verified first and the receipts it includes are
+marked with its version (client/device/receipts.py), and the run's published epsilon is read from its signed
+manifest. `--json` prints the same content as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from client.device.cache import ReleaseCache
+from client.device.receipts import ReceiptStore, summary
+from shared.errors import ConfigError
+from shared.signing import load_public_key
+
+EXPLANATION = (
+    "What this means: in each listed round your device sent one update, clipped to norm C, into a sum "
+    "to which the server added Gaussian noise (multiplier z). The run's epsilon (from the signed release) "
+    "is the guarantee for every user of the run. 'Your own bound' is an individual accounting bound: the "
+    "privacy loss of exactly the rounds your device took part in, composed without counting on the chance "
+    "of not being sampled. It holds for you given when you were sampled (who is sampled does not depend on "
+    "anyone's data); it assumes the server added the noise it announced (the public ledger lets an auditor "
+    "check that), covers training rounds only (not trending counts or evaluation), and says nothing about "
+    "other users. With a participation cap your device refuses to train once it has taken part that many "
+    "times."
+)
+
+
+def add_parser(sub: Any) -> None:
+    """Register the `receipts` subcommand on fedhome-client's subparsers."""
+    receipts = sub.add_parser("receipts", help="show the rounds this device took part in, and its bound")
+    receipts.add_argument("--data", type=Path, required=True, help="the device's data folder")
+    receipts.add_argument("--cache", type=Path, help="the release cache: bind receipts to the release in use")
+    receipts.add_argument("--public-key", type=Path, help="the pinned release key (PEM), with --cache")
+    receipts.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The receipts command (FedhomeError propagates to fedhome-client's handler)."""
+    store = ReceiptStore(args.data)
+    try:
+        manifest = None
+        if args.cache is not None:
+            if args.public_key is None:
+                raise ConfigError("receipts --cache needs --public-key (the pinned release key)")
+            manifest = ReleaseCache(args.cache, load_public_key(args.public_key)).verify_current()
+            store.bind_release(manifest)
+        runs = summary(store.receipts(), manifest)
+        receipts = [vars(r) for r in store.receipts()]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"runs": runs, "receipts": receipts}))
+    else:
+        print(render(runs, receipts))
+    return 0
+
+
+def render(runs: list[dict[str, Any]], receipts: list[dict[str, Any]]) -> str:
+    """The receipts as text for the device's user."""
+    if not runs:
+        return "This device has not taken part in any training round.\n\n" + EXPLANATION
+    lines = []
+    for run in runs:
+        cap = run["participation_cap"] or "none"
+        run_epsilon = run["run_epsilon"] if run["run_epsilon"] is not None else "unknown (no release of it)"
+        lines += [
+            f"Run {run['run_id']}: your device took part in {run['rounds_taken_part']} rounds (cap: {cap}).",
+            f"  run's epsilon: {run_epsilon} at delta {run['delta']:.3g}",
+            f"  your own bound for these {run['rounds_taken_part']} rounds: epsilon "
+            f"{_number(run['own_participation_epsilon'])} at delta {run['delta']:.3g}",
+        ]
+        for receipt in (r for r in receipts if r["run_id"] == run["run_id"]):
+            release = receipt["release_version"] or "not in an installed release yet"
+            lines.append(
+                f"  round {receipt['round']}: C {receipt['clip_norm']:g}, "
+                f"z {receipt['noise_multiplier']:.4g}, q {receipt['sample_rate']:g}, "
+                f"at {receipt['time_utc']}; release {release}"
+            )
+    return "\n".join(lines) + "\n\n" + EXPLANATION
+
+
+def _number(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.3f}"

@@ -1,0 +1,119 @@
+"""Device receipts and participation caps on a node: counting, refusing at the cap, binding to releases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+from release_toy import random_model, source
+
+from client.device import cli
+from client.device.receipts import Receipt, ReceiptStore, own_epsilon, summary
+from client.participation import Participation, RoundTerms, device_folders, own_cap
+from server.release import ReleaseStore
+from shared import signing
+from shared.errors import ConfigError, DataError
+from shared.privacy.participation import individual_epsilon
+
+
+def receipt(run_id: str, round_number: int, z: float = 1.0) -> Receipt:
+    return Receipt(run_id, round_number, 0.5, z, 0.1, 1e-5, 2, "2026-12-03T08:00:00+00:00")
+
+
+def terms(round_number: int, run_id: str = "run-a") -> RoundTerms:
+    return RoundTerms(run_id, round_number, 0.5, 1.0, 0.1, 1e-5, participation_cap=2)
+
+
+def test_receipts_record_rounds_and_are_bound_to_the_release_that_includes_them(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path / "device")
+    assert [store.add(receipt("run-a", r)) for r in (1, 2, 3)] == [True, True, True]
+    assert store.add(receipt("run-a", 2)) is False  # a repeated message is not a second round
+    store.add(receipt("run-b", 1))
+    assert store.count("run-a") == 3 and store.count("run-b") == 1
+    assert store.bind_release({"run_id": "run-a", "version": 4, "model": {"round": 2}}) == 2
+    assert store.bind_release({"run_id": "run-a", "version": 5, "model": {"round": 3}}) == 1
+    versions = {(r.run_id, r.round): r.release_version for r in store.receipts()}
+    assert versions == {("run-a", 1): 4, ("run-a", 2): 4, ("run-a", 3): 5, ("run-b", 1): None}
+    with pytest.raises(DataError):
+        store.bind_release({"run_id": "run-a"})
+    with pytest.raises(DataError):
+        receipt("run-a", 0)
+
+
+def test_a_device_refuses_to_train_at_its_cap_and_counts_survive_rounds(tmp_path: Path) -> None:
+    state = RecordDict()
+    counts = Participation(state, run_id="run-a", n_devices=5)
+    for r in (1, 2):
+        admitted, refused = counts.admit(np.array([0, 1, 2]), cap=2)
+        assert admitted.tolist() == [0, 1, 2] and refused == 0
+        counts.record(admitted, terms(r), cap=2)
+    again = Participation(state, run_id="run-a", n_devices=5)  # the next round reads the node state
+    admitted, refused = again.admit(np.array([1, 3]), cap=2)
+    assert admitted.tolist() == [3] and refused == 1
+    admitted, refused = again.admit(np.array([1, 3]), cap=0)  # no cap: nobody refuses
+    assert admitted.tolist() == [1, 3] and refused == 0
+    assert Participation(state, run_id="run-b", n_devices=5).admit(np.array([1]), cap=2)[1] == 0  # new run
+
+
+def test_a_device_with_its_own_lower_cap_and_receipts_that_survive_a_fresh_node_state(tmp_path: Path) -> None:
+    assert own_cap(3, 1) == 1 and own_cap(0, 2) == 2 and own_cap(4, 0) == 4 and own_cap(0, 0) == 0
+    with pytest.raises(ConfigError):
+        own_cap(-1, 0)
+    folder = device_folders(node_device_dir=str(tmp_path / "phone"), receipts_dir="", users=np.array([7]))
+    assert folder is not None
+    cap = own_cap(5, 1)
+    counts = Participation(RecordDict(), run_id="run-a", n_devices=1, folder=folder)
+    counts.record(counts.admit(np.array([0]), cap=cap)[0], terms(1), cap=cap)
+    resumed = Participation(RecordDict(), run_id="run-a", n_devices=1, folder=folder)  # state lost
+    admitted, refused = resumed.admit(np.array([0]), cap=cap)
+    assert admitted.size == 0 and refused == 1
+    [only] = ReceiptStore(tmp_path / "phone").receipts()
+    assert (only.run_id, only.round, only.participation_cap, only.noise_multiplier) == ("run-a", 1, 1, 1.0)
+    with pytest.raises(ConfigError):
+        device_folders(node_device_dir=str(tmp_path), receipts_dir="", users=np.array([1, 2]))
+    shard = device_folders(node_device_dir="", receipts_dir=str(tmp_path / "sim"), users=np.array([4, 9]))
+    assert shard is not None and shard(1) == tmp_path / "sim" / "device-9"
+
+
+def test_summary_gives_the_count_the_run_epsilon_and_the_own_bound() -> None:
+    rows = [receipt("run-a", 1), receipt("run-a", 4)]
+    manifest = {"run_id": "run-a", "version": 1, "privacy": {"epsilon": 3.5}}
+    [run] = summary(rows, manifest)
+    assert run["rounds_taken_part"] == 2 and run["rounds"] == [1, 4] and run["run_epsilon"] == 3.5
+    assert run["own_participation_epsilon"] == pytest.approx(individual_epsilon([1.0, 1.0], delta=1e-5))
+    assert own_epsilon([0.8, 1.3, 2.0], delta=1e-6) == pytest.approx(
+        individual_epsilon([0.8, 1.3, 2.0], delta=1e-6), rel=1e-9
+    )
+    assert summary(rows, {"run_id": "other", "privacy": {"epsilon": 1.0}})[0]["run_epsilon"] is None
+
+
+def test_fedhome_client_receipts_prints_them_and_binds_them_to_the_installed_release(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = signing.generate_private_key()
+    signing.save_public_key(key.public_key(), tmp_path / "key.pem")
+    model, catalogue = random_model()
+    store = ReleaseStore(tmp_path / "releases")
+    version = store.publish(model, catalogue, source("a"), key)  # run "run-a", model round 3
+    data = tmp_path / "device"
+    receipts = ReceiptStore(data)
+    for r in (2, 3, 5):
+        receipts.add(receipt("run-a", r))
+    receipts.close()
+    cache = tmp_path / "cache"
+    assert cli.main(["install", "--from", str(store.folder(version)), "--cache", str(cache),
+                     "--public-key", str(tmp_path / "key.pem")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["receipts", "--data", str(data)]) == 0
+    text = capsys.readouterr().out
+    assert "took part in 3 rounds" in text and "individual accounting bound" in text
+    assert "not in an installed release yet" in text
+    args = ["receipts", "--data", str(data), "--cache", str(cache), "--public-key", str(tmp_path / "key.pem")]
+    assert cli.main([*args, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["release_version"] for r in shown["receipts"]] == [version, version, None]
+    assert shown["runs"][0]["run_epsilon"] == 8.0 and shown["runs"][0]["release_versions"] == [version]
+    assert cli.main(["receipts", "--data", str(data), "--cache", str(cache)]) == 2  # no key: refused
