@@ -196,6 +196,9 @@ async function rankShopper(release, shopper) {
 
 async function main() {
   try {
+    if (!window.isSecureContext || !crypto.subtle) {
+      throw new Error("WebCrypto needs a secure context: open the page on 127.0.0.1 / localhost or over HTTPS");
+    }
     const started = performance.now();
     const release = await loadRelease();
     try {
