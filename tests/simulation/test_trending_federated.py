@@ -23,7 +23,7 @@ from shared.run_folder import RunFolder
 from shared.signing import load_public_key
 from simulation.federated import FederatedResult, run_federated
 
-K, WINDOW_DAYS, Z_T = 4, 60.0, 0.5
+K, WINDOW_DAYS, Z_T = 4, 60.0, 0.1  # little noise: the counts must match the true ones to +-0.9
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def trending_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[FedhomeConfi
         tmp / "cache",
         federated__rounds="2",
         federated__eval_every="0",
-        privacy__target_epsilon="60",
+        privacy__target_epsilon="500",
+        privacy__noise_multiplier="1.0",
         trending__every_rounds="1",
         trending__final="true",
         trending__noise_multiplier=str(Z_T),
@@ -74,6 +75,7 @@ def test_the_run_makes_accounted_trending_releases(trending_run: Any) -> None:
     assert report.ok, report.problems
     assert [row["counts_file_ok"] for row in report.trending] == [True, True]
     z = float(entries[0]["noise_multiplier"])  # type: ignore[arg-type]
+    assert z == 1.0
     training = [RoundEvent(sample_rate=0.5, noise_multiplier=z)]
     release = [RoundEvent(sample_rate=1.0, noise_multiplier=Z_T)]
     delta = float(entries[0]["delta"])  # type: ignore[arg-type]
@@ -86,8 +88,7 @@ def test_the_run_makes_accounted_trending_releases(trending_run: Any) -> None:
     expected = true_counts(split, int(trending[-1]["as_of_s"]))  # type: ignore[call-overload]
     count_std = Z_T * math.sqrt(K)  # q_t = 1
     assert trending[-1]["count_noise_std"] == pytest.approx(count_std)
-    assert expected.sum() > 20 and np.abs(counts - expected).max() < 6 * count_std
-    assert np.corrcoef(counts, expected)[0, 1] > 0.5
+    assert expected.sum() > 20 and np.abs(counts - expected).max() < 4.5 * count_std
 
 
 def test_the_release_carries_the_counts_and_the_device_shows_them(
