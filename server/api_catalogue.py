@@ -33,7 +33,10 @@ from shared.signing import Ed25519PublicKey, load_private_key
 
 
 class CatalogueWrite(BaseModel):
-    items: list[CatalogueItem] = Field(min_length=1)
+    items: list[CatalogueItem] = Field(
+        min_length=1,
+        description="at most ServiceConfig.max_catalogue_batch items (413 over it), each id once (422 else)",
+    )
 
 
 class DeltaEntry(BaseModel):

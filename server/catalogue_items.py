@@ -38,7 +38,7 @@ class CatalogueItem(BaseModel):
     item it has, else to the time of the write; status "out_of_stock" or "withdrawn" removes the item from
     devices' pages (its row stays, so histories that name it still count)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "1" for 1, no 0 for false
 
     id: str = Field(pattern=ITEM_ID_PATTERN)
     title: str = Field(min_length=1, max_length=300)

@@ -130,6 +130,8 @@ def test_writes_need_the_admin_token(service: Service, monkeypatch: pytest.Monke
         ({"items": [new_item(price=-1)]}, 422, "ValidationError"),
         ({"items": [new_item(created_at=1_900_000_000_000)]}, 422, "ValidationError"),  # milliseconds
         ({"items": [new_item(status="gone")]}, 422, "ValidationError"),
+        ({"items": [new_item(on_promotion=0)]}, 422, "ValidationError"),  # strict types: 0 is not false
+        ({"items": [new_item(created_at="1899996400")]}, 422, "ValidationError"),
         ({"items": [new_item(title="lone \ud800 surrogate")]}, 422, "ValidationError"),
         ({"items": [new_item(brand="bell \u0007")]}, 422, "ValidationError"),
         ({"items": [new_item(colour="red")]}, 422, "ValidationError"),  # unknown field
