@@ -1,18 +1,19 @@
 """The coarse stage's integer kernel: item codes (int8) times a user code, read directly by onnxruntime.
 
 numpy's `int8 @ float` converts the whole matrix to float on every call; onnxruntime's MatMulInteger reads
-the int8 codes as they are (MLAS u8 x s8 kernel, one thread measured at ~3-4 ms for 1M items x 64 on the
-project's 2-core AVX2 machine; the signed x signed variant has no fast kernel and takes ~130 ms).
+the int8 codes as they are (MLAS u8 x s8 kernel). One thread, 1M items x 64, thread CPU time
+(`python -m simulation.bench_int8_kernels`, docs/results.md): u8 x s8 4.0 ms, this kernel with its
+offsets and scales 6.2 ms, numpy in float chunks 21.9 ms, s8 x s8 (no fast kernel) 120 ms.
 
-MatMulInteger's fast path wants an unsigned left operand without a zero point (a zero-point input was
-measured 4x slower, and the contrib MatMulIntegerToFloat, which fuses the scales, 3x slower), so the user
-code is 7-bit signed shifted to unsigned: a = q + 64 with q in [-63, 63], a in [1, 127]; the shift is
-taken off again with a per-item offset 64 * sum_k codes[k, j] computed once per item. 7 bits also keep the
-AVX2 kernel exact: it adds pairs of u8 x s8 products in saturating int16, and 2 * 127 * 127 = 32,258 <
-32,767. The kernel writes its int32 dots into a buffer the caller owns (IOBinding), so a request allocates
-nothing of catalogue size; the caller turns them into float scores in place. The graph is 152 bytes of
-ONNX, kept here so that the device needs no file and no `onnx` package for it
-(tests/client/test_item_index.py rebuilds it with onnx.helper and checks it is the same graph).
+MatMulInteger's fast path wants an unsigned left operand without a zero point (with a zero-point input
+it took 13.5 ms; the contrib ops that fuse the scales, DynamicQuantizeMatMul and MatMulIntegerToFloat,
+~19 ms), so the user code is 7-bit signed shifted to unsigned: a = q + 64 with q in [-63, 63], a in
+[1, 127]; the shift is taken off again with a per-item offset 64 * sum_k codes[k, j] computed once per
+item. 7 bits also keep the AVX2 kernel exact: it adds pairs of u8 x s8 products in saturating int16, and
+2 * 127 * 127 = 32,258 < 32,767. The kernel writes its int32 dots into a buffer the caller owns
+(IOBinding), so a request allocates nothing of catalogue size; the caller turns them into float scores in
+place. The graph is 152 bytes of ONNX, kept here so that the device needs no file and no `onnx` package
+for it (tests/client/test_item_index.py rebuilds it with onnx.helper and checks it is the same graph).
 """
 
 from __future__ import annotations
