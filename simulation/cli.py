@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = cal.add_mutually_exclusive_group(required=True)
     group.add_argument("--delta", type=float, help="delta")
     group.add_argument("--population", type=int, help="number of users N (delta = N^-1.1)")
+    cal.add_argument(
+        "--trending-releases", type=int, default=0, help="DP trending releases the epsilon also covers"
+    )
+    cal.add_argument("--trending-sample-rate", type=float, default=1.0, help="their q_t")
+    cal.add_argument("--trending-noise-multiplier", type=float, default=2.0, help="their z_t")
 
     can = sub.add_parser(
         "canary",
@@ -188,10 +193,17 @@ def command_calibrate(args: argparse.Namespace) -> int:
     )
 
     delta = args.delta if args.delta is not None else default_delta(args.population)
+    trending = [
+        RoundEvent(sample_rate=args.trending_sample_rate, noise_multiplier=args.trending_noise_multiplier)
+    ] * args.trending_releases  # fixed releases: the target covers them and the training rounds together
     z = calibrate_noise_multiplier(
-        target_epsilon=args.epsilon, delta=delta, sample_rate=args.sample_rate, rounds=args.rounds
+        target_epsilon=args.epsilon,
+        delta=delta,
+        sample_rate=args.sample_rate,
+        rounds=args.rounds,
+        fixed_events=trending,
     )
-    events = [RoundEvent(sample_rate=args.sample_rate, noise_multiplier=z)] * args.rounds
+    events = [RoundEvent(sample_rate=args.sample_rate, noise_multiplier=z)] * args.rounds + trending
     print(
         json.dumps(
             {

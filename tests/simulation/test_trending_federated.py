@@ -125,3 +125,25 @@ def test_the_release_carries_the_counts_and_the_device_shows_them(
     assert shown == sorted(shown, reverse=True) and len(shown) > 0
     on_page = {c["item_id"] for s in page["sections"] for c in s["cards"]}
     assert items[int(np.argmax(counts))]["id"] in on_page
+
+
+def test_calibrate_can_cover_trending_releases(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulation.cli import main
+
+    common = [
+        "calibrate",
+        "--epsilon",
+        "8",
+        "--rounds",
+        "60",
+        "--sample-rate",
+        "0.05",
+        "--population",
+        "3000",
+    ]
+    assert main(common) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert main([*common, "--trending-releases", "1", "--trending-noise-multiplier", "2"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["noise_multiplier"] > alone["noise_multiplier"]  # 0.5908 vs 0.5835 (docs/results.md)
+    assert both["user_epsilon_pld"] <= 8.0 and both["user_epsilon_pld"] == pytest.approx(8.0, abs=0.05)
