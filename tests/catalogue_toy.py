@@ -81,3 +81,32 @@ def release_item(catalogue: Catalogue, row: int) -> dict[str, object]:
         "on_promotion": bool(catalogue.on_promotion[row]),
         "description": catalogue.descriptions[row],
     }
+
+
+def serve(folder: Path, port: int) -> None:
+    """Serve a toy run and its release on 127.0.0.1:`port` (admin token from FEDHOME_ADMIN_TOKEN), for
+    schema fuzzing of the catalogue routes: `PYTHONPATH=.:tests python tests/catalogue_toy.py DIR PORT`."""
+    import uvicorn
+
+    from server.service import make_app
+    from shared.config import ServiceConfig
+    from shared.signing import save_private_key, save_public_key
+
+    run = write_model_run(folder, folder / "cache")
+    store = release_of(run, folder / "store")
+    save_public_key(KEY.public_key(), folder / "public.pem")
+    save_private_key(KEY, folder / "private.pem")
+    config = ServiceConfig(
+        release_store=store.root,
+        run_dir=run,
+        public_key=folder / "public.pem",
+        signing_key=str(folder / "private.pem"),
+        max_catalogue_batch=20,
+    )
+    uvicorn.run(make_app(config), host="127.0.0.1", port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(Path(sys.argv[1]), int(sys.argv[2]))
