@@ -9,7 +9,7 @@ def best(scores: np.ndarray, n: int) -> np.ndarray:
     """Rows of the n largest finite scores (any order).
 
     On large arrays a full argpartition costs several ms at 1M rows; instead a threshold is read off an
-    evenly strided sample (about 64n values) with a safety margin, the rows above it are kept, and only
+    evenly strided sample (about 16n values) with a safety margin, the rows above it are kept, and only
     those are partitioned. If too few rows pass (a skewed order), it falls back to the full argpartition,
     so the result is always the exact top n."""
     if n <= 0:
@@ -23,7 +23,7 @@ def best(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def _above_sampled_threshold(scores: np.ndarray, n: int) -> np.ndarray | None:
-    step = len(scores) // (64 * n)
+    step = len(scores) // (16 * n)
     if step < 4:
         return None
     sample = scores[::step]
