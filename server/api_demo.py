@@ -93,11 +93,18 @@ def demo_router(config: ServiceConfig) -> APIRouter:
     router = APIRouter()
     public_key = load_public_key(config.public_key)
     shoppers = read_demo_shoppers(Path(config.demo_shoppers)) if config.demo_shoppers else None
-    page = (WEB / "src" / "index.html").read_text().replace("__FEDHOME_CONFIG__", page_config(public_key))
-    headers = {"Content-Security-Policy": content_security_policy(page)}
+    template = WEB / "src" / "index.html"  # absent when fedhome is installed without its source tree
+    page = (
+        template.read_text().replace("__FEDHOME_CONFIG__", page_config(public_key))
+        if template.is_file()
+        else ""
+    )
+    headers = {"Content-Security-Policy": content_security_policy(page)} if page else {}
 
     @router.get("/demo", response_class=HTMLResponse)
     def demo_page() -> HTMLResponse:
+        if not page:
+            raise UnavailableError(f"the demo page's sources are not installed ({template})")
         return HTMLResponse(page, headers=headers)
 
     @router.get("/demo/static/{name}", response_class=FileResponse, include_in_schema=False)

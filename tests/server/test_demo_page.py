@@ -20,6 +20,7 @@ from playwright.sync_api import Browser, sync_playwright
 from release_toy import random_model, source
 
 from client.device.ranker import DeviceRanker, Event
+from server import api_demo
 from server import cli as server_cli
 from server.api_demo import ORT_DIST
 from server.catalogue_delta import LIST_NAME, DeltaStore
@@ -327,3 +328,13 @@ def test_demo_shoppers_come_from_the_runs_synthetic_shop_only(
     assert (
         "demo shoppers must be synthetic" in capsys.readouterr().err and not (tmp_path / "t.jsonl").exists()
     )
+
+
+def test_a_service_without_the_page_sources_still_serves_the_rest(
+    site: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_demo, "WEB", tmp_path / "no-web")  # e.g. installed without its source tree
+    with running(site["config"]) as base:
+        page = httpx.get(f"{base}/demo")
+        assert page.status_code == 503 and page.json()["error"]["type"] == "UnavailableError"
+        assert httpx.get(f"{base}/health").status_code == 200
