@@ -17,7 +17,9 @@ rm -rf runs/demo-central runs/demo-federated runs/.demo-federated.ledger_signing
 KEY=runs/.demo-federated.ledger_signing_key.pem  # the server's key, kept outside the run folder
 PUB=runs/demo-federated/ledger_public_key.pem
 fedhome-sim run --dataset synthetic --model all --out runs/demo-central
-fedhome-sim federated --dataset synthetic --rounds "${ROUNDS:-60}" --epsilon 8 --out runs/demo-federated
+# --epsilon 8 covers the 60 rounds and one DP trending release at the end (the homepage's Trending section)
+fedhome-sim federated --dataset synthetic --rounds "${ROUNDS:-60}" --epsilon 8 --set trending.final=true \
+  --out runs/demo-federated
 fedhome-audit verify runs/demo-federated --public-key "$PUB"
 fedhome-audit report runs/demo-federated --public-key "$PUB" --out runs/demo-report
 fedhome-server release runs/demo-federated --store runs/demo-releases --signing-key "$KEY"
