@@ -8,8 +8,9 @@ Scores are t * <u, v_j> + b_j (user vector u, item vector v_j, temperature t, it
   (vector_store.py: the release's float32 file, memory-mapped, so only the rows read become resident).
 - Precision "float32" scores every item exactly: the reference path (the browser's ranker does the same).
 
-Resident memory of the int8 path for N items: codes P*N bytes; code scales, offsets and bias 4*N bytes
-each (1M items, P = 64: 61.0 + 11.4 MiB); the full vectors only as the file pages of the rows read.
+Resident memory of the int8 path for N items: codes P*N bytes; code scales, offsets, bias and a score
+buffer 4*N bytes each (1M items, P = 64: 61.0 + 15.3 MiB); the full vectors only as the file pages of the
+rows read.
 
 Items published after the release (catalogue deltas) are added with `extend` and changed with `replace`:
 float32 vectors and biases, coded with the release's projection, rankable from the next call on.
@@ -25,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from client.device.int8_kernel import CoarseKernel, code_offsets, quantize_user
-from client.device.top_n import best
+from client.device.top_n import auto_rescore, best
 from client.device.vector_store import VectorStore
 from shared.errors import DataError
 from shared.item_codes import (
@@ -39,7 +40,6 @@ from shared.item_codes import (
 
 Precision = Literal["int8", "float32"]
 DEFAULT_RESCORE = 0  # 0: choose from the catalogue size, see auto_rescore
-MIN_RESCORE, MAX_RESCORE = 256, 2048
 RESCORE_CHUNK = 256  # rows gathered from the full vectors at a time (256 x 384 float32 = 384 KiB)
 MAX_BLOCKS = 8  # code blocks (the release's + added ones) before the added ones are merged
 
@@ -68,25 +68,28 @@ class ItemIndex:
             raise DataError(f"precision must be int8 or float32, got {precision!r}")
         if rescore < 0:
             raise DataError(f"rescore must be a number of candidates, or 0 for automatic, got {rescore}")
-        self.store, self.temperature, self.precision, self.rescore_setting = (
-            vectors,
-            float(temperature),
-            precision,
-            rescore,
-        )
+        self.store, self.temperature, self.precision = vectors, float(temperature), precision
+        self.rescore_setting = rescore
         self._bias = self._checked_bias(bias, vectors.n_rows, copy=copy_bias)
         self._blocks: list[np.ndarray] = []
         if precision == "int8":
             if projection is None:
                 projection = principal_projection((c for _, c in vectors.chunks()), code_dim)
             self.projection = np.asarray(projection, dtype=np.float32)
+            if self.projection.ndim != 2 or self.projection.shape[0] != vectors.dim:
+                raise DataError(
+                    f"a projection of shape {self.projection.shape} does not fit {vectors.dim}-d items"
+                )
             if codes is None or code_scales is None:
                 codes, code_scales = self._code_all()
-            if codes.shape != (self.projection.shape[1], vectors.n_rows) or code_scales.shape != (
-                vectors.n_rows,
+            if (
+                codes.dtype != np.int8
+                or codes.shape != (self.projection.shape[1], vectors.n_rows)
+                or code_scales.shape != (vectors.n_rows,)
             ):
                 raise DataError(
-                    f"item codes {codes.shape} do not fit {vectors.n_rows} items and {self.projection.shape}"
+                    f"item codes {codes.dtype} {codes.shape} do not fit {vectors.n_rows} items and a "
+                    f"projection of shape {self.projection.shape}"
                 )
             self._blocks = [codes]
             self._code_scales = np.asarray(code_scales, dtype=np.float32)
@@ -298,10 +301,3 @@ class ItemIndex:
         if bias.shape != (n,) or not np.isfinite(bias).all():
             raise DataError(f"item biases must be {n} finite numbers, got shape {bias.shape}")
         return bias
-
-
-def auto_rescore(n_items: int) -> int:
-    """3 sqrt(N) candidates, between MIN_RESCORE and MAX_RESCORE: 949 at 100k items, 2,048 at 1M. From
-    bench_device (docs/results.md): 2 sqrt(N) kept recall@50 against exact float32 at 0.993 at 1M but only
-    0.971 at 100k; a fixed 512 fell to 0.957 at 1M."""
-    return max(MIN_RESCORE, min(MAX_RESCORE, round(3 * n_items**0.5)))

@@ -194,3 +194,16 @@ def test_best_is_the_exact_top_n_whatever_the_order(order: str) -> None:
         got = best(scores, n)
         assert len(got) == n and np.isfinite(scores[got]).all()
         assert np.sort(scores[got])[0] >= np.sort(scores)[::-1][n - 1]
+
+
+def test_codes_that_do_not_fit_are_refused() -> None:
+    vectors, bias = anisotropic(300), np.zeros(300, dtype=np.float32)
+    good = index_of(vectors, bias, code_dim=8)
+    codes, scales = good._blocks[0], np.ones(300, dtype=np.float32)
+    for bad in (
+        {"projection": good.projection[:5]},  # fits another item dimension
+        {"projection": good.projection, "codes": codes[:, :200], "code_scales": scales},
+        {"projection": good.projection, "codes": codes.astype(np.int16), "code_scales": scales},
+    ):
+        with pytest.raises(DataError):
+            index_of(vectors, bias, **bad)
