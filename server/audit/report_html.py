@@ -98,6 +98,10 @@ def _guarantee(g: dict[str, Any]) -> str:
         ),
         ("Why this delta", g["delta_reason"]),
     ]
+    cap = g.get("participation_cap")
+    if cap:
+        bounds = f"Poisson bound {_fmt(cap['poisson_bound_pld'])}, cap bound {_fmt(cap['cap_bound_pld'])}"
+        items.append(("Participation cap", f"k = {cap['cap']}: {bounds}. {cap['statement']}"))
     if g["record_level"]:
         r = g["record_level"]
         items.append(

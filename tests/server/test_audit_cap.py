@@ -12,6 +12,7 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 from server.audit.report import build_report
+from server.audit.report_html import render_html
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.participation_record import cap_ledger_fields
@@ -86,6 +87,8 @@ def test_with_a_large_cap_the_poisson_bound_binds(tmp_path: Path) -> None:
     built = build_report(run, KEY.public_key())
     assert built["guarantee"]["participation_cap"]["binding"] == "poisson"
     assert "6" in built["guarantee"]["participation_cap"]["statement"]
+    page = render_html(built)
+    assert "Participation cap" in page and "the poisson bound" in page
 
 
 def test_resume_segments_and_uncapped_rounds_are_recomputed_alike(tmp_path: Path) -> None:
