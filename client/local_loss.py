@@ -12,12 +12,14 @@ gradients (which are per user) are batched.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from client.local_batch import ChunkBatch, Negatives
+from client.local_factored import FACTORED, Factored, FactoredUserLoss, factors, probe_shapes
 from shared.model import HistoryBatch, TwoTower, sampled_softmax_loss
 from shared.model.losses import EXCLUDED
 from shared.model.params import ParamLayout
@@ -102,6 +104,7 @@ class ChunkUpdates:
         scales: dict[str, float] | None = None,
     ) -> None:
         self.loss, self.layout = UserLoss(model), layout
+        self.factored_loss = FactoredUserLoss(model)
         self.steps, self.learning_rate = steps, learning_rate
         # theta = s * phi per parameter: training runs in phi (an s^2 larger step), updates come out in phi
         self.scales = {PREFIX + n: (scales or {}).get(n, 1.0) for n in layout.names}
@@ -109,17 +112,49 @@ class ChunkUpdates:
         # detached, so that nothing outside the layout records a gradient
         self.frozen = {PREFIX + n: p.detach() for n, p in model.named_parameters() if n not in trained}
 
-    def __call__(self, params: Tensor, chunk: ChunkBatch, negatives: Negatives) -> tuple[list[Tensor], float]:
+    def __call__(
+        self, params: Tensor, chunk: ChunkBatch, negatives: Negatives
+    ) -> tuple[list[Tensor | Factored], float]:
         """The chunk's updates from the global `params` (P,), as (blocks, factor): update = factor * the
         blocks (B, size) concatenated in layout order. One step gives the gradients and -lr (the caller
-        folds the factor into its clipping and sum: one pass less over B x P numbers)."""
+        folds the factor into its clipping and sum: one pass less over B x P numbers), with the large
+        weights' blocks as Factored (client/local_factored.py)."""
         start = {PREFIX + n: t for n, t in split_flat(params, self.layout).items()}
+        if self.steps == 1:
+            return self.factored(start, chunk, negatives), -self.learning_rate
         out = vmap(self.one_user(start, negatives))(*chunk.tensors())
         size = chunk.items.shape[0]
-        blocks = [
+        blocks: list[Tensor | Factored] = [
             _scaled(out[PREFIX + n].reshape(size, -1), self.scales[PREFIX + n]) for n in self.layout.names
         ]
-        return blocks, (-self.learning_rate if self.steps == 1 else 1.0)
+        return blocks, 1.0  # several steps: the blocks are theta_K - theta_0 already
+
+    def factored(
+        self, start: dict[str, Tensor], chunk: ChunkBatch, negatives: Negatives
+    ) -> list[Tensor | Factored]:
+        """One step's per-user gradients (in phi), the FACTORED weights as factors and the rest as blocks."""
+        size, n_items, n_examples = chunk.items.shape[0], chunk.items.shape[1], chunk.history.shape[1]
+        shapes = probe_shapes(self.loss.model, n_items, n_examples)
+        probes = {k: torch.zeros(size, *shape) for k, shape in shapes.items()}
+        held = {k: t for k, t in start.items() if k[len(PREFIX) :] in FACTORED}  # constant in the gradient
+        rest = {k: t for k, t in start.items() if k not in held}
+
+        def loss(theta: dict[str, Tensor], probe: dict[str, Tensor], *data: Tensor) -> tuple[Tensor, Any]:
+            inputs = (probe, *data, negatives.items, negatives.log_count)
+            return functional_call(self.factored_loss, {**self.frozen, **held, **theta}, inputs)
+
+        def per_user(probe: dict[str, Tensor], *data: Tensor) -> Any:
+            return grad(loss, argnums=(0, 1), has_aux=True)(rest, probe, *data)
+
+        (gradients, probe_grads), rows = vmap(per_user)(probes, *chunk.tensors())
+        blocks: list[Tensor | Factored] = []
+        for name in self.layout.names:
+            scale = self.scales[PREFIX + name]
+            if name in FACTORED:
+                blocks.append(factors(name, probe_grads, rows, scale))
+            else:
+                blocks.append(_scaled(gradients[PREFIX + name].reshape(size, -1), scale))
+        return blocks
 
     def one_user(self, start: dict[str, Tensor], negatives: Negatives) -> Callable[..., dict[str, Tensor]]:
         def loss(theta: dict[str, Tensor], *data: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch.func import functional_call
 
 from client.local_batch import Negatives, UserExamples, build_chunk, draw_negatives, plan_chunks
+from client.local_factored import Factored
 from client.local_loss import PREFIX, ChunkUpdates, ReferenceLoss, split_flat
 from shared.config import FederatedConfig
 from shared.data.split import UserSequences
@@ -177,22 +179,36 @@ class LocalTrainer:
 
 
 def clipped_sum_of_blocks(
-    blocks: list[torch.Tensor], *, factor: float, clip_norm: float
+    blocks: Sequence[torch.Tensor | Factored], *, factor: float, clip_norm: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum (P,) float64, norms (B,)) of the updates factor * cat(blocks, dim=1), one (B, size) block per
-    parameter, each update (row) scaled to L2 norm <= clip_norm before the sum.
+    """(sum (P,) float64, norms (B,) float64) of the updates factor * cat(blocks, dim=1), one (B, size)
+    block (or its Factored form) per parameter, each update (row) scaled to L2 norm <= clip_norm first.
 
     `shared.privacy.clipping.clip_rows` then a sum, in two passes over the numbers instead of about ten and
-    without concatenating them: norms in float32 (relative error ~1e-6 at these sizes, covered by shrinking
-    clipped rows by a further 1e-5, so every row's contribution stays <= C), then one weighted sum as a
-    matrix product per block. A row with a NaN or infinite entry adds nothing (its norm is not finite).
+    without concatenating them: block norms in float32 (relative error ~1e-6 at these sizes, covered by
+    shrinking clipped rows by a further 1e-5, so every row's contribution stays <= C), factored ones in
+    float64, then one weighted sum as a matrix product per block. A row with a NaN or infinite entry adds
+    nothing (its norm is not finite).
     """
-    squares = torch.stack([torch.linalg.vector_norm(block, dim=1).square() for block in blocks])  # (n, B)
-    norms = squares.sum(dim=0).sqrt() * abs(factor)  # (B,) float32
+    squares = torch.stack([_squared_norms(block) for block in blocks])  # (n, B) float64
+    norms = squares.sum(dim=0).sqrt() * abs(factor)  # (B,)
     finite = torch.isfinite(norms)
     scale = torch.where(norms > clip_norm, clip_norm / norms * _CLIP_MARGIN, torch.ones_like(norms))
-    scale = torch.where(finite, scale, torch.zeros_like(scale))[None, :]  # (1, B)
+    scale = torch.where(finite, scale, torch.zeros_like(scale)).float()  # (B,)
     if not bool(finite.all()):
-        blocks = [torch.where(finite[:, None], block, torch.zeros_like(block)) for block in blocks]
-    total = torch.cat([(scale @ block)[0] for block in blocks]).double() * factor  # (P,)
+        blocks = [_zero_rows(block, finite) for block in blocks]
+    sums = [b.weighted_sum(scale) if isinstance(b, Factored) else scale[None, :] @ b for b in blocks]
+    total = torch.cat([s.reshape(-1) for s in sums]).double() * factor  # (P,)
     return total, norms
+
+
+def _squared_norms(block: torch.Tensor | Factored) -> torch.Tensor:
+    if isinstance(block, Factored):
+        return block.squared_norms()
+    return torch.linalg.vector_norm(block, dim=1).square().double()
+
+
+def _zero_rows(block: torch.Tensor | Factored, keep: torch.Tensor) -> torch.Tensor | Factored:
+    if isinstance(block, Factored):
+        return block.zero_rows(keep)
+    return torch.where(keep[:, None], block, torch.zeros_like(block))

@@ -88,12 +88,9 @@ class CausalSelfAttention(nn.Module):
         """x (B, L, d), valid (B, L) bool -> (B, L, d), or (B, 1, d) the last position's row alone when
         `last_only` (the same numbers: every position is a key, only the last one a query)."""
         b, length, _ = x.shape
-        if last_only:
-            weight, bias, d = self.qkv.weight, self.qkv.bias, self.dim  # rows: query, key, value
-            k, v = F.linear(x, weight[d:], bias[d:]).split(d, dim=2)  # 2 x (B, L, d)
-            q = F.linear(x[:, -1:], weight[:d], bias[:d])  # (B, 1, d)
-        else:
-            q, k, v = self.qkv(x).split(self.dim, dim=2)  # 3 x (B, L, d)
+        q, k, v = self.qkv(x).split(self.dim, dim=2)  # 3 x (B, L, d)
+        if last_only:  # (slicing the weight instead costs more in per-user gradients than it saves here)
+            q = q[:, -1:]  # (B, 1, d)
         queries = q.shape[1]  # L, or 1 (the last position)
         q = q.reshape(b, queries, self.n_heads, self.head_dim).transpose(1, 2)  # (B, h, Q, d/h)
         k, v = (t.reshape(b, length, self.n_heads, self.head_dim).transpose(1, 2) for t in (k, v))
@@ -165,6 +162,13 @@ class UserTower(nn.Module):
     ) -> Tensor:
         """`forward` from the history already through `in_proj` (B, L, d), padding = in_proj(0), and the
         last history item's vector (B, E), zero when the history is empty."""
+        read = self.read_out(projected, events, gaps, hour, weekday)  # (B, d)
+        return F.normalize(last + self.out_proj(read), dim=-1, eps=1e-12)  # (B, E)
+
+    def read_out(
+        self, projected: Tensor, events: Tensor, gaps: Tensor, hour: Tensor, weekday: Tensor
+    ) -> Tensor:
+        """(B, d) what `out_proj` reads: the last position after the blocks, plus the request context."""
         valid = events > 0  # (B, L)
         # a history of length l <= max_history fills the l most recent slots (left padding drops the rest)
         positions = self.position_emb[self.max_history - projected.shape[1] :]  # (l, d)
@@ -173,8 +177,7 @@ class UserTower(nn.Module):
         # only the last position is read: the last block computes that row alone (~3x less work)
         for index, block in enumerate(self.blocks):
             x = block(x, valid, last_only=index == len(self.blocks) - 1)
-        read = self.ln_out(x[:, -1]) + self.hour_emb(hour) + self.weekday_emb(weekday)  # (B, d)
-        return F.normalize(last + self.out_proj(read), dim=-1, eps=1e-12)  # (B, E)
+        return self.ln_out(x[:, -1]) + self.hour_emb(hour) + self.weekday_emb(weekday)  # (B, d)
 
 
 class TwoTower(nn.Module):
