@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from server.catalogue_items import CatalogueItem, ItemEncoder, as_catalogue, embed_items, item_rows, merge
-from server.release import ReleaseStore, catalogue_metadata, load_run, quantize_rows
+from server.release import ITEMS_META, ReleaseStore, catalogue_metadata, load_run, quantize_rows
 from shared.catalogue_delta import (
     DELTA_BIAS,
     DELTA_F32,
@@ -117,6 +117,21 @@ class DeltaStore:
         if sequence not in self.sequences(release):
             raise DataError(f"release {release} has no delta {sequence}")
         return read_manifest(self.folder(release, sequence))
+
+    def catalogue(self, release: int) -> list[dict[str, Any]]:
+        """The release's item metadata with its newest delta applied: changed items replaced in place, new
+        ones appended; every item carries its "status" (what GET /v1/catalogue pages through)."""
+        items = [{**item, "status": "active"} for item in _read_json(self.store.folder(release) / ITEMS_META)]
+        sequences = self.sequences(release)
+        if not sequences:
+            return items
+        rows = {item["id"]: row for row, item in enumerate(items)}
+        for item in _read_json(self.folder(release, sequences[-1]) / DELTA_ITEMS):
+            if item["id"] in rows:
+                items[rows[item["id"]]] = item
+            else:
+                items.append(item)
+        return items
 
     def record(self) -> dict[str, dict[str, Any]]:
         """Every item written so far, id -> latest state, in write order."""

@@ -8,7 +8,7 @@ Routes (all GET unless said; JSON unless said):
   If-None-Match answers 304);
 - /v1/releases/{version}/files/{name}: one file of a release (ETag = its sha256 from the signed manifest,
   so a device that has the file already gets 304 and downloads only what changed);
-- /v1/catalogue?offset=&limit=: the latest release's item metadata, paged;
+- /v1/catalogue?offset=&limit=: the latest release's item metadata with its newest catalogue delta, paged;
 - /v1/privacy/ledger (JSON lines) and /v1/privacy/report: the served run's ledger and the auditor's report
   built from it with the public key;
 - /dashboard and /dashboard/releases/{version} (HTML): the auditor's dashboard: the privacy report of the
@@ -49,7 +49,8 @@ from starlette.middleware.base import RequestResponseEndpoint
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api_catalogue import catalogue_router
-from server.release import ITEMS_META, ReleaseStore
+from server.catalogue_delta import DeltaStore
+from server.release import ReleaseStore
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, FedhomeError, SignatureError
 from shared.release_manifest import MANIFEST_NAME
@@ -260,7 +261,7 @@ def make_app(config: ServiceConfig) -> FastAPI:
         version = store.latest()
         if version is None:
             raise NotFoundError("no release has been published")
-        items = json.loads((store.folder(version) / ITEMS_META).read_text())
+        items = DeltaStore(store).catalogue(version)  # the release's items with its newest delta applied
         return CataloguePage(
             release=version,
             offset=offset,

@@ -224,6 +224,12 @@ def test_changes_and_removals_make_the_next_cumulative_delta(service: Service, t
     assert not np.allclose(
         earlier.vectors_f32[0], rows.vectors_f32[row]
     )  # promotion changes the tower's input
+    page = httpx.get(f"{service.url}/v1/catalogue", params={"offset": 0, "limit": 100}).json()
+    statuses = {item["id"]: item["status"] for item in page["items"]}
+    assert page["total"] == service.catalogue.n_items + 1 and statuses["new-0001"] == "active"
+    assert statuses[gone["id"]] == "out_of_stock"  # the paged catalogue shows the writes
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert 'fedhome_requests_total{route="/v1/admin/catalogue/items",status="200"}' in metrics
 
 
 def test_a_delta_does_not_verify_for_another_release_key_or_after_a_flipped_byte(
