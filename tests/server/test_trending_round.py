@@ -134,3 +134,22 @@ def test_a_release_killed_before_its_ledger_entry_is_restored_on_resume(tmp_path
     expected = pld_epsilon([TRAIN, release] * 3, delta=coordinator.plan.delta)
     assert coordinator.epsilon() == pytest.approx(expected, rel=1e-12)
     assert verify_ledger(tmp_path / "run", key.public_key()).ok
+
+
+def test_a_capped_run_composes_its_releases_uncapped_and_verifies(tmp_path: Path) -> None:
+    key = generate_private_key()
+    config = with_overrides(
+        config_of(tmp_path / "run", 3, every_rounds="1", noise_multiplier="3"),
+        {"privacy.participation_cap": "1"},
+    )
+    coordinator, _ = run(config, key)
+    entries = coordinator.ledger.entries()
+    assert [e.get("kind") for e in entries].count("trending_counts") == 3
+    release = RoundEvent(sample_rate=1.0, noise_multiplier=3.0)
+    # the cap bound: one un-amplified training round plus the three releases (the cap does not limit them)
+    cap_bound = pld_epsilon([RoundEvent(sample_rate=1.0, noise_multiplier=1.0), release, release, release],
+                            delta=coordinator.plan.delta)  # fmt: skip
+    poisson = pld_epsilon([TRAIN, release] * 3, delta=coordinator.plan.delta)
+    assert coordinator.epsilon() == pytest.approx(min(cap_bound, poisson), rel=2e-3)
+    report = verify_ledger(tmp_path / "run", key.public_key())
+    assert report.ok, report.problems
