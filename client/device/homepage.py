@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from client.device.ranker import DeviceRanker, Event
+from client.device.top_n import descending
 from shared.errors import DataError
 
 SECONDS_PER_DAY = 86_400
@@ -148,7 +149,8 @@ class Homepage:
         reason: str | None = None,
     ) -> Section:
         section, per_category = Section(key, title), dict[str, int]()
-        for row in np.argsort(-scores, kind="stable"):
+        # the stable descending order, without sorting all N rows when the first ones fill the section
+        for row in descending(scores, 4 * self.rules.section_size + len(used)):
             if len(section.cards) == self.rules.section_size or not np.isfinite(scores[row]):
                 break
             row = int(row)

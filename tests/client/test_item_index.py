@@ -15,7 +15,7 @@ from release_toy import random_model, source
 
 from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, code_offsets, quantize_user
 from client.device.item_index import MAX_BLOCKS, ItemIndex
-from client.device.top_n import best
+from client.device.top_n import best, descending
 from client.device.vector_store import VectorStore
 from server.release import ReleaseStore
 from shared.errors import DataError
@@ -207,3 +207,10 @@ def test_codes_that_do_not_fit_are_refused() -> None:
     ):
         with pytest.raises(DataError):
             index_of(vectors, bias, **bad)
+
+
+@pytest.mark.parametrize("first", [0, 1, 10, 999, 5_000])
+def test_descending_is_the_stable_argsort_order(first: int) -> None:
+    scores = np.round(np.random.default_rng(7).normal(size=5_000), 1)  # many ties
+    scores[::11] = -np.inf
+    assert list(descending(scores, first)) == np.argsort(-scores, kind="stable").tolist()
