@@ -69,7 +69,7 @@ def contribution_sum(
 ) -> np.ndarray:
     """The SUM over `users` (global user indices, distinct) of their contribution vectors, computed for a
     whole shard at once from the node's log columns (user, item, timestamp per row). Equal to summing
-    `contribution_vector` per user (tests/client/test_trending.py)."""
+    `contribution_vector` per user (tests/client/test_trending_contribution.py)."""
     rows = np.flatnonzero(
         np.isin(user, users) & window.in_window(timestamp) & (item >= 0) & (item < window.n_items)
     )
