@@ -36,6 +36,7 @@ from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, get_flat, set_flat, trainable_layout
 from shared.privacy.accounting import json_epsilon
+from shared.privacy.participation import CappedAccountant
 from shared.run_folder import RunFolder, append_metrics, save_final, write_json_atomic
 from shared.signing import generate_private_key, key_id, load_private_key, save_private_key, save_public_key
 
@@ -139,6 +140,11 @@ def run_training(
         else "inf",
         # record-level DP-SGD on the devices (a guarantee per interaction, not per user), when used
         "record_epsilon": _record_epsilon(coordinator),
+        # participation cap (0: none) and which bound gives user_epsilon (shared/privacy/participation.py)
+        "participation_cap": coordinator.config.privacy.participation_cap,
+        "epsilon_bound": coordinator.accountant.binding()
+        if isinstance(coordinator.accountant, CappedAccountant) and coordinator.plan.mode != "none"
+        else "poisson",
         "ledger_head": ledger.head_hash(),
         "trending": trending.summary(),  # DP trending releases (accounted in user_epsilon above)
         "ledger_key_id": key_id(key.public_key()),

@@ -51,7 +51,8 @@ def test_a_capped_run_keeps_every_device_within_its_cap_and_accounts_with_the_sm
         privacy__noise_multiplier=str(Z),
         privacy__target_epsilon="100",
     )
-    run_federated(config, configured_split(config.data), progress=False)
+    result = run_federated(config, configured_split(config.data), progress=False)
+    assert result.summary["participation_cap"] == CAP and result.summary["epsilon_bound"] == "cap"
     folder = RunFolder(config.federated.run_dir)
     entries = read_jsonl(folder.ledger)
     refused, rounds = expected_participation(config.privacy.seed)
@@ -65,7 +66,7 @@ def test_a_capped_run_keeps_every_device_within_its_cap_and_accounts_with_the_sm
         assert store.count(run_id) <= CAP
         store.close()
 
-    capped, plain = CappedAccountant(delta=float(entries[0]["delta"]), participation_cap=CAP), None
+    capped = CappedAccountant(delta=float(entries[0]["delta"]), participation_cap=CAP)
     plain = UserLevelAccountant(delta=float(entries[0]["delta"]))
     for _ in range(ROUNDS):
         capped.record(RoundEvent(sample_rate=Q, noise_multiplier=Z, capped=True))
