@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     install = sub.add_parser("install", help="verify a release and switch the device's cache to it")
     install.add_argument("--from", dest="source", type=Path, required=True, help="a release folder")
+    install.add_argument("--data", type=Path, help="the device's data folder: mark its receipts")
     recommend = sub.add_parser("recommend", help="rank the catalogue for a history file on the device")
     recommend.add_argument(
         "--history", type=Path, required=True, help="JSON lines: item_id, event, timestamp"
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             return receipts_cli.run(args)
         cache = ReleaseCache(args.cache, load_public_key(args.public_key))
         if args.command == "install":
-            print(json.dumps({"installed": cache.install(copy_from(args.source))}))
+            installed = cache.install(copy_from(args.source))
+            marked = receipts_cli.bind(args.data, cache.verify_current()) if args.data else None
+            print(json.dumps({"installed": installed, **({"receipts_marked": marked} if args.data else {})}))
             return 0
         manifest = cache.verify_current()
         precision = getattr(args, "precision", "int8")

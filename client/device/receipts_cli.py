@@ -1,6 +1,7 @@
 """`fedhome-client receipts --data DIR`: show the device's receipts and what they mean for its user.
 
-With `--cache DIR --public-key KEY` the release in use is verified first and the receipts it includes are
+`fedhome-client install --data DIR` marks the receipts a newly installed release includes. With
+`--cache DIR --public-key KEY` the release in use is verified first and the receipts it includes are
 marked with its version (client/device/receipts.py), and the run's published epsilon is read from its signed
 manifest. `--json` prints the same content as JSON.
 """
@@ -86,3 +87,13 @@ def render(runs: list[dict[str, Any]], receipts: list[dict[str, Any]]) -> str:
 
 def _number(value: float | str) -> str:
     return value if isinstance(value, str) else f"{value:.3f}"
+
+
+def bind(data: Path, manifest: dict[str, Any]) -> int:
+    """Mark the receipts in the device's data folder that the verified release `manifest` includes
+    (`fedhome-client install --data DIR` calls this after installing); returns how many were marked."""
+    store = ReceiptStore(data)
+    try:
+        return store.bind_release(manifest)
+    finally:
+        store.close()

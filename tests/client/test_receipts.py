@@ -106,7 +106,7 @@ def test_fedhome_client_receipts_prints_them_and_binds_them_to_the_installed_rel
     cache = tmp_path / "cache"
     assert cli.main(["install", "--from", str(store.folder(version)), "--cache", str(cache),
                      "--public-key", str(tmp_path / "key.pem")]) == 0  # fmt: skip
-    capsys.readouterr()
+    assert json.loads(capsys.readouterr().out) == {"installed": version}
     assert cli.main(["receipts", "--data", str(data)]) == 0
     text = capsys.readouterr().out
     assert "took part in 3 rounds" in text and "individual accounting bound" in text
@@ -117,3 +117,22 @@ def test_fedhome_client_receipts_prints_them_and_binds_them_to_the_installed_rel
     assert [r["release_version"] for r in shown["receipts"]] == [version, version, None]
     assert shown["runs"][0]["run_epsilon"] == 8.0 and shown["runs"][0]["release_versions"] == [version]
     assert cli.main(["receipts", "--data", str(data), "--cache", str(cache)]) == 2  # no key: refused
+
+
+def test_fedhome_client_install_with_data_marks_the_receipts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = signing.generate_private_key()
+    signing.save_public_key(key.public_key(), tmp_path / "key.pem")
+    model, catalogue = random_model()
+    store = ReleaseStore(tmp_path / "releases")
+    version = store.publish(model, catalogue, source("a"), key)  # run "run-a", model round 3
+    receipts = ReceiptStore(tmp_path / "device")
+    for r in (1, 4):
+        receipts.add(receipt("run-a", r))
+    args = ["install", "--from", str(store.folder(version)), "--cache", str(tmp_path / "cache")]
+    assert (
+        cli.main([*args, "--public-key", str(tmp_path / "key.pem"), "--data", str(tmp_path / "device")]) == 0
+    )
+    assert json.loads(capsys.readouterr().out) == {"installed": version, "receipts_marked": 1}
+    assert [r.release_version for r in receipts.receipts()] == [version, None]
