@@ -74,7 +74,7 @@ class TemplateCopy:
         if section == "new":
             return f"New in {category}"
         if section == "trending":
-            return f"Popular in {category} this week"
+            return f"Popular in {category} lately"
         if category in tastes:
             return f"Picked for your taste in {category}"
         return f"Something new to try in {category}"

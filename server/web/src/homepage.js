@@ -27,7 +27,7 @@ export function templateCopy(item, { section, tastes, reason }) {
   if (section === "because" && reason) return `Goes well with ${reason}`;
   if (section === "deals") return `On offer now in ${category}` + (item.price ? ` at ${item.price.toFixed(2)}` : "");
   if (section === "new") return `New in ${category}`;
-  if (section === "trending") return `Popular in ${category} this week`;
+  if (section === "trending") return `Popular in ${category} lately`;
   if (tastes.includes(category)) return `Picked for your taste in ${category}`;
   return `Something new to try in ${category}`;
 }
