@@ -130,10 +130,11 @@ class DeviceRanker:
         return self.item_index.scores(user)
 
     def top_k(self, scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
-        """Item rows of the k best scores, best first, never an excluded row."""
+        """Item rows of the k best scores, best first, never an excluded row nor one a catalogue delta hid."""
         scores = scores.copy()
         if exclude is not None and exclude.size:
             scores[exclude] = EXCLUDED
+        scores[self.hidden] = EXCLUDED  # out of stock or withdrawn: never shown, whoever calls
         k = min(k, int(np.isfinite(scores).sum()))
         if k <= 0:
             return np.zeros(0, dtype=np.int64)

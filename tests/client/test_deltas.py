@@ -22,7 +22,7 @@ from server.catalogue_delta import DeltaStore, load_base
 from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore
 from shared.errors import DataError, SignatureError
-from shared.release_manifest import MANIFEST_NAME, sign_manifest
+from shared.release_manifest import MANIFEST_NAME, sign_manifest, verify_release
 from shared.signing import Ed25519PrivateKey, generate_private_key
 
 
@@ -173,3 +173,20 @@ def test_another_key_another_release_a_release_manifest_or_a_replay_is_refused(
     applied.write_bytes(applied.read_bytes()[:-1] + b"\x00")
     with pytest.raises(SignatureError):
         open_ranker(device)
+
+
+def test_the_rankers_top_k_never_returns_a_hidden_item(published: Published, device: ReleaseCache) -> None:
+    DeltaCache(device).install(copy_from(published.second))
+    ranker = open_ranker(device, precision="float32")
+    user = ranker.user_vector(history_near(ranker, "new-0001"), NOW)
+    assert user is not None and len(ranker.hidden) == 2
+    rows = ranker.top_k(ranker.scores(user), ranker.n_items)
+    assert len(rows) == ranker.n_items - 2 and not set(ranker.hidden.tolist()) & set(rows.tolist())
+
+
+def test_a_delta_never_installs_as_a_release(published: Published, device: ReleaseCache) -> None:
+    with pytest.raises(DataError, match="catalogue-delta"):
+        verify_release(published.second, KEY.public_key())  # validly signed, all files intact, wrong kind
+    with pytest.raises(DataError, match="catalogue-delta"):
+        device.install(copy_from(published.second))
+    assert device.state()["current"] == 1
