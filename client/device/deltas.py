@@ -5,8 +5,10 @@ Layout under the release cache's root: `deltas/<release>/<sequence>/` (the appli
 (a download in progress). An install downloads into `incoming/`, verifies it there (the pinned key's
 signature, every file's sha256, that it was made for exactly the release in use, array shapes), renames it
 into place, then switches `state.json`. Anything that does not verify is refused and the delta in use, if
-any, stays; a delta older than (or as old as) the one applied is refused too (a replay). Deltas are
-cumulative (shared/catalogue_delta.py), so only the newest is fetched and kept.
+any, stays; a delta older than (or as old as) the one applied is refused too (a replay), except the applied
+one itself when its copy on the device no longer verifies (a repair: open_ranker refuses an altered copy,
+so without one the device could never rank again). Deltas are cumulative (shared/catalogue_delta.py), so
+only the newest is fetched and kept.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class DeltaCache:
                 raise SignatureError("the delta is not the one the signed delta list names")
             sequence = rows.sequence
             applied = self.applied(release)
-            if applied is not None and sequence <= applied:
+            repair = sequence == applied and not self.intact()  # the applied copy was altered on the device
+            if applied is not None and sequence <= applied and not repair:
                 raise DataError(f"delta {sequence} is not newer than the one applied ({applied}); refused")
         except Exception:
             shutil.rmtree(self.incoming, ignore_errors=True)
@@ -87,6 +90,14 @@ class DeltaCache:
         if sequence is None:
             return None
         return verify_delta(self._folder(release, sequence), self.cache.public_key, base)
+
+    def intact(self) -> bool:
+        """Whether the applied delta of the release in use still verifies (True when there is none)."""
+        try:
+            self.rows()
+        except (SignatureError, DataError):
+            return False
+        return True
 
     def release(self) -> tuple[int, dict[str, Any]]:
         folder = self.cache.current()
@@ -142,8 +153,8 @@ def sync_deltas(cache: ReleaseCache, base_url: str) -> int | None:
         return None  # nothing published for this release (an empty list carries no signature)
     latest = verify_delta_list(listing, cache.public_key, release)[-1]
     applied = deltas.applied(release)
-    if applied is not None and latest <= applied:
-        return None
+    if applied is not None and (latest < applied or (latest == applied and deltas.intact())):
+        return None  # nothing newer (an applied copy that no longer verifies is fetched again)
     (entry,) = [e for e in listing["deltas"] if int(e["sequence"]) == latest]
     fetch = _http_fetch(f"{base_url}/v1/releases/{release}/deltas/{latest}/files")
     return deltas.install(fetch, listed_sha256=str(entry["manifest_sha256"]))

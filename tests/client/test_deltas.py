@@ -190,3 +190,21 @@ def test_a_delta_never_installs_as_a_release(published: Published, device: Relea
     with pytest.raises(DataError, match="catalogue-delta"):
         device.install(copy_from(published.second))
     assert device.state()["current"] == 1
+
+
+def test_an_applied_delta_altered_on_the_device_can_be_installed_again(
+    published: Published, device: ReleaseCache
+) -> None:
+    deltas = DeltaCache(device)
+    deltas.install(copy_from(published.second))
+    with pytest.raises(DataError, match="not newer"):
+        deltas.install(copy_from(published.second))  # intact: the same delta again is refused
+    applied = device.root / "deltas" / "000001" / "000002" / "items.json"
+    applied.write_bytes(applied.read_bytes()[:-1] + b" ")
+    assert not deltas.intact()
+    with pytest.raises(SignatureError):
+        open_ranker(device)
+    with pytest.raises(DataError, match="not newer"):
+        deltas.install(copy_from(published.first))  # still no going back to an older one
+    assert deltas.install(copy_from(published.second)) == 2  # the repair
+    assert deltas.intact() and "new-0002" in open_ranker(device).index

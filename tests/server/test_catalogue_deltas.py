@@ -286,6 +286,18 @@ def test_a_device_syncs_the_release_and_its_newest_delta(
     assert "new-0001" in shown and release_item(service.catalogue, 3)["id"] not in shown  # out of stock
 
 
+def test_sync_fetches_again_an_applied_delta_altered_on_the_device(service: Service, tmp_path: Path) -> None:
+    cache = ReleaseCache(tmp_path / "device", KEY.public_key())
+    latest = sync(cache, service.url).delta
+    assert latest is not None
+    bias = cache.root / "deltas" / "000001" / f"{latest:06d}" / "item_bias.npy"
+    bias.write_bytes(bias.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(SignatureError):
+        open_ranker(cache)  # never used altered
+    assert sync(cache, service.url).delta == latest  # repaired by the next sync, not stuck
+    assert "new-0001" in open_ranker(cache).index
+
+
 def test_catalogue_add_command_and_carry_over_to_a_new_release(
     service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
