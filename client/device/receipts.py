@@ -118,7 +118,8 @@ class ReceiptStore:
 
 def summary(receipts: list[Receipt], manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per run: rounds taken part in, the device's cap, the individual bound, and the run's epsilon from the
-    installed release `manifest` when it is of that run (its signed privacy section)."""
+    installed release `manifest` when it is of that run (its signed privacy section: "epsilon_all", which
+    also covers the release's trending counts, else "epsilon")."""
     runs: dict[str, list[Receipt]] = {}
     for receipt in receipts:
         runs.setdefault(receipt.run_id, []).append(receipt)
@@ -135,7 +136,9 @@ def summary(receipts: list[Receipt], manifest: dict[str, Any] | None = None) -> 
                 "participation_cap": rows[-1].participation_cap,
                 "delta": delta,
                 "own_participation_epsilon": "inf" if math.isinf(own) else own,
-                "run_epsilon": privacy.get("epsilon"),
+                # what covers everything the release carries: its trending counts may come after its
+                # model round (server/release_trending.py), so "epsilon" alone would understate it
+                "run_epsilon": privacy.get("epsilon_all", privacy.get("epsilon")),
                 "release_versions": sorted({v for r in rows if (v := r.release_version) is not None}),
             }
         )

@@ -136,3 +136,9 @@ def test_fedhome_client_install_with_data_marks_the_receipts(
     )
     assert json.loads(capsys.readouterr().out) == {"installed": version, "receipts_marked": 1}
     assert [r.release_version for r in receipts.receipts()] == [version, None]
+
+
+def test_the_run_epsilon_shown_covers_the_trending_counts_the_release_carries() -> None:
+    """A release with trending counts released after its model round is covered only by epsilon_all."""
+    manifest = {"run_id": "run-a", "privacy": {"epsilon": 3.5, "epsilon_all": 4.25}}
+    assert summary([receipt("run-a", 1)], manifest)[0]["run_epsilon"] == 4.25
