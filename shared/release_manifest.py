@@ -47,7 +47,7 @@ def file_digest(path: Path) -> dict[str, Any]:
 def sign_manifest(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """The manifest `fields` with "format", "key_id" and "signature" added."""
     for name in fields.get("files", {}):
-        _check_name(name)
+        check_file_name(name)
     manifest = {**fields, "format": RELEASE_FORMAT, "key_id": key_id(key.public_key())}
     manifest.pop("signature", None)
     manifest["signature"] = sign(key, canonical_json(manifest))
@@ -87,15 +87,13 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_release(
-    folder: Path, public_key: Ed25519PublicKey, *, kind: str = RELEASE_KIND
-) -> dict[str, Any]:
+def verify_release(folder: Path, public_key: Ed25519PublicKey, *, kind: str = RELEASE_KIND) -> dict[str, Any]:
     """The manifest of the release (or catalogue delta, `kind`) in `folder` after checking its signature
     and every file it lists."""
     manifest = read_manifest(folder)
     verify_manifest(manifest, public_key, kind=kind)
     for name, expected in manifest["files"].items():
-        _check_name(name)
+        check_file_name(name)
         path = Path(folder) / name
         if not path.is_file():
             raise DataError(f"release file {name} is missing")
@@ -107,6 +105,7 @@ def verify_release(
     return manifest
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _FILE_NAME.match(name) or name == MANIFEST_NAME:
+def check_file_name(name: object) -> None:
+    """DataError unless `name` is a plain file name a manifest may list (check it before any fetch)."""
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or name == MANIFEST_NAME:
         raise DataError(f"release file name {name!r} is not a plain file name")

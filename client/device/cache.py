@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import DataError
-from shared.release_manifest import MANIFEST_NAME, read_manifest, verify_release
+from shared.release_manifest import MANIFEST_NAME, check_file_name, read_manifest, verify_release
 from shared.signing import Ed25519PublicKey
 
 # (file name, destination path) -> None: writes one file of the release being installed
@@ -60,8 +60,7 @@ class ReleaseCache:
         try:
             fetch(MANIFEST_NAME, self.incoming / MANIFEST_NAME)
             for name in read_manifest(self.incoming)["files"]:
-                if "/" in name or name.startswith("."):
-                    raise DataError(f"release file name {name!r} is not a plain file name")
+                check_file_name(name)  # before the name becomes a path or a URL
                 fetch(name, self.incoming / name)
             manifest = verify_release(self.incoming, self.public_key)
         except Exception:

@@ -26,7 +26,7 @@ from client.device.item_index import Precision
 from client.device.ranker import DeviceRanker
 from shared.catalogue_delta import DeltaRows, manifest_sha256, verify_delta, verify_delta_list
 from shared.errors import DataError, SignatureError
-from shared.release_manifest import MANIFEST_NAME, read_manifest
+from shared.release_manifest import MANIFEST_NAME, check_file_name, read_manifest
 
 TIMEOUT_S = 30
 _CHUNK = 1 << 20
@@ -61,8 +61,7 @@ class DeltaCache:
         try:
             fetch(MANIFEST_NAME, self.incoming / MANIFEST_NAME)
             for name in read_manifest(self.incoming)["files"]:
-                if "/" in name or name.startswith("."):
-                    raise DataError(f"delta file name {name!r} is not a plain file name")
+                check_file_name(name)  # before the name becomes a path or a URL
                 fetch(name, self.incoming / name)
             rows = verify_delta(self.incoming, self.cache.public_key, base)
             if listed_sha256 is not None and manifest_sha256(rows.manifest) != listed_sha256:

@@ -208,3 +208,20 @@ def test_an_applied_delta_altered_on_the_device_can_be_installed_again(
         deltas.install(copy_from(published.first))  # still no going back to an older one
     assert deltas.install(copy_from(published.second)) == 2  # the repair
     assert deltas.intact() and "new-0002" in open_ranker(device).index
+
+
+@pytest.mark.parametrize("name", ["a\x00b.npy", "items.json\n", "..", "sub/items.json", "x?y=1", "-x.npy"])
+def test_a_listed_file_name_that_is_not_plain_is_refused_before_anything_is_fetched(
+    published: Published, device: ReleaseCache, name: str
+) -> None:
+    fetched: list[str] = []
+
+    def fetch(what: str, destination: Path) -> None:  # an unsigned manifest naming `name`
+        fetched.append(what)
+        destination.write_text(json.dumps({"files": {name: {"sha256": "0" * 64, "bytes": 1}}}))
+
+    for cache in (device, DeltaCache(device)):
+        fetched.clear()
+        with pytest.raises(DataError, match="not a plain file name"):
+            cache.install(fetch)
+        assert fetched == [MANIFEST_NAME] and not cache.incoming.exists()
