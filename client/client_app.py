@@ -139,9 +139,13 @@ def _params(message: Message, node: Node) -> np.ndarray:
 
 
 def _slots(message: Message, node: Node) -> np.ndarray:
+    """The sampled slots: distinct and inside the node's population. A repeated slot would put its user in
+    the sum twice (sensitivity 2C) and count as one round toward its participation cap and receipts."""
     slots = message.content.array_records["sample"]["slots"].numpy().astype(np.int64)
     if slots.ndim != 1 or (slots.size and (slots.min() < 0 or slots.max() >= node.users.size)):
         raise UpdateRejectedError("sampled slots outside this node's population")
+    if np.unique(slots).size != slots.size:
+        raise UpdateRejectedError("sampled slots repeat a slot")
     return slots
 
 
