@@ -7,13 +7,13 @@
   DeltaResult. The first write after start loads the served run's model (it must be the release's run).
 - GET /v1/releases/{version}/deltas: the signed list of that release's deltas (an empty, unsigned list
   when it has none);
-- GET /v1/releases/{version}/deltas/{sequence}: a delta's signed manifest (ETag = its sha256);
+- GET /v1/releases/{version}/deltas/{sequence}: a delta's signed manifest (ETag = its manifest_sha256, as
+  the signed list names it);
 - GET /v1/releases/{version}/deltas/{sequence}/files/{name}: one of its files (ETag = its signed sha256).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from pathlib import Path
@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from server.catalogue_delta import DeltaBase, DeltaResult, DeltaStore, load_base
 from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore
+from shared.catalogue_delta import manifest_sha256
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, EncoderError
 from shared.release_manifest import MANIFEST_NAME
@@ -121,8 +122,9 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
     def delta_manifest(
         version: int, sequence: int, if_none_match: str | None = Header(default=None)
     ) -> Response:
-        body = json.dumps(listed(version, sequence), sort_keys=True).encode()
-        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        manifest = listed(version, sequence)
+        body = json.dumps(manifest, sort_keys=True).encode()
+        etag = f'"{manifest_sha256(manifest)}"'  # the manifest_sha256 the signed delta list names
         if if_none_match == etag:
             return Response(status_code=304, headers={"ETag": etag})
         return Response(body, media_type="application/json", headers={"ETag": etag})

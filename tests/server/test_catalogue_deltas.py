@@ -185,6 +185,8 @@ def test_delta_manifest_and_files_have_etags(service: Service) -> None:
     manifest = httpx.get(base)
     assert manifest.status_code == 200 and manifest.json()["kind"] == "catalogue-delta"
     assert httpx.get(base, headers={"If-None-Match": manifest.headers["etag"]}).status_code == 304
+    listed = httpx.get(f"{service.url}/v1/releases/1/deltas").json()["deltas"][0]["manifest_sha256"]
+    assert manifest.headers["etag"] == f'"{listed}"'  # the manifest's sha256 as the signed list names it
     name = "item_vectors_f32.npy"
     file = httpx.get(f"{base}/files/{name}")
     assert file.headers["etag"] == f'"{manifest.json()["files"][name]["sha256"]}"'
