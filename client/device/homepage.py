@@ -106,7 +106,8 @@ class Homepage:
         trending_counts: np.ndarray | None = None,
     ) -> list[Section]:
         """The page for this history (empty history: trending, new and deals by item bias only).
-        `trending_counts` replaces the release's trending counts for this page."""
+        `trending_counts` replaces the release's trending counts for this page; counts of the release's
+        items only (as the release carries them) count 0 for items a catalogue delta added."""
         ranker, rules = self.ranker, self.rules
         user = ranker.user_vector(history, now)
         scores = ranker.scores(user) if user is not None else ranker.bias.astype(np.float32).copy()
@@ -132,6 +133,9 @@ class Homepage:
         )
         trending_counts = self.trending if trending_counts is None else trending_counts
         if trending_counts is not None:
+            added = ranker.n_items - ranker.release_items  # items a catalogue delta added have no count yet
+            if added > 0 and trending_counts.shape == (ranker.release_items,):
+                trending_counts = np.pad(trending_counts, (0, added))
             if trending_counts.shape != (ranker.n_items,):
                 raise DataError(f"trending counts must have one value per item ({ranker.n_items})")
             spread = float(np.ptp(scores[np.isfinite(scores)])) or 1.0

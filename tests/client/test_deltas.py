@@ -225,3 +225,18 @@ def test_a_listed_file_name_that_is_not_plain_is_refused_before_anything_is_fetc
         with pytest.raises(DataError, match="not a plain file name"):
             cache.install(fetch)
         assert fetched == [MANIFEST_NAME] and not cache.incoming.exists()
+
+
+def test_the_releases_trending_counts_rank_with_a_delta_applied(
+    published: Published, device: ReleaseCache
+) -> None:
+    DeltaCache(device).install(copy_from(published.second))
+    ranker = open_ranker(device, precision="float32")
+    assert ranker.n_items > ranker.release_items
+    counts = np.arange(ranker.release_items, dtype=np.float32)  # one per release item, as releases carry
+    sections = Homepage(ranker, HomepageRules(section_size=5), trending=counts).compose([], NOW)
+    trending = next(s for s in sections if s.key == "trending")
+    rows = [ranker.index[c.item_id] for c in trending.cards]
+    assert len(rows) == 5 and not set(rows) & set(ranker.hidden.tolist())
+    padded = np.pad(counts, (0, ranker.n_items - ranker.release_items))  # added items count 0
+    assert [padded[r] for r in rows] == sorted((padded[r] for r in rows), reverse=True)
