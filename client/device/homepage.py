@@ -95,7 +95,17 @@ class Homepage:
     ):
         self.ranker, self.rules, self.copy = ranker, rules or HomepageRules(), copy or TemplateCopy()
         self.trending = trending
-        self.categories = [top_category(item) for item in ranker.items]
+        self._categories: list[str] = []
+        self._categories_at = -1  # ranker.deltas_applied when _categories was made
+
+    @property
+    def categories(self) -> list[str]:
+        """Each item's top-level category, remade after the ranker applied a catalogue delta (new rows,
+        changed items), so one Homepage can serve across delta syncs."""
+        if self._categories_at != self.ranker.deltas_applied:
+            self._categories = [top_category(item) for item in self.ranker.items]
+            self._categories_at = self.ranker.deltas_applied
+        return self._categories
 
     def compose(
         self,

@@ -56,6 +56,7 @@ class DeviceRanker:
         self.index = {item["id"]: i for i, item in enumerate(self.items)}
         self.hidden = np.zeros(0, dtype=np.int64)  # rows a catalogue delta took off the pages (apply_delta)
         self.release_items = len(self.items)  # rows from here on were added by a catalogue delta
+        self.deltas_applied = 0  # apply_delta calls so far: what depends on `items` is stale when it moves
         self.precision = precision
         self.item_index = ItemIndex.from_release(
             folder, precision=precision, rescore=rescore, threads=threads
@@ -88,6 +89,7 @@ class DeviceRanker:
         self.hidden = np.union1d(self.hidden, np.array(inactive, dtype=np.int64)).astype(np.int64)
         active = [self.index[item["id"]] for item in delta.items if item["status"] == "active"]
         self.hidden = np.setdiff1d(self.hidden, np.array(active, dtype=np.int64)).astype(np.int64)
+        self.deltas_applied += 1
 
     @property
     def n_items(self) -> int:

@@ -240,3 +240,18 @@ def test_the_releases_trending_counts_rank_with_a_delta_applied(
     assert len(rows) == 5 and not set(rows) & set(ranker.hidden.tolist())
     padded = np.pad(counts, (0, ranker.n_items - ranker.release_items))  # added items count 0
     assert [padded[r] for r in rows] == sorted((padded[r] for r in rows), reverse=True)
+
+
+def test_a_homepage_made_before_a_delta_is_applied_composes_with_it(
+    published: Published, device: ReleaseCache
+) -> None:
+    ranker = open_ranker(device, precision="float32")
+    homepage = Homepage(ranker, HomepageRules(section_size=100, per_category=100))
+    assert "new-0001" not in {c.item_id for s in homepage.compose([], NOW) for c in s.cards}
+    deltas = DeltaCache(device)
+    deltas.install(copy_from(published.second))
+    rows = deltas.rows()
+    assert rows is not None
+    ranker.apply_delta(rows)  # an app that keeps its ranker and homepage across a sync
+    page = {s.key: [c.item_id for c in s.cards] for s in homepage.compose([], NOW)}
+    assert "new-0001" in page["new"] and published.deal in page["deals"]
