@@ -78,11 +78,13 @@ def sync(cache: ReleaseCache, base_url: str) -> SyncResult:
     """Bring the cache to the service's latest release (see the module docstring)."""
     base_url = base_url.rstrip("/")
     index = get_json(f"{base_url}/v1/releases")
+    if not isinstance(index, dict):
+        raise DataError(f"{base_url}/v1/releases: not a release index")
     signed = {k: v for k, v in index.items() if k in ("releases", "key_id", "signature")}
     if signed.get("key_id") != key_id(cache.public_key):
         raise SignatureError("the release index is not signed by the pinned key")
     unsigned = {k: v for k, v in signed.items() if k != "signature"}
-    verify(cache.public_key, canonical_json(unsigned), signed["signature"])
+    verify(cache.public_key, canonical_json(unsigned), str(signed.get("signature", "")))
     withdrawn = {int(r["version"]) for r in signed["releases"] if r["withdrawn"]}
     live = [int(r["version"]) for r in signed["releases"] if not r["withdrawn"]]
     result = SyncResult(current=cache.state()["current"])

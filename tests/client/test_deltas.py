@@ -14,6 +14,7 @@ import pytest
 from catalogue_toy import NOW, new_item, release_item, release_of, write_model_run
 from ledger_toy import KEY
 
+from client.device import sync as sync_module
 from client.device.cache import ReleaseCache, copy_from
 from client.device.deltas import DeltaCache, open_ranker
 from client.device.homepage import Homepage, HomepageRules
@@ -23,7 +24,7 @@ from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore
 from shared.errors import DataError, SignatureError
 from shared.release_manifest import MANIFEST_NAME, sign_manifest, verify_release
-from shared.signing import Ed25519PrivateKey, generate_private_key
+from shared.signing import Ed25519PrivateKey, generate_private_key, key_id
 
 
 @dataclass
@@ -255,3 +256,22 @@ def test_a_homepage_made_before_a_delta_is_applied_composes_with_it(
     ranker.apply_delta(rows)  # an app that keeps its ranker and homepage across a sync
     page = {s.key: [c.item_id for c in s.cards] for s in homepage.compose([], NOW)}
     assert "new-0001" in page["new"] and published.deal in page["deals"]
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        [],  # not an object
+        {"releases": [], "key_id": "pinned"},  # the pinned key id but no signature
+        {"releases": [], "key_id": "pinned", "signature": None},
+    ],
+)
+def test_sync_refuses_a_malformed_release_index_with_a_typed_error(
+    device: ReleaseCache, monkeypatch: pytest.MonkeyPatch, index: object
+) -> None:
+    if isinstance(index, dict):
+        index = {**index, "key_id": key_id(KEY.public_key())}
+    monkeypatch.setattr(sync_module, "get_json", lambda url: index)
+    with pytest.raises((DataError, SignatureError)):
+        sync_module.sync(device, "http://127.0.0.1:9")
+    assert device.state()["current"] == 1
