@@ -31,7 +31,7 @@ from server.strategy import (
     make_server_optimizer,
     poisson_sample,
 )
-from server.trending_round import is_trending
+from server.trending_round import is_trending, remove_unaccounted_counts
 from shared.config import FedhomeConfig
 from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model.params import ParamLayout, params_sha256, scale_vector
@@ -178,6 +178,7 @@ class Coordinator:
             return False
         last = int(checkpoint["round"])
         self._reconcile_ledger(last, checkpoint["ledger_entry"])
+        remove_unaccounted_counts(self.folder.root, self.ledger.entries())
         self.state = RunState(last, checkpoint["params"], checkpoint["run_id"], checkpoint["history"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.aggregator.load_state_dict(checkpoint["aggregator"])

@@ -7,8 +7,10 @@ the training rounds; a release that would take the user epsilon past the budget 
 
 Order (what makes a kill safe): the counts file (atomic), the checkpoint of the current round again, now
 holding the accountant with this release and the trending entry, then the ledger entry. A resumed run whose
-ledger lacks that entry appends it from the checkpoint (server/coordinator.py). A kill between a training
-round and its periodic release skips that release; the final one is made on resume if missing.
+ledger lacks that entry appends it from the checkpoint (server/coordinator.py); a counts file whose entry
+never reached a checkpoint was not accounted and is deleted on resume (`remove_unaccounted_counts`). A kill
+between a training round and its periodic release skips that release; the final one is made on resume if
+missing.
 
 The entry (kind "trending_counts", no "round": "after_round" is the training round it follows) records the
 mechanism's parameters, the realised cohort, the noise std applied, the sha256 of the counts file and the
@@ -140,6 +142,20 @@ def write_counts(root: Path, after_round: int, counts: np.ndarray) -> str:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     return relative
+
+
+def remove_unaccounted_counts(root: Path, entries: list[dict[str, Any]]) -> list[str]:
+    """Delete the counts files in root/trending/ that no ledger entry names (a kill between writing the
+    file and checkpointing its entry: never accounted, so never to be published); returns their names."""
+    named = {str(e.get("counts_file")) for e in entries if is_trending(e)}
+    removed = []
+    for path in sorted((root / "trending").glob("*.npy")):
+        if f"trending/{path.name}" not in named:
+            path.unlink()
+            removed.append(f"trending/{path.name}")
+    if removed:
+        log.warning("removed trending counts no ledger entry accounts for: %s", ", ".join(removed))
+    return removed
 
 
 def trending_fields(

@@ -90,6 +90,22 @@ def check_counts_file(where: str, entry: dict[str, Any], folder: Path, problems:
     return True
 
 
+def check_unsigned_counts(entries: list[dict[str, Any]], folder: Path, problems: list[str]) -> None:
+    """Every counts file in the run folder's trending/ must be named by a trending entry of the ledger: one
+    that is not was never accounted (a release whose entry was cut off the end of the ledger, or a kill
+    between writing the file and signing its entry) and must not be published."""
+    named = {str(e.get("counts_file")) for e in entries if is_trending(e)}
+    directory = folder / "trending"
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.npy")):
+        name = f"trending/{path.name}"
+        if name not in named:
+            problems.append(
+                f"{name}: trending counts that no ledger entry signs (unaccounted; entries cut off?)"
+            )
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None

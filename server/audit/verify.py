@@ -14,7 +14,8 @@ exact arithmetic on logged floats, so it must match within 1e-9 relative.
 Trending releases (kind "trending_counts", server/audit/trending_checks.py) sit in the same chain without
 a "round" of their own ("after_round" must be the last round before them); their Poisson-subsampled
 Gaussian is composed into the recomputed epsilon like a training round, and their counts file, when it is
-beside the ledger, must match the sha256 the entry signs. Ledgers without such entries verify as before.
+beside the ledger, must match the sha256 the entry signs; a counts file in trending/ that no entry names
+was never accounted and fails the ledger. Ledgers without such entries verify as before.
 
 Not detectable from the ledger alone: entries cut off at the END (the chain is still intact). Pin the head
 hash from a signed release manifest with `expected_head` to catch that.
@@ -36,6 +37,7 @@ from server.audit.trending_checks import (
     check_counts_file,
     check_trending_fields,
     check_trending_noise,
+    check_unsigned_counts,
     is_trending,
 )
 from shared.errors import ConfigError, DataError, SignatureError
@@ -100,6 +102,7 @@ def verify_ledger(
             _trending_row(_where(line, entry), entry, ledger.parent, report)
         else:
             check_noise(_where(line, entry), entry, problems)
+    check_unsigned_counts([entry for _, entry in entries], ledger.parent, problems)
     _check_epsilons(valid, report)
     if expected_head is not None and report.head_hash != expected_head:
         problems.append(

@@ -167,3 +167,20 @@ def test_a_release_binds_its_trending_counts_to_their_entry(run: Path) -> None:
     assert "not the one its ledger entry signs" in _trending_binding(wrong_file, entries)[0]
     wrong_epsilon = {**manifest, "privacy": {"trending": {**block, "epsilon": 0.1}}}
     assert "epsilon differs" in _trending_binding(wrong_epsilon, entries)[0]
+
+
+def test_counts_that_no_entry_signs_fail_a_release_cut_off_the_end_included(
+    run: Path, tmp_path: Path
+) -> None:
+    copy = copy_of(run, tmp_path)
+    lines = (run / "ledger.jsonl").read_bytes().splitlines(keepends=True)
+    (copy / "ledger.jsonl").write_bytes(b"".join(lines[:-1]))  # the last release's entry cut off
+    report = verify_ledger(copy, KEY.public_key())
+    assert not report.ok and any("trending/after-round-00003.npy" in p for p in report.problems)
+    np.save(copy / "trending" / "after-round-00003.npy", np.zeros(7, np.float32))
+    (copy / "ledger.jsonl").write_bytes(b"".join(lines))
+    np.save(copy / "trending" / "after-round-00009.npy", np.zeros(7, np.float32))  # a stray release
+    report = verify_ledger(copy, KEY.public_key())
+    assert not report.ok and any(
+        "after-round-00009.npy" in p and "no ledger entry" in p for p in report.problems
+    )

@@ -153,3 +153,15 @@ def test_a_capped_run_composes_its_releases_uncapped_and_verifies(tmp_path: Path
     assert coordinator.epsilon() == pytest.approx(min(cap_bound, poisson), rel=2e-3)
     report = verify_ledger(tmp_path / "run", key.public_key())
     assert report.ok, report.problems
+
+
+def test_counts_whose_entry_never_reached_a_checkpoint_are_deleted_on_resume(tmp_path: Path) -> None:
+    key = generate_private_key()
+    run(config_of(tmp_path / "run", 2, every_rounds="1", noise_multiplier="3"), key)
+    folder = tmp_path / "run"
+    orphan = folder / "trending" / "after-round-00003.npy"  # killed after writing it, before its checkpoint
+    np.save(orphan, np.ones(N_ITEMS, np.float32))
+    assert not verify_ledger(folder, key.public_key()).ok  # unaccounted counts beside the ledger
+    run(config_of(folder, 2, every_rounds="1", noise_multiplier="3"), key)
+    assert not orphan.exists() and len(list((folder / "trending").glob("*.npy"))) == 2
+    assert verify_ledger(folder, key.public_key()).ok
