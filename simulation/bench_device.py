@@ -118,6 +118,9 @@ def write_catalogue(folder: Path, base: np.ndarray, n: int, temperature: float, 
     np.save(folder / CODE_SCALES_FILE, scales)
     np.save(folder / "item_bias.npy", np.zeros(n, dtype=np.float32))
     (folder / "scoring.json").write_text(json.dumps({"temperature": temperature}))
+    # ItemIndex.from_release reads only the files a manifest lists (unsigned here: a benchmark folder)
+    names = ("item_vectors_f32.npy", CODES_FILE, PROJECTION_FILE, CODE_SCALES_FILE, "item_bias.npy")
+    (folder / "manifest.json").write_text(json.dumps({"files": {name: {} for name in names}}))
 
 
 def histories(ranker: DeviceRanker, count: int, now: int, seed: int) -> list[list[Event]]:

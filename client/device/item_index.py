@@ -37,6 +37,7 @@ from shared.item_codes import (
     coarse_codes,
     principal_projection,
 )
+from shared.release_manifest import read_manifest
 
 Precision = Literal["int8", "float32"]
 DEFAULT_RESCORE = 0  # 0: choose from the catalogue size, see auto_rescore
@@ -101,20 +102,21 @@ class ItemIndex:
     def from_release(
         cls, folder: Path, *, precision: Precision = "int8", rescore: int = DEFAULT_RESCORE, threads: int = 1
     ) -> ItemIndex:
-        """The index of a verified release folder. Uses the release's projection and codes when it has
-        them (releases before they were added: computed here, once, from the item vectors)."""
+        """The index of a verified release folder. Uses the release's projection and codes when its signed
+        manifest lists them (releases before they were added: computed here, once, from the item vectors);
+        a file the manifest does not list is never read."""
         folder = Path(folder)
         scoring = json.loads((folder / "scoring.json").read_text())
+        # only files the signed manifest lists are used: verify_release checks no other file in the folder
+        listed = {name for name in read_manifest(folder)["files"] if (folder / name).is_file()}
         mmap: Literal["r"] | None = "r" if precision == "int8" else None  # exact: every row, every request
-        if (folder / "item_vectors_f32.npy").exists():
+        if "item_vectors_f32.npy" in listed:
             store = VectorStore(np.load(folder / "item_vectors_f32.npy", mmap_mode=mmap))
         else:
             store = VectorStore(
                 np.load(folder / "item_vectors_int8.npy", mmap_mode=mmap), np.load(folder / "item_scales.npy")
             )
-        coded = precision == "int8" and all(
-            (folder / n).exists() for n in (PROJECTION_FILE, CODES_FILE, CODE_SCALES_FILE)
-        )
+        coded = precision == "int8" and {PROJECTION_FILE, CODES_FILE, CODE_SCALES_FILE} <= listed
         return cls(
             store,
             np.load(folder / "item_bias.npy"),

@@ -3,6 +3,7 @@ after load, releases with and without the coarse codes."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from client.device.vector_store import VectorStore
 from server.release import ReleaseStore
 from shared.errors import DataError
 from shared.item_codes import CODE_SCALES_FILE, CODES_FILE, PROJECTION_FILE, principal_projection
+from shared.release_manifest import MANIFEST_NAME, sign_manifest, verify_release
 
 T = 7.5
 
@@ -214,3 +216,27 @@ def test_descending_is_the_stable_argsort_order(first: int) -> None:
     scores = np.round(np.random.default_rng(7).normal(size=5_000), 1)  # many ties
     scores[::11] = -np.inf
     assert list(descending(scores, first)) == np.argsort(-scores, kind="stable").tolist()
+
+
+def test_files_the_signed_manifest_does_not_list_are_never_used(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "store")
+    model, catalogue = random_model()
+    store.publish(model, catalogue, source("unlisted"), KEY)
+    folder, old = store.folder(1), tmp_path / "old"
+    shutil.copytree(folder, old)
+    manifest = json.loads((old / MANIFEST_NAME).read_text())
+    for name in (PROJECTION_FILE, CODES_FILE, CODE_SCALES_FILE):
+        del manifest["files"][name]  # a release from before the codes, validly signed
+    manifest.pop("signature")
+    (old / MANIFEST_NAME).write_text(json.dumps(sign_manifest(manifest, KEY)))
+    verify_release(old, KEY.public_key())
+    vectors = np.load(folder / "item_vectors_f32.npy")
+    # files dropped into the folder beside it: verify_release does not look at them, so neither may ranking
+    np.save(old / PROJECTION_FILE, np.zeros((vectors.shape[1], 64), np.float32))
+    np.save(old / CODES_FILE, np.full((64, len(vectors)), 127, np.int8))
+    np.save(old / CODE_SCALES_FILE, np.ones(len(vectors), np.float32))
+    verify_release(old, KEY.public_key())  # still verifies
+    got, expected = ItemIndex.from_release(old), ItemIndex.from_release(folder)
+    np.testing.assert_array_equal(got.projection, expected.projection)
+    user = vectors[11] / np.linalg.norm(vectors[11])
+    assert got.top_k(user, 20)[0].tolist() == expected.top_k(user, 20)[0].tolist()
