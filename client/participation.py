@@ -66,8 +66,13 @@ class Participation:
         self.state, self.run_id, self.folder = state, run_id, folder
         known = STATE_RUN in state.config_records and state.config_records[STATE_RUN].get("run-id") == run_id
         counts = state.array_records[STATE_COUNTS]["counts"].numpy() if known else None
-        if counts is None or counts.shape != (n_devices,):
+        if counts is None:
             counts = np.zeros(n_devices, dtype=np.int64)
+        elif counts.shape != (n_devices,):  # starting from zero here would let every device pass its cap
+            raise ConfigError(
+                f"this node kept participation counts for {counts.shape[0]} devices of the run, it now hosts "
+                f"{n_devices}: refusing to train rather than restart the counts"
+            )
         self.counts = counts.astype(np.int64, copy=True)
 
     def count(self, slot: int) -> int:

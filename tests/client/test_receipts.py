@@ -142,3 +142,12 @@ def test_the_run_epsilon_shown_covers_the_trending_counts_the_release_carries() 
     """A release with trending counts released after its model round is covered only by epsilon_all."""
     manifest = {"run_id": "run-a", "privacy": {"epsilon": 3.5, "epsilon_all": 4.25}}
     assert summary([receipt("run-a", 1)], manifest)[0]["run_epsilon"] == 4.25
+
+
+def test_counts_of_the_run_for_another_number_of_devices_are_refused_not_restarted() -> None:
+    state = RecordDict()
+    counts = Participation(state, run_id="run-a", n_devices=3)
+    counts.record(np.array([0, 1]), terms(1), cap=1)
+    with pytest.raises(ConfigError):  # zeros here would let devices 0 and 1 train again
+        Participation(state, run_id="run-a", n_devices=4)
+    assert Participation(state, run_id="run-b", n_devices=4).counts.tolist() == [0, 0, 0, 0]  # a new run
