@@ -90,3 +90,21 @@ def test_a_capped_run_keeps_every_device_within_its_cap_and_accounts_with_the_sm
     assert receipts.bind_release(manifest) == 1
     assert [r.release_version for r in receipts.receipts()] == [version]
     assert manifest["privacy"]["participation_cap"] == CAP
+
+
+def test_without_device_folders_the_counts_live_in_flower_node_state_across_rounds(tmp_path: Path) -> None:
+    """The default path (no receipts): refusals need each node's counts to survive between rounds in
+    Flower's context.state; with a fresh state every round nobody would ever refuse."""
+    config = tiny_config(
+        tmp_path,
+        tmp_path / "cache",
+        federated__rounds=str(ROUNDS),
+        federated__eval_every="0",
+        privacy__participation_cap=str(CAP),
+        privacy__noise_multiplier=str(Z),
+        privacy__target_epsilon="100",
+    )
+    run_federated(config, configured_split(config.data), progress=False)
+    entries = read_jsonl(RunFolder(config.federated.run_dir).ledger)
+    refused, _ = expected_participation(config.privacy.seed)
+    assert [e["refused_users"] for e in entries] == refused and sum(refused) > 0
