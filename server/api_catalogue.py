@@ -28,7 +28,7 @@ from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore
 from shared.catalogue_delta import manifest_sha256
 from shared.config import ServiceConfig
-from shared.errors import ConfigError, DataError, EncoderError
+from shared.errors import ConfigError, DataError, EncoderError, SignatureError
 from shared.release_manifest import MANIFEST_NAME
 from shared.signing import Ed25519PublicKey, load_private_key
 
@@ -103,7 +103,10 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
         latest = store.latest()
         if latest is None:
             raise NotFoundError("no release has been published")
-        key = load_private_key(Path(config.signing_key))
+        try:
+            key = load_private_key(Path(config.signing_key))
+        except (ConfigError, SignatureError) as exc:  # a missing or bad key file: the service's setup
+            raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
         try:
             return deltas.publish(base_of(latest), body.items, key)
         except EncoderError as exc:  # the encoder could not load or run: nothing was published

@@ -269,6 +269,20 @@ def test_writes_are_unavailable_when_the_served_run_is_not_the_releases(
     assert DeltaStore(store).sequences(1) == [] and DeltaStore(store).record() == {}
 
 
+def test_writes_are_unavailable_when_the_signing_key_file_is_missing(service: Service) -> None:
+    config = ServiceConfig(
+        release_store=service.store.root,
+        run_dir=service.run,
+        public_key=service.keys / "public.pem",
+        signing_key=str(service.keys / "no-such-key.pem"),
+    )
+    before = DeltaStore(service.store).sequences(1)
+    with serve(config) as url:
+        response = httpx.post(url + WRITE, json={"items": [new_item("k-1")]}, headers=ADMIN)
+    assert response.status_code == 503 and response.json()["error"]["type"] == "UnavailableError"
+    assert DeltaStore(service.store).sequences(1) == before
+
+
 def test_a_device_syncs_the_release_and_its_newest_delta(
     service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
