@@ -122,7 +122,27 @@ def _trending_binding(manifest: dict[str, Any], entries: list[dict[str, Any]]) -
         return ["the release's trending counts file is not the one its ledger entry signs"]
     if bound[0].get("user_epsilon", {}).get("pld") != block.get("epsilon"):
         return ["the release's trending epsilon differs from its ledger entry's"]
+    privacy = manifest.get("privacy", {})
+    larger = _larger_epsilon(privacy.get("epsilon"), block.get("epsilon"))
+    if larger is None or privacy.get("epsilon_all") != larger:
+        return [
+            f"the release's epsilon_all {privacy.get('epsilon_all')!r} is not the larger of its model's and "
+            f"its trending counts' epsilon ({larger!r}): it must cover both"
+        ]
     return []
+
+
+def _larger_epsilon(*values: Any) -> float | str | None:
+    """The larger of epsilons as manifests write them (a number, or "inf"); None when one is neither."""
+    numbers = []
+    for value in values:
+        if value == "inf":
+            numbers.append(math.inf)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            numbers.append(float(value))
+        else:
+            return None
+    return "inf" if math.isinf(max(numbers)) else max(numbers)
 
 
 def _entries(run: Path) -> list[dict[str, Any]]:

@@ -158,14 +158,25 @@ def test_a_release_binds_its_trending_counts_to_their_entry(run: Path) -> None:
     block = {"file": "trending_counts.npy", "ledger_entry_hash": last["entry_hash"],
              "epsilon": last["user_epsilon"]["pld"]}  # fmt: skip
     files = {"trending_counts.npy": {"sha256": last["counts_sha256"]}}
-    manifest = {"privacy": {"trending": block}, "files": files}
+    model_epsilon = entries[-2]["user_epsilon"]["pld"]  # the round before the last release
+    privacy = {"epsilon": model_epsilon, "epsilon_all": block["epsilon"], "trending": block}
+    manifest = {"privacy": privacy, "files": files}
     assert _trending_binding(manifest, entries) == []
+    understated = {**manifest, "privacy": {**privacy, "epsilon_all": model_epsilon}}
+    assert "epsilon_all" in _trending_binding(understated, entries)[0]  # misses the trending counts
+    assert (
+        "epsilon_all"
+        in _trending_binding({**manifest, "privacy": {**privacy, "epsilon_all": None}}, entries)[0]
+    )
     assert _trending_binding({"privacy": {}, "files": {}}, entries) == []
-    other = {**manifest, "privacy": {"trending": {**block, "ledger_entry_hash": entries[0]["entry_hash"]}}}
+    other = {
+        **manifest,
+        "privacy": {**privacy, "trending": {**block, "ledger_entry_hash": entries[0]["entry_hash"]}},
+    }
     assert "no trending entry" in _trending_binding(other, entries)[0]
     wrong_file = {**manifest, "files": {"trending_counts.npy": {"sha256": "0" * 64}}}
     assert "not the one its ledger entry signs" in _trending_binding(wrong_file, entries)[0]
-    wrong_epsilon = {**manifest, "privacy": {"trending": {**block, "epsilon": 0.1}}}
+    wrong_epsilon = {**manifest, "privacy": {**privacy, "trending": {**block, "epsilon": 0.1}}}
     assert "epsilon differs" in _trending_binding(wrong_epsilon, entries)[0]
 
 
