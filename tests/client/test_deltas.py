@@ -22,6 +22,7 @@ from client.device.ranker import DeviceRanker, Event
 from server.catalogue_delta import DeltaStore, load_base
 from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore
+from shared.catalogue_delta import verify_delta_list
 from shared.errors import DataError, SignatureError
 from shared.release_manifest import MANIFEST_NAME, sign_manifest, verify_release
 from shared.signing import Ed25519PrivateKey, generate_private_key, key_id
@@ -275,3 +276,22 @@ def test_sync_refuses_a_malformed_release_index_with_a_typed_error(
     with pytest.raises((DataError, SignatureError)):
         sync_module.sync(device, "http://127.0.0.1:9")
     assert device.state()["current"] == 1
+
+
+def test_the_signed_delta_list_is_checked_for_key_release_and_content(
+    published: Published, device: ReleaseCache
+) -> None:
+    listing = published.deltas.listing(1)
+    assert verify_delta_list(listing, KEY.public_key(), 1) == [1, 2]
+    with pytest.raises(DataError, match="release"):
+        verify_delta_list(listing, KEY.public_key(), 2)  # release 1's list replayed for release 2
+    with pytest.raises(SignatureError):
+        verify_delta_list(listing, generate_private_key().public_key(), 1)
+    altered = {**listing, "deltas": [{**e, "sequence": e["sequence"] + 5} for e in listing["deltas"]]}
+    with pytest.raises(SignatureError):
+        verify_delta_list(altered, KEY.public_key(), 1)
+    with pytest.raises(SignatureError, match="signed delta list names"):  # valid delta, not the listed one
+        DeltaCache(device).install(
+            copy_from(published.second), listed_sha256=listing["deltas"][0]["manifest_sha256"]
+        )
+    assert DeltaCache(device).applied(1) is None
