@@ -1,13 +1,16 @@
 """What the ServerApp says to the nodes over Flower's Grid: population discovery, train and evaluate rounds.
 
 The nodes' replies are checked here before anything is aggregated: a reply that is an error, has the wrong
-shape, non-finite values, or a sum longer than its count of clipped updates allows is rejected and counted.
+shape, non-finite values, or a sum longer than its count of clipped updates allows is rejected and counted;
+so is a second reply from the same node or one from a node that was not queried (it would be summed twice,
+or summed without its users being sampled).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,8 +126,8 @@ def train_round(
     record_epsilons: list[float] = []
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         node = reply.metadata.src_node_id
-        answered.add(node)
         try:
+            check_reply_source(node, assignment, answered)
             if record_level:
                 record_epsilons.append(_read_record_epsilon(reply))
             node_sum, node_count, node_unclipped, node_refused = _read_train_reply(
@@ -146,6 +149,16 @@ def train_round(
     sampled = sum(len(s) for s in assignment.values())
     record = max(record_epsilons, default=0.0) if record_level else None
     return TrainReplies(total, count, unclipped, rejected_nodes, sampled - count - refused, record, refused)
+
+
+def check_reply_source(node: int, assignment: Mapping[int, object], answered: set[int]) -> None:
+    """Mark `node` as answered; UpdateRejectedError when it was not queried or has already answered (the
+    first reply is the one that counts, accepted or not)."""
+    if node not in assignment:
+        raise UpdateRejectedError("a reply from a node that was not queried")
+    if node in answered:
+        raise UpdateRejectedError("a second reply from the same node")
+    answered.add(node)
 
 
 def _read_record_epsilon(reply: Message) -> float:

@@ -24,6 +24,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from server.messaging import check_reply_source
 from server.strategy import NoiseSource, check_update_sum
 from shared.errors import UpdateRejectedError
 from shared.record_values import as_int
@@ -60,7 +61,8 @@ def trending_query(
     n_items: int,
     timeout_s: float,
 ) -> TrendingReplies:
-    """Send the trending query to every node with sampled users; sum the replies that pass the checks."""
+    """Send the trending query to every node with sampled users; sum the replies that pass the checks (one
+    reply per queried node: check_reply_source)."""
     settings = ConfigRecord({"as-of-s": int(as_of_s), "window-s": float(window_s), "max-items": max_items})
     messages = [
         Message(
@@ -77,10 +79,10 @@ def trending_query(
     answered: set[int] = set()
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         node = reply.metadata.src_node_id
-        answered.add(node)
         try:
+            check_reply_source(node, assignment, answered)
             node_sum, node_count = read_trending_reply(
-                reply, n_sampled=len(assignment.get(node, [])), n_items=n_items, max_items=max_items
+                reply, n_sampled=len(assignment[node]), n_items=n_items, max_items=max_items
             )
         except UpdateRejectedError as exc:
             log.warning("trending reply from a node rejected: %s", exc)
