@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from server.catalogue_delta import DeltaBase, DeltaResult, DeltaStore, load_base
@@ -65,8 +67,18 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
     bases: dict[int, DeltaBase] = {}
     loading = threading.Lock()
 
-    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        require_admin(config, authorization)
+    class AdminFirst(APIRoute):
+        """A route that checks the admin token before FastAPI reads and validates its body, so a caller
+        without the token gets 401 whatever it sent (the body's size was checked before, by BodyLimit)."""
+
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def checked(request: Request) -> Response:
+                require_admin(config, request.headers.get("authorization"))
+                return await handler(request)
+
+            return checked
 
     def base_of(version: int) -> DeltaBase:
         with loading:
@@ -89,7 +101,6 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
             raise NotFoundError(f"release {version} has no delta {sequence}")
         return deltas.manifest(version, sequence)
 
-    @router.post("/v1/admin/catalogue/items", response_model=DeltaResult, dependencies=[Depends(admin)])
     def write_items(body: CatalogueWrite) -> DeltaResult:
         if len(body.items) > config.max_catalogue_batch:
             raise PayloadTooLargeError(
@@ -111,6 +122,14 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
             return deltas.publish(base_of(latest), body.items, key)
         except EncoderError as exc:  # the encoder could not load or run: nothing was published
             raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
+
+    router.add_api_route(
+        "/v1/admin/catalogue/items",
+        write_items,
+        methods=["POST"],
+        response_model=DeltaResult,
+        route_class_override=AdminFirst,
+    )
 
     @router.get("/v1/releases/{version}/deltas", response_model=DeltaList)
     def delta_list(version: int) -> DeltaList:

@@ -121,6 +121,26 @@ def test_writes_need_the_admin_token(service: Service, monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(
+    "content",
+    [b"{items", json.dumps({"items": [new_item(title="")]}).encode(), json.dumps({"items": []}).encode()],
+)
+def test_the_admin_token_is_checked_before_the_body(service: Service, content: bytes) -> None:
+    headers = {"Content-Type": "application/json"}
+    missing = httpx.post(service.url + WRITE, content=content, headers=headers)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "AuthError"
+    wrong = httpx.post(
+        service.url + WRITE,
+        content=content,
+        headers={**headers, "Authorization": "Bearer not-the-token-at-all"},
+    )
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "AuthError"
+    assert DeltaStore(service.store).sequences(1) == []
+    schema = httpx.get(service.url + "/openapi.json").json()  # the body is still documented for clients
+    body = schema["paths"][WRITE]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/CatalogueWrite"}
+
+
+@pytest.mark.parametrize(
     ("body", "status", "kind"),
     [
         ({"items": []}, 422, "ValidationError"),
