@@ -31,6 +31,8 @@ from shared.model.features import N_PRICE_BUCKETS, price_buckets, price_edges
 
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 LATEST_TIME_S = 4_102_444_800  # 2100-01-01: a later created_at is a typo (milliseconds?), not a date
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Unicode's Bidi_Control characters (marks, embeddings, overrides, isolates): invisible on their own."""
 
 
 class CatalogueItem(BaseModel):
@@ -57,6 +59,14 @@ class CatalogueItem(BaseModel):
         lone surrogates (which json.loads lets through)."""
         if any(unicodedata.category(c) == "Cs" or (ord(c) < 32 and c not in "\t\n") for c in value):
             raise ValueError("must be printable text (no control characters or lone surrogates)")
+        return value
+
+    @field_validator("title")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        """A title a shopper can see: not only whitespace and bidirectional control characters."""
+        if all(c.isspace() or c in BIDI_CONTROLS for c in value):
+            raise ValueError("must contain visible text, not only whitespace or bidirectional controls")
         return value
 
 

@@ -27,6 +27,7 @@ from client.device.deltas import open_ranker
 from client.device.sync import sync
 from server import cli as server_cli
 from server.catalogue_delta import DeltaStore
+from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore, load_run
 from server.service import make_app
 from shared.catalogue_delta import verify_delta, verify_delta_list
@@ -153,6 +154,8 @@ def test_the_admin_token_is_checked_before_the_body(service: Service, content: b
         ({"items": [new_item(on_promotion=0)]}, 422, "ValidationError"),  # strict types: 0 is not false
         ({"items": [new_item(created_at="1899996400")]}, 422, "ValidationError"),
         ({"items": [new_item(title="lone \ud800 surrogate")]}, 422, "ValidationError"),
+        ({"items": [new_item(title=" \t\u3000 ")]}, 422, "ValidationError"),  # only whitespace
+        ({"items": [new_item(title="\u202e \u2066\u2069\u202a")]}, 422, "ValidationError"),  # only bidi
         ({"items": [new_item(brand="bell \u0007")]}, 422, "ValidationError"),
         ({"items": [new_item(colour="red")]}, 422, "ValidationError"),  # unknown field
         ({"items": [new_item(), new_item()]}, 422, "DataError"),  # the same id twice
@@ -167,6 +170,21 @@ def test_malformed_and_oversized_batches_are_refused(
     response = httpx.post(service.url + WRITE, content=json.dumps(body), headers=json_headers)  # \u escapes
     assert response.status_code == status and response.json()["error"]["type"] == kind
     assert DeltaStore(service.store).sequences(1) == [] and DeltaStore(service.store).record() == {}
+
+
+@pytest.mark.parametrize(
+    "title", ["   ", "\u00a0\n\t", "\u202a\u202b\u202c\u202d\u202e", " \u2066\u2067\u2068\u2069 "]
+)
+def test_a_title_of_only_whitespace_and_bidi_controls_is_refused_with_a_clear_message(
+    service: Service, title: str
+) -> None:
+    response = httpx.post(service.url + WRITE, json={"items": [new_item(title=title)]}, headers=ADMIN)
+    assert response.status_code == 422
+    assert "items.0.title" in response.json()["error"]["message"]
+    assert "visible text" in response.json()["error"]["message"]
+    good = CatalogueItem.model_validate(new_item(title="\u2067Hebrew title\u2069 "))  # visible text passes
+    assert good.title == "\u2067Hebrew title\u2069 "
+    assert DeltaStore(service.store).sequences(1) == []
 
 
 def test_not_json_is_refused(service: Service) -> None:
