@@ -57,7 +57,8 @@ class Receipt:
 
     def __post_init__(self) -> None:
         finite = all(math.isfinite(v) for v in (self.clip_norm, self.noise_multiplier, self.sample_rate))
-        if not self.run_id or self.round < 1 or not finite or self.participation_cap < 0:
+        delta_ok = 0 < self.delta < 1  # False for NaN
+        if not self.run_id or self.round < 1 or not finite or not delta_ok or self.participation_cap < 0:
             raise DataError(f"malformed receipt for round {self.round} of run {self.run_id!r}")
 
 

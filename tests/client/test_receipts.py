@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,12 @@ from shared.privacy.participation import individual_epsilon
 
 def receipt(run_id: str, round_number: int, z: float = 1.0) -> Receipt:
     return Receipt(run_id, round_number, 0.5, z, 0.1, 1e-5, 2, "2026-12-03T08:00:00+00:00")
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, -1e-5, 2.0, math.nan])
+def test_a_receipt_with_an_announced_delta_outside_0_1_is_refused(delta: float) -> None:
+    with pytest.raises(DataError):
+        Receipt("run-a", 1, 0.5, 1.0, 0.1, delta, 2, "2026-12-03T08:00:00+00:00")
 
 
 def terms(round_number: int, run_id: str = "run-a") -> RoundTerms:
