@@ -38,7 +38,7 @@ class TrendingCounts:
 
 def release_trending(folder: Path, manifest: dict[str, Any], *, n_items: int) -> TrendingCounts | None:
     """The trending counts of a verified release (None when it has none); DataError when the file is not
-    one finite value per item or the manifest does not list it."""
+    one finite value per item, the manifest does not list it, or the block lacks a field or has a bad one."""
     block = manifest.get("privacy", {}).get("trending")
     if block is None:
         return None
@@ -51,10 +51,15 @@ def release_trending(folder: Path, manifest: dict[str, Any], *, n_items: int) ->
         raise DataError(f"the release's trending counts do not load ({exc})") from exc
     if counts.shape != (n_items,) or not np.isfinite(counts).all():
         raise DataError(f"trending counts must be {n_items} finite values, got shape {counts.shape}")
-    return TrendingCounts(
-        counts.astype(np.float32),
-        int(block["after_round"]),
-        block["epsilon"],
-        str(block["ledger_entry_hash"]),
-        float(block["count_noise_std"]),
-    )
+    try:
+        return TrendingCounts(
+            counts.astype(np.float32),
+            int(block["after_round"]),
+            block["epsilon"],
+            str(block["ledger_entry_hash"]),
+            float(block["count_noise_std"]),
+        )
+    except KeyError as exc:
+        raise DataError(f"the release's trending block has no {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"the release's trending block has a malformed value ({exc})") from exc
