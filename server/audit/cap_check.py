@@ -59,8 +59,11 @@ class CapCheck:
                 self._uncapped = one if self._uncapped is None else self._uncapped.compose(one)
             return
         segment = entry.get("cap_segment")
-        if type(segment) is not int or not self.last_segment <= segment <= self.last_segment + 1:
-            problems.append(f"{where}: cap_segment {segment!r} should be {self.last_segment} or one more")
+        lowest = max(self.last_segment, 1)  # segments start at 1 (server/participation_record.py)
+        if type(segment) is not int or not lowest <= segment <= self.last_segment + 1:
+            problems.append(
+                f"{where}: cap_segment {segment!r} should be {lowest} or one more (segments start at 1)"
+            )
             segment = max(self.last_segment, 1)
         self.last_segment = segment
         self.segments.setdefault(segment, []).append(z)

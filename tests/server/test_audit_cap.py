@@ -121,6 +121,10 @@ def _segment_jump(r: int, fields: dict[str, Any]) -> None:
         fields["cap_segment"] = 3
 
 
+def _segment_zero(r: int, fields: dict[str, Any]) -> None:
+    fields["cap_segment"] = 0  # segments start at 1 (CappedAccountant)
+
+
 def _cap_removed_claim_kept(r: int, fields: dict[str, Any]) -> None:
     for name in ("participation_cap", "cap_segment", "user_epsilon_poisson", "user_epsilon_cap"):
         fields.pop(name)
@@ -133,6 +137,7 @@ def _cap_removed_claim_kept(r: int, fields: dict[str, Any]) -> None:
         (_understated_cap_bound, "user_epsilon_cap"),
         (_wrong_binding, "epsilon_bound"),
         (_segment_jump, "cap_segment"),
+        (_segment_zero, "cap_segment"),
         (_cap_removed_claim_kept, "claimed PLD epsilon"),
     ],
 )
