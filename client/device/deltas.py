@@ -46,10 +46,7 @@ class DeltaCache:
 
     def applied(self, release: int) -> int | None:
         """The sequence of the delta applied to `release` (None: none)."""
-        path = self.root / "state.json"
-        state = json.loads(path.read_text()) if path.exists() else {"applied": {}}
-        sequence = state["applied"].get(str(release))
-        return None if sequence is None else int(sequence)
+        return self._applied().get(str(release))
 
     def install(self, fetch: Fetch, *, listed_sha256: str | None = None) -> int:
         """Download (via `fetch`), verify and apply a delta of the release in use; returns its sequence.
@@ -105,14 +102,29 @@ class DeltaCache:
         manifest = read_manifest(folder)
         return int(manifest["version"]), manifest
 
+    def _applied(self) -> dict[str, int]:
+        """state.json's {release: sequence} ({} when there is no file); DataError naming the file when it
+        is not that (a corrupt file is refused, never guessed at)."""
+        path = self.root / "state.json"
+        if not path.exists():
+            return {}
+        try:
+            applied = json.loads(path.read_bytes())["applied"]
+        except (ValueError, TypeError, KeyError) as exc:  # not JSON (UnicodeDecodeError is a ValueError)
+            raise DataError(f"not a delta state file ({type(exc).__name__})", path=str(path)) from exc
+        if not isinstance(applied, dict) or not all(
+            isinstance(k, str) and k.isdigit() and type(v) is int and v >= 1 for k, v in applied.items()
+        ):
+            raise DataError('"applied" must map release versions to delta sequences', path=str(path))
+        return applied
+
     def _folder(self, release: int, sequence: int) -> Path:
         return self.root / f"{int(release):06d}" / f"{int(sequence):06d}"
 
     def _set_applied(self, release: int, sequence: int) -> None:
         path = self.root / "state.json"
-        state = json.loads(path.read_text()) if path.exists() else {"applied": {}}
         kept = {v for v in self.cache.state().values() if v is not None}  # the releases still on the device
-        applied = {k: v for k, v in state["applied"].items() if int(k) in kept}
+        applied = {k: v for k, v in self._applied().items() if int(k) in kept}
         applied[str(release)] = sequence
         temporary = self.root / "state.json.tmp"
         temporary.write_text(json.dumps({"applied": applied}))

@@ -295,3 +295,19 @@ def test_the_signed_delta_list_is_checked_for_key_release_and_content(
             copy_from(published.second), listed_sha256=listing["deltas"][0]["manifest_sha256"]
         )
     assert DeltaCache(device).applied(1) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"\xff\xfe", b"[]", b'{"applied": []}', b'{"applied": {"1": "two"}}', b"{}"],
+)
+def test_a_corrupt_delta_state_file_is_a_data_error_naming_it(
+    published: Published, device: ReleaseCache, content: bytes
+) -> None:
+    deltas = DeltaCache(device)
+    (deltas.root / "state.json").write_bytes(content)
+    with pytest.raises(DataError, match=r"state\.json"):
+        deltas.applied(1)
+    with pytest.raises(DataError, match=r"state\.json"):
+        deltas.install(copy_from(published.first))
+    assert not deltas.incoming.exists() and not (deltas.root / "000001").exists()
