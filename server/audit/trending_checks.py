@@ -19,6 +19,7 @@ TRENDING_KIND = "trending_counts"
 REQUIRED = (
     *("kind", "after_round", "mode", "sampling", "sample_rate", "noise_multiplier", "noise_std"),
     *("sensitivity", "max_items", "item_weight", "counts_file", "counts_sha256", "delta", "user_epsilon"),
+    "count_noise_std",
     *("prev_hash", "key_id", "signature", "entry_hash"),
 )
 
@@ -30,7 +31,8 @@ def is_trending(entry: dict[str, Any]) -> bool:
 def check_trending_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
     """True when the fields the other checks read are present, well-typed and in range."""
     missing = [name for name in REQUIRED if name not in entry]
-    names = ("sample_rate", "noise_multiplier", "noise_std", "sensitivity", "item_weight", "delta")
+    names = ("sample_rate", "noise_multiplier", "noise_std", "count_noise_std", "sensitivity", "item_weight")
+    names = (*names, "delta")
     numbers = {name: _number(entry.get(name)) for name in names}
     bad = [name for name, value in numbers.items() if name in entry and value is None]
     k, after = entry.get("max_items"), entry.get("after_round", 0)
@@ -53,7 +55,8 @@ def check_trending_fields(where: str, entry: dict[str, Any], problems: list[str]
 
 
 def check_trending_noise(where: str, entry: dict[str, Any], problems: list[str]) -> None:
-    """Sensitivity 1 from weights 1/sqrt(k), noise applied = z_t * sensitivity, divisor q*N, Poisson."""
+    """Sensitivity 1 from weights 1/sqrt(k), noise applied = z_t * sensitivity, the counts' noise std =
+    noise_std * sqrt(k) / q_t (the estimator's scale), divisor q*N, Poisson."""
     z, std, mode = float(entry["noise_multiplier"]), float(entry["noise_std"]), entry["mode"]
     if entry["sampling"] != "poisson":
         problems.append(f"{where}: sampling {entry['sampling']!r}; the accounting assumes Poisson sampling")
@@ -68,8 +71,14 @@ def check_trending_noise(where: str, entry: dict[str, Any], problems: list[str])
         problems.append(f"{where}: unknown mode {mode!r} for a trending release")
     elif not close(std, z * float(entry["sensitivity"]), NOISE_RTOL):
         problems.append(f"{where}: noise_std {std} != noise_multiplier {z} * sensitivity")
-    cohort, population = _number(entry.get("expected_cohort")), _number(entry.get("population"))
     q = float(entry["sample_rate"])
+    count_std = float(entry["count_noise_std"])
+    if not close(count_std, std * math.sqrt(entry["max_items"]) / q, NOISE_RTOL):
+        problems.append(
+            f"{where}: count_noise_std {count_std} != noise_std * sqrt(max_items) / sample_rate "
+            "(the published counts' noise is misstated)"
+        )
+    cohort, population = _number(entry.get("expected_cohort")), _number(entry.get("population"))
     if cohort is not None and population is not None and not close(cohort, q * population, NOISE_RTOL):
         problems.append(f"{where}: expected_cohort {cohort} is not sample_rate * population")
 

@@ -112,6 +112,7 @@ def test_a_flipped_byte_in_a_trending_entry_fails(run: Path, tmp_path: Path) -> 
         ({"item_weight": 1.0}, "sensitivity is not 1"),
         ({"sampling": "fixed_size"}, "Poisson"),
         ({"after_round": 2}, "must follow round 1"),
+        ({"count_noise_std": 1.0}, "count_noise_std 1.0 != noise_std * sqrt(max_items) / sample_rate"),
     ],
 )
 def test_a_resigned_misstatement_of_a_trending_release_fails(
