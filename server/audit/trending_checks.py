@@ -23,6 +23,11 @@ REQUIRED = (
     *("prev_hash", "key_id", "signature", "entry_hash"),
 )
 
+NUMERIC = (
+    *("sample_rate", "noise_multiplier", "noise_std", "count_noise_std", "sensitivity", "item_weight"),
+    "delta",
+)
+
 
 def is_trending(entry: dict[str, Any]) -> bool:
     return entry.get("kind") == TRENDING_KIND
@@ -31,9 +36,7 @@ def is_trending(entry: dict[str, Any]) -> bool:
 def check_trending_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
     """True when the fields the other checks read are present, well-typed and in range."""
     missing = [name for name in REQUIRED if name not in entry]
-    names = ("sample_rate", "noise_multiplier", "noise_std", "count_noise_std", "sensitivity", "item_weight")
-    names = (*names, "delta")
-    numbers = {name: _number(entry.get(name)) for name in names}
+    numbers = {name: _number(entry.get(name)) for name in NUMERIC}
     bad = [name for name, value in numbers.items() if name in entry and value is None]
     k, after = entry.get("max_items"), entry.get("after_round", 0)
     if type(k) is not int or type(after) is not int or not isinstance(entry.get("user_epsilon", {}), dict):
