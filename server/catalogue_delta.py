@@ -53,6 +53,11 @@ LIST_NAME = "index.json"
 RECORD_NAME = "catalogue.json"
 
 
+class CorruptStoreError(DataError):
+    """A file of the service's own delta store (list, record, a delta's files) is malformed: the
+    service's fault, never the caller's (server/service.py maps it to 500)."""
+
+
 @dataclass
 class DeltaBase:
     """What the deltas of one release are computed from: its manifest, model, base catalogue, encoder."""
@@ -104,19 +109,31 @@ class DeltaStore:
         path = self.root / f"{release:06d}" / LIST_NAME
         if not path.is_file():
             return {"release": release, "deltas": []}
-        listing: dict[str, Any] = _read_json(path)
+        listing = _read_json(path)
+        entries = listing.get("deltas") if isinstance(listing, dict) else None
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and type(e.get("sequence")) is int for e in entries
+        ):
+            raise CorruptStoreError("not a delta list (deltas with integer sequences)", path=str(path))
         if public_key is not None:
-            verify_delta_list(listing, public_key, release)
+            try:
+                verify_delta_list(listing, public_key, release)
+            except DataError as exc:  # validly signed or not, our own list is wrong: SignatureError stays
+                raise CorruptStoreError(str(exc), path=str(path)) from exc
         return listing
 
     def sequences(self, release: int) -> list[int]:
         return sorted(int(entry["sequence"]) for entry in self.listing(release)["deltas"])
 
     def manifest(self, release: int, sequence: int) -> dict[str, Any]:
-        """A listed delta's signed manifest (DataError when it is not listed)."""
+        """A listed delta's signed manifest (DataError when it is not listed, CorruptStoreError when it is
+        but its manifest is not readable)."""
         if sequence not in self.sequences(release):
             raise DataError(f"release {release} has no delta {sequence}")
-        return read_manifest(self.folder(release, sequence))
+        try:
+            return read_manifest(self.folder(release, sequence))
+        except DataError as exc:
+            raise CorruptStoreError(str(exc)) from exc
 
     def catalogue(self, release: int) -> list[dict[str, Any]]:
         """The release's item metadata with its newest delta applied: changed items replaced in place, new
@@ -126,7 +143,11 @@ class DeltaStore:
         if not sequences:
             return items
         rows = {item["id"]: row for row, item in enumerate(items)}
-        for item in _read_json(self.folder(release, sequences[-1]) / DELTA_ITEMS):
+        path = self.folder(release, sequences[-1]) / DELTA_ITEMS
+        written = _read_json(path)
+        if not isinstance(written, list) or not all(isinstance(i, dict) and "id" in i for i in written):
+            raise CorruptStoreError("not a list of items with ids", path=str(path))
+        for item in written:
             if item["id"] in rows:
                 items[rows[item["id"]]] = item
             else:
@@ -136,7 +157,13 @@ class DeltaStore:
     def record(self) -> dict[str, dict[str, Any]]:
         """Every item written so far, id -> latest state, in write order."""
         path = self.root / RECORD_NAME
-        return dict(_read_json(path)["items"]) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        record = _read_json(path)
+        items = record.get("items") if isinstance(record, dict) else None
+        if not isinstance(items, dict):
+            raise CorruptStoreError('not a catalogue record (no "items" object)', path=str(path))
+        return items
 
     def publish(self, base: DeltaBase, items: Sequence[CatalogueItem], key: Ed25519PrivateKey) -> DeltaResult:
         """Apply `items` to the record and publish the next delta of `base`'s release (see the module
@@ -240,7 +267,8 @@ class DeltaStore:
 
 
 def _read_json(path: Path) -> Any:
+    """A JSON file of the store (CorruptStoreError naming it when it is not readable JSON)."""
     try:
         return json.loads(path.read_bytes())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not readable JSON") from exc
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptStoreError("not readable JSON", path=str(path)) from exc

@@ -49,7 +49,7 @@ from starlette.middleware.base import RequestResponseEndpoint
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api_catalogue import catalogue_router
-from server.catalogue_delta import DeltaStore
+from server.catalogue_delta import CorruptStoreError, DeltaStore
 from server.release import ReleaseStore
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, FedhomeError, SignatureError
@@ -85,6 +85,7 @@ STATUS: dict[type[FedhomeError], int] = {
     UnavailableError: 503,
     ConfigError: 400,
     DataError: 422,
+    CorruptStoreError: 500,  # a DataError in the service's own delta store: a server fault
     SignatureError: 500,  # our own files no longer verify: a server fault, never served as valid
 }
 
@@ -134,7 +135,7 @@ class WithdrawResult(BaseModel):
 
 
 def error_response(exc: FedhomeError) -> JSONResponse:
-    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
+    status = next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)  # the most specific
     return JSONResponse({"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,11 @@ from client.device.cache import ReleaseCache
 from client.device.deltas import open_ranker
 from client.device.sync import sync
 from server import cli as server_cli
-from server.catalogue_delta import DeltaStore
+from server.catalogue_delta import CorruptStoreError, DeltaStore
 from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore, load_run
-from server.service import make_app
-from shared.catalogue_delta import verify_delta, verify_delta_list
+from server.service import error_response, make_app
+from shared.catalogue_delta import sign_delta_list, verify_delta, verify_delta_list
 from shared.config import ServiceConfig
 from shared.data.schema import Catalogue
 from shared.errors import DataError, SignatureError
@@ -383,3 +384,53 @@ def test_catalogue_add_command_and_carry_over_to_a_new_release(
     assert [item["id"] for item in rows.items] == list(record)  # every written item, now for release 2
     result = sync(device, service.url)
     assert result.installed == 2 and result.delta == 1 and set(record) <= set(open_ranker(device).index)
+
+
+def _entry(sequence: object) -> dict[str, object]:
+    return {
+        "sequence": sequence,
+        "items": 1,
+        "created_utc": "2026-01-01T00:00:00Z",
+        "manifest_sha256": "0" * 64,
+    }
+
+
+def _signed(release_offset: int, *entries: dict[str, object]) -> Callable[[int], dict[str, object]]:
+    """A delta list of (latest release + release_offset) signed with the service's key."""
+    return lambda latest: sign_delta_list(latest + release_offset, list(entries), KEY)
+
+
+@pytest.mark.parametrize(
+    ("listing", "route"),
+    [
+        (lambda latest: b"{not json", "/v1/releases/{v}/deltas"),
+        (_signed(0, _entry(1), _entry(1)), "/v1/releases/{v}/deltas"),  # a sequence twice
+        (_signed(1, _entry(1)), "/v1/releases/{v}/deltas"),  # another release's list
+        (_signed(0, {"items": 1}), "/v1/releases/{v}/deltas"),  # an entry without a sequence
+        (_signed(0, _entry("one")), "/v1/releases/{v}/deltas/1"),
+        (_signed(0, _entry(1)), "/v1/releases/{v}/deltas/1"),  # its manifest is not JSON
+        (_signed(0, _entry(1)), "/v1/catalogue"),  # its items.json is not JSON
+    ],
+)
+def test_the_stores_own_corrupt_delta_files_are_a_server_error_not_the_callers(
+    service: Service, tmp_path: Path, listing: Callable[[int], object], route: str
+) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(service.store.root, root, ignore=shutil.ignore_patterns("deltas"))
+    latest = ReleaseStore(root).latest()
+    assert latest is not None
+    folder = root / "deltas" / f"{latest:06d}" / "000001"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_bytes(b"{not json")
+    (folder / "items.json").write_bytes(b"[{")
+    text = listing(latest)
+    (folder.parent / "index.json").write_bytes(text if isinstance(text, bytes) else json.dumps(text).encode())
+    config = ServiceConfig(release_store=root, run_dir=service.run, public_key=service.keys / "public.pem")
+    with serve(config) as url:
+        response = httpx.get(url + route.format(v=latest))
+    assert response.status_code == 500 and response.json()["error"]["type"] == "CorruptStoreError"
+    record = root / "deltas" / "catalogue.json"
+    record.write_bytes(b'{"no items": 1}')
+    with pytest.raises(CorruptStoreError, match=r"catalogue\.json") as refused:
+        DeltaStore(ReleaseStore(root)).record()
+    assert error_response(refused.value).status_code == 500
