@@ -1,8 +1,8 @@
 """The personalised homepage, composed on the device from one ranking pass over a verified release.
 
 Sections, filled in this order so that the more personal ones pick first:
-- "Because you viewed X": the items nearest (by item vector) to each of the last distinct history items,
-  with that item named as the reason;
+- "Because you viewed X": the items nearest (by item vector) to each of the last distinct history items
+  (not those a catalogue delta hid), with that item named as the reason;
 - "For you": the top of the model's ranking;
 - "New for you": items added within `new_days` of now (including items nobody has interacted with: their
   vectors come from their text), ranked by the same scores;
@@ -191,10 +191,13 @@ class Homepage:
         return blocked
 
     def _recent_distinct(self, history: Sequence[Event]) -> list[int]:
+        """The rows of the history's distinct items, newest first, leaving out those a catalogue delta hid
+        (out of stock, withdrawn): they are never named as a reason."""
+        hidden = set(self.ranker.hidden.tolist())
         rows: list[int] = []
         for event in sorted(history, key=lambda e: -e.timestamp):
             row = self.ranker.index.get(event.item_id)
-            if row is not None and row not in rows:
+            if row is not None and row not in rows and row not in hidden:
                 rows.append(row)
         return rows
 

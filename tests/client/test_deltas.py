@@ -311,3 +311,18 @@ def test_a_corrupt_delta_state_file_is_a_data_error_naming_it(
     with pytest.raises(DataError, match=r"state\.json"):
         deltas.install(copy_from(published.first))
     assert not deltas.incoming.exists() and not (deltas.root / "000001").exists()
+
+
+def test_an_item_a_delta_hid_is_never_named_as_a_because_you_viewed_reason(
+    published: Published, device: ReleaseCache
+) -> None:
+    DeltaCache(device).install(copy_from(published.second))
+    ranker = open_ranker(device, precision="float32")
+    gone, withdrawn = ranker.items[ranker.index[published.gone]], ranker.items[ranker.index["new-0002"]]
+    visible = history_near(ranker, "new-0001", n=2)
+    history = [*visible, Event(withdrawn["id"], "view", NOW - 120), Event(gone["id"], "view", NOW - 60)]
+    sections = Homepage(ranker, HomepageRules(section_size=3)).compose(history, NOW)
+    because = [s for s in sections if s.key == "because"]
+    reasons = [ranker.items[ranker.index[e.item_id]]["title"] for e in visible[::-1]]  # newest first
+    assert [s.title for s in because] == [f"Because you viewed {title}" for title in reasons]
+    assert {c.reason for s in because for c in s.cards} == set(reasons)

@@ -1,8 +1,9 @@
 // In-browser port of client/device/homepage.py: the same sections, order, rules and template copy.
 // Sections are filled so that the more personal ones pick first: "Because you viewed X" (nearest items by
-// item vector to each of the last distinct history items), then "For you" (placed first on the page), "New
-// for you", "Deals for you", "Trending" (only when the release carries counts). No item twice, purchased
-// items left out unless their category is re-buyable, at most perCategory items of a category per section.
+// item vector to each of the last distinct history items, none a catalogue delta hid), then "For you"
+// (placed first on the page), "New for you", "Deals for you", "Trending" (only when the release carries
+// counts). No item twice, purchased items left out unless their category is re-buyable, at most
+// perCategory items of a category per section.
 
 import { rankRows } from "./ranker.js";
 
@@ -93,11 +94,12 @@ export class Homepage {
     return blocked;
   }
 
+  /** Homepage._recent_distinct: distinct history rows, newest first, not those a catalogue delta hid. */
   recentDistinct(history) {
     const rows = [];
     for (const event of [...history].sort((a, b) => b.timestamp - a.timestamp)) {
       const row = this.ranker.index.get(event.item_id);
-      if (row !== undefined && !rows.includes(row)) rows.push(row);
+      if (row !== undefined && !rows.includes(row) && !this.ranker.hidden.has(row)) rows.push(row);
     }
     return rows;
   }
