@@ -10,7 +10,7 @@ import dp_accounting
 import numpy as np
 import pytest
 from ledger_toy import DELTA, KEY, round_fields
-from trending_toy import Q_T, Z_T, trending_fields, write_trending_run
+from trending_toy import Q_T, Z_T, K, trending_fields, write_trending_run
 
 from server.audit import cli as audit_cli
 from server.audit.report import build_report
@@ -45,11 +45,11 @@ def rewrite(folder: Path, line: int, **changes: object) -> None:
     (folder / "ledger.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def independent_epsilon(rounds: int, releases: int) -> float:
+def independent_epsilon(rounds: int, releases: int, *, q_t: float = Q_T) -> float:
     """dp_accounting's PLD of the same mechanisms, composed directly (not through fedhome's code)."""
     accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
     train = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.0))
-    trend = dp_accounting.PoissonSampledDpEvent(Q_T, dp_accounting.GaussianDpEvent(Z_T))
+    trend = dp_accounting.PoissonSampledDpEvent(q_t, dp_accounting.GaussianDpEvent(Z_T))
     accountant.compose(dp_accounting.SelfComposedDpEvent(train, rounds))
     if releases:
         accountant.compose(dp_accounting.SelfComposedDpEvent(trend, releases))
@@ -66,6 +66,35 @@ def test_a_ledger_with_trending_releases_verifies_and_composes_them(run: Path) -
     assert with_trending > training_only * 1.05
     assert report.recomputed_epsilon == pytest.approx(with_trending, rel=2e-3)
     assert report.claimed_epsilon == pytest.approx(with_trending, rel=2e-3)
+
+
+SUBSAMPLED_Q_T = 0.3  # trending users Poisson-sampled, not all of them
+
+
+@pytest.fixture(scope="module")
+def subsampled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("subsampled-trending-run")
+    write_trending_run(folder, rounds=3, every=1, q_t=SUBSAMPLED_Q_T)
+    return folder
+
+
+def test_subsampled_trending_releases_verify_as_poisson_sampled_gaussians(subsampled_run: Path) -> None:
+    report = verify_ledger(subsampled_run, KEY.public_key())
+    assert report.ok, report.problems
+    subsampled = independent_epsilon(3, 3, q_t=SUBSAMPLED_Q_T)
+    assert independent_epsilon(3, 0) < subsampled < independent_epsilon(3, 3) / 1.05  # q_t < 1 amplifies
+    assert report.recomputed_epsilon == pytest.approx(subsampled, rel=2e-3)
+    assert report.claimed_epsilon == pytest.approx(subsampled, rel=2e-3)
+
+
+def test_a_resigned_sample_rate_of_a_subsampled_trending_release_fails(
+    subsampled_run: Path, tmp_path: Path
+) -> None:
+    copy = copy_of(subsampled_run, tmp_path)
+    q_t = 0.1  # a smaller rate, with every field that follows from it restated to match
+    rewrite(copy, 1, sample_rate=q_t, expected_cohort=q_t * 2000, count_noise_std=Z_T * K**0.5 / q_t)
+    report = verify_ledger(copy, KEY.public_key())
+    assert not report.ok and any("claimed PLD epsilon" in p for p in report.problems), report.problems
 
 
 def test_the_accountant_composes_trending_with_training_like_dp_accounting() -> None:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import numpy as np
 import pytest
 from test_coordinator_resume import POPULATION, drop_last_lines, fake_train_round
@@ -92,6 +93,24 @@ def test_releases_are_accounted_in_order_and_the_final_one_is_not_repeated(tmp_p
     assert counts.shape == (N_ITEMS,) and entries[-1]["count_noise_std"] == pytest.approx(3 * math.sqrt(K))
     report = verify_ledger(tmp_path / "run", key.public_key())
     assert report.ok and [row["counts_file_ok"] for row in report.trending] == [True, True]
+
+
+def test_subsampled_releases_are_accounted_as_poisson_sampled_gaussians_and_verify(tmp_path: Path) -> None:
+    key = generate_private_key()
+    config = config_of(tmp_path / "run", 2, every_rounds="1", noise_multiplier="3", sample_rate="0.25")
+    coordinator, _ = run(config, key)
+    entries = [e for e in coordinator.ledger.entries() if e.get("kind") == "trending_counts"]
+    assert [e["sample_rate"] for e in entries] == [0.25, 0.25]
+    assert entries[-1]["count_noise_std"] == pytest.approx(3 * math.sqrt(K) / 0.25)
+    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    train = dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(1.0))
+    release = dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(3.0))
+    accountant.compose(dp_accounting.ComposedDpEvent([train, release, train, release]))
+    independent = accountant.get_epsilon(coordinator.plan.delta)
+    assert coordinator.epsilon() == pytest.approx(independent, rel=2e-3)
+    report = verify_ledger(tmp_path / "run", key.public_key())
+    assert report.ok, report.problems
+    assert report.recomputed_epsilon == pytest.approx(independent, rel=2e-3)
 
 
 def test_a_release_over_budget_is_refused_and_spends_nothing(tmp_path: Path) -> None:
