@@ -93,6 +93,9 @@ export async function verifyDeltaList(listText, pinnedKeyBase64, release) {
   await checkSignature(signed, pinnedKeyBase64, "delta list");
   const listing = plain(signed);
   if (listing.release !== release) throw new ReleaseRefusedError(`the delta list is for release ${listing.release}`);
+  const sequences = listing.deltas.map((entry) => entry?.sequence);
+  if (!sequences.every(Number.isInteger)) throw new ReleaseRefusedError("the delta list has an entry without an integer sequence");
+  if (new Set(sequences).size !== sequences.length) throw new ReleaseRefusedError("the delta list names a sequence twice");
   return listing.deltas;
 }
 
