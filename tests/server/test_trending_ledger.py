@@ -208,6 +208,8 @@ def test_a_release_binds_its_trending_counts_to_their_entry(run: Path) -> None:
     assert "not the one its ledger entry signs" in _trending_binding(wrong_file, entries)[0]
     wrong_epsilon = {**manifest, "privacy": {**privacy, "trending": {**block, "epsilon": 0.1}}}
     assert "epsilon differs" in _trending_binding(wrong_epsilon, entries)[0]
+    # the ledger cut off after the model's training entry: the trending entry is not in the chain
+    assert "no trending entry" in _trending_binding(manifest, entries[:-1])[0]
 
 
 def test_counts_that_no_entry_signs_fail_a_release_cut_off_the_end_included(
