@@ -96,6 +96,7 @@ def open_demo(browser: Browser, url: str, screenshot: Path) -> tuple[dict[str, A
         page.screenshot(path=str(screenshot), full_page=True)
         state: dict[str, Any] = page.evaluate("window.fedhomeDemo")
         cards = page.locator("#sections .card:visible").count()
+        state["release_text"] = page.locator("#release").inner_text()
         if state["status"] != "ready":
             state["shown_error"] = page.locator("#error").inner_text()
         return state, cards

@@ -77,6 +77,7 @@ def add_trending_counts(folder: Path) -> None:
     def change(fields: dict[str, Any]) -> None:
         fields["files"][TRENDING] = file_digest(folder / TRENDING)
         fields["privacy"]["trending"] = {**block, "count_noise_std": 2.0}
+        fields["privacy"]["epsilon_all"] = 8.25  # the model and the counts together (release_trending.py)
 
     resign(folder, change)
 
@@ -177,6 +178,7 @@ def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, 
         )
         assert state["status"] == "ready", state.get("error")
         assert state["shopper"] == shopper["id"] and state["release"] == 1 and state["delta"] == 1
+        assert "user-level epsilon 8.25" in state["release_text"]  # epsilon_all, not the model round's
         ranker = sdk_ranker(store, 1, KEY.public_key())  # the release with its catalogue delta applied
         top, scores, sections = sdk_page(ranker, store.folder(1), shopper)
         assert [r["id"] for r in state["ranking"]] == top

@@ -128,7 +128,9 @@ function showRelease(manifest, trending) {
     : "";
   $("release").textContent =
     `Release ${manifest.version} verified in this browser (Ed25519 key ${manifest.key_id}, every file's sha256): ` +
-    `user-level epsilon ${+Number(p.epsilon).toPrecision(3)} at delta ${+Number(p.delta).toPrecision(3)}, ` +
+    `user-level epsilon ${+Number(p.epsilon_all ?? p.epsilon).toPrecision(3)} at delta ${+Number(p.delta).toPrecision(3)}` +
+    (p.epsilon_all != null ? " (the model and its trending counts together)" : "") +
+    ", " +
     `model round ${manifest.model?.round}.`;
 }
 
