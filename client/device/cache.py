@@ -25,6 +25,17 @@ from shared.signing import Ed25519PublicKey
 Fetch = Callable[[str, Path], None]
 
 
+def download(fetch: Fetch, folder: Path) -> None:
+    """Fetch a manifest and every file it lists into an emptied `folder` (nothing verified yet: the caller
+    verifies before using anything). Each listed name is checked before it becomes a path or a URL."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    fetch(MANIFEST_NAME, folder / MANIFEST_NAME)
+    for name in read_manifest(folder)["files"]:
+        check_file_name(name)
+        fetch(name, folder / name)
+
+
 def copy_from(folder: Path) -> Fetch:
     """A Fetch that copies from a local release folder (the HTTP fetcher comes with the model service)."""
 
@@ -55,13 +66,8 @@ class ReleaseCache:
         """Download (via `fetch`), verify and switch to a release; returns its version. Raises
         SignatureError/DataError (cache unchanged) when it does not verify, and refuses a release older than
         the one in use unless `allow_older` (an old, validly signed release must not be replayed)."""
-        shutil.rmtree(self.incoming, ignore_errors=True)
-        self.incoming.mkdir()
         try:
-            fetch(MANIFEST_NAME, self.incoming / MANIFEST_NAME)
-            for name in read_manifest(self.incoming)["files"]:
-                check_file_name(name)  # before the name becomes a path or a URL
-                fetch(name, self.incoming / name)
+            download(fetch, self.incoming)
             manifest = verify_release(self.incoming, self.public_key)
         except Exception:
             shutil.rmtree(self.incoming, ignore_errors=True)

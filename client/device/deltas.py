@@ -21,12 +21,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from client.device.cache import Fetch, ReleaseCache
+from client.device.cache import Fetch, ReleaseCache, download
 from client.device.item_index import Precision
 from client.device.ranker import DeviceRanker
 from shared.catalogue_delta import DeltaRows, manifest_sha256, verify_delta, verify_delta_list
 from shared.errors import DataError, SignatureError
-from shared.release_manifest import MANIFEST_NAME, check_file_name, read_manifest
+from shared.release_manifest import read_manifest
 
 TIMEOUT_S = 30
 _CHUNK = 1 << 20
@@ -53,13 +53,8 @@ class DeltaCache:
         Raises SignatureError/DataError, with the delta in use unchanged, when it does not verify, is not
         newer than the one applied, or is not the manifest a signed delta list names (`listed_sha256`)."""
         release, base = self.release()
-        shutil.rmtree(self.incoming, ignore_errors=True)
-        self.incoming.mkdir()
         try:
-            fetch(MANIFEST_NAME, self.incoming / MANIFEST_NAME)
-            for name in read_manifest(self.incoming)["files"]:
-                check_file_name(name)  # before the name becomes a path or a URL
-                fetch(name, self.incoming / name)
+            download(fetch, self.incoming)
             rows = verify_delta(self.incoming, self.cache.public_key, base)
             if listed_sha256 is not None and manifest_sha256(rows.manifest) != listed_sha256:
                 raise SignatureError("the delta is not the one the signed delta list names")
