@@ -73,7 +73,12 @@ def pld_epsilon(events: Sequence[RoundEvent], *, delta: float) -> float:
 def rdp_epsilon(events: Sequence[RoundEvent], *, delta: float) -> float:
     """User-level epsilon at `delta` after these rounds by Opacus's RDP accountant (looser than PLD)."""
     _check_delta(delta)
-    runs = _runs(events)
+    return _rdp_epsilon_of_runs(_runs(events), delta)
+
+
+@functools.lru_cache(maxsize=64)
+def _rdp_epsilon_of_runs(runs: Runs, delta: float) -> float:
+    """Cached like _pld_epsilon_of_runs: a round's ledger entry and its summary ask for the same runs."""
     if not runs:
         return 0.0
     if any(event.noise_multiplier == 0 for event, _ in runs):
