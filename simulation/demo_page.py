@@ -19,18 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import uvicorn
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from client.device.homepage import Homepage
@@ -39,36 +33,14 @@ from client.device.trending import release_trending
 from server.catalogue_delta import DeltaStore
 from server.demo_shoppers import read_demo_shoppers
 from server.release import ReleaseStore
-from server.service import make_app
 from shared.catalogue_delta import verify_delta
 from shared.config import ServiceConfig
 from shared.release_manifest import read_manifest
 from shared.signing import Ed25519PublicKey, load_public_key
+from simulation.local_service import running
 
 RANKING_K = 20  # the page's ranking table
 READY = 'body:not([data-status="loading"]):not([data-status="ranking"])'
-
-
-@contextmanager
-def running(config: ServiceConfig) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port for `config`; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = make_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not server.started:
-        raise RuntimeError("the service did not start within 20 s")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def launch_chromium(playwright: Playwright) -> Browser:

@@ -4,12 +4,8 @@ with the release's, `fedhome-server catalogue-add` and the carry-over to a new r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +13,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from catalogue_toy import NOW, new_item, release_item, release_of, write_model_run
 from ledger_toy import KEY
 from release_toy import random_model, source
@@ -30,12 +25,13 @@ from server import cli as server_cli
 from server.catalogue_delta import CorruptStoreError, DeltaStore
 from server.catalogue_items import CatalogueItem
 from server.release import ReleaseStore, load_run
-from server.service import error_response, make_app
+from server.service import error_response
 from shared.catalogue_delta import sign_delta_list, verify_delta, verify_delta_list
 from shared.config import ServiceConfig
 from shared.data.schema import Catalogue
 from shared.errors import DataError, SignatureError
 from shared.signing import generate_private_key, save_private_key, save_public_key
+from simulation.local_service import running as serve
 
 TOKEN = "catalogue-admin-token-for-tests"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -68,28 +64,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     )
     with serve(config) as url:
         yield Service(url, store, run, load_run(run, KEY.public_key())[1], tmp)
-
-
-@contextlib.contextmanager
-def serve(config: ServiceConfig) -> Iterator[str]:
-    """The model service on a real uvicorn server on a free loopback port; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(config), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(autouse=True)

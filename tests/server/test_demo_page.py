@@ -32,7 +32,8 @@ from shared.config import FedhomeConfig, ServiceConfig, SyntheticShopConfig, to_
 from shared.data.synthetic.shop import generate_shop
 from shared.errors import DataError
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
-from simulation.demo_page import launch_chromium, open_demo, running, sdk_page, sdk_ranker
+from simulation.demo_page import launch_chromium, open_demo, sdk_page, sdk_ranker
+from simulation.local_service import running
 
 SCORE_TOLERANCE = 1e-4
 TRENDING = "trending_counts.npy"

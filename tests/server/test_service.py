@@ -6,25 +6,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from ledger_toy import KEY, write_run
 from release_toy import random_model, source
 
 from client.device.cache import ReleaseCache
 from client.device.sync import sync
 from server.release import ReleaseStore
-from server.service import make_app
 from shared.config import ServiceConfig
 from shared.signing import save_private_key, save_public_key
+from simulation.local_service import running
 
 TOKEN = "s3cret-admin-token-for-tests"
 
@@ -47,21 +43,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Rel
         max_request_bytes=2_048,
         max_page_size=50,
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(config), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}", store, run
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(config) as url:
+        yield url, store, run
 
 
 def test_health_index_and_latest_manifest_with_etag(service: tuple[str, ReleaseStore, Path]) -> None:
