@@ -57,20 +57,14 @@ class DeltaList(BaseModel):
     signature: str | None = None
 
 
-def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed25519PublicKey) -> APIRouter:
-    """The routes above over `store`; admin writes sign with config.signing_key."""
-    # imported here: server.service includes this router, so it is fully loaded by the time this runs
-    from server.service import NotFoundError, PayloadTooLargeError, UnavailableError, require_admin
-
-    router = APIRouter()
-    deltas = DeltaStore(store)
-    bases: dict[int, DeltaBase] = {}
-    loading = threading.Lock()
+def admin_first(config: ServiceConfig) -> type[APIRoute]:
+    """The route class of admin routes (`route_class_override=`): it checks config's admin token before
+    FastAPI reads and validates the body, so a caller without the token gets 401 whatever it sent (the
+    body's size was checked before, by BodyLimit). Only the handler is wrapped: the OpenAPI schema still
+    documents the body model."""
+    from server.service import require_admin  # here: server.service imports this module
 
     class AdminFirst(APIRoute):
-        """A route that checks the admin token before FastAPI reads and validates its body, so a caller
-        without the token gets 401 whatever it sent (the body's size was checked before, by BodyLimit)."""
-
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
@@ -79,6 +73,19 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
                 return await handler(request)
 
             return checked
+
+    return AdminFirst
+
+
+def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed25519PublicKey) -> APIRouter:
+    """The routes above over `store`; admin writes sign with config.signing_key."""
+    # imported here: server.service includes this router, so it is fully loaded by the time this runs
+    from server.service import NotFoundError, PayloadTooLargeError, UnavailableError
+
+    router = APIRouter()
+    deltas = DeltaStore(store)
+    bases: dict[int, DeltaBase] = {}
+    loading = threading.Lock()
 
     def base_of(version: int) -> DeltaBase:
         with loading:
@@ -128,7 +135,7 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
         write_items,
         methods=["POST"],
         response_model=DeltaResult,
-        route_class_override=AdminFirst,
+        route_class_override=admin_first(config),
     )
 
     @router.get("/v1/releases/{version}/deltas", response_model=DeltaList)

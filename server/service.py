@@ -17,7 +17,8 @@ Routes (all GET unless said; JSON unless said):
 - /demo, its static files and /v1/demo/shoppers (server/api_demo.py): the demo homepage page, ranked in the
   browser from the latest release (onnxruntime-web, WebCrypto Ed25519);
 - POST /v1/admin/releases/{version}/withdraw {"reason"}: needs `Authorization: Bearer <token>` (the token
-  is read from the environment variable ServiceConfig.admin_token_env; without one, admin routes are off).
+  is read from the environment variable ServiceConfig.admin_token_env; without one, admin routes are off),
+  checked before the body is read: a request without it gets 401 whatever its body.
 - catalogue writes and deltas (server/api_catalogue.py): POST /v1/admin/catalogue/items (admin) embeds
   added or changed items and publishes a signed, cumulative catalogue delta of the latest release;
   /v1/releases/{version}/deltas (the signed list), .../deltas/{sequence} (a manifest) and
@@ -48,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import RequestResponseEndpoint
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api_catalogue import catalogue_router
+from server.api_catalogue import admin_first, catalogue_router
 from server.catalogue_delta import CorruptStoreError, DeltaStore
 from server.release import ReleaseStore
 from shared.config import ServiceConfig
@@ -315,16 +316,20 @@ def make_app(config: ServiceConfig) -> FastAPI:
         live_manifest(version)
         return dashboard_page(store.folder(version))
 
-    @app.post("/v1/admin/releases/{version}/withdraw", response_model=WithdrawResult)
-    def withdraw(
-        version: int, body: WithdrawRequest, authorization: str | None = Header(default=None)
-    ) -> WithdrawResult:
-        require_admin(config, authorization)
+    def withdraw(version: int, body: WithdrawRequest) -> WithdrawResult:
         live_manifest(version)
         if not config.signing_key:
             raise UnavailableError("the service was started without a signing key (--signing-key)")
         store.withdraw(version, reason=body.reason, key=load_private_key(Path(config.signing_key)))
         return WithdrawResult(withdrawn=version, latest=store.latest())
+
+    app.router.add_api_route(  # the admin token is checked before the body is read (401 whatever it is)
+        "/v1/admin/releases/{version}/withdraw",
+        withdraw,
+        methods=["POST"],
+        response_model=WithdrawResult,
+        route_class_override=admin_first(config),
+    )
 
     from server.api_demo import demo_router  # here: api_demo imports this module's error types
 

@@ -126,6 +126,49 @@ def test_admin_withdrawal_needs_the_token_and_limits_hold(
     assert store.latest() == 2  # nothing refused changed anything
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"\xff\xfe\x00", b"[]", b"{}", b'{"reason": ""}', b'{"reason": 5}', b'{"reason": "x"}'],
+)
+@pytest.mark.parametrize("token", [TOKEN, None])  # admin routes on, then off (no token configured)
+def test_withdrawal_checks_the_admin_token_before_the_body(
+    service: tuple[str, ReleaseStore, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes,
+    token: str | None,
+) -> None:
+    base, store, _ = service
+    url = f"{base}/v1/admin/releases/2/withdraw"
+    if token is None:
+        monkeypatch.delenv("FEDHOME_ADMIN_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", token)
+    json_type = {"Content-Type": "application/json"}
+    for auth in ({}, {"Authorization": "Bearer not-the-token-at-all"}, {"Authorization": TOKEN}):
+        refused = httpx.post(url, content=content, headers={**json_type, **auth})
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "AuthError"
+    assert store.latest() == 2 and not store.index(KEY.public_key())["releases"][1]["withdrawn"]
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b"{}", b'{"reason": ""}', b'{"reason": 5}'])
+def test_withdrawal_with_the_token_validates_the_body(
+    service: tuple[str, ReleaseStore, Path], monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    base, store, _ = service
+    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
+    response = httpx.post(
+        f"{base}/v1/admin/releases/2/withdraw",
+        content=content,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 422 and response.json()["error"]["type"] == "ValidationError"
+    assert store.latest() == 2
+    schema = httpx.get(f"{base}/openapi.json").json()  # the body is still documented for clients
+    route = schema["paths"]["/v1/admin/releases/{version}/withdraw"]["post"]
+    body = route["requestBody"]["content"]["application/json"]["schema"]
+    assert route["requestBody"]["required"] and body == {"$ref": "#/components/schemas/WithdrawRequest"}
+
+
 def test_openapi_and_metrics(service: tuple[str, ReleaseStore, Path]) -> None:
     base = service[0]
     schema = httpx.get(f"{base}/openapi.json").json()
@@ -154,6 +197,8 @@ def test_device_syncs_downloads_only_changed_files_and_falls_back_on_withdrawal(
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert response.status_code == 200 and response.json() == {"withdrawn": 2, "latest": 1}
+    entry = store.index(KEY.public_key())["releases"][1]
+    assert entry == {"version": 2, "withdrawn": True, "reason": "regression"}
     after = sync(cache, base)
     assert after.fell_back and after.current == 1 and cache.verify_current()["version"] == 1
     assert json.loads((tmp_path / "device" / "state.json").read_text())["current"] == 1
