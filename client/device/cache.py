@@ -6,6 +6,8 @@ written by atomic rename, and `incoming/` (a download in progress). An install c
 folder into `releases/`, then switches `state.json`. A crash or an interrupted download at any point leaves
 the current release in use; a leftover `incoming/` is discarded on the next install. A release that does
 not verify is refused and the cache is unchanged. `withdraw_current()` falls back to the previous release.
+A corrupt `state.json` is refused (DataError naming it), never guessed at: nothing is installed, switched
+or pruned until a person or the app removes it (the next install then starts afresh).
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def download(fetch: Fetch, folder: Path) -> None:
         fetch(name, folder / name)
 
 
+def read_state(path: Path, kind: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The JSON object in the state file `path` (None when there is no file), which must have `keys`
+    (the caller checks their values); DataError naming the file when it is not that."""
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_bytes())
+    except ValueError as exc:  # not JSON (UnicodeDecodeError is a ValueError)
+        raise DataError(f"not a {kind} state file ({type(exc).__name__})", path=str(path)) from exc
+    if not isinstance(state, dict) or not all(key in state for key in keys):
+        raise DataError(f"not a {kind} state file (an object with {', '.join(keys)})", path=str(path))
+    return state
+
+
 def copy_from(folder: Path) -> Fetch:
     """A Fetch that copies from a local release folder (the HTTP fetcher comes with the model service)."""
 
@@ -54,9 +70,17 @@ class ReleaseCache:
     def incoming(self) -> Path:
         return self.root / "incoming"
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, int | None]:
+        """state.json's {"current", "previous"} release versions (None: none; both None when there is no
+        file); DataError naming the file when it is not that (a corrupt file is refused, never guessed at)."""
         path = self.root / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {"current": None, "previous": None}
+        state = read_state(path, "release cache", ("current", "previous"))
+        if state is None:
+            return {"current": None, "previous": None}
+        versions = {key: state[key] for key in ("current", "previous")}
+        if not all(v is None or (type(v) is int and v >= 1) for v in versions.values()):
+            raise DataError('"current" and "previous" must be release versions or null', path=str(path))
+        return versions
 
     def current(self) -> Path | None:
         version = self.state()["current"]
@@ -65,7 +89,10 @@ class ReleaseCache:
     def install(self, fetch: Fetch, *, allow_older: bool = False) -> int:
         """Download (via `fetch`), verify and switch to a release; returns its version. Raises
         SignatureError/DataError (cache unchanged) when it does not verify, and refuses a release older than
-        the one in use unless `allow_older` (an old, validly signed release must not be replayed)."""
+        the one in use unless `allow_older` (an old, validly signed release must not be replayed). A corrupt
+        state.json is a DataError before anything is fetched: the releases on disk are neither replaced
+        nor pruned (which ones to keep is what the file says)."""
+        current = self.state()["current"]
         try:
             download(fetch, self.incoming)
             manifest = verify_release(self.incoming, self.public_key)
@@ -73,17 +100,16 @@ class ReleaseCache:
             shutil.rmtree(self.incoming, ignore_errors=True)
             raise
         version = int(manifest["version"])
-        state = self.state()
-        if state["current"] is not None and version < state["current"] and not allow_older:
+        if current is not None and version < current and not allow_older:
             shutil.rmtree(self.incoming, ignore_errors=True)
-            raise DataError(f"release {version} is older than the one in use ({state['current']}); refused")
-        if version == state["current"]:
+            raise DataError(f"release {version} is older than the one in use ({current}); refused")
+        if version == current:
             shutil.rmtree(self.incoming, ignore_errors=True)
             return version
         target = self._folder(version)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(self.incoming, target)
-        self._write_state({"current": version, "previous": state["current"]})
+        self._write_state({"current": version, "previous": current})
         self._prune()
         return version
 
@@ -106,7 +132,7 @@ class ReleaseCache:
     def _folder(self, version: int) -> Path:
         return self.root / "releases" / f"{int(version):06d}"
 
-    def _write_state(self, state: dict[str, Any]) -> None:
+    def _write_state(self, state: dict[str, int | None]) -> None:
         temporary = self.root / "state.json.tmp"
         temporary.write_text(json.dumps(state))
         os.replace(temporary, self.root / "state.json")

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from client.device.cache import Fetch, ReleaseCache, download
+from client.device.cache import Fetch, ReleaseCache, download, read_state
 from client.device.item_index import Precision
 from client.device.ranker import DeviceRanker
 from shared.catalogue_delta import DeltaRows, manifest_sha256, verify_delta, verify_delta_list
@@ -101,12 +101,10 @@ class DeltaCache:
         """state.json's {release: sequence} ({} when there is no file); DataError naming the file when it
         is not that (a corrupt file is refused, never guessed at)."""
         path = self.root / "state.json"
-        if not path.exists():
+        state = read_state(path, "delta", ("applied",))
+        if state is None:
             return {}
-        try:
-            applied = json.loads(path.read_bytes())["applied"]
-        except (ValueError, TypeError, KeyError) as exc:  # not JSON (UnicodeDecodeError is a ValueError)
-            raise DataError(f"not a delta state file ({type(exc).__name__})", path=str(path)) from exc
+        applied = state["applied"]
         if not isinstance(applied, dict) or not all(
             isinstance(k, str) and k.isdigit() and type(v) is int and v >= 1 for k, v in applied.items()
         ):

@@ -142,6 +142,38 @@ def test_an_interrupted_download_leaves_the_current_release_in_use(releases, tmp
     assert cache.install(copy_from(store.folder(2))) == 2  # the next try starts clean
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        b"null",
+        b"{}",
+        b'{"current": 1}',
+        b'{"current": "1", "previous": null}',
+        b'{"current": 1.5, "previous": null}',
+        b'{"current": true, "previous": null}',
+        b'{"current": 0, "previous": null}',
+        b'{"current": 1, "previous": [1]}',
+    ],
+)
+def test_a_corrupt_state_file_is_a_data_error_naming_it_and_the_releases_stay(
+    releases: tuple[ReleaseStore, TwoTower, Path], tmp_path: Path, content: bytes
+) -> None:
+    store, _, _ = releases
+    cache = ReleaseCache(tmp_path / "cache", KEY.public_key())
+    cache.install(copy_from(store.folder(1)))
+    (cache.root / "state.json").write_bytes(content)
+    for call in (cache.state, cache.current, cache.verify_current, cache.withdraw_current):
+        with pytest.raises(DataError, match=r"state\.json"):
+            call()
+    with pytest.raises(DataError, match=r"state\.json"):  # refused, never guessed at: nothing is pruned
+        cache.install(copy_from(store.folder(2)))
+    assert [p.name for p in (cache.root / "releases").iterdir()] == ["000001"]
+    assert (cache.root / "state.json").read_bytes() == content and not cache.incoming.exists()
+
+
 def test_a_release_signed_by_another_key_is_refused(releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cache = ReleaseCache(tmp_path / "cache", generate_private_key().public_key())
     with pytest.raises(SignatureError):
