@@ -43,11 +43,11 @@ from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.source import load_configured
 from shared.errors import ConfigError, DataError
 from shared.item_codes import (
-    CODE_DIM,
     CODE_SCALES_FILE,
     CODES_FILE,
     PROJECTION_FILE,
     coarse_codes,
+    code_dim_for,
     principal_projection,
     quantize_rows,
 )
@@ -145,7 +145,7 @@ def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> 
     np.save(folder / ITEMS_F32, vectors_np)
     np.save(folder / ITEMS_INT8, q)
     np.save(folder / ITEM_SCALES, scale)
-    projection = principal_projection([vectors_np], CODE_DIM)
+    projection = principal_projection([vectors_np], code_dim_for(*vectors_np.shape))
     codes, code_scales = coarse_codes(vectors_np, projection)
     np.save(folder / PROJECTION_FILE, projection)
     np.save(folder / CODES_FILE, codes)

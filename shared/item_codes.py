@@ -7,6 +7,7 @@ items after load) build codes with these functions, so the two always agree. num
 - `principal_projection`: the top `dim` right singular vectors of the item matrix (the eigenvectors of
   its uncentred second moment V^T V), as an (E, P) matrix with orthonormal columns. Uncentred on purpose:
   the scores are dot products <u, v>, and these directions keep the most of sum_j ||Q^T v_j||^2.
+- `code_dim_for`: how many directions P a catalogue of N items gets (a memory budget for the codes).
 - `coarse_codes`: int8 codes (P, N) of the projected vectors, stored transposed (one column per item)
   because the device's integer kernel reads them that way, with a scale per item.
 """
@@ -19,10 +20,24 @@ import numpy as np
 
 from shared.errors import DataError
 
-CODE_DIM = 64  # default P: 1M items x 64 bytes = 61 MiB of codes
+CODE_DIM = 64  # P at a million items: 1M x 64 bytes = 61 MiB of codes
+CODE_BUDGET_BYTES = 64 * 2**20  # the device keeps P x N bytes of codes resident: at most this many
+MAX_CODE_DIM = 96  # beyond 96 the coarse scan costs more than the rescoring it saves (docs/results.md)
+MIN_CODE_DIM = 16
 PROJECTION_FILE = "item_projection.npy"  # (E, P) float32
 CODES_FILE = "item_codes_int8.npy"  # (P, N) int8, one column per item
 CODE_SCALES_FILE = "item_code_scales.npy"  # (N,) float32
+
+
+def code_dim_for(n_items: int, dim: int) -> int:
+    """P for a catalogue of `n_items` `dim`-d vectors: as many principal directions as CODE_BUDGET_BYTES
+    of int8 codes allow, in steps of 16, within [MIN_CODE_DIM, MAX_CODE_DIM] and at most `dim`. More
+    directions make the coarse scores closer to the exact ones, so fewer candidates need rescoring
+    (top_n.auto_rescore): 96 up to 699k items, 64 at 1M (bench_device, docs/results.md)."""
+    if n_items < 0 or dim < 1:
+        raise DataError(f"no code dimension for {n_items} items of dimension {dim}")
+    fits = 16 * (CODE_BUDGET_BYTES // (16 * max(n_items, 1)))
+    return int(min(dim, max(MIN_CODE_DIM, min(MAX_CODE_DIM, fits))))
 
 
 def quantize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,11 +35,11 @@ import numpy as np
 from client.device.item_index import DEFAULT_RESCORE, ItemIndex
 from client.device.ranker import DeviceRanker, Event
 from shared.item_codes import (
-    CODE_DIM,
     CODE_SCALES_FILE,
     CODES_FILE,
     PROJECTION_FILE,
     coarse_codes,
+    code_dim_for,
     principal_projection,
 )
 
@@ -99,12 +99,14 @@ def catalogue_chunks(base: np.ndarray, n: int) -> Iterator[np.ndarray]:
 
 
 def write_catalogue(folder: Path, base: np.ndarray, n: int, temperature: float, code_dim: int) -> None:
-    """A release-like folder of N items: float32 vectors, bias, projection, int8 codes, scoring.json."""
+    """A release-like folder of N items: float32 vectors, bias, projection, int8 codes, scoring.json
+    (`code_dim` 0: code_dim_for(N), as server/release.py chooses)."""
     folder.mkdir(parents=True, exist_ok=True)
     vectors = np.lib.format.open_memmap(folder / "item_vectors_f32.npy", "w+", np.float32, (n, base.shape[1]))
     for lo, block in zip(range(0, n, CHUNK), catalogue_chunks(base, n), strict=True):
         vectors[lo : lo + len(block)] = block
     vectors.flush()
+    code_dim = code_dim or code_dim_for(n, base.shape[1])
     projection = principal_projection((vectors[lo : lo + CHUNK] for lo in range(0, n, CHUNK)), code_dim)
     codes = np.lib.format.open_memmap(folder / CODES_FILE, "w+", np.int8, (projection.shape[1], n))
     scales = np.empty(n, dtype=np.float32)
@@ -192,6 +194,7 @@ def bench_size(ranker: DeviceRanker, folder: Path, args: argparse.Namespace, now
     )
     random_users /= np.linalg.norm(random_users, axis=1, keepdims=True)
     return {
+        "code_dim": int(index.projection.shape[1]),
         "rescore": index.rescore,
         "p50_ms": round(float(np.percentile(total, 50)), 2),
         "p99_ms": round(float(np.percentile(total, 99)), 2),
@@ -231,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rescore", type=int, default=DEFAULT_RESCORE, help="0: 3 sqrt(N) within [256, 2048]"
     )
-    parser.add_argument("--code-dim", type=int, default=CODE_DIM)
+    parser.add_argument(
+        "--code-dim", type=int, default=0, help="P of the coarse codes; 0: as a release of N items has it"
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed")
     parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args(argv)

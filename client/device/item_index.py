@@ -30,11 +30,11 @@ from client.device.top_n import auto_rescore, best
 from client.device.vector_store import VectorStore
 from shared.errors import DataError
 from shared.item_codes import (
-    CODE_DIM,
     CODE_SCALES_FILE,
     CODES_FILE,
     PROJECTION_FILE,
     coarse_codes,
+    code_dim_for,
     principal_projection,
 )
 from shared.release_manifest import read_manifest
@@ -58,12 +58,13 @@ class ItemIndex:
         projection: np.ndarray | None = None,
         codes: np.ndarray | None = None,
         code_scales: np.ndarray | None = None,
-        code_dim: int = CODE_DIM,
+        code_dim: int = 0,
         rescore: int = DEFAULT_RESCORE,
         threads: int = 1,
         copy_bias: bool = True,
     ) -> None:
-        """`copy_bias=False`: the index keeps the `bias` array itself and may change it (from_release
+        """`code_dim`: P when the index codes the items itself (no `projection` given); 0: code_dim_for(N).
+        `copy_bias=False`: the index keeps the `bias` array itself and may change it (from_release
         passes arrays it has just loaded: a copy would leave the original's memory behind in the heap)."""
         if precision not in ("int8", "float32"):
             raise DataError(f"precision must be int8 or float32, got {precision!r}")
@@ -75,6 +76,7 @@ class ItemIndex:
         self._blocks: list[np.ndarray] = []
         if precision == "int8":
             if projection is None:
+                code_dim = code_dim or code_dim_for(vectors.n_rows, vectors.dim)
                 projection = principal_projection((c for _, c in vectors.chunks()), code_dim)
             self.projection = np.asarray(projection, dtype=np.float32)
             if self.projection.ndim != 2 or self.projection.shape[0] != vectors.dim:
@@ -136,8 +138,9 @@ class ItemIndex:
 
     @property
     def rescore(self) -> int:
-        """Candidates rescored exactly per request: the setting, or auto_rescore(n_items) when it is 0."""
-        return self.rescore_setting or auto_rescore(self.n_items)
+        """Candidates rescored exactly per request: the setting, or auto_rescore(n_items, P) when it is 0."""
+        code_dim = self.projection.shape[1] if self.precision == "int8" else 0
+        return self.rescore_setting or auto_rescore(self.n_items, code_dim)
 
     @property
     def bias(self) -> np.ndarray:

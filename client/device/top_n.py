@@ -40,11 +40,14 @@ def _above_sampled_threshold(scores: np.ndarray, n: int) -> np.ndarray | None:
     return above[np.argpartition(scores[above], len(above) - n)[len(above) - n :]]
 
 
-def auto_rescore(n_items: int) -> int:
-    """3 sqrt(N) candidates, between MIN_RESCORE and MAX_RESCORE: 949 at 100k items, 2,048 at 1M. From
-    bench_device (docs/results.md): 2 sqrt(N) kept recall@50 against exact float32 at 0.993 at 1M but only
-    0.971 at 100k; a fixed 512 fell to 0.957 at 1M."""
-    return max(MIN_RESCORE, min(MAX_RESCORE, round(3 * n_items**0.5)))
+def auto_rescore(n_items: int, code_dim: int) -> int:
+    """c sqrt(N) candidates, c = 3 (64 / P)^2 for P code directions, between MIN_RESCORE and MAX_RESCORE:
+    949 at 100k items and P = 64, 422 at 100k and P = 96, 2,048 at 1M. The more directions, the closer the
+    coarse scores and the fewer candidates need rescoring. From bench_device (docs/results.md), recall@50
+    against exact float32 for user-tower users: P = 64 at 100k, 949 candidates 0.983 (632: 0.971); at 1M,
+    2,048 candidates 0.993 (a fixed 512: 0.957); P = 96 at 100k, 400 candidates 0.991 (316: 0.988)."""
+    c = 3.0 * (64.0 / max(code_dim, 1)) ** 2
+    return max(MIN_RESCORE, min(MAX_RESCORE, round(c * n_items**0.5)))
 
 
 def descending(scores: np.ndarray, first: int) -> Iterator[int]:

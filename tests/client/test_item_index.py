@@ -16,11 +16,20 @@ from release_toy import random_model, source
 
 from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, code_offsets, quantize_user
 from client.device.item_index import MAX_BLOCKS, ItemIndex
-from client.device.top_n import best, descending
+from client.device.top_n import MAX_RESCORE, MIN_RESCORE, auto_rescore, best, descending
 from client.device.vector_store import VectorStore
 from server.release import ReleaseStore
 from shared.errors import DataError
-from shared.item_codes import CODE_SCALES_FILE, CODES_FILE, PROJECTION_FILE, principal_projection
+from shared.item_codes import (
+    CODE_BUDGET_BYTES,
+    CODE_SCALES_FILE,
+    CODES_FILE,
+    MAX_CODE_DIM,
+    MIN_CODE_DIM,
+    PROJECTION_FILE,
+    code_dim_for,
+    principal_projection,
+)
 from shared.release_manifest import MANIFEST_NAME, sign_manifest, verify_release
 
 T = 7.5
@@ -240,3 +249,26 @@ def test_files_the_signed_manifest_does_not_list_are_never_used(tmp_path: Path) 
     np.testing.assert_array_equal(got.projection, expected.projection)
     user = vectors[11] / np.linalg.norm(vectors[11])
     assert got.top_k(user, 20)[0].tolist() == expected.top_k(user, 20)[0].tolist()
+
+
+def test_code_dimension_follows_the_memory_budget_and_rescoring_the_dimension() -> None:
+    assert code_dim_for(12_000, 384) == code_dim_for(100_000, 384) == MAX_CODE_DIM == 96
+    assert code_dim_for(1_000_000, 384) == 64  # 61 MiB of codes
+    assert code_dim_for(10, 32) == 32  # never more than the vectors have
+    assert code_dim_for(50_000_000, 384) == MIN_CODE_DIM
+    for n in (1, 1_000, 700_000, 1_000_000, 3_000_000):
+        p = code_dim_for(n, 384)
+        assert p % 16 == 0 and (p * n <= CODE_BUDGET_BYTES or p == MIN_CODE_DIM)
+    with pytest.raises(DataError):
+        code_dim_for(-1, 384)
+    assert auto_rescore(100_000, 64) == 949 and auto_rescore(100_000, 96) == 422
+    assert auto_rescore(1_000_000, 64) == MAX_RESCORE and auto_rescore(1_000, 96) == MIN_RESCORE
+    assert auto_rescore(300_000, 96) < auto_rescore(300_000, 64)  # more directions, fewer candidates
+
+
+def test_an_index_that_codes_its_items_itself_takes_the_budgets_dimension() -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(2_000, 128)).astype(np.float32)
+    index = ItemIndex(VectorStore(vectors), np.zeros(2_000, dtype=np.float32), temperature=1.0)
+    assert index.projection.shape == (128, MAX_CODE_DIM)
+    assert index.rescore == auto_rescore(2_000, MAX_CODE_DIM)
