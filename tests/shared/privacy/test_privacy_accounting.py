@@ -205,3 +205,29 @@ def test_spent_is_fast_enough_to_call_every_round(n: int) -> None:
     acc.epsilon_if(RoundEvent(sample_rate=0.05, noise_multiplier=1.0))
     acc.spent()
     assert time.perf_counter() - start < 2.0  # generous: other jobs share the CPU
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.01, 0.05, 0.3, 1.0]),
+            st.floats(min_value=0.5, max_value=5.0),
+            st.integers(min_value=1, max_value=600),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_cached_composition_is_exactly_what_the_libraries_accountants_compute(runs_spec) -> None:  # type: ignore[no-untyped-def]
+    # the one-round PLD and RDP are kept between calls; the composed result must not change by a bit
+    events = [e for q, z, n in runs_spec for e in rounds(q, z, n)]
+    runs = accounting._runs(events)
+    library_pld = accounting._pld_accountant().compose(accounting._dp_event(runs)).get_epsilon(1e-6)
+    library_rdp = accounting._rdp_accountant()
+    library_rdp.history = [(e.noise_multiplier, e.sample_rate, n) for e, n in runs]
+    for _ in range(2):  # the second time from the kept one-round PLDs and RDPs
+        accounting._pld_epsilon_of_runs.cache_clear()
+        accounting._rdp_epsilon_of_runs.cache_clear()
+        assert pld_epsilon(events, delta=1e-6) == library_pld
+        assert rdp_epsilon(events, delta=1e-6) == library_rdp.get_epsilon(delta=1e-6)
