@@ -28,7 +28,7 @@ from tqdm import tqdm
 from server.catalog import embed_catalogue
 from server.coordinator import Coordinator, Evaluator
 from server.ledger import PrivacyLedger
-from server.messaging import discover_population, evaluate_round, wait_for_nodes
+from server.messaging import discover_population, evaluate_round, poll_replies_often, wait_for_nodes
 from server.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import load_configured
@@ -96,6 +96,7 @@ def run_training(
     layout = trainable_layout(model, config.federated.trainable)
     key = signing_key_for(config, folder)
     ledger = PrivacyLedger(folder.ledger, signing_key=key)
+    poll_replies_often(grid)
     nodes = wait_for_nodes(grid, config.federated.nodes, timeout_s=config.federated.node_timeout_s)
     population = discover_population(grid, nodes, timeout_s=config.federated.node_timeout_s)
     timeout = config.federated.node_timeout_s
