@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from server.ledger import PrivacyLedger
-from server.messaging import Population, TrainReplies, train_round
+from server.messaging import Population, train_round
 from server.participation_record import cap_ledger_fields
+from server.record_level import record_epsilon_so_far, record_level_fields
+from server.round_privacy import EPSILON_SLACK, PrivacyPlan, RoundNoise, derived_seed
 from server.strategy import (
     NoisedAggregate,
     ServerOptimizer,
@@ -37,83 +39,14 @@ from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model.params import ParamLayout, params_sha256, scale_vector
 from shared.privacy.accounting import (
     RoundEvent,
-    calibrate_noise_multiplier,
-    default_delta,
     json_epsilon,
 )
-from shared.privacy.noise import GaussianNoise
 from shared.privacy.participation import CappedAccountant, accountant_from_dict, make_accountant
 from shared.run_folder import RunFolder, load_latest_checkpoint, save_checkpoint, trim_metrics
 
 log = logging.getLogger(__name__)
 
-EPSILON_SLACK = 1e-9  # relative: a round may bring epsilon to the budget, not past it
 Evaluator = Callable[[np.ndarray], dict[str, float]]
-
-
-def _derived_seed(seed: int, round_number: int, salt: int) -> int:
-    """A deterministic per-round seed from a base seed (only used when a fixed seed is configured)."""
-    return int(np.random.SeedSequence([seed, round_number, salt]).generate_state(1)[0])
-
-
-class RoundNoise:
-    """The aggregator's noise source: OS-entropy seeded, or per-round derived seeds when a seed is fixed."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.current = GaussianNoise(seed=None if seed < 0 else seed)
-
-    def for_round(self, round_number: int) -> None:
-        if self.seed >= 0:
-            self.current = GaussianNoise(seed=_derived_seed(self.seed, round_number, 1))
-
-    @property
-    def source(self) -> str:
-        return self.current.source
-
-    def sample(self, shape: tuple[int, ...], *, std: float) -> np.ndarray:
-        return self.current.sample(shape, std=std)
-
-    def normal(self, *, std: float) -> float:
-        return self.current.normal(std=std)
-
-
-@dataclass
-class PrivacyPlan:
-    """The run's privacy parameters, fixed when the run starts (and recorded in config.json)."""
-
-    mode: str
-    sample_rate: float
-    noise_multiplier: float  # the accounted z (0 in mode "none")
-    delta: float
-    target_epsilon: float
-
-    @classmethod
-    def build(cls, config: FedhomeConfig, population: int) -> PrivacyPlan:
-        privacy, federated = config.privacy, config.federated
-        delta = privacy.delta or default_delta(population)
-        z = privacy.noise_multiplier
-        if privacy.mode == "none":
-            z = 0.0
-        elif z == 0.0:
-            trending = config.trending  # its releases are fixed events: the target covers them too
-            z = calibrate_noise_multiplier(
-                target_epsilon=privacy.target_epsilon,
-                delta=delta,
-                sample_rate=federated.sample_rate,
-                rounds=federated.rounds,
-                fixed_events=[
-                    RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=trending.noise_multiplier)
-                ]
-                * trending.releases(federated.rounds),
-            )
-            log.info(
-                "noise multiplier %.4f calibrated for epsilon %.2f over %d rounds",
-                z,
-                privacy.target_epsilon,
-                federated.rounds,
-            )
-        return cls(privacy.mode, federated.sample_rate, z, delta, privacy.target_epsilon)
 
 
 @dataclass
@@ -223,7 +156,7 @@ class Coordinator:
 
     def sample(self, round_number: int) -> np.ndarray:
         seed = self.config.privacy.seed
-        rng = np.random.default_rng(None if seed < 0 else _derived_seed(seed, round_number, 0))
+        rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, round_number, 0))
         return poisson_sample(self.population.n_users, sample_rate=self.plan.sample_rate, rng=rng)
 
     def training_event(self) -> RoundEvent:
@@ -245,10 +178,10 @@ class Coordinator:
             "noise-multiplier": self.plan.noise_multiplier,
             "delta": self.plan.delta,
             "participation-cap": privacy.participation_cap,
-            "round-seed": _derived_seed(self.config.federated.seed, round_number, 2) % (2**62),
+            "round-seed": derived_seed(self.config.federated.seed, round_number, 2) % (2**62),
             "clip-norm": self.aggregator.clip_norm,
             "local-noise-multiplier": local,
-            "noise-seed": -1 if privacy.seed < 0 else _derived_seed(privacy.seed, round_number, 3) % (2**62),
+            "noise-seed": -1 if privacy.seed < 0 else derived_seed(privacy.seed, round_number, 3) % (2**62),
         }
 
     def run_round(self, grid: Any) -> dict[str, Any]:
@@ -275,11 +208,11 @@ class Coordinator:
         before = self.state.params
         after = self.scale * self.optimizer.step(before / self.scale, result.mean_update)
         self.accountant.record(self.training_event())
-        record = self.record_epsilon_so_far(replies)
+        record = record_epsilon_so_far(replies, self.state.history)
         entry = self.ledger.sign(
             {
                 **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
-                **self.record_level_fields(record, replies),
+                **record_level_fields(record, replies, record_delta=self.config.privacy.record_delta),
                 **cap_ledger_fields(self.accountant, refused_users=replies.refused_users),
             }
         )
@@ -353,26 +286,6 @@ class Coordinator:
             "accountant_versions": self.accountant.versions(),
         }
         return fields
-
-    def record_epsilon_so_far(self, replies: TrainReplies) -> float | None:
-        """Record-level mode: the largest record-level epsilon any device has reported up to this round."""
-        if replies.record_epsilon is None:
-            return None
-        earlier = [float(row.get("record_epsilon", 0.0)) for row in self.state.history]
-        return max([replies.record_epsilon, *earlier])
-
-    def record_level_fields(self, record: float | None, replies: TrainReplies) -> dict[str, Any]:
-        """Ledger fields of record-level DP-SGD on the devices: a guarantee per record (one interaction)
-        against an observer of a device's updates, labelled as such; NOT the user-level guarantee."""
-        if record is None or replies.record_epsilon is None:
-            return {}
-        return {
-            "record_epsilon": json_epsilon(record),  # the largest over every device so far
-            "record_epsilon_round": json_epsilon(replies.record_epsilon),  # largest over this round's devices
-            "record_delta": self.config.privacy.record_delta,
-            "record_accountant": "rdp",
-            "record_unit_of_privacy": "record",
-        }
 
     def checkpoint(self, entry: dict[str, Any]) -> None:
         save_checkpoint(

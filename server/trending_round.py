@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from server.round_privacy import EPSILON_SLACK, derived_seed
 from server.strategy import poisson_sample
 from server.trending import SENSITIVITY, NoisedCounts, TrendingReplies, noised_counts, trending_query
 from shared.errors import BudgetExhaustedError
@@ -74,8 +75,6 @@ def trending_event(coordinator: Coordinator) -> RoundEvent:
 
 def check_trending_budget(coordinator: Coordinator, event: RoundEvent) -> None:
     """BudgetExhaustedError when this release would take the user epsilon past the budget."""
-    from server.coordinator import EPSILON_SLACK
-
     plan = coordinator.plan
     if plan.mode == "none":
         return
@@ -90,13 +89,11 @@ def check_trending_budget(coordinator: Coordinator, event: RoundEvent) -> None:
 def run_trending_round(coordinator: Coordinator, grid: Any, *, n_items: int) -> dict[str, Any]:
     """One accounted trending release over a catalogue of `n_items` after the current training round;
     returns its ledger entry."""
-    from server.coordinator import _derived_seed
-
     trending, seed = coordinator.config.trending, coordinator.config.privacy.seed
     event = trending_event(coordinator)
     check_trending_budget(coordinator, event)
     after = coordinator.state.round
-    rng = np.random.default_rng(None if seed < 0 else _derived_seed(seed, after, _SAMPLE_SALT))
+    rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, after, _SAMPLE_SALT))
     cohort = poisson_sample(coordinator.population.n_users, sample_rate=event.sample_rate, rng=rng)
     as_of = trending.as_of_s or int(time.time())
     replies = trending_query(
@@ -109,7 +106,7 @@ def run_trending_round(coordinator: Coordinator, grid: Any, *, n_items: int) -> 
         timeout_s=coordinator.config.federated.node_timeout_s,
     )
     noise = (
-        coordinator.noise.current if seed < 0 else GaussianNoise(seed=_derived_seed(seed, after, _NOISE_SALT))
+        coordinator.noise.current if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, _NOISE_SALT))
     )
     result = noised_counts(
         replies.total,

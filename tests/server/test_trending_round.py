@@ -14,8 +14,9 @@ from test_coordinator_resume import POPULATION, drop_last_lines, fake_train_roun
 import server.coordinator as coordinator_module
 import server.trending_round as trending_module
 from server.audit.verify import verify_ledger
-from server.coordinator import Coordinator, PrivacyPlan
+from server.coordinator import Coordinator
 from server.ledger import PrivacyLedger
+from server.round_privacy import PrivacyPlan
 from server.server_app import train_rounds
 from server.trending import TrendingReplies
 from server.trending_round import TrendingSchedule

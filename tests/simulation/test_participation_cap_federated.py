@@ -11,8 +11,8 @@ from federated_toy import read_jsonl, tiny_config
 
 from client.device.receipts import ReceiptStore
 from server.audit.verify import verify_ledger
-from server.coordinator import _derived_seed
 from server.release import ReleaseStore, load_run
+from server.round_privacy import derived_seed
 from server.strategy import poisson_sample
 from shared.data.source import configured_split
 from shared.privacy.accounting import RoundEvent, UserLevelAccountant
@@ -28,7 +28,7 @@ def expected_participation(seed: int) -> tuple[list[int], dict[int, list[int]]]:
     """From the run's fixed sampling seed: refused users per round, and the rounds each user trains in."""
     counts, refused, rounds = np.zeros(USERS, np.int64), [], {u: [] for u in range(USERS)}
     for r in range(1, ROUNDS + 1):
-        cohort = poisson_sample(USERS, sample_rate=Q, rng=np.random.default_rng(_derived_seed(seed, r, 0)))
+        cohort = poisson_sample(USERS, sample_rate=Q, rng=np.random.default_rng(derived_seed(seed, r, 0)))
         admitted = cohort[counts[cohort] < CAP]
         refused.append(int(cohort.size - admitted.size))
         counts[admitted] += 1

@@ -1,0 +1,82 @@
+"""A run's privacy settings fixed at its start (PrivacyPlan: mode, q, the accounted z, delta, the target),
+its noise source (RoundNoise) and the per-round seeds derived from a fixed seed (derived_seed)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.config import FedhomeConfig
+from shared.privacy.accounting import RoundEvent, calibrate_noise_multiplier, default_delta
+from shared.privacy.noise import GaussianNoise
+
+log = logging.getLogger(__name__)
+
+EPSILON_SLACK = 1e-9  # relative: a round may bring epsilon to the budget, not past it
+
+
+def derived_seed(seed: int, round_number: int, salt: int) -> int:
+    """A deterministic per-round seed from a base seed (only used when a fixed seed is configured)."""
+    return int(np.random.SeedSequence([seed, round_number, salt]).generate_state(1)[0])
+
+
+class RoundNoise:
+    """The aggregator's noise source: OS-entropy seeded, or per-round derived seeds when a seed is fixed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.current = GaussianNoise(seed=None if seed < 0 else seed)
+
+    def for_round(self, round_number: int) -> None:
+        if self.seed >= 0:
+            self.current = GaussianNoise(seed=derived_seed(self.seed, round_number, 1))
+
+    @property
+    def source(self) -> str:
+        return self.current.source
+
+    def sample(self, shape: tuple[int, ...], *, std: float) -> np.ndarray:
+        return self.current.sample(shape, std=std)
+
+    def normal(self, *, std: float) -> float:
+        return self.current.normal(std=std)
+
+
+@dataclass
+class PrivacyPlan:
+    """The run's privacy parameters, fixed when the run starts (and recorded in config.json)."""
+
+    mode: str
+    sample_rate: float
+    noise_multiplier: float  # the accounted z (0 in mode "none")
+    delta: float
+    target_epsilon: float
+
+    @classmethod
+    def build(cls, config: FedhomeConfig, population: int) -> PrivacyPlan:
+        privacy, federated = config.privacy, config.federated
+        delta = privacy.delta or default_delta(population)
+        z = privacy.noise_multiplier
+        if privacy.mode == "none":
+            z = 0.0
+        elif z == 0.0:
+            trending = config.trending  # its releases are fixed events: the target covers them too
+            z = calibrate_noise_multiplier(
+                target_epsilon=privacy.target_epsilon,
+                delta=delta,
+                sample_rate=federated.sample_rate,
+                rounds=federated.rounds,
+                fixed_events=[
+                    RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=trending.noise_multiplier)
+                ]
+                * trending.releases(federated.rounds),
+            )
+            log.info(
+                "noise multiplier %.4f calibrated for epsilon %.2f over %d rounds",
+                z,
+                privacy.target_epsilon,
+                federated.rounds,
+            )
+        return cls(privacy.mode, federated.sample_rate, z, delta, privacy.target_epsilon)
