@@ -20,7 +20,6 @@ import numpy as np
 
 from shared.errors import DataError
 
-CODE_DIM = 64  # P at a million items: 1M x 64 bytes = 61 MiB of codes
 CODE_BUDGET_BYTES = 64 * 2**20  # the device keeps P x N bytes of codes resident: at most this many
 MAX_CODE_DIM = 96  # beyond 96 the coarse scan costs more than the rescoring it saves (docs/results.md)
 MIN_CODE_DIM = 16
