@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from catalogue_toy import NOW, new_item, release_item, release_of, write_model_run
+from delta_toy import list_entry
 from ledger_toy import KEY
 from release_toy import random_model, source
 
@@ -360,15 +361,6 @@ def test_catalogue_add_command_and_carry_over_to_a_new_release(
     assert result.installed == 2 and result.delta == 1 and set(record) <= set(open_ranker(device).index)
 
 
-def _entry(sequence: object) -> dict[str, object]:
-    return {
-        "sequence": sequence,
-        "items": 1,
-        "created_utc": "2026-01-01T00:00:00Z",
-        "manifest_sha256": "0" * 64,
-    }
-
-
 def _signed(release_offset: int, *entries: dict[str, object]) -> Callable[[int], dict[str, object]]:
     """A delta list of (latest release + release_offset) signed with the service's key."""
     return lambda latest: sign_delta_list(latest + release_offset, list(entries), KEY)
@@ -378,12 +370,12 @@ def _signed(release_offset: int, *entries: dict[str, object]) -> Callable[[int],
     ("listing", "route"),
     [
         (lambda latest: b"{not json", "/v1/releases/{v}/deltas"),
-        (_signed(0, _entry(1), _entry(1)), "/v1/releases/{v}/deltas"),  # a sequence twice
-        (_signed(1, _entry(1)), "/v1/releases/{v}/deltas"),  # another release's list
+        (_signed(0, list_entry(1), list_entry(1)), "/v1/releases/{v}/deltas"),  # a sequence twice
+        (_signed(1, list_entry(1)), "/v1/releases/{v}/deltas"),  # another release's list
         (_signed(0, {"items": 1}), "/v1/releases/{v}/deltas"),  # an entry without a sequence
-        (_signed(0, _entry("one")), "/v1/releases/{v}/deltas/1"),
-        (_signed(0, _entry(1)), "/v1/releases/{v}/deltas/1"),  # its manifest is not JSON
-        (_signed(0, _entry(1)), "/v1/catalogue"),  # its items.json is not JSON
+        (_signed(0, list_entry("one")), "/v1/releases/{v}/deltas/1"),
+        (_signed(0, list_entry(1)), "/v1/releases/{v}/deltas/1"),  # its manifest is not JSON
+        (_signed(0, list_entry(1)), "/v1/catalogue"),  # its items.json is not JSON
     ],
 )
 def test_the_stores_own_corrupt_delta_files_are_a_server_error_not_the_callers(

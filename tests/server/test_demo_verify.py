@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from delta_toy import list_entry
 from ledger_toy import KEY
 
 from shared.catalogue_delta import sign_delta_list, verify_delta_list
@@ -50,23 +51,17 @@ def in_node(cases: list[tuple[str, int]]) -> list[dict[str, Any]]:
     return result
 
 
-def entry(sequence: int) -> dict[str, Any]:
-    return {
-        "sequence": sequence,
-        "items": 3,
-        "created_utc": "2026-01-01T00:00:00Z",
-        "manifest_sha256": "a" * 64,
-    }
-
-
 @pytest.mark.parametrize(
     ("listing", "release"),
     [
-        (sign_delta_list(1, [entry(1), entry(2)], KEY), 1),
-        (sign_delta_list(1, [entry(2), entry(1), entry(2)], KEY), 1),  # a sequence listed twice
-        (sign_delta_list(1, [entry(1), entry(1)], KEY), 1),
-        (sign_delta_list(2, [entry(1)], KEY), 1),  # another release's list
-        (sign_delta_list(1, [entry(1)], generate_private_key()), 1),  # another key
+        (sign_delta_list(1, [list_entry(1), list_entry(2)], KEY), 1),
+        (
+            sign_delta_list(1, [list_entry(2), list_entry(1), list_entry(2)], KEY),
+            1,
+        ),  # a sequence listed twice
+        (sign_delta_list(1, [list_entry(1), list_entry(1)], KEY), 1),
+        (sign_delta_list(2, [list_entry(1)], KEY), 1),  # another release's list
+        (sign_delta_list(1, [list_entry(1)], generate_private_key()), 1),  # another key
     ],
 )
 def test_the_browser_refuses_the_delta_lists_the_device_refuses(

@@ -14,6 +14,7 @@ from server.audit.verify import verify_ledger
 from server.release import ReleaseStore, load_run
 from server.round_privacy import derived_seed
 from server.strategy import poisson_sample
+from shared.config import FedhomeConfig
 from shared.data.source import configured_split
 from shared.privacy.accounting import RoundEvent, UserLevelAccountant
 from shared.privacy.participation import CappedAccountant
@@ -37,20 +38,25 @@ def expected_participation(seed: int) -> tuple[list[int], dict[int, list[int]]]:
     return refused, rounds
 
 
-def test_a_capped_run_keeps_every_device_within_its_cap_and_accounts_with_the_smaller_bound(
-    tmp_path: Path,
-) -> None:
-    devices = tmp_path / "devices"
-    config = tiny_config(
+def capped_config(tmp_path: Path, **extra: str) -> FedhomeConfig:
+    """The toy run with a participation cap of CAP, noise Z and a budget that never binds."""
+    return tiny_config(
         tmp_path,
         tmp_path / "cache",
         federated__rounds=str(ROUNDS),
         federated__eval_every="0",
-        federated__receipts_dir=str(devices),
         privacy__participation_cap=str(CAP),
         privacy__noise_multiplier=str(Z),
         privacy__target_epsilon="100",
+        **extra,
     )
+
+
+def test_a_capped_run_keeps_every_device_within_its_cap_and_accounts_with_the_smaller_bound(
+    tmp_path: Path,
+) -> None:
+    devices = tmp_path / "devices"
+    config = capped_config(tmp_path, federated__receipts_dir=str(devices))
     result = run_federated(config, configured_split(config.data), progress=False)
     assert result.summary["participation_cap"] == CAP and result.summary["epsilon_bound"] == "cap"
     folder = RunFolder(config.federated.run_dir)
@@ -95,15 +101,7 @@ def test_a_capped_run_keeps_every_device_within_its_cap_and_accounts_with_the_sm
 def test_without_device_folders_the_counts_live_in_flower_node_state_across_rounds(tmp_path: Path) -> None:
     """The default path (no receipts): refusals need each node's counts to survive between rounds in
     Flower's context.state; with a fresh state every round nobody would ever refuse."""
-    config = tiny_config(
-        tmp_path,
-        tmp_path / "cache",
-        federated__rounds=str(ROUNDS),
-        federated__eval_every="0",
-        privacy__participation_cap=str(CAP),
-        privacy__noise_multiplier=str(Z),
-        privacy__target_epsilon="100",
-    )
+    config = capped_config(tmp_path)
     run_federated(config, configured_split(config.data), progress=False)
     entries = read_jsonl(RunFolder(config.federated.run_dir).ledger)
     refused, _ = expected_participation(config.privacy.seed)
