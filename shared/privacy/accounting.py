@@ -239,13 +239,14 @@ def _rdp_accountant() -> Any:
     return RDPAccountant()
 
 
-def _opacus_rdp() -> tuple[Any, list[float]]:
-    """Opacus's RDP analysis module and the orders its RDPAccountant uses by default."""
+@functools.cache
+def _opacus_rdp() -> tuple[Any, tuple[float, ...]]:
+    """Opacus's RDP analysis module and the orders its RDPAccountant uses by default (looked up once)."""
     _quietly_import_opacus()
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis import rdp as analysis
 
-    return analysis, list(RDPAccountant.DEFAULT_ALPHAS)
+    return analysis, tuple(RDPAccountant.DEFAULT_ALPHAS)
 
 
 def _quietly_import_opacus() -> None:
