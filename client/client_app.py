@@ -43,7 +43,7 @@ from client.train import LocalTrainer, UpdateSum
 from client.trending import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import configured_split
-from shared.data.split import Split
+from shared.data.split import Split, UserSequences
 from shared.errors import ConfigError, UpdateRejectedError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, check_flat, set_flat, trainable_layout
@@ -65,6 +65,7 @@ class NodeModel:
     model: TwoTower
     layout: ParamLayout
     trainer: LocalTrainer
+    rows: UserSequences  # the devices' own logs: training rows (and validation rows with `train_on_valid`)
 
 
 @dataclass
@@ -106,10 +107,9 @@ def node_model(config: FedhomeConfig) -> NodeModel:
         torch.manual_seed(config.federated.seed)
         model = TwoTower(features, config.model)
         layout = trainable_layout(model, config.federated.trainable)
-        trainer = LocalTrainer(
-            model, split.train, layout=layout, blocked=split.cold_items, config=config.federated
-        )
-        _MODELS[key] = NodeModel(config, split, model, layout, trainer)
+        rows = split.train_and_valid() if config.federated.train_on_valid else split.train
+        trainer = LocalTrainer(model, rows, layout=layout, blocked=split.cold_items, config=config.federated)
+        _MODELS[key] = NodeModel(config, split, model, layout, trainer, rows)
     return _MODELS[key]
 
 
@@ -227,7 +227,7 @@ def record_level_sum(
     shared = node.shared
     trainer = RecordLevelTrainer(
         shared.model,
-        shared.split.train,
+        shared.rows,
         int(node.users[0]),
         layout=shared.layout,
         blocked=shared.split.cold_items,
@@ -277,7 +277,7 @@ def handle_trending(node: Node, message: Message) -> Message:
         n_items=node.shared.split.n_items,
     )
     users = node.users[_slots(message, node)]
-    total = shard_sum(node.shared.split.train, users, window)
+    total = shard_sum(node.shared.rows, users, window)
     content = RecordDict(
         {
             "trending": ArrayRecord({"sum": Array(total)}),

@@ -121,6 +121,8 @@ def run_training(
         coordinator.plan.delta,
         key_id(key.public_key()),
     )
+    if config.federated.train_on_valid:
+        log.warning("devices train on their validation rows too: validation NDCG@10 is not held out")
     trending = TrendingSchedule(coordinator, grid, n_items=model.items.n_items)
     stop_reason = train_rounds(coordinator, grid, progress=progress, trending=trending)
     set_flat(model, layout, coordinator.state.params)
@@ -133,6 +135,7 @@ def run_training(
         "trainable_parameters": layout.dim,
         "trainable": list(layout.names),
         "mode": coordinator.plan.mode,
+        "trained_on_valid": config.federated.train_on_valid,  # validation figures are then not held out
         "noise_multiplier": coordinator.plan.noise_multiplier,
         "delta": coordinator.plan.delta,
         "user_epsilon": json_epsilon(coordinator.epsilon()),

@@ -236,6 +236,9 @@ class FederatedConfig:
     local_steps: int = 1  # SGD steps on the device per round (1: the update is one scaled gradient)
     local_learning_rate: float = 1.0
     max_examples_per_user: int = 32  # most recent training prefixes a device uses per round
+    # Devices also train on their validation row: the test-stage protocol of the central models' refit on
+    # train + validation (rounds chosen on validation by an earlier run); validation is then not held out
+    train_on_valid: bool = False
     n_negatives: int = 512  # sampled-softmax negatives, drawn uniformly (public) from a per-round seed
     # dotted parameter-name prefixes that federated training updates; "all" = every trainable parameter
     trainable: tuple[str, ...] = ("all",)

@@ -133,9 +133,10 @@ def write_federated_results(result: FederatedResult, *, command: str) -> str:
     }
     (result.folder.root / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     epsilon = summary["user_epsilon"]
+    valid = "valid NDCG@10 (trained on, not held out)" if summary.get("trained_on_valid") else "valid NDCG@10"
     text = (
         f"`{command}` ({result.wall_s:.0f} s wall)\n\n"
-        f"| rounds | mode | z | user epsilon (PLD) | delta | valid NDCG@10 | test NDCG@10 | test HR@10 |\n"
+        f"| rounds | mode | z | user epsilon (PLD) | delta | {valid} | test NDCG@10 | test HR@10 |\n"
         f"|---|---|---|---|---|---|---|---|\n"
         f"| {summary['rounds']} | {summary['mode']} | {summary['noise_multiplier']:.3f} | {epsilon} "
         f"| {summary['delta']:.3g} | {result.valid.overall.ndcg_10:.4f} | {result.test.overall.ndcg_10:.4f} "

@@ -1,10 +1,10 @@
-"""User-level accounting: golden values, independent cross-checks, properties, calibration, state, speed."""
+"""User-level accounting: golden values, independent cross-checks, properties, calibration, state (its
+cost per round is a benchmark: simulation/bench_accountant.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 
 import dp_accounting
@@ -193,18 +193,6 @@ def test_malformed_state_is_a_data_error(state: dict[str, object]) -> None:
 def test_versions_name_both_libraries() -> None:
     versions = UserLevelAccountant.versions()
     assert set(versions) == {"dp-accounting", "opacus"} and all(versions.values())
-
-
-@pytest.mark.parametrize("n", [500, 1000])
-def test_spent_is_fast_enough_to_call_every_round(n: int) -> None:
-    # measured on the 2-core machines: ~0.1 s (PLD ~50 ms + RDP ~30 ms) after 500 or 1,000 rounds
-    accounting._pld_epsilon_of_runs.cache_clear()
-    acc = UserLevelAccountant(delta=1e-6)
-    acc.events.extend(rounds(0.05, 1.0, n))
-    start = time.perf_counter()
-    acc.epsilon_if(RoundEvent(sample_rate=0.05, noise_multiplier=1.0))
-    acc.spent()
-    assert time.perf_counter() - start < 2.0  # generous: other jobs share the CPU
 
 
 @settings(max_examples=12, deadline=None)
