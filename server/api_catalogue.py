@@ -20,9 +20,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Security
 from fastapi.responses import FileResponse, Response
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
 from server.catalogue_delta import DeltaBase, DeltaResult, DeltaStore, load_base
@@ -55,6 +56,19 @@ class DeltaList(BaseModel):
     latest: int | None
     key_id: str | None = None
     signature: str | None = None
+
+
+# Documents admin routes' bearer token in the OpenAPI schema (a security scheme on each admin route); the
+# check itself is admin_first's, before the body is read, so this dependency never refuses anything
+ADMIN_SECURITY = [
+    Security(
+        HTTPBearer(
+            auto_error=False,
+            scheme_name="AdminToken",
+            description="the admin token: `Authorization: Bearer <token>` (ServiceConfig.admin_token_env)",
+        )
+    )
+]
 
 
 def admin_first(config: ServiceConfig) -> type[APIRoute]:
@@ -135,6 +149,7 @@ def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed2
         write_items,
         methods=["POST"],
         response_model=DeltaResult,
+        dependencies=ADMIN_SECURITY,
         route_class_override=admin_first(config),
     )
 

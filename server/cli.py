@@ -16,6 +16,7 @@ from shared import signing
 from shared.config import EncoderConfig, with_overrides
 from shared.data.loaders import load_dataset
 from shared.errors import ConfigError, FedhomeError
+from shared.release_index import INDEX_LIFETIME_S
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw.add_argument("--store", type=Path, required=True)
     withdraw.add_argument("--signing-key", type=Path, required=True)
     withdraw.add_argument("--reason", required=True, help="why (kept in the signed index)")
+    refresh = sub.add_parser(
+        "refresh-index",
+        help="re-sign the release index with a new serial and expiry (devices refuse an expired index); "
+        "run it from a timer when the service holds no signing key",
+    )
+    refresh.add_argument("--store", type=Path, required=True)
+    refresh.add_argument("--signing-key", type=Path, required=True)
+    refresh.add_argument(
+        "--lifetime-s", type=float, default=INDEX_LIFETIME_S, help="seconds until it expires (default a week)"
+    )
     return parser
 
 
@@ -131,6 +142,16 @@ def command_withdraw(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_refresh_index(args: argparse.Namespace) -> int:
+    from server.release import ReleaseStore
+
+    store = ReleaseStore(args.store, index_lifetime_s=args.lifetime_s)
+    index = store.refresh_index(signing.load_private_key(args.signing_key))
+    summary = {"serial": index["serial"], "expires_utc": index["expires_utc"], "latest": store.latest()}
+    print(json.dumps(summary))
+    return 0
+
+
 def command_embed(args: argparse.Namespace) -> int:
     overrides = {"backend": args.backend, "device": args.device, "with_description": not args.no_description}
     if args.cache_dir is not None:
@@ -178,6 +199,7 @@ COMMANDS = {
     "keygen": command_keygen,
     "release": command_release,
     "withdraw": command_withdraw,
+    "refresh-index": command_refresh_index,
     "catalogue-add": catalogue_command.command_catalogue_add,
     "serve": command_serve,
     "demo-shoppers": command_demo_shoppers,

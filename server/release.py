@@ -17,7 +17,8 @@ A release folder (see shared/release_manifest.py for the manifest) holds:
   (server/release_trending.py), bound to their ledger entry in the manifest's privacy block.
 
 `ReleaseStore` keeps every release under `root/<version>/` and a signed `index.json` (versions, withdrawn
-flags with reasons). A release is written to a staging folder and renamed into place, so a crash leaves no
+flags with reasons, a serial and an expiry: shared/release_index.py; `refresh_index` re-signs it before it
+expires). A release is written to a staging folder and renamed into place, so a crash leaves no
 half release; `latest()` is the newest release not withdrawn, so withdrawing one makes devices fall back
 to the previous.
 """
@@ -53,9 +54,10 @@ from shared.item_codes import (
 )
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import params_sha256, set_flat, trainable_layout
+from shared.release_index import INDEX_LIFETIME_S, sign_index, utc_seconds, verify_signature
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
 from shared.run_folder import RunFolder
-from shared.signing import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, key_id, sign, verify
+from shared.signing import Ed25519PrivateKey, Ed25519PublicKey
 
 USER_TOWER = "user_tower.onnx"
 ITEMS_F32 = "item_vectors_f32.npy"
@@ -163,14 +165,17 @@ def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> 
 class ReleaseStore:
     """Releases under `root/<version>/`, newest last, with a signed index of what is withdrawn."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path, *, index_lifetime_s: float = INDEX_LIFETIME_S) -> None:
+        if index_lifetime_s <= 0:
+            raise ConfigError(f"index_lifetime_s must be > 0, got {index_lifetime_s}")
+        self.root, self.index_lifetime_s = Path(root), index_lifetime_s
 
     def folder(self, version: int) -> Path:
         return self.root / f"{version:06d}"
 
     def index(self, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
-        """The index ({"releases": [...], "key_id", "signature"}); verified when a key is given."""
+        """The index (shared/release_index.py), its signature verified when a key is given (an expired
+        index is still this store's index: serving it lets devices say why they refuse it)."""
         path = self.root / INDEX
         if not path.exists():
             return {"releases": []}
@@ -179,13 +184,7 @@ class ReleaseStore:
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not valid JSON") from exc
         if public_key is not None:
-            if index.get("key_id") != key_id(public_key):
-                raise DataError(f"{path}: signed by another key")
-            verify(
-                public_key,
-                canonical_json({k: v for k, v in index.items() if k != "signature"}),
-                index["signature"],
-            )
+            verify_signature(index, public_key)  # SignatureError: another key, or altered
         return index
 
     def versions(self) -> list[int]:
@@ -241,12 +240,29 @@ class ReleaseStore:
         matches[0].update(withdrawn=True, reason=reason.strip())
         self._write_index(releases, key)
 
+    def refresh_index(self, key: Ed25519PrivateKey) -> dict[str, Any]:
+        """Re-sign the index as it is, with the next serial and a new expiry (devices refuse expired ones)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._write_index(self.index(key.public_key())["releases"], key)
+        return self.index()
+
+    def index_needs_refresh(self, now_s: float | None = None) -> bool:
+        """True when the index exists and has less than half its lifetime left (or no expiry at all)."""
+        index = self.index()
+        if not index["releases"] and "signature" not in index:
+            return False
+        if "expires_utc" not in index:
+            return True
+        now_s = time.time() if now_s is None else now_s
+        return utc_seconds(str(index["expires_utc"])) - now_s < self.index_lifetime_s / 2
+
     def manifest(self, version: int) -> dict[str, Any]:
         return read_manifest(self.folder(version))
 
     def _write_index(self, releases: list[dict[str, Any]], key: Ed25519PrivateKey) -> None:
-        index: dict[str, Any] = {"releases": releases, "key_id": key_id(key.public_key())}
-        index["signature"] = sign(key, canonical_json(index))
+        """Sign and write the index with the next serial, expiring one lifetime from now."""
+        serial = int(self.index().get("serial", 0)) + 1
+        index = sign_index(releases, key, serial=serial, expires_s=time.time() + self.index_lifetime_s)
         temporary = self.root / f".{INDEX}.tmp"
         temporary.write_text(json.dumps(index, indent=2))
         os.replace(temporary, self.root / INDEX)

@@ -3,7 +3,8 @@ report and ledger, health and metrics, over FastAPI.
 
 Routes (all GET unless said; JSON unless said):
 - /health; /metrics (Prometheus text);
-- /v1/releases: the signed release index (versions, withdrawn flags and reasons);
+- /v1/releases: the signed release index (versions, withdrawn flags and reasons, serial, expiry), re-signed
+  here when it is past half its lifetime and the service holds the signing key;
 - /v1/releases/latest and /v1/releases/{version}: a signed manifest (ETag = the manifest's sha256;
   If-None-Match answers 304);
 - /v1/releases/{version}/files/{name}: one file of a release (ETag = its sha256 from the signed manifest,
@@ -49,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import RequestResponseEndpoint
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api_catalogue import admin_first, catalogue_router
+from server.api_catalogue import ADMIN_SECURITY, admin_first, catalogue_router
 from server.catalogue_delta import CorruptStoreError, DeltaStore
 from server.release import ReleaseStore
 from shared.config import ServiceConfig
@@ -109,6 +110,8 @@ class ReleaseEntry(BaseModel):
 class ReleaseIndex(BaseModel):
     releases: list[ReleaseEntry]
     latest: int | None
+    serial: int | None = None  # devices refuse a serial below one they accepted (shared/release_index.py)
+    expires_utc: str | None = None  # and an index past this time
     key_id: str | None = None
     signature: str | None = None
 
@@ -162,7 +165,7 @@ class BodyLimit:
 
 
 def make_app(config: ServiceConfig) -> FastAPI:
-    store = ReleaseStore(config.release_store)
+    store = ReleaseStore(config.release_store, index_lifetime_s=config.index_lifetime_s)
     public_key = load_public_key(config.public_key)
     registry = CollectorRegistry()
     requests = Counter("fedhome_requests", "HTTP requests", ["route", "status"], registry=registry)
@@ -230,6 +233,8 @@ def make_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/v1/releases", response_model=ReleaseIndex)
     def releases() -> ReleaseIndex:
+        if config.signing_key and store.index_needs_refresh():  # re-signed before devices would refuse it
+            store.refresh_index(load_private_key(Path(config.signing_key)))
         index = store.index(public_key)
         return ReleaseIndex(latest=store.latest(), **index)
 
@@ -328,6 +333,7 @@ def make_app(config: ServiceConfig) -> FastAPI:
         withdraw,
         methods=["POST"],
         response_model=WithdrawResult,
+        dependencies=ADMIN_SECURITY,
         route_class_override=admin_first(config),
     )
 

@@ -349,6 +349,9 @@ class ServiceConfig:
     run_dir: Path = Path("runs/federated")  # the run whose ledger and privacy report are served
     public_key: Path = Path("ledger_public_key.pem")  # verifies the ledger, the releases and the index
     signing_key: str = ""  # the server's Ed25519 key for admin actions that sign (withdraw); "" = none
+    # The signed release index expires this long after it is signed; with a signing key the service re-signs
+    # it once less than half is left (without one: `fedhome-server refresh-index` from a timer)
+    index_lifetime_s: float = 7 * 24 * 3600.0
     admin_token_env: str = "FEDHOME_ADMIN_TOKEN"  # the environment variable holding the admin token
     max_request_bytes: int = 64 * 1024  # larger request bodies are refused with 413
     max_page_size: int = 500  # catalogue items per page, at most
@@ -358,7 +361,7 @@ class ServiceConfig:
     port: int = 8000
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_page_size", "max_catalogue_batch", "port"):
+        for name in ("max_request_bytes", "max_page_size", "max_catalogue_batch", "port", "index_lifetime_s"):
             _positive(name, getattr(self, name))
 
 

@@ -1,13 +1,14 @@
 """The device's release cache: install a release only after it verifies, swap atomically, keep the previous.
 
 Layout under `root`: `releases/<version>/` (verified releases), `state.json` ({"current", "previous"}),
-written by atomic rename, and `incoming/` (a download in progress). An install copies the files into
-`incoming/`, verifies them there against the PINNED public key (signature and every sha256), moves the
-folder into `releases/`, then switches `state.json`. A crash or an interrupted download at any point leaves
-the current release in use; a leftover `incoming/` is discarded on the next install. A release that does
-not verify is refused and the cache is unchanged. `withdraw_current()` falls back to the previous release.
-A corrupt `state.json` is refused (DataError naming it), never guessed at: nothing is installed, switched
-or pruned until a person or the app removes it (the next install then starts afresh).
+written by atomic rename, `index_state.json` ({"serial"} of the newest release index accepted), and
+`incoming/` (a download in progress). An install copies the files into `incoming/`, verifies them there
+against the PINNED public key (signature and every sha256), moves the folder into `releases/`, then switches
+`state.json`. A crash or an interrupted download at any point leaves the current release in use; a leftover
+`incoming/` is discarded on the next install. A release that does not verify is refused and the cache is
+unchanged. `withdraw_current()` falls back to the previous release. A corrupt `state.json` is refused
+(DataError naming it), never guessed at: nothing is installed, switched or pruned until a person or the app
+removes it (the next install then starts afresh).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 from shared.errors import DataError
 from shared.release_manifest import MANIFEST_NAME, check_file_name, read_manifest, verify_release
 from shared.signing import Ed25519PublicKey
+
+INDEX_STATE = "index_state.json"  # {"serial"}: the newest release index this device accepted
 
 # (file name, destination path) -> None: writes one file of the release being installed
 Fetch = Callable[[str, Path], None]
@@ -112,6 +115,23 @@ class ReleaseCache:
         self._write_state({"current": version, "previous": current})
         self._prune()
         return version
+
+    def index_serial(self) -> int:
+        """The highest release-index serial this device accepted (0: none yet); a lower one is a replay."""
+        path = self.root / INDEX_STATE
+        state = read_state(path, "release index", ("serial",))
+        if state is None:
+            return 0
+        if type(state["serial"]) is not int or state["serial"] < 1:
+            raise DataError('"serial" must be an int >= 1', path=str(path))
+        return int(state["serial"])
+
+    def accept_index_serial(self, serial: int) -> None:
+        """Remember a verified index's serial (never lowers the one remembered)."""
+        if serial > self.index_serial():
+            temporary = self.root / f"{INDEX_STATE}.tmp"
+            temporary.write_text(json.dumps({"serial": serial}))
+            os.replace(temporary, self.root / INDEX_STATE)
 
     def withdraw_current(self) -> int | None:
         """The current release was withdrawn: fall back to the previous one (returns it; None if none)."""

@@ -1,16 +1,19 @@
 """Keeping a device's release cache in step with the model service over HTTP (standard library only).
 
-`sync(cache, base_url)` reads the service's signed release index, falls back when the release in use was
-withdrawn, and installs the latest release when it is newer. Files are fetched with If-None-Match set to
-the sha256 of the same file in the release in use, so unchanged files (a 304) are copied locally instead of
-downloaded. Everything fetched still goes through ReleaseCache.install, which verifies before switching.
-Then the newest catalogue delta of the release in use is applied when it is newer (client/device/deltas.py).
+`sync(cache, base_url)` reads the service's signed release index (refused when it is not signed by the pinned
+key, older than one the device accepted before, or expired: shared/release_index.py), falls back when the
+release in use was withdrawn, and installs the latest release when it is newer. Files are fetched with
+If-None-Match set to the sha256 of the same file in the release in use, so unchanged files (a 304) are copied
+locally instead of downloaded. Everything fetched still goes through ReleaseCache.install, which verifies
+before switching. Then the newest catalogue delta of the release in use is applied when it is newer
+(client/device/deltas.py).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,9 +22,9 @@ from typing import Any
 
 from client.device.cache import Fetch, ReleaseCache
 from client.device.deltas import sync_deltas
-from shared.errors import DataError, SignatureError
+from shared.errors import DataError
+from shared.release_index import verify_index
 from shared.release_manifest import file_digest
-from shared.signing import canonical_json, key_id, verify
 
 TIMEOUT_S = 30
 _CHUNK = 1 << 20
@@ -74,17 +77,16 @@ def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResu
     return fetch
 
 
-def sync(cache: ReleaseCache, base_url: str) -> SyncResult:
-    """Bring the cache to the service's latest release (see the module docstring)."""
+def sync(cache: ReleaseCache, base_url: str, *, now_s: float | None = None) -> SyncResult:
+    """Bring the cache to the service's latest release (see the module docstring); `now_s`: the time the
+    index's expiry is checked against (default: now)."""
     base_url = base_url.rstrip("/")
     index = get_json(f"{base_url}/v1/releases")
     if not isinstance(index, dict):
         raise DataError(f"{base_url}/v1/releases: not a release index")
-    signed = {k: v for k, v in index.items() if k in ("releases", "key_id", "signature")}
-    if signed.get("key_id") != key_id(cache.public_key):
-        raise SignatureError("the release index is not signed by the pinned key")
-    unsigned = {k: v for k, v in signed.items() if k != "signature"}
-    verify(cache.public_key, canonical_json(unsigned), str(signed.get("signature", "")))
+    now_s = time.time() if now_s is None else now_s
+    signed = verify_index(index, cache.public_key, now_s=now_s, min_serial=cache.index_serial())
+    cache.accept_index_serial(int(signed["serial"]))
     withdrawn = {int(r["version"]) for r in signed["releases"] if r["withdrawn"]}
     live = [int(r["version"]) for r in signed["releases"] if not r["withdrawn"]]
     result = SyncResult(current=cache.state()["current"])

@@ -179,6 +179,19 @@ def test_openapi_and_metrics(service: tuple[str, ReleaseStore, Path]) -> None:
     assert 'fedhome_request_seconds_count{route="/health"}' in metrics
 
 
+def test_openapi_names_the_admin_token_on_admin_routes_only(service: tuple[str, ReleaseStore, Path]) -> None:
+    schema = httpx.get(f"{service[0]}/openapi.json").json()
+    scheme = schema["components"]["securitySchemes"]["AdminToken"]
+    assert scheme == {**scheme, "type": "http", "scheme": "bearer"}
+    secured = {
+        path
+        for path, operations in schema["paths"].items()
+        for operation in operations.values()
+        if operation.get("security") == [{"AdminToken": []}]
+    }
+    assert secured == {"/v1/admin/releases/{version}/withdraw", "/v1/admin/catalogue/items"}
+
+
 def test_device_syncs_downloads_only_changed_files_and_falls_back_on_withdrawal(
     service: tuple[str, ReleaseStore, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
