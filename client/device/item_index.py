@@ -3,14 +3,14 @@
 Scores are t * <u, v_j> + b_j (user vector u, item vector v_j, temperature t, item bias b_j).
 - Coarse stage (precision "int8"): u is projected onto the release's P principal directions Q (E, P),
   coded in 7 bits and scored against every item's int8 code of Q^T v_j (a scale per item) by onnxruntime's
-  MatMulInteger, which reads the codes as int8 (int8_kernel.py): t * <Q^T u, Q^T v_j> + b_j.
+  MatMulInteger, which reads the codes as bytes, item by item (int8_kernel.py): t * <Q^T u, Q^T v_j> + b_j.
 - Exact stage: the best `rescore` items by coarse score are scored again with the full-dimension vectors
   (vector_store.py: the release's float32 file, memory-mapped, so only the rows read become resident).
 - Precision "float32" scores every item exactly: the reference path (the browser's ranker does the same).
 
-Resident memory of the int8 path for N items: codes P*N bytes; code scales, offsets, bias and a score
-buffer 4*N bytes each (1M items, P = 64: 61.0 + 15.3 MiB); the full vectors only as the file pages of the
-rows read.
+Resident memory of the int8 path for N items: codes P*N bytes (held item-major, (N, P), the kernel's
+layout; a release stores them (P, N)); code scales, bias and a score buffer 4*N bytes each (1M items,
+P = 64: 61.0 + 11.4 MiB); the full vectors only as the file pages of the rows read.
 
 Items published after the release (catalogue deltas) are added with `extend` and changed with `replace`:
 float32 vectors and biases, coded with the release's projection, rankable from the next call on.
@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from client.device.int8_kernel import CoarseKernel, code_offsets, quantize_user
+from client.device.int8_kernel import CoarseKernel, item_major_u8, quantize_user
 from client.device.top_n import auto_rescore, best
 from client.device.vector_store import VectorStore
 from shared.errors import DataError
@@ -94,9 +94,8 @@ class ItemIndex:
                     f"item codes {codes.dtype} {codes.shape} do not fit {vectors.n_rows} items and a "
                     f"projection of shape {self.projection.shape}"
                 )
-            self._blocks = [codes]
+            self._blocks = [item_major_u8(codes)]  # (N, P) uint8 blocks of rows, in row order
             self._code_scales = np.asarray(code_scales, dtype=np.float32)
-            self._offsets = code_offsets(codes)
             self._kernel = CoarseKernel(threads)
         self._buffer = np.empty(vectors.n_rows if precision == "int8" else 0, dtype=np.float32)
 
@@ -125,7 +124,7 @@ class ItemIndex:
             temperature=float(scoring["temperature"]),
             precision=precision,
             projection=np.load(folder / PROJECTION_FILE) if coded else None,
-            codes=np.load(folder / CODES_FILE) if coded else None,
+            codes=np.load(folder / CODES_FILE, mmap_mode="r") if coded else None,  # read once, re-laid out
             code_scales=np.load(folder / CODE_SCALES_FILE) if coded else None,
             rescore=rescore,
             threads=threads,
@@ -193,11 +192,10 @@ class ItemIndex:
         self._bias = np.concatenate([self._bias, bias])
         if self.precision == "int8":
             codes, scales = coarse_codes(self.store.rows(rows), self.projection)
-            self._blocks.append(codes)
+            self._blocks.append(item_major_u8(codes))
             self._code_scales = np.concatenate([self._code_scales, scales])
-            self._offsets = np.concatenate([self._offsets, code_offsets(codes)])
             if len(self._blocks) > MAX_BLOCKS:
-                self._blocks = [self._blocks[0], np.concatenate(self._blocks[1:], axis=1)]
+                self._blocks = [self._blocks[0], np.concatenate(self._blocks[1:], axis=0)]
         return rows
 
     def replace(self, rows: np.ndarray, vectors_f32: np.ndarray, bias: np.ndarray) -> None:
@@ -217,12 +215,12 @@ class ItemIndex:
         if self.precision == "int8":
             codes, scales = coarse_codes(self.store.rows(rows), self.projection)
             lo = 0
+            coded = item_major_u8(codes)
             for block in self._blocks:
-                inside = (rows >= lo) & (rows < lo + block.shape[1])
-                block[:, rows[inside] - lo] = codes[:, inside]
-                lo += block.shape[1]
+                inside = (rows >= lo) & (rows < lo + len(block))
+                block[rows[inside] - lo] = coded[inside]
+                lo += len(block)
             self._code_scales[rows] = scales
-            self._offsets[rows] = code_offsets(codes)
 
     def resident_bytes(self) -> dict[str, int]:
         """Bytes of each array this index keeps in memory (the mapped full-vector file not included)."""
@@ -234,7 +232,6 @@ class ItemIndex:
             sizes.update(
                 codes=sum(b.nbytes for b in self._blocks),
                 code_scales=self._code_scales.nbytes,
-                offsets=self._offsets.nbytes,
                 projection=self.projection.nbytes,
                 score_buffer=self._buffer.nbytes,
             )
@@ -258,19 +255,14 @@ class ItemIndex:
 
     def _coarse(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:
         """(N,) coarse scores in the index's own buffer: valid until the next call (copy to keep them)."""
-        user_u8, user_scale = quantize_user(query @ self.projection)
+        user_s8, user_scale = quantize_user(query @ self.projection)
         if len(self._buffer) != self.n_items:
             self._buffer = np.empty(self.n_items, dtype=np.float32)
         lo = 0
         for block in self._blocks:
-            hi = lo + block.shape[1]
+            hi = lo + len(block)
             self._kernel.dots(
-                user_u8,
-                user_scale * alpha,
-                block,
-                self._offsets[lo:hi],
-                self._code_scales[lo:hi],
-                out=self._buffer[lo:hi],
+                user_s8, user_scale * alpha, block, self._code_scales[lo:hi], out=self._buffer[lo:hi]
             )
             lo = hi
         scores = self._buffer.view(np.float32)

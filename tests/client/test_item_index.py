@@ -14,7 +14,7 @@ from ledger_toy import KEY
 from onnx import TensorProto, helper
 from release_toy import random_model, source
 
-from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, code_offsets, quantize_user
+from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, item_major_u8, quantize_user
 from client.device.item_index import MAX_BLOCKS, ItemIndex
 from client.device.top_n import MAX_RESCORE, MIN_RESCORE, auto_rescore, best, descending
 from client.device.vector_store import VectorStore
@@ -27,6 +27,7 @@ from shared.item_codes import (
     MAX_CODE_DIM,
     MIN_CODE_DIM,
     PROJECTION_FILE,
+    coarse_codes,
     code_dim_for,
     principal_projection,
 )
@@ -38,9 +39,9 @@ T = 7.5
 def coarse_model() -> onnx.ModelProto:
     """The coarse graph, as int8_kernel.COARSE_DOTS_ONNX was built (regenerate it from this)."""
     vi = helper.make_tensor_value_info
-    node = helper.make_node("MatMulInteger", ["user_u8", "codes"], ["dots"])
-    inputs = [vi("user_u8", TensorProto.UINT8, [1, "P"]), vi("codes", TensorProto.INT8, ["P", "N"])]
-    graph = helper.make_graph([node], "coarse_dots", inputs, [vi("dots", TensorProto.INT32, [1, "N"])])
+    node = helper.make_node("MatMulInteger", ["items_u8", "user_s8"], ["dots"])
+    inputs = [vi("items_u8", TensorProto.UINT8, ["N", "P"]), vi("user_s8", TensorProto.INT8, ["P", 1])]
+    graph = helper.make_graph([node], "coarse_dots", inputs, [vi("dots", TensorProto.INT32, ["N", 1])])
     opsets = [helper.make_opsetid("", 17)]
     return helper.make_model(graph, opset_imports=opsets, producer_name="fedhome", ir_version=8)
 
@@ -70,12 +71,24 @@ def test_integer_dots_are_exact_even_at_the_extremes() -> None:
     kernel, rng = CoarseKernel(), np.random.default_rng(1)
     codes = rng.integers(-127, 128, size=(64, 5000), dtype=np.int8)
     codes[:, 0], codes[:, 1] = 127, -127  # every product at its largest: int16 pair sums must not saturate
+    items_u8 = item_major_u8(codes)
+    assert items_u8.shape == (5000, 64) and items_u8.min() >= 1
+    np.testing.assert_array_equal(items_u8.astype(np.int64) - 128, codes.T)
     for projected in (rng.normal(size=64), np.full(64, 1.0), np.full(64, -1.0)):
-        user_u8, _ = quantize_user(projected)
+        user_s8, _ = quantize_user(projected)
+        assert np.abs(user_s8).max() <= 63
         out = np.empty(5000, dtype=np.float32)
-        got = kernel.dots(user_u8, 1.0, codes, code_offsets(codes), np.ones(5000, dtype=np.float32), out=out)
-        expected = (user_u8[0].astype(np.int64) - 64) @ codes.astype(np.int64)
+        got = kernel.dots(user_s8, 1.0, items_u8, np.ones(5000, dtype=np.float32), out=out)
+        expected = user_s8[:, 0].astype(np.int64) @ codes.astype(np.int64)
         np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_item_codes_are_laid_out_a_chunk_at_a_time_like_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    codes = np.random.default_rng(4).integers(-127, 128, size=(16, 1000), dtype=np.int8)
+    monkeypatch.setattr("client.device.int8_kernel.TRANSPOSE_CHUNK", 300)  # 4 chunks, the last short
+    np.testing.assert_array_equal(item_major_u8(codes), (codes.T.astype(np.int16) + 128).astype(np.uint8))
+    with pytest.raises(DataError):
+        item_major_u8(codes.astype(np.int16))
 
 
 def test_fast_top_50_keeps_recall_against_exact_float32() -> None:
@@ -210,7 +223,7 @@ def test_best_is_the_exact_top_n_whatever_the_order(order: str) -> None:
 def test_codes_that_do_not_fit_are_refused() -> None:
     vectors, bias = anisotropic(300), np.zeros(300, dtype=np.float32)
     good = index_of(vectors, bias, code_dim=8)
-    codes, scales = good._blocks[0], np.ones(300, dtype=np.float32)
+    codes, scales = coarse_codes(vectors, good.projection)[0], np.ones(300, dtype=np.float32)
     for bad in (
         {"projection": good.projection[:5]},  # fits another item dimension
         {"projection": good.projection, "codes": codes[:, :200], "code_scales": scales},
