@@ -8,8 +8,9 @@ items after load) build codes with these functions, so the two always agree. num
   its uncentred second moment V^T V), as an (E, P) matrix with orthonormal columns. Uncentred on purpose:
   the scores are dot products <u, v>, and these directions keep the most of sum_j ||Q^T v_j||^2.
 - `code_dim_for`: how many directions P a catalogue of N items gets (a memory budget for the codes).
-- `coarse_codes`: int8 codes (P, N) of the projected vectors, stored transposed (one column per item)
-  because the device's integer kernel reads them that way, with a scale per item.
+- `coarse_codes`: int8 codes (P, N) of the projected vectors (one column per item: the release's format;
+  the device re-lays them out item-major for its integer kernel, client/device/int8_kernel.py), with a
+  scale per item.
 """
 
 from __future__ import annotations
