@@ -6,7 +6,8 @@
   the request, then the next cumulative delta of the latest release is signed and published. Answers
   DeltaResult. The first write after start loads the served run's model (it must be the release's run).
 - GET /v1/releases/{version}/deltas: the signed list of that release's deltas (an empty, unsigned list
-  when it has none);
+  when it has none), for people and the demo page; devices follow the head the signed release index
+  names (shared/release_index.py), whose serial and expiry the list does not have;
 - GET /v1/releases/{version}/deltas/{sequence}: a delta's signed manifest (ETag = its manifest_sha256, as
   the signed list names it);
 - GET /v1/releases/{version}/deltas/{sequence}/files/{name}: one of its files (ETag = its signed sha256).
@@ -28,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from server.catalogue_delta import DeltaBase, DeltaResult, DeltaStore, load_base
 from server.catalogue_items import CatalogueItem
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared.catalogue_delta import manifest_sha256
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, EncoderError, SignatureError

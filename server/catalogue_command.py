@@ -63,7 +63,7 @@ def read_items(path: Path) -> list[CatalogueItem]:
 
 def command_catalogue_add(args: argparse.Namespace) -> int:
     from server.catalogue_delta import DeltaStore, load_base
-    from server.release import ReleaseStore
+    from server.release_store import ReleaseStore
     from shared import signing
 
     items = read_items(args.items)

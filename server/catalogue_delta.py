@@ -7,8 +7,10 @@ publication builds delta n+1 of the latest release from the whole record, so the
 items over to a new release too (`fedhome-server release` publishes its first delta at once).
 
 One publication at a time (an exclusive lock file), each step atomic: the delta is built in a staging
-folder and renamed into place, then the record, then the signed list is replaced. A crash before the list
-is replaced leaves the previous delta served; the record then already holds the interrupted write, whose
+folder and renamed into place, then the record, then the signed list is replaced, and last the release
+index names the new delta as the release's head (server/release_store.py; devices follow the index's
+head, whose serial and expiry stop a replayed or frozen view). A crash before the index is re-signed
+leaves the previous delta served to devices; the record then already holds the interrupted write, whose
 items appear in the next delta.
 """
 
@@ -29,7 +31,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from server.catalogue_items import CatalogueItem, ItemEncoder, as_catalogue, embed_items, item_rows, merge
-from server.release import ITEMS_META, ReleaseStore, catalogue_metadata, load_run, quantize_rows
+from server.release import ITEMS_META, catalogue_metadata, load_run, quantize_rows
+from server.release_store import ReleaseStore
 from shared.catalogue_delta import (
     DELTA_BIAS,
     DELTA_F32,
@@ -176,7 +179,8 @@ class DeltaStore:
             sequence = max(self.sequences(base.version), default=0) + 1
             encoded = self._build(base, states, sequence, key)
             write_json_atomic(self.root / RECORD_NAME, {"items": record})
-            self._list(base.version, sequence, len(states), key)
+            listed_sha256 = self._list(base.version, sequence, len(states), key)
+            self.store.set_delta_head(base.version, sequence, listed_sha256, key)  # what devices follow
         return DeltaResult(
             release=base.version,
             sequence=sequence,
@@ -245,7 +249,8 @@ class DeltaStore:
             "files": files,
         }
 
-    def _list(self, release: int, sequence: int, n_items: int, key: Ed25519PrivateKey) -> None:
+    def _list(self, release: int, sequence: int, n_items: int, key: Ed25519PrivateKey) -> str:
+        """Add delta `sequence` to the release's signed list; returns its manifest's sha256."""
         manifest = read_manifest(self.folder(release, sequence))
         entry = {
             "sequence": sequence,
@@ -255,6 +260,7 @@ class DeltaStore:
         }
         listing = sign_delta_list(release, [*self.listing(release)["deltas"], entry], key)
         write_json_atomic(self.root / f"{release:06d}" / LIST_NAME, listing)
+        return str(entry["manifest_sha256"])
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

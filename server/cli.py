@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_release(args: argparse.Namespace) -> int:
     from server.catalogue_delta import DeltaStore, load_base
-    from server.release import ReleaseStore, load_run
+    from server.release import load_run
+    from server.release_store import ReleaseStore
 
     key = signing.load_private_key(args.signing_key)
     ledger_key = (
@@ -134,7 +135,7 @@ def command_demo_shoppers(args: argparse.Namespace) -> int:
 
 
 def command_withdraw(args: argparse.Namespace) -> int:
-    from server.release import ReleaseStore
+    from server.release_store import ReleaseStore
 
     store = ReleaseStore(args.store)
     store.withdraw(args.version, reason=args.reason, key=signing.load_private_key(args.signing_key))
@@ -143,7 +144,7 @@ def command_withdraw(args: argparse.Namespace) -> int:
 
 
 def command_refresh_index(args: argparse.Namespace) -> int:
-    from server.release import ReleaseStore
+    from server.release_store import ReleaseStore
 
     store = ReleaseStore(args.store, index_lifetime_s=args.lifetime_s)
     index = store.refresh_index(signing.load_private_key(args.signing_key))

@@ -16,20 +16,13 @@ A release folder (see shared/release_manifest.py for the manifest) holds:
 - `trending_counts.npy` (N,) float32 when the run made DP trending releases: the latest accounted counts
   (server/release_trending.py), bound to their ledger entry in the manifest's privacy block.
 
-`ReleaseStore` keeps every release under `root/<version>/` and a signed `index.json` (versions, withdrawn
-flags with reasons, a serial and an expiry: shared/release_index.py; `refresh_index` re-signs it before it
-expires). A release is written to a staging folder and renamed into place, so a crash leaves no
-half release; `latest()` is the newest release not withdrawn, so withdrawing one makes devices fall back
-to the previous.
+The store of releases, their history and the signed index is server/release_store.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.release_trending import TRENDING_COUNTS, epsilon_all, latest_trending
+from server.release_trending import epsilon_all, latest_trending
 from shared.config import from_flat
 from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.source import load_configured
@@ -54,10 +47,9 @@ from shared.item_codes import (
 )
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import params_sha256, set_flat, trainable_layout
-from shared.release_index import INDEX_LIFETIME_S, sign_index, utc_seconds, verify_signature
-from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
+from shared.release_manifest import file_digest
 from shared.run_folder import RunFolder
-from shared.signing import Ed25519PrivateKey, Ed25519PublicKey
+from shared.signing import Ed25519PublicKey
 
 USER_TOWER = "user_tower.onnx"
 ITEMS_F32 = "item_vectors_f32.npy"
@@ -160,112 +152,6 @@ def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> 
         "dim": int(vectors.shape[1]),
     }
     (folder / SCORING).write_text(json.dumps(scoring))
-
-
-class ReleaseStore:
-    """Releases under `root/<version>/`, newest last, with a signed index of what is withdrawn."""
-
-    def __init__(self, root: Path, *, index_lifetime_s: float = INDEX_LIFETIME_S) -> None:
-        if index_lifetime_s <= 0:
-            raise ConfigError(f"index_lifetime_s must be > 0, got {index_lifetime_s}")
-        self.root, self.index_lifetime_s = Path(root), index_lifetime_s
-
-    def folder(self, version: int) -> Path:
-        return self.root / f"{version:06d}"
-
-    def index(self, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
-        """The index (shared/release_index.py), its signature verified when a key is given (an expired
-        index is still this store's index: serving it lets devices say why they refuse it)."""
-        path = self.root / INDEX
-        if not path.exists():
-            return {"releases": []}
-        try:
-            index = json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not valid JSON") from exc
-        if public_key is not None:
-            verify_signature(index, public_key)  # SignatureError: another key, or altered
-        return index
-
-    def versions(self) -> list[int]:
-        return [int(r["version"]) for r in self.index()["releases"]]
-
-    def latest(self) -> int | None:
-        """The newest version that is not withdrawn (None when there is none)."""
-        live = [int(r["version"]) for r in self.index()["releases"] if not r["withdrawn"]]
-        return max(live) if live else None
-
-    def publish(
-        self, model: TwoTower, catalogue: Catalogue, source: ReleaseSource, key: Ed25519PrivateKey
-    ) -> int:
-        """Build, sign and add a release; returns its version."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        version = max(self.versions(), default=0) + 1
-        staging = self.root / f".staging-{version:06d}-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        try:
-            write_release_files(model, catalogue, staging)
-            if source.trending_file is not None:
-                shutil.copyfile(source.trending_file, staging / TRENDING_COUNTS)
-            files = {p.name: file_digest(p) for p in sorted(staging.iterdir())}
-            manifest = sign_manifest(
-                {
-                    "version": version,
-                    "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "run_id": source.run_id,
-                    "model": {"sha256": source.model_sha256, "round": source.model_round},
-                    "encoder": source.encoder,
-                    "privacy": source.privacy,
-                    "files": files,
-                },
-                key,
-            )
-            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-            staging.rename(self.folder(version))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        releases = [*self.index()["releases"], {"version": version, "withdrawn": False, "reason": ""}]
-        self._write_index(releases, key)
-        return version
-
-    def withdraw(self, version: int, *, reason: str, key: Ed25519PrivateKey) -> None:
-        """Mark a release withdrawn (it stays on disk for the record; `latest` skips it)."""
-        if not reason.strip():
-            raise ConfigError("say why a release is withdrawn (--reason)")
-        releases = self.index()["releases"]
-        matches = [r for r in releases if r["version"] == version]
-        if not matches:
-            raise ConfigError(f"no release {version} in {self.root} (have {self.versions()})")
-        matches[0].update(withdrawn=True, reason=reason.strip())
-        self._write_index(releases, key)
-
-    def refresh_index(self, key: Ed25519PrivateKey) -> dict[str, Any]:
-        """Re-sign the index as it is, with the next serial and a new expiry (devices refuse expired ones)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write_index(self.index(key.public_key())["releases"], key)
-        return self.index()
-
-    def index_needs_refresh(self, now_s: float | None = None) -> bool:
-        """True when the index exists and has less than half its lifetime left (or no expiry at all)."""
-        index = self.index()
-        if not index["releases"] and "signature" not in index:
-            return False
-        if "expires_utc" not in index:
-            return True
-        now_s = time.time() if now_s is None else now_s
-        return utc_seconds(str(index["expires_utc"])) - now_s < self.index_lifetime_s / 2
-
-    def manifest(self, version: int) -> dict[str, Any]:
-        return read_manifest(self.folder(version))
-
-    def _write_index(self, releases: list[dict[str, Any]], key: Ed25519PrivateKey) -> None:
-        """Sign and write the index with the next serial, expiring one lifetime from now."""
-        serial = int(self.index().get("serial", 0)) + 1
-        index = sign_index(releases, key, serial=serial, expires_s=time.time() + self.index_lifetime_s)
-        temporary = self.root / f".{INDEX}.tmp"
-        temporary.write_text(json.dumps(index, indent=2))
-        os.replace(temporary, self.root / INDEX)
 
 
 def load_run(

@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api_catalogue import ADMIN_SECURITY, admin_first, catalogue_router
 from server.catalogue_delta import CorruptStoreError, DeltaStore
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, FedhomeError, SignatureError
 from shared.release_manifest import MANIFEST_NAME
@@ -101,10 +101,16 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class DeltaHead(BaseModel):
+    sequence: int  # the release's newest catalogue delta, the one devices apply
+    manifest_sha256: str  # of its signed manifest
+
+
 class ReleaseEntry(BaseModel):
     version: int
     withdrawn: bool
     reason: str
+    delta: DeltaHead | None = None  # absent (not null) when the release has no delta: the index is signed
 
 
 class ReleaseIndex(BaseModel):
@@ -231,7 +237,7 @@ def make_app(config: ServiceConfig) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/releases", response_model=ReleaseIndex)
+    @app.get("/v1/releases", response_model=ReleaseIndex, response_model_exclude_unset=True)
     def releases() -> ReleaseIndex:
         if config.signing_key and store.index_needs_refresh():  # re-signed before devices would refuse it
             store.refresh_index(load_private_key(Path(config.signing_key)))

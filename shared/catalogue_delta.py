@@ -18,7 +18,9 @@ A delta folder holds, for its k items in one order (the same file names as a rel
   with Ed25519 exactly like a release manifest (shared/release_manifest.py).
 
 The list of a release's deltas is a signed JSON object {"release", "deltas": [{"sequence", "items",
-"created_utc", "manifest_sha256"}], "key_id", "signature"}.
+"created_utc", "manifest_sha256"}], "key_id", "signature"}. Which delta is current a device learns from
+the signed release index instead (its release entry's "delta" head: shared/release_index.py), whose serial
+and expiry stop a replayed or withheld delta; the list has neither.
 """
 
 from __future__ import annotations

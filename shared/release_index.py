@@ -8,8 +8,16 @@ withdrawal on the withdrawn release (freeze): at most the index lifetime. The se
 before it expires (`fedhome-server refresh-index`, or the service itself when it holds the signing key).
 This is TUF's timestamp role reduced to one file.
 
-{"releases": [{"version", "withdrawn", "reason"}], "serial": int >= 1, "expires_utc": "YYYY-MM-DDTHH:MM:SSZ",
- "key_id", "signature"}; the signature covers the canonical JSON of everything but itself.
+A release's entry also names the head of its catalogue deltas (shared/catalogue_delta.py): the newest
+delta's sequence and the sha256 of its signed manifest. The service re-signs the index (next serial) with
+every delta it publishes, so the index's serial and expiry protect the deltas too (TUF's snapshot role
+folded into the same file): a device learns which delta is current from the index, not from an unsigned
+or replayable list, and an attacker replaying an old index or delta is refused or, at worst, holds a
+device on an old delta for one index lifetime.
+
+{"releases": [{"version", "withdrawn", "reason", "delta"?: {"sequence": int >= 1, "manifest_sha256"}}],
+ "serial": int >= 1, "expires_utc": "YYYY-MM-DDTHH:MM:SSZ", "key_id", "signature"}; the signature covers
+the canonical JSON of everything but itself. A release without "delta" has no delta published.
 """
 
 from __future__ import annotations
@@ -93,3 +101,20 @@ def verify_index(
             "(fedhome-server refresh-index); nothing changed on the device"
         )
     return verified
+
+
+def delta_head(index: Mapping[str, Any], version: int) -> tuple[int, str] | None:
+    """(sequence, manifest_sha256) of the newest catalogue delta the (verified) index names for release
+    `version`; None when it names none. DataError when the release is not in the index or the head is
+    malformed."""
+    entries = [r for r in index["releases"] if isinstance(r, Mapping) and r.get("version") == version]
+    if not entries:
+        raise DataError(f"release {version} is not in the release index")
+    head = entries[0].get("delta")
+    if head is None:
+        return None
+    sequence = head.get("sequence") if isinstance(head, Mapping) else None
+    digest = head.get("manifest_sha256") if isinstance(head, Mapping) else None
+    if type(sequence) is not int or sequence < 1 or not isinstance(digest, str) or len(digest) != 64:
+        raise DataError(f"release {version}'s delta head in the index is malformed: {head!r}")
+    return sequence, digest

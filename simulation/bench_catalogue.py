@@ -29,7 +29,8 @@ from client.device.ranker import DeviceRanker
 from server.catalog import embed_catalogue
 from server.catalogue_delta import DeltaBase, DeltaStore
 from server.catalogue_items import CatalogueItem, ItemEncoder
-from server.release import ReleaseSource, ReleaseStore
+from server.release import ReleaseSource
+from server.release_store import ReleaseStore
 from shared.catalogue_delta import verify_delta
 from shared.config import EncoderConfig, ModelConfig, SyntheticShopConfig
 from shared.data.synthetic.shop import generate_shop

@@ -64,7 +64,8 @@ def build_release(dataset: Path, root: Path) -> Path:
     import torch
 
     from server.catalog import embed_catalogue
-    from server.release import ReleaseSource, ReleaseStore
+    from server.release import ReleaseSource
+    from server.release_store import ReleaseStore
     from shared.config import DataConfig, EncoderConfig, ModelConfig
     from shared.data.source import load_configured
     from shared.model import ItemFeatures, TwoTower

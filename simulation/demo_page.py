@@ -32,7 +32,7 @@ from client.device.ranker import DeviceRanker, Event
 from client.device.trending import release_trending
 from server.catalogue_delta import DeltaStore
 from server.demo_shoppers import read_demo_shoppers
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared.catalogue_delta import verify_delta
 from shared.config import ServiceConfig
 from shared.release_manifest import read_manifest

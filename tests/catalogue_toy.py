@@ -12,7 +12,8 @@ from federated_toy import tiny_config
 from ledger_toy import KEY, write_run
 
 from server.catalog import embed_catalogue
-from server.release import ReleaseStore, load_run
+from server.release import load_run
+from server.release_store import ReleaseStore
 from shared.config import to_flat
 from shared.data.schema import Catalogue
 from shared.data.source import load_configured

@@ -24,8 +24,9 @@ from typing import Any
 from client.device.cache import Fetch, ReleaseCache, download, read_state
 from client.device.item_index import Precision
 from client.device.ranker import DeviceRanker
-from shared.catalogue_delta import DeltaRows, manifest_sha256, verify_delta, verify_delta_list
+from shared.catalogue_delta import DeltaRows, manifest_sha256, verify_delta
 from shared.errors import DataError, SignatureError
+from shared.release_index import delta_head
 from shared.release_manifest import read_manifest
 
 TIMEOUT_S = 30
@@ -51,13 +52,15 @@ class DeltaCache:
     def install(self, fetch: Fetch, *, listed_sha256: str | None = None) -> int:
         """Download (via `fetch`), verify and apply a delta of the release in use; returns its sequence.
         Raises SignatureError/DataError, with the delta in use unchanged, when it does not verify, is not
-        newer than the one applied, or is not the manifest a signed delta list names (`listed_sha256`)."""
+        newer than the one applied, or is not the manifest the signed index names (`listed_sha256`)."""
         release, base = self.release()
         try:
             download(fetch, self.incoming)
             rows = verify_delta(self.incoming, self.cache.public_key, base)
             if listed_sha256 is not None and manifest_sha256(rows.manifest) != listed_sha256:
-                raise SignatureError("the delta is not the one the signed delta list names")
+                raise SignatureError(
+                    "the delta is not the one signed as the release's head (another manifest)"
+                )
             sequence = rows.sequence
             applied = self.applied(release)
             repair = sequence == applied and not self.intact()  # the applied copy was altered on the device
@@ -146,22 +149,23 @@ def open_ranker(cache: ReleaseCache, *, precision: Precision = "int8", threads: 
     return ranker
 
 
-def sync_deltas(cache: ReleaseCache, base_url: str) -> int | None:
-    """Apply the service's newest delta of the release in use when it is newer than the applied one;
-    returns the sequence applied now (None: nothing new). Raises SignatureError/DataError when the list or
-    the delta does not verify (nothing applied)."""
+def sync_deltas(cache: ReleaseCache, base_url: str, index: dict[str, Any]) -> int | None:
+    """Apply the delta that the verified release index `index` names as the head of the release in use,
+    when it is newer than the applied one; returns the sequence applied now (None: nothing new). The head
+    comes from the index, not from the service's delta list: the index's serial and expiry
+    (shared/release_index.py) are what stop a replayed or withheld delta. Raises SignatureError/DataError
+    when the delta does not verify or is not the manifest the index names (nothing applied)."""
     deltas = DeltaCache(cache)
     release, _ = deltas.release()
-    listing = _get_json(f"{base_url}/v1/releases/{release}/deltas")
-    if not listing.get("deltas"):
-        return None  # nothing published for this release (an empty list carries no signature)
-    latest = verify_delta_list(listing, cache.public_key, release)[-1]
+    head = delta_head(index, release)
+    if head is None:
+        return None  # the index names no delta for this release
+    latest, digest = head
     applied = deltas.applied(release)
     if applied is not None and (latest < applied or (latest == applied and deltas.intact())):
         return None  # nothing newer (an applied copy that no longer verifies is fetched again)
-    (entry,) = [e for e in listing["deltas"] if int(e["sequence"]) == latest]
     fetch = _http_fetch(f"{base_url}/v1/releases/{release}/deltas/{latest}/files")
-    return deltas.install(fetch, listed_sha256=str(entry["manifest_sha256"]))
+    return deltas.install(fetch, listed_sha256=digest)
 
 
 def _http_fetch(base: str) -> Fetch:
@@ -174,14 +178,3 @@ def _http_fetch(base: str) -> Fetch:
             raise DataError(f"{url}: {exc}") from exc
 
     return fetch
-
-
-def _get_json(url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            payload = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DataError(f"{url}: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise DataError(f"{url}: not a JSON object")
-    return payload

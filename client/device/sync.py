@@ -5,8 +5,8 @@ key, older than one the device accepted before, or expired: shared/release_index
 release in use was withdrawn, and installs the latest release when it is newer. Files are fetched with
 If-None-Match set to the sha256 of the same file in the release in use, so unchanged files (a 304) are copied
 locally instead of downloaded. Everything fetched still goes through ReleaseCache.install, which verifies
-before switching. Then the newest catalogue delta of the release in use is applied when it is newer
-(client/device/deltas.py).
+before switching. Then the catalogue delta that the index names as the head of the release in use is
+applied when it is newer (client/device/deltas.py).
 """
 
 from __future__ import annotations
@@ -98,5 +98,5 @@ def sync(cache: ReleaseCache, base_url: str, *, now_s: float | None = None) -> S
         result.installed = cache.install(http_fetch(base_url, latest, cache.current(), result))
         result.current = result.installed
     if result.current is not None:
-        result.delta = sync_deltas(cache, base_url)
+        result.delta = sync_deltas(cache, base_url, signed)
     return result

@@ -17,7 +17,7 @@ from client.device import cli as client_cli
 from client.device.cache import ReleaseCache, copy_from
 from client.device.events import EventStore
 from client.device.ranker import DeviceRanker, Event
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared.data.schema import EVENT_CODE
 from shared.errors import DataError, SignatureError
 from shared.history import gap_buckets, request_context

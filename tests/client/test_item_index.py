@@ -18,7 +18,7 @@ from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, item_major
 from client.device.item_index import MAX_BLOCKS, ItemIndex
 from client.device.top_n import MAX_RESCORE, MIN_RESCORE, auto_rescore, best, descending
 from client.device.vector_store import VectorStore
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared.errors import DataError
 from shared.item_codes import (
     CODE_BUDGET_BYTES,

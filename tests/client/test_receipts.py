@@ -14,7 +14,7 @@ from release_toy import random_model, source
 from client.device import cli
 from client.device.receipts import Receipt, ReceiptStore, own_epsilon, summary
 from client.participation import Participation, RoundTerms, device_folders, own_cap
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared import signing
 from shared.errors import ConfigError, DataError
 from shared.privacy.participation import individual_epsilon

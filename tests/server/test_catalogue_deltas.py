@@ -19,18 +19,20 @@ from ledger_toy import KEY
 from release_toy import random_model, source
 
 from client.device import cli as client_cli
-from client.device.cache import ReleaseCache
-from client.device.deltas import open_ranker
+from client.device.cache import ReleaseCache, copy_from
+from client.device.deltas import DeltaCache, open_ranker, sync_deltas
 from client.device.sync import sync
 from server import cli as server_cli
 from server.catalogue_delta import CorruptStoreError, DeltaStore
 from server.catalogue_items import CatalogueItem
-from server.release import ReleaseStore, load_run
+from server.release import load_run
+from server.release_store import ReleaseStore
 from server.service import error_response
-from shared.catalogue_delta import sign_delta_list, verify_delta, verify_delta_list
+from shared.catalogue_delta import manifest_sha256, sign_delta_list, verify_delta, verify_delta_list
 from shared.config import ServiceConfig
 from shared.data.schema import Catalogue
 from shared.errors import DataError, SignatureError
+from shared.release_index import utc_seconds
 from shared.signing import generate_private_key, save_private_key, save_public_key
 from simulation.local_service import running as serve
 
@@ -314,6 +316,60 @@ def test_a_device_syncs_the_release_and_its_newest_delta(
     assert client_cli.main(["homepage", *args, "--history", str(history), "--now", str(NOW)]) == 0
     shown = {card["item_id"] for s in json.loads(capsys.readouterr().out)["sections"] for card in s["cards"]}
     assert "new-0001" in shown and release_item(service.catalogue, 3)["id"] not in shown  # out of stock
+
+
+def test_the_index_names_each_new_delta_so_a_replayed_index_cannot_hold_a_device_back(
+    service: Service, tmp_path: Path
+) -> None:
+    release = service.store.latest()
+    assert release is not None
+    device = ReleaseCache(tmp_path / "device", KEY.public_key())
+    sync(device, service.url)
+    index_file = service.store.root / "index.json"
+    before = index_file.read_bytes()  # what a mirror saved before the write below
+    written = httpx.post(service.url + WRITE, json={"items": [new_item("k-replay")]}, headers=ADMIN).json()
+    index = service.store.index(KEY.public_key())
+    (entry,) = [r for r in index["releases"] if r["version"] == release]
+    listed = httpx.get(f"{service.url}/v1/releases/{release}/deltas").json()["deltas"][-1]
+    assert entry["delta"] == {"sequence": written["sequence"], "manifest_sha256": listed["manifest_sha256"]}
+    assert index["serial"] == json.loads(before)["serial"] + 1  # the delta re-signed the index
+    stale = ReleaseCache(tmp_path / "stale-device", KEY.public_key())
+    shutil.copytree(device.root, stale.root, dirs_exist_ok=True)  # a second device, still on the old head
+    assert sync(device, service.url).delta == written["sequence"]
+    after = index_file.read_bytes()
+    try:
+        index_file.write_bytes(before)  # the mirror replays it
+        with pytest.raises(SignatureError, match="replayed"):  # a device that saw the new index
+            sync(device, service.url)
+        assert DeltaCache(device).applied(release) == written["sequence"]
+        assert sync(stale, service.url).delta is None  # one that did not: held back, but only until
+        with pytest.raises(DataError, match="expired"):  # the replayed index expires
+            sync(stale, service.url, now_s=utc_seconds(json.loads(before)["expires_utc"]) + 1)
+    finally:
+        index_file.write_bytes(after)
+    assert sync(stale, service.url).delta == written["sequence"]
+
+
+def test_a_delta_that_is_not_the_head_the_index_names_is_refused(service: Service, tmp_path: Path) -> None:
+    release = service.store.latest()
+    assert release is not None
+    device = ReleaseCache(tmp_path / "device", KEY.public_key())
+    device.install(copy_from(service.store.folder(release)))  # the release, no delta yet
+    index = service.store.index(KEY.public_key())
+    (entry,) = [r for r in index["releases"] if r["version"] == release]
+    head = dict(entry["delta"])
+    entry["delta"] = {"sequence": head["sequence"], "manifest_sha256": "0" * 64}
+    with pytest.raises(SignatureError, match="head"):  # validly signed files, but not what the index names
+        sync_deltas(device, service.url, index)
+    assert DeltaCache(device).applied(release) is None and not (device.root / "deltas" / "incoming").exists()
+    entry["delta"] = head
+    assert sync_deltas(device, service.url, index) == head["sequence"]
+    older = DeltaStore(service.store).manifest(release, 1)
+    entry["delta"] = {"sequence": 1, "manifest_sha256": manifest_sha256(older)}
+    assert sync_deltas(device, service.url, index) is None  # older than the applied one: nothing done
+    del entry["delta"]
+    assert sync_deltas(device, service.url, index) is None  # no head named
+    assert DeltaCache(device).applied(release) == head["sequence"]
 
 
 def test_sync_fetches_again_an_applied_delta_altered_on_the_device(service: Service, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from server import cli as server_cli
 from server.api_demo import ORT_DIST
 from server.catalogue_delta import LIST_NAME, DeltaStore
 from server.demo_shoppers import read_demo_shoppers
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared import signing
 from shared.catalogue_delta import DELTA_KIND, manifest_sha256, sign_delta_list
 from shared.config import FedhomeConfig, ServiceConfig, SyntheticShopConfig, to_flat

@@ -20,10 +20,10 @@ from server.release import (
     ITEMS_F32,
     ITEMS_INT8,
     USER_TOWER,
-    ReleaseStore,
     load_run,
     quantize_rows,
 )
+from server.release_store import ReleaseStore
 from shared.data.source import configured_split
 from shared.errors import ConfigError, DataError, SignatureError
 from shared.release_manifest import MANIFEST_NAME, verify_release

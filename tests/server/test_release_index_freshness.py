@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,9 @@ from release_toy import random_model, source
 from client.device.cache import ReleaseCache
 from client.device.sync import sync
 from server import cli as server_cli
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared.config import ServiceConfig
-from shared.errors import DataError, SignatureError
+from shared.errors import ConfigError, DataError, SignatureError
 from shared.release_index import utc_seconds
 from shared.signing import canonical_json, key_id, save_private_key, save_public_key, sign
 from simulation.local_service import running
@@ -57,6 +58,31 @@ def test_every_signed_write_takes_the_next_serial_and_a_fresh_expiry(
     refreshed = mine.refresh_index(KEY)
     assert refreshed["serial"] == 4 and refreshed["releases"] == mine.index()["releases"]
     assert mine.latest() == 1  # a refresh changes nothing but the serial and the expiry
+
+
+def test_concurrent_index_writes_lose_nothing(store: ReleaseStore, tmp_path: Path) -> None:
+    mine = copy_store(store, tmp_path / "store")
+    serial = mine.index()["serial"]
+    writes = 12
+
+    def heads() -> None:
+        for sequence in range(1, writes + 1):
+            mine.set_delta_head(1, sequence, f"{sequence:064x}", KEY)
+
+    def refreshes() -> None:
+        for _ in range(writes):
+            mine.refresh_index(KEY)
+
+    threads = [threading.Thread(target=heads), threading.Thread(target=refreshes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    index = mine.index(KEY.public_key())
+    assert index["serial"] == serial + 2 * writes  # every write took its own serial
+    assert index["releases"][0]["delta"] == {"sequence": writes, "manifest_sha256": f"{writes:064x}"}
+    with pytest.raises(ConfigError, match="no release 7"):
+        mine.set_delta_head(7, 1, "0" * 64, KEY)
 
 
 def test_the_index_needs_a_refresh_past_half_its_lifetime(store: ReleaseStore) -> None:

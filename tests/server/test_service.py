@@ -17,7 +17,7 @@ from release_toy import random_model, source
 
 from client.device.cache import ReleaseCache
 from client.device.sync import sync
-from server.release import ReleaseStore
+from server.release_store import ReleaseStore
 from shared.config import ServiceConfig
 from shared.signing import save_private_key, save_public_key
 from simulation.local_service import running

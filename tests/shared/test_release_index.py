@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import DataError, SignatureError
-from shared.release_index import sign_index, utc_seconds, utc_text, verify_index
+from shared.release_index import delta_head, sign_index, utc_seconds, utc_text, verify_index
 from shared.signing import canonical_json, generate_private_key, key_id, sign
 
 KEY = generate_private_key()
@@ -95,3 +95,34 @@ def test_utc_text_round_trips_whole_seconds(seconds: int) -> None:
 def test_a_malformed_expiry_is_a_data_error(text: str) -> None:
     with pytest.raises(DataError):
         utc_seconds(text)
+
+
+def test_the_delta_head_is_signed_with_the_index_and_read_back() -> None:
+    releases = [*copy.deepcopy(RELEASES), {"version": 3, "withdrawn": False, "reason": ""}]
+    releases[0]["delta"] = {"sequence": 4, "manifest_sha256": "ab" * 32}
+    signed = sign_index(releases, KEY, serial=5, expires_s=NOW + 3600)
+    verified = verify_index(signed, KEY.public_key(), now_s=NOW, min_serial=5)
+    assert delta_head(verified, 1) == (4, "ab" * 32) and delta_head(verified, 3) is None
+    signed["releases"][0]["delta"]["sequence"] = 5  # a mirror pointing devices at another delta
+    with pytest.raises(SignatureError):
+        verify_index(signed, KEY.public_key(), now_s=NOW, min_serial=5)
+    with pytest.raises(DataError, match="not in the release index"):
+        delta_head(verified, 9)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"sequence": 0, "manifest_sha256": "ab" * 32},
+        {"sequence": "4", "manifest_sha256": "ab" * 32},
+        {"sequence": True, "manifest_sha256": "ab" * 32},
+        {"sequence": 4, "manifest_sha256": "ab"},
+        {"sequence": 4},
+        [4, "ab" * 32],
+    ],
+)
+def test_a_malformed_delta_head_is_a_data_error(head: Any) -> None:
+    releases = copy.deepcopy(RELEASES)
+    releases[0]["delta"] = head
+    with pytest.raises(DataError, match="delta head"):
+        delta_head({"releases": releases}, 1)

@@ -11,7 +11,8 @@ from federated_toy import read_jsonl, tiny_config
 
 from client.device.receipts import ReceiptStore
 from server.audit.verify import verify_ledger
-from server.release import ReleaseStore, load_run
+from server.release import load_run
+from server.release_store import ReleaseStore
 from server.round_privacy import derived_seed
 from server.strategy import poisson_sample
 from shared.config import FedhomeConfig
