@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,7 @@ from shared.catalogue_delta import DELTA_KIND, manifest_sha256, sign_delta_list
 from shared.config import FedhomeConfig, ServiceConfig, SyntheticShopConfig, to_flat
 from shared.data.synthetic.shop import generate_shop
 from shared.errors import DataError
+from shared.release_index import sign_index
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
 from simulation.demo_page import launch_chromium, open_demo, sdk_page, sdk_ranker
 from simulation.local_service import running
@@ -131,6 +133,7 @@ def add_delta(store: ReleaseStore, shopper: dict[str, Any]) -> dict[str, str]:
         "manifest_sha256": manifest_sha256(manifest),
     }
     (deltas.root / "000001" / LIST_NAME).write_text(json.dumps(sign_delta_list(1, [entry], KEY)))
+    store.set_delta_head(1, 1, entry["manifest_sha256"], KEY)  # what devices and the page follow
     return {"new": "new-1", "offer": "new-2", "changed": items[3]["id"], "withdrawn": withdrawn}
 
 
@@ -264,6 +267,38 @@ def test_a_tampered_catalogue_delta_is_not_used(
     assert site["delta"]["withdrawn"] in top
 
 
+def test_the_page_follows_the_delta_head_the_index_names(
+    site: dict[str, Any], browser: Browser, tmp_path: Path
+) -> None:
+    store = ReleaseStore(tmp_path / "store")
+    shutil.copytree(site["store"].root, store.root)
+    index = store.index()
+    for release in index["releases"]:
+        release.pop("delta", None)  # the delta is still served and listed, but the index names no head
+    resigned = sign_index(index["releases"], KEY, serial=index["serial"] + 1, expires_s=time.time() + 3600)
+    (store.root / "index.json").write_text(json.dumps(resigned))
+    config = ServiceConfig(**{**asdict(site["config"]), "release_store": store.root})
+    shopper = site["shoppers"][0]
+    with running(config) as base:
+        state, _ = open_demo(browser, f"{base}/demo?shopper={shopper['id']}", shots(tmp_path) / "no-head.png")
+    assert state["status"] == "ready" and "delta" not in state and "deltaError" not in state
+    top, _, _ = sdk_page(DeviceRanker(store.folder(1), precision="float32"), store.folder(1), shopper)
+    assert [r["id"] for r in state["ranking"]] == top
+
+
+def test_an_expired_index_is_refused_in_the_browser(
+    site: dict[str, Any], browser: Browser, tmp_path: Path
+) -> None:
+    store = ReleaseStore(tmp_path / "store", index_lifetime_s=1)
+    shutil.copytree(site["store"].root, store.root)
+    store.refresh_index(KEY)  # expires within a second; this service holds no key to re-sign it
+    time.sleep(1.5)
+    config = ServiceConfig(**{**asdict(site["config"]), "release_store": store.root})
+    with running(config) as base:
+        state, cards = open_demo(browser, f"{base}/demo", shots(tmp_path) / "expired-index.png")
+    assert state["status"] == "refused" and "expired" in state["error"] and cards == 0
+
+
 def test_a_page_pinning_another_key_refuses_the_release(
     site: dict[str, Any], browser: Browser, tmp_path: Path
 ) -> None:
@@ -271,7 +306,8 @@ def test_a_page_pinning_another_key_refuses_the_release(
     config = ServiceConfig(**{**asdict(site["config"]), "public_key": tmp_path / "other.pem"})
     with running(config) as base:
         state, cards = open_demo(browser, f"{base}/demo", shots(tmp_path) / "demo-wrong-key.png")
-    assert state["status"] == "refused" and "not the pinned key" in state["error"] and cards == 0
+    # the service checks its index with the key the page pins, and the page refuses what it says fails
+    assert state["status"] == "refused" and "not signed by the pinned key" in state["error"] and cards == 0
 
 
 def test_shoppers_route_and_static_files(site: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import * as ort from "onnxruntime-web";
 import { Homepage } from "./homepage.js";
 import { parseNpy } from "./npy.js";
 import { Ranker } from "./ranker.js";
-import { ReleaseRefusedError, fetchVerified, verifyDeltaList, verifyManifest } from "./verify.js";
+import { ReleaseRefusedError, deltaHead, fetchVerified, verifyIndex, verifyManifest } from "./verify.js";
 
 const RANKING_K = 20;
 const config = JSON.parse(document.getElementById("fedhome-demo-config").textContent);
@@ -37,10 +37,31 @@ function fail(error) {
   $("error").textContent = `${state.status === "refused" ? "Release refused" : "Error"}: ${error.message}`;
 }
 
-async function loadRelease() {
-  const response = await fetch(`${config.apiBase}/v1/releases/latest`, { cache: "no-store" });
-  if (!response.ok) throw new Error(`no release to show (HTTP ${response.status})`);
+/** The service's signed release index, verified as a device does (client/device/sync.py): the pinned key,
+ * not expired, its serial not below the highest this browser accepted before (kept in localStorage). */
+async function loadIndex() {
+  const response = await fetch(`${config.apiBase}/v1/releases`, { cache: "no-store" });
+  if (!response.ok) {
+    const error = (await response.json().catch(() => ({}))).error ?? {};
+    const message = `release index: ${error.message ?? `HTTP ${response.status}`}`;
+    // the service checks its index with the same pinned key and says so when it does not verify
+    throw error.type === "SignatureError" ? new ReleaseRefusedError(message) : new Error(message);
+  }
+  const stored = `fedhome-index-serial:${config.publicKey}`;
+  const minSerial = Number(localStorage.getItem(stored) ?? 0);
+  const index = await verifyIndex(await response.text(), config.publicKey, { nowMs: Date.now(), minSerial });
+  localStorage.setItem(stored, String(index.serial));
+  return index;
+}
+
+async function loadRelease(index) {
+  const live = index.releases.filter((r) => !r.withdrawn).map((r) => r.version);
+  if (!live.length) throw new Error("the release index lists no release that is not withdrawn");
+  const newest = Math.max(...live);
+  const response = await fetch(`${config.apiBase}/v1/releases/${newest}`, { cache: "no-store" });
+  if (!response.ok) throw new Error(`release ${newest}: HTTP ${response.status}`);
   const { manifest, digest } = await verifyManifest(await response.text(), config.publicKey);
+  if (manifest.version !== newest) throw new ReleaseRefusedError(`release ${manifest.version} served where the index names ${newest}`);
   const file = (name) => fetchVerified(`${config.apiBase}/v1/releases/${manifest.version}/files`, manifest, name);
   const [scoringBytes, itemsBytes, biasBytes, vectorBytes, towerBytes] = await Promise.all(
     ["scoring.json", "items.json", "item_bias.npy", "item_vectors_f32.npy", "user_tower.onnx"].map(file),
@@ -87,25 +108,21 @@ function stable(value) {
   return JSON.stringify(value);
 }
 
-/** The newest signed catalogue delta of the release (shared/catalogue_delta.py), verified; null when the
- * release has none. Deltas are cumulative, so only the newest is read. */
-async function loadDelta(base, baseDigest) {
+/** The catalogue delta the verified index names as the release's head (shared/release_index.py), verified;
+ * null when it names none. Deltas are cumulative, so only the head is read. */
+async function loadDelta(index, base, baseDigest) {
+  const head = deltaHead(index, base.version);
+  if (head === null) return null;
   const releaseUrl = `${config.apiBase}/v1/releases/${base.version}`;
-  const listed = await fetch(`${releaseUrl}/deltas`, { cache: "no-store" });
-  if (listed.status === 404) return null; // a service without catalogue deltas
-  if (!listed.ok) throw new ReleaseRefusedError(`delta list: HTTP ${listed.status}`);
-  const entries = await verifyDeltaList(await listed.text(), config.publicKey, base.version);
-  if (!entries.length) return null;
-  const entry = entries.reduce((a, b) => (b.sequence > a.sequence ? b : a));
-  const response = await fetch(`${releaseUrl}/deltas/${entry.sequence}`, { cache: "no-store" });
-  if (!response.ok) throw new ReleaseRefusedError(`delta ${entry.sequence}: HTTP ${response.status}`);
+  const response = await fetch(`${releaseUrl}/deltas/${head.sequence}`, { cache: "no-store" });
+  if (!response.ok) throw new ReleaseRefusedError(`delta ${head.sequence}: HTTP ${response.status}`);
   const { manifest, digest } = await verifyManifest(await response.text(), config.publicKey, "catalogue-delta");
-  if (digest !== entry.manifest_sha256) throw new ReleaseRefusedError("the delta is not the one the signed delta list names");
+  if (digest !== head.manifestSha256) throw new ReleaseRefusedError("the delta is not the one signed as the release's head");
   if (manifest.release !== base.version || manifest.base_manifest_sha256 !== baseDigest) {
     throw new ReleaseRefusedError(`the delta is for another release than ${base.version}`);
   }
   if (stable(manifest.model) !== stable(base.model)) throw new ReleaseRefusedError("the delta's vectors come from another model than its release's");
-  const file = (name) => fetchVerified(`${releaseUrl}/deltas/${entry.sequence}/files`, manifest, name, "delta file");
+  const file = (name) => fetchVerified(`${releaseUrl}/deltas/${head.sequence}/files`, manifest, name, "delta file");
   const [itemsBytes, vectorBytes, biasBytes] = await Promise.all(["items.json", "item_vectors_f32.npy", "item_bias.npy"].map(file));
   const items = JSON.parse(new TextDecoder().decode(itemsBytes));
   const vectors = parseNpy(vectorBytes);
@@ -202,9 +219,10 @@ async function main() {
       throw new Error("WebCrypto needs a secure context: open the page on 127.0.0.1 / localhost or over HTTPS");
     }
     const started = performance.now();
-    const release = await loadRelease();
+    const index = await loadIndex();
+    const release = await loadRelease(index);
     try {
-      const delta = await loadDelta(release.manifest, release.digest);
+      const delta = await loadDelta(index, release.manifest, release.digest);
       if (delta !== null) {
         release.ranker.applyDelta(delta);
         state.delta = delta.sequence;

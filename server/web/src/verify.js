@@ -1,10 +1,11 @@
 // Release verification in the browser, the same checks as shared/release_manifest.py's verify_release:
 // the manifest's Ed25519 signature against the PINNED public key (WebCrypto), its key id, format and kind,
-// then each downloaded file's size and sha256 against the signed manifest; and the checks of
-// shared/catalogue_delta.py for a release's signed delta list. Anything that fails throws
-// ReleaseRefusedError and nothing of what failed is used.
+// then each downloaded file's size and sha256 against the signed manifest; the checks of
+// shared/release_index.py for the signed release index (pinned key, serial not below one accepted before,
+// not expired) and the catalogue delta head it names. Anything that fails throws ReleaseRefusedError and
+// nothing of what failed is used.
 
-import { canonical, parseKeepingNumbers, plain } from "./canonical.js";
+import { RawNumber, canonical, parseKeepingNumbers, plain } from "./canonical.js";
 
 export const RELEASE_FORMAT = 1;
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -83,20 +84,52 @@ export async function verifyManifest(manifestText, pinnedKeyBase64, kind = "rele
   return { manifest, digest };
 }
 
-/** The entries of a release's signed delta list (shared/catalogue_delta.py verify_delta_list), [] when none. */
-export async function verifyDeltaList(listText, pinnedKeyBase64, release) {
-  const parsed = parse(listText, "delta list");
-  const deltas = parsed instanceof Map ? parsed.get("deltas") : undefined;
-  if (!Array.isArray(deltas)) throw new ReleaseRefusedError("not a delta list");
-  if (!deltas.length) return []; // nothing published for this release (an empty list carries no signature)
-  const signed = new Map(["release", "deltas", "key_id", "signature"].map((k) => [k, parsed.get(k) ?? null]));
-  await checkSignature(signed, pinnedKeyBase64, "delta list");
-  const listing = plain(signed);
-  if (listing.release !== release) throw new ReleaseRefusedError(`the delta list is for release ${listing.release}`);
-  const sequences = listing.deltas.map((entry) => entry?.sequence);
-  if (!sequences.every(Number.isInteger)) throw new ReleaseRefusedError("the delta list has an entry without an integer sequence");
-  if (new Set(sequences).size !== sequences.length) throw new ReleaseRefusedError("the delta list names a sequence twice");
-  return listing.deltas;
+const INDEX_SIGNED = ["releases", "serial", "expires_utc", "key_id"];
+const UTC_TEXT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/;
+
+/** Whether a parsed JSON value is an integer token (Python's json gives an int, not a float or a bool). */
+function isJsonInt(value) {
+  return value instanceof RawNumber && /^-?\d+$/.test(value.token);
+}
+
+/** The signed release index as a plain object (shared/release_index.py verify_index): signed by the pinned
+ * key (only its signed fields are kept), its serial an integer >= 1 and not below `minSerial` (a replayed
+ * index), not expired at `nowMs` (milliseconds since the epoch). */
+export async function verifyIndex(indexText, pinnedKeyBase64, { nowMs, minSerial }) {
+  const parsed = parse(indexText, "release index");
+  if (!(parsed instanceof Map)) throw new ReleaseRefusedError("not a release index (a JSON object)");
+  const signed = new Map(INDEX_SIGNED.filter((k) => parsed.has(k)).map((k) => [k, parsed.get(k)]));
+  signed.set("signature", parsed.get("signature") ?? null);
+  await checkSignature(signed, pinnedKeyBase64, "release index");
+  const missing = INDEX_SIGNED.filter((k) => !signed.has(k));
+  if (missing.length) throw new ReleaseRefusedError(`the release index has no ${missing.join(", ")}`);
+  const serial = signed.get("serial");
+  if (!isJsonInt(serial) || Number(serial.token) < 1 || !Array.isArray(signed.get("releases"))) {
+    throw new ReleaseRefusedError("the release index's serial must be an int >= 1 and its releases a list");
+  }
+  const index = plain(signed);
+  if (index.serial < minSerial) {
+    throw new ReleaseRefusedError(`release index serial ${index.serial} is older than serial ${minSerial} accepted before: a replayed index, refused`);
+  }
+  const expires = typeof index.expires_utc === "string" && UTC_TEXT.test(index.expires_utc) ? Date.parse(index.expires_utc) : NaN;
+  if (Number.isNaN(expires)) throw new ReleaseRefusedError(`expires_utc must look like 2026-01-31T12:00:00Z, got ${JSON.stringify(index.expires_utc)}`);
+  if (nowMs >= expires) throw new ReleaseRefusedError(`the release index expired at ${index.expires_utc}`);
+  return index;
+}
+
+/** {sequence, manifestSha256} of the catalogue delta a verified index names as release `version`'s head,
+ * null when it names none (shared/release_index.py delta_head). */
+export function deltaHead(index, version) {
+  const entry = index.releases.find((r) => r !== null && typeof r === "object" && r.version === version);
+  if (entry === undefined) throw new ReleaseRefusedError(`release ${version} is not in the release index`);
+  const head = entry.delta;
+  if (head === undefined || head === null) return null;
+  const sequence = head?.sequence;
+  const digest = head?.manifest_sha256;
+  if (Array.isArray(head) || !Number.isInteger(sequence) || sequence < 1 || typeof digest !== "string" || digest.length !== 64) {
+    throw new ReleaseRefusedError(`release ${version}'s delta head in the index is malformed`);
+  }
+  return { sequence, manifestSha256: digest };
 }
 
 /** The bytes of file `name` under `filesUrl`, checked against its size and sha256 in `manifest`'s files. */
