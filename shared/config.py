@@ -23,6 +23,7 @@ ScorePrecision = Literal["auto", "float32", "bfloat16"]
 PrivacyMode = Literal["central", "local", "none"]
 ServerOptimizerName = Literal["sgd", "momentum", "adam"]
 DevicesPerNode = Literal["shard", "one"]
+LearningRateSchedule = Literal["constant", "cosine"]
 
 
 def _positive(name: str, value: float) -> None:
@@ -256,6 +257,10 @@ class FederatedConfig:
     server_beta2: float = 0.999  # Adam
     server_epsilon: float = 1e-4  # Adam's denominator floor: below the DP noise std per coordinate (~1e-3)
     server_bias_correction: bool = True  # Adam: Kingma & Ba's bias correction (Reddi et al. have none)
+    # "cosine": the server learning rate falls from server_learning_rate to server_lr_final_fraction of it
+    # along half a cosine over `rounds` (Loshchilov & Hutter's annealing without restarts)
+    server_lr_schedule: LearningRateSchedule = "constant"
+    server_lr_final_fraction: float = 0.1
     nodes: int = 2  # simulated Flower nodes
     devices_per_node: DevicesPerNode = "shard"  # a node hosts a shard of users, or exactly one user
     chunk_size: int = 64  # users per batched (vmap) computation on a shard node
@@ -279,6 +284,7 @@ class FederatedConfig:
             raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         _fraction("server_momentum", self.server_momentum)
         _fraction("server_beta2", self.server_beta2)
+        _fraction("server_lr_final_fraction", self.server_lr_final_fraction)
         if not self.trainable:
             raise ConfigError("trainable must name at least one parameter prefix (or 'all')")
         for entry in self.update_scales:

@@ -11,6 +11,7 @@ from server.strategy.aggregator import (
     update_noise_multiplier,
 )
 from server.strategy.optimizers import (
+    CosineSchedule,
     FedAdamOptimizer,
     FedAvgMOptimizer,
     FedAvgOptimizer,
@@ -21,6 +22,7 @@ from server.strategy.sampling import check_update_sum, check_update_values, pois
 
 __all__ = [
     "AdaptiveClipping",
+    "CosineSchedule",
     "FedAdamOptimizer",
     "FedAvgMOptimizer",
     "FedAvgOptimizer",

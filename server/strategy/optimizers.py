@@ -1,14 +1,30 @@
-"""Server optimisers on the flat parameter vector: FedAvg, FedAvgM and FedAdam (pseudo-gradient -mean)."""
+"""Server optimisers on the flat parameter vector: FedAvg, FedAvgM and FedAdam (pseudo-gradient -mean), with
+a constant or cosine-annealed server learning rate."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
-from shared.config import FederatedConfig, ServerOptimizerName
+from shared.config import FederatedConfig, LearningRateSchedule, ServerOptimizerName
 from shared.errors import ConfigError, DataError, UpdateRejectedError
+
+
+class CosineSchedule:
+    """Cosine annealing without restarts (Loshchilov & Hutter 2017): the factor on the learning rate falls
+    from 1 at step 0 to `final_fraction` at step `steps` - 1 along half a cosine, and stays there after."""
+
+    def __init__(self, *, steps: int, final_fraction: float) -> None:
+        if steps < 1 or not 0.0 <= final_fraction <= 1.0:
+            raise ConfigError(f"need steps >= 1 and final_fraction in [0, 1], got {steps}, {final_fraction}")
+        self.steps, self.final_fraction = steps, final_fraction
+
+    def factor(self, step: int) -> float:
+        progress = min(step, self.steps - 1) / max(self.steps - 1, 1)
+        return self.final_fraction + (1.0 - self.final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class ServerOptimizer:
@@ -21,12 +37,17 @@ class ServerOptimizer:
     name: ClassVar[ServerOptimizerName] = "sgd"
     _slots: ClassVar[tuple[str, ...]] = ()  # names of the state vectors
 
-    def __init__(self, *, learning_rate: float) -> None:
+    def __init__(self, *, learning_rate: float, schedule: CosineSchedule | None = None) -> None:
         if not learning_rate > 0:
             raise ConfigError(f"server_learning_rate must be positive, got {learning_rate}")
-        self.learning_rate = learning_rate
+        self.learning_rate, self.schedule = learning_rate, schedule
         self.steps = 0
         self._state: dict[str, np.ndarray] = {}
+
+    def rate(self) -> float:
+        """The learning rate of the next step (the schedule's, by the steps taken so far)."""
+        factor = 1.0 if self.schedule is None else self.schedule.factor(self.steps)
+        return self.learning_rate * factor
 
     def step(self, params: np.ndarray, mean_update: np.ndarray) -> np.ndarray:
         """New parameters (float32, same shape) after one server step along `mean_update`."""
@@ -35,16 +56,17 @@ class ServerOptimizer:
             self._state = {slot: self._initial(slot, update.shape[0]) for slot in self._slots}
         elif next(iter(self._state.values())).shape != update.shape:
             raise UpdateRejectedError("mean update does not match the optimiser state's dimension")
-        delta = self._delta(update)
+        delta = self._delta(update, self.rate())
         self.steps += 1
         return (params.astype(np.float64) + delta).astype(np.float32)
 
     def _initial(self, slot: str, dim: int) -> np.ndarray:
         return np.zeros(dim, np.float64)
 
-    def _delta(self, update: np.ndarray) -> np.ndarray:
-        """The change to the parameters for this (float64) mean update; updates the state."""
-        return self.learning_rate * update
+    def _delta(self, update: np.ndarray, rate: float) -> np.ndarray:
+        """The change to the parameters for this (float64) mean update at learning rate `rate`; updates the
+        state."""
+        return rate * update
 
     def state_dict(self) -> dict[str, Any]:
         """Name, step count and state vectors (numpy float64 arrays, copies)."""
@@ -80,16 +102,18 @@ class FedAvgMOptimizer(ServerOptimizer):
     name = "momentum"
     _slots = ("velocity",)
 
-    def __init__(self, *, learning_rate: float, momentum: float) -> None:
-        super().__init__(learning_rate=learning_rate)
+    def __init__(
+        self, *, learning_rate: float, momentum: float, schedule: CosineSchedule | None = None
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, schedule=schedule)
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"server_momentum must be in [0, 1), got {momentum}")
         self.momentum = momentum
 
-    def _delta(self, update: np.ndarray) -> np.ndarray:
+    def _delta(self, update: np.ndarray, rate: float) -> np.ndarray:
         velocity = self.momentum * self._state["velocity"] + update
         self._state["velocity"] = velocity
-        return self.learning_rate * velocity
+        return rate * velocity
 
 
 class FedAdamOptimizer(ServerOptimizer):
@@ -109,9 +133,16 @@ class FedAdamOptimizer(ServerOptimizer):
     _slots = ("m", "v")
 
     def __init__(
-        self, *, learning_rate: float, beta1: float, beta2: float, tau: float, bias_correction: bool = False
+        self,
+        *,
+        learning_rate: float,
+        beta1: float,
+        beta2: float,
+        tau: float,
+        bias_correction: bool = False,
+        schedule: CosineSchedule | None = None,
     ) -> None:
-        super().__init__(learning_rate=learning_rate)
+        super().__init__(learning_rate=learning_rate, schedule=schedule)
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and tau > 0):
             raise ConfigError(f"need beta1, beta2 in [0, 1) and tau > 0, got {beta1}, {beta2}, {tau}")
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
@@ -121,29 +152,43 @@ class FedAdamOptimizer(ServerOptimizer):
         start_v = 0.0 if self.bias_correction else self.tau**2
         return np.full(dim, start_v if slot == "v" else 0.0, np.float64)
 
-    def _delta(self, update: np.ndarray) -> np.ndarray:
+    def _delta(self, update: np.ndarray, rate: float) -> np.ndarray:
         m = self.beta1 * self._state["m"] + (1.0 - self.beta1) * update
         v = self.beta2 * self._state["v"] + (1.0 - self.beta2) * update**2
         self._state["m"], self._state["v"] = m, v
         if self.bias_correction:
             t = self.steps + 1
             m, v = m / (1.0 - self.beta1**t), v / (1.0 - self.beta2**t)
-        return self.learning_rate * m / (np.sqrt(v) + self.tau)
+        return rate * m / (np.sqrt(v) + self.tau)
 
 
 def make_server_optimizer(config: FederatedConfig) -> ServerOptimizer:
-    """The server optimiser named by config.server_optimizer, with the config's hyperparameters."""
-    lr = config.server_learning_rate
+    """The server optimiser named by config.server_optimizer, with the config's hyperparameters and
+    learning-rate schedule (cosine annealing over config.rounds, or constant)."""
+    lr, schedule = config.server_learning_rate, make_schedule(config.server_lr_schedule, config)
     if config.server_optimizer == "sgd":
-        return FedAvgOptimizer(learning_rate=lr)
+        return FedAvgOptimizer(learning_rate=lr, schedule=schedule)
     if config.server_optimizer == "momentum":
-        return FedAvgMOptimizer(learning_rate=lr, momentum=config.server_momentum)
+        return FedAvgMOptimizer(learning_rate=lr, momentum=config.server_momentum, schedule=schedule)
     if config.server_optimizer == "adam":
         beta1, beta2, tau = config.server_momentum, config.server_beta2, config.server_epsilon
         return FedAdamOptimizer(
-            learning_rate=lr, beta1=beta1, beta2=beta2, tau=tau, bias_correction=config.server_bias_correction
+            learning_rate=lr,
+            beta1=beta1,
+            beta2=beta2,
+            tau=tau,
+            bias_correction=config.server_bias_correction,
+            schedule=schedule,
         )
     raise ConfigError(f"unknown server optimiser {config.server_optimizer!r}")
+
+
+def make_schedule(name: LearningRateSchedule, config: FederatedConfig) -> CosineSchedule | None:
+    if name == "constant":
+        return None
+    if name == "cosine":
+        return CosineSchedule(steps=config.rounds, final_fraction=config.server_lr_final_fraction)
+    raise ConfigError(f"unknown server learning-rate schedule {name!r}")
 
 
 def _checked(params: np.ndarray, mean_update: np.ndarray) -> np.ndarray:
