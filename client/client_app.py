@@ -14,6 +14,9 @@ Participation caps (client/participation.py): a sampled device that has already 
 training rounds in this run refuses and is left out of the sum; the reply says how many refused
 ("refused-count"). Node config "participation-cap" gives the node's devices their own (lower) cap, and
 "device-dir" the folder where the node's one device keeps its receipts (client/device/receipts.py).
+- queries "secagg_keys", "secagg_shares", "secagg_unmask" and a train message carrying "secagg": secure
+  aggregation (client/secure_aggregation.py): the train reply is then masked, and the server learns only
+  the sum over the round's nodes.
 - query "trending": the sampled slots and the window -> the SUM of the sampled users' trending contribution
   vectors (client/trending.py: at most k recent distinct items each, L2 norm <= 1) and their count, from
   the users' training rows (in simulation the held-out rows are never released). Nothing per user leaves.
@@ -39,6 +42,7 @@ from flwr.clientapp import ClientApp
 from client.evaluate import ranking_sums
 from client.participation import DeviceFolder, Participation, RoundTerms, device_folders, own_cap
 from client.record_level import RecordLevelTrainer
+from client.secure_aggregation import handle_keys, handle_shares, handle_unmask, is_secure, masked_content
 from client.train import LocalTrainer, UpdateSum
 from client.trending import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat, to_flat
@@ -207,6 +211,8 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
         )
     counts.record(slots, settings.terms, cap=cap)
     stats.update({"count": result.count, "unclipped-count": result.unclipped_count})
+    if is_secure(message):
+        return Message(masked_content(message, state, result, stats, settings.noise), reply_to=message)
     content = RecordDict(
         {
             "update": ArrayRecord({"sum": Array(result.total.astype(np.float32))}),
@@ -301,6 +307,18 @@ def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
     @app.query("trending")
     def trending(message: Message, context: Context) -> Message:
         return handle_trending(node_for(context), message)
+
+    @app.query("secagg_keys")
+    def secagg_keys(message: Message, context: Context) -> Message:
+        return handle_keys(message, context.state)
+
+    @app.query("secagg_shares")
+    def secagg_shares(message: Message, context: Context) -> Message:
+        return handle_shares(message, context.state)
+
+    @app.query("secagg_unmask")
+    def secagg_unmask(message: Message, context: Context) -> Message:
+        return handle_unmask(message, context.state)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from server.ledger import PrivacyLedger
-from server.messaging import Population, train_round
+from server.messaging import Population, TrainReplies, train_round
 from server.participation_record import cap_ledger_fields
 from server.record_level import record_epsilon_so_far, record_level_fields
 from server.round_privacy import EPSILON_SLACK, PrivacyPlan, RoundNoise, derived_seed
+from server.secure_aggregation import SecureReplies, secure_train_round
 from server.strategy import (
     NoisedAggregate,
     ServerOptimizer,
@@ -191,19 +192,12 @@ class Coordinator:
         start = time.perf_counter()
         self.noise.for_round(round_number)
         cohort = self.sample(round_number)
-        clip_norm = self.aggregator.clip_norm
-        replies = train_round(
-            grid,
-            self.population.split(cohort),
-            self.state.params,
-            self.round_settings(round_number),
-            clip_norm=clip_norm,
-            check_norm=self.plan.mode != "local",
-            timeout_s=self.config.federated.node_timeout_s,
-            record_level=self.config.privacy.record_level,
-        )
+        replies, secure = self.collect_updates(grid, round_number, cohort)
         result = self.aggregator.aggregate(
-            replies.update_sum, count=replies.count, unclipped_count=replies.unclipped_count
+            replies.update_sum,
+            count=replies.count,
+            unclipped_count=replies.unclipped_count,
+            noise_in_sum=None if secure is None else secure.noise_std,
         )
         before = self.state.params
         after = self.scale * self.optimizer.step(before / self.scale, result.mean_update)
@@ -214,6 +208,7 @@ class Coordinator:
                 **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
                 **record_level_fields(record, replies, record_delta=self.config.privacy.record_delta),
                 **cap_ledger_fields(self.accountant, refused_users=replies.refused_users),
+                **({} if secure is None else {"secure_aggregation": secure.record.to_json()}),
             }
         )
         row = {
@@ -234,6 +229,40 @@ class Coordinator:
         self.checkpoint(entry)
         self.ledger.append_signed(entry)
         return row
+
+    def collect_updates(
+        self, grid: Any, round_number: int, cohort: np.ndarray
+    ) -> tuple[TrainReplies, SecureReplies | None]:
+        """The round's summed updates from the nodes: in the clear per node, or by secure aggregation."""
+        privacy, timeout_s = self.config.privacy, self.config.federated.node_timeout_s
+        assignment, settings = self.population.split(cohort), self.round_settings(round_number)
+        if privacy.secure_aggregation:
+            secure = secure_train_round(
+                grid,
+                assignment,
+                self.state.params,
+                settings,
+                clip_norm=self.aggregator.clip_norm,
+                mode=self.plan.mode,
+                noise_multiplier=self.plan.noise_multiplier,
+                noise=self.noise,
+                neighbourhood=privacy.secagg_neighbours,
+                step=privacy.secagg_step,
+                timeout_s=timeout_s,
+                record_level=privacy.record_level,
+            )
+            return secure.replies, secure
+        replies = train_round(
+            grid,
+            assignment,
+            self.state.params,
+            settings,
+            clip_norm=self.aggregator.clip_norm,
+            check_norm=self.plan.mode != "local",
+            timeout_s=timeout_s,
+            record_level=privacy.record_level,
+        )
+        return replies, None
 
     def epsilon(self) -> float:
         if self.plan.mode == "none":

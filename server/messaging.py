@@ -126,7 +126,7 @@ def train_round(
             {
                 "global": global_record,
                 "sample": ArrayRecord({"slots": Array(slots.astype(np.int64))}),
-                "round": ConfigRecord(_node_settings(settings, position)),
+                "round": ConfigRecord(node_settings(settings, position)),
             }
         )
         messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
@@ -139,7 +139,7 @@ def train_round(
         try:
             check_reply_source(node, assignment, answered)
             if record_level:
-                record_epsilons.append(_read_record_epsilon(reply))
+                record_epsilons.append(read_record_epsilon(reply))
             node_sum, node_count, node_unclipped, node_refused = _read_train_reply(
                 reply, len(assignment.get(node, []))
             )
@@ -171,7 +171,7 @@ def check_reply_source(node: int, assignment: Mapping[int, object], answered: se
     answered.add(node)
 
 
-def _read_record_epsilon(reply: Message) -> float:
+def read_record_epsilon(reply: Message) -> float:
     """The device's record-level epsilon so far; UpdateRejectedError when the reply does not carry one."""
     if reply.has_error():
         raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
@@ -184,7 +184,7 @@ def _read_record_epsilon(reply: Message) -> float:
     return value
 
 
-def _node_settings(settings: dict[str, int | float | str], position: int) -> dict[str, ConfigRecordValues]:
+def node_settings(settings: dict[str, int | float | str], position: int) -> dict[str, ConfigRecordValues]:
     """The round's settings for one node: a fixed (test) noise seed differs per node, so that local-DP
     noise is independent across nodes even in deterministic runs (-1, OS entropy, stays -1)."""
     seed = int(settings.get("noise-seed", -1))

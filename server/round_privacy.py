@@ -43,6 +43,9 @@ class RoundNoise:
     def normal(self, *, std: float) -> float:
         return self.current.normal(std=std)
 
+    def discrete(self, shape: int, *, std: float) -> np.ndarray:
+        return self.current.discrete(shape, std=std)
+
 
 @dataclass
 class PrivacyPlan:

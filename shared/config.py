@@ -211,6 +211,12 @@ class PrivacyConfig:
     # train after that (0: no cap). Accounting then reports the smaller of the Poisson bound and the cap
     # bound (k rounds of the Gaussian mechanism without amplification): docs/federated.md
     participation_cap: int = 0
+    # Secure aggregation (server/secure_aggregation.py): the server learns only the sum of the round's node
+    # replies, and in central mode the nodes add the noise, so it never sees an un-noised sum. Each node
+    # masks with `secagg_neighbours` others (0: all); values travel as multiples of `secagg_step`.
+    secure_aggregation: bool = False
+    secagg_neighbours: int = 0
+    secagg_step: float = 2.0**-24
     seed: int = (
         -1
     )  # >= 0: deterministic noise for tests and reproductions (the ledger says so); -1: OS entropy
@@ -226,6 +232,13 @@ class PrivacyConfig:
             raise ConfigError(f"participation_cap must be >= 0 (0: none), got {self.participation_cap}")
         if not 0.0 < self.target_unclipped_quantile < 1.0:
             raise ConfigError("target_unclipped_quantile must be in (0, 1)")
+        if self.secagg_neighbours < 0 or not 0.0 < self.secagg_step <= 2.0**-8:
+            raise ConfigError("secagg_neighbours must be >= 0 (0: all) and secagg_step in (0, 2^-8]")
+        if self.secure_aggregation and self.adaptive_clipping:
+            raise ConfigError(
+                "adaptive clipping needs each node's unclipped count noised at the server; it is not "
+                "available with secure aggregation"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -75,10 +75,27 @@ def _check_central_noise(
     if z_update is None or count_std is None:
         problems.append(f"{where}: update_noise_multiplier / count_noise_std are not numbers")
         return
-    if not close(std, z_update * clip, NOISE_RTOL):
-        problems.append(f"{where}: noise_std {std} != update_noise_multiplier {z_update} * clip_norm {clip}")
+    bound, name = clip, "clip_norm"
+    if "secure_aggregation" in entry:  # the nodes' fixed-point sums: each user moves one by up to C'
+        bound, name = _secure_sensitivity(where, entry, clip, problems), "sensitivity"
+    if not close(std, z_update * bound, NOISE_RTOL):
+        problems.append(f"{where}: noise_std {std} != update_noise_multiplier {z_update} * {name} {bound}")
     if z > implied_noise_multiplier(z_update, count_std) * (1 + NOISE_RTOL):
         problems.append(f"{where}: accounted noise_multiplier {z} exceeds what the applied noise supports")
+
+
+def _secure_sensitivity(where: str, entry: dict[str, Any], clip: float, problems: list[str]) -> float:
+    """C' = C + step * sqrt(dim) of a securely aggregated round, recomputed from its logged step and dim."""
+    secure = entry["secure_aggregation"]
+    step = _number(secure.get("quantisation_step")) if isinstance(secure, dict) else None
+    dim = _number(secure.get("dim")) if isinstance(secure, dict) else None
+    if step is None or dim is None or not (step > 0 and dim >= 1):
+        problems.append(f"{where}: secure_aggregation lacks a positive quantisation_step and dim")
+        return clip
+    expected = clip + step * math.sqrt(dim)
+    if not close(_number(secure.get("sensitivity")) or 0.0, expected, NOISE_RTOL):
+        problems.append(f"{where}: secure_aggregation sensitivity is not clip_norm + step * sqrt(dim)")
+    return expected
 
 
 def implied_noise_multiplier(z_update: float, count_noise_std: float) -> float:

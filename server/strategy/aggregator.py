@@ -181,17 +181,27 @@ class UserLevelDPAggregator:
         """Where the noise comes from, for the ledger."""
         return self._noise.source
 
-    def aggregate(self, update_sum: np.ndarray, *, count: int, unclipped_count: int) -> NoisedAggregate:
+    def aggregate(
+        self, update_sum: np.ndarray, *, count: int, unclipped_count: int, noise_in_sum: float | None = None
+    ) -> NoisedAggregate:
         """Noise the sum of `count` clipped updates and divide by sample_rate * population.
 
         `unclipped_count` is the number of those users whose update norm was <= C before clipping (used
         only with adaptive clipping). Raises UpdateRejectedError for a malformed or oversized sum.
+        `noise_in_sum` (secure aggregation, server/secure_aggregation.py): the sum arrives with this noise
+        std per coordinate already in it and its norm already checked; the server adds none.
         """
-        total = self._checked_sum(update_sum, count=count, unclipped_count=unclipped_count)
         clip_norm = self._clip_norm
-        noise_std = self._z_update * clip_norm
-        if noise_std > 0:
-            total = total + self._noise.sample(total.shape, std=noise_std)
+        if noise_in_sum is not None:
+            if self._adaptive is not None:
+                raise ConfigError("adaptive clipping is not available with secure aggregation")
+            check_update_values(update_sum, count=count, dim=update_sum.shape[0])
+            total, noise_std = update_sum.astype(np.float64), float(noise_in_sum)
+        else:
+            total = self._checked_sum(update_sum, count=count, unclipped_count=unclipped_count)
+            noise_std = self._z_update * clip_norm
+            if noise_std > 0:
+                total = total + self._noise.sample(total.shape, std=noise_std)
         mean_update = (total / self.expected_cohort).astype(np.float32)
         fraction = None
         if self._adaptive is not None:

@@ -45,6 +45,27 @@ class GaussianNoise:
             return np.zeros(shape, dtype=np.float64)
         return self._generator.normal(0.0, std, size=shape)
 
+    def discrete(self, shape: int, *, std: float) -> np.ndarray:
+        """int64 draws from the discrete Gaussian N_Z(0, std^2), P(x) proportional to exp(-x^2 / (2 std^2))
+        on the integers, by Canonne, Kamath & Steinke 2020 (Algorithm 3): a discrete Laplace proposal of
+        scale t = floor(std) + 1, accepted with probability exp(-(|y| - std^2 / t)^2 / (2 std^2)). Its
+        sum over independent draws is what secure aggregation releases (server/secure_aggregation.py)."""
+        _check_std(std)
+        if std == 0:
+            return np.zeros(shape, dtype=np.int64)
+        t = math.floor(std) + 1
+        p = -math.expm1(-1.0 / t)  # a geometric "failures before success" count; a difference is Laplace
+        out = np.zeros(shape, dtype=np.int64)
+        todo = np.arange(shape)
+        while todo.size:
+            y = self._generator.geometric(p, todo.size) - self._generator.geometric(p, todo.size)
+            accept = self._generator.random(todo.size) < np.exp(
+                -((np.abs(y) - std**2 / t) ** 2) / (2 * std**2)
+            )
+            out[todo[accept]] = y[accept]
+            todo = todo[~accept]
+        return out
+
     def normal(self, *, std: float) -> float:
         """One normal draw with standard deviation `std` (e.g. the noise on a count)."""
         return float(self.sample(1, std=std)[0])

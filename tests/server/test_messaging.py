@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from server.messaging import SIMULATION_PULL_INTERVAL_S, Population, _node_settings, poll_replies_often
+from server.messaging import SIMULATION_PULL_INTERVAL_S, Population, node_settings, poll_replies_often
 
 
 def test_slots_map_to_nodes_in_partition_order() -> None:
@@ -22,10 +22,10 @@ def test_slots_map_to_nodes_in_partition_order() -> None:
 
 def test_fixed_noise_seeds_differ_per_node_and_os_entropy_stays_so() -> None:
     settings: dict[str, int | float] = {"round": 3, "noise-seed": 1234, "clip-norm": 1.0}
-    seeds = {_node_settings(settings, position)["noise-seed"] for position in range(4)}
+    seeds = {node_settings(settings, position)["noise-seed"] for position in range(4)}
     assert len(seeds) == 4  # independent local-DP noise on each node, even in deterministic runs
-    assert _node_settings({**settings, "noise-seed": -1}, 2)["noise-seed"] == -1
-    assert _node_settings(settings, 1)["clip-norm"] == 1.0 and settings["noise-seed"] == 1234
+    assert node_settings({**settings, "noise-seed": -1}, 2)["noise-seed"] == -1
+    assert node_settings(settings, 1)["clip-norm"] == 1.0 and settings["noise-seed"] == 1234
 
 
 def test_the_simulation_grid_is_polled_often_and_other_grids_are_left_alone() -> None:

@@ -70,3 +70,32 @@ def test_default_is_seeded_from_secrets_with_128_bits_and_the_seed_is_not_shown(
 
 def test_two_unseeded_generators_differ() -> None:
     assert not np.array_equal(GaussianNoise().sample(8, std=1.0), GaussianNoise().sample(8, std=1.0))
+
+
+def discrete_gaussian_pmf(std: float, support: np.ndarray) -> np.ndarray:
+    """exp(-x^2 / (2 std^2)) normalised over the integers (the tail beyond 40 std is below 1e-300)."""
+    everything = np.arange(-int(40 * std) - 1, int(40 * std) + 2)
+    weights = np.exp(-(everything.astype(np.float64) ** 2) / (2 * std**2))
+    return np.exp(-(support.astype(np.float64) ** 2) / (2 * std**2)) / weights.sum()
+
+
+@pytest.mark.parametrize("std", [0.7, 1.5, 4.0])
+def test_discrete_gaussian_draws_follow_the_discrete_gaussian_pmf(std: float) -> None:
+    draws = GaussianNoise(seed=21).discrete(300_000, std=std)
+    assert draws.dtype == np.int64
+    support = np.arange(-3 * int(np.ceil(std)), 3 * int(np.ceil(std)) + 1)
+    expected = discrete_gaussian_pmf(std, support) * draws.size
+    observed = np.array([(draws == k).sum() for k in support])
+    # each cell within 5 binomial standard deviations (a chi-square per cell; 300k draws)
+    assert np.all(np.abs(observed - expected) <= 5 * np.sqrt(expected) + 5)
+    variance = float((discrete_gaussian_pmf(std, np.arange(-60, 61)) * np.arange(-60, 61) ** 2).sum())
+    assert draws.var() == pytest.approx(variance, rel=0.02)  # below std^2 for small std, as it should be
+
+
+def test_discrete_gaussian_at_secure_aggregation_scale() -> None:
+    draws = GaussianNoise(seed=22).discrete(200_000, std=3.0e5)
+    assert abs(draws.mean()) < 3.0e5 * 5 / np.sqrt(draws.size)
+    assert draws.std() == pytest.approx(3.0e5, rel=0.01)
+    assert np.all(GaussianNoise(seed=1).discrete(5, std=0.0) == 0)
+    with pytest.raises(ConfigError):
+        GaussianNoise(seed=1).discrete(5, std=-1.0)

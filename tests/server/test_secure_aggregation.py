@@ -1,0 +1,250 @@
+"""Secure aggregation: the server side (server/secure_aggregation.py) against the nodes' real handlers
+(client/secure_aggregation.py), messages passed in process. The sum comes out right with and without
+dropouts, one node's masked input hides its sum, the noise on the released sum has the accounted std,
+and a tampered or inconsistent request is refused by the node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.secure_aggregation import handle_keys, handle_shares, handle_unmask, masked_content
+from client.train import UpdateSum
+from server.audit.entry_checks import check_noise
+from server.secure_aggregation import SecureReplies, secure_train_round
+from shared.errors import UpdateRejectedError
+from shared.privacy.noise import GaussianNoise
+from shared.secure_aggregation import sensitivity
+
+DIM, STEP = 40, 2.0**-24
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's Message needs a run id, set by the ServerApp's process outside tests."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class LoopbackGrid:
+    """Delivers each message to its node's real secure-aggregation handlers, each node with its own
+    context.state; a node listed in `silent[stage]` stops answering from that stage on. Train messages get
+    the node's prepared UpdateSum. Every reply is kept in `seen`."""
+
+    STAGES = ("query.secagg_keys", "query.secagg_shares", "train", "query.secagg_unmask")
+
+    def __init__(self, sums: dict[int, UpdateSum], silent: dict[str, set[int]] | None = None) -> None:
+        self.sums, self.silent = sums, silent or {}
+        self.states: dict[int, RecordDict] = {node: RecordDict({}) for node in sums}
+        self.seen: list[tuple[str, int, Message]] = []
+        self.noise = GaussianNoise(seed=5)
+
+    def _is_silent(self, stage: str, node: int) -> bool:
+        upto = self.STAGES[: self.STAGES.index(stage) + 1]
+        return any(node in self.silent.get(s, set()) for s in upto)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float) -> list[Message]:
+        replies = []
+        for message in messages:
+            stage, node = message.metadata.message_type, message.metadata.dst_node_id
+            if self._is_silent(stage, node):
+                continue
+            try:
+                reply = self._handle(stage, message, self.states[node])
+            except UpdateRejectedError as exc:  # a node's refusal reaches the server as an error reply
+                reply = Message(Error(code=0, reason=str(exc)), reply_to=message)
+            self.seen.append((stage, node, reply))
+            replies.append(reply)
+        return replies
+
+    def _handle(self, stage: str, message: Message, state: RecordDict) -> Message:
+        if stage == "query.secagg_keys":
+            return handle_keys(message, state)
+        if stage == "query.secagg_shares":
+            return handle_shares(message, state)
+        if stage == "train":
+            result = self.sums[message.metadata.dst_node_id]
+            stats = {"count": result.count, "refused-count": 0, "unclipped-count": result.unclipped_count}
+            return Message(masked_content(message, state, result, stats, self.noise), reply_to=message)
+        return handle_unmask(message, state)
+
+
+def node_sums(n_nodes: int, *, seed: int = 0, users: int = 2) -> dict[int, UpdateSum]:
+    """Node id -> a sum of `users` updates of norm <= 1 (node ids 101, 102, ...)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in range(n_nodes):
+        updates = rng.normal(size=(users, DIM))
+        updates /= np.maximum(1.0, np.linalg.norm(updates, axis=1, keepdims=True))
+        out[101 + k] = UpdateSum(updates.sum(0).astype(np.float32), users, int(k % 3 == 0))
+    return out
+
+
+def run(
+    grid: LoopbackGrid, *, mode: str = "none", z: float = 0.0, neighbours: int = 0, dim: int = DIM
+) -> SecureReplies:
+    assignment = {node: np.arange(s.count) for node, s in grid.sums.items()}
+    settings: dict[str, int | float | str] = {"run-id": "r1", "round": 3, "noise-seed": 9}
+    return secure_train_round(
+        grid,  # type: ignore[arg-type]
+        assignment,
+        np.zeros(dim, np.float32),
+        settings,
+        clip_norm=1.0,
+        mode=mode,
+        noise_multiplier=z,
+        noise=GaussianNoise(seed=7),
+        neighbourhood=neighbours,
+        step=STEP,
+        timeout_s=1.0,
+    )
+
+
+def plain_sum(sums: dict[int, UpdateSum], nodes: Iterable[int]) -> np.ndarray:
+    return np.sum([sums[n].total.astype(np.float64) for n in nodes], axis=0)
+
+
+def test_the_secure_sum_is_the_sum_of_the_node_sums() -> None:
+    grid = LoopbackGrid(node_sums(6))
+    out = run(grid)
+    np.testing.assert_allclose(out.replies.update_sum, plain_sum(grid.sums, grid.sums), atol=6 * STEP)
+    assert out.replies.count == 12 and out.replies.unclipped_count == 2  # nodes 101 and 104
+    assert (out.record.participants, out.record.masked_inputs, out.record.dropped) == (6, 6, 0)
+    assert out.noise_std == 0 and out.record.neighbours == 5 and not out.record.failed
+    assert out.record.sensitivity == pytest.approx(1.0 + STEP * np.sqrt(DIM))
+
+
+def test_a_masked_input_hides_the_node_sum() -> None:
+    grid = LoopbackGrid(node_sums(4))
+    run(grid)
+    masked = {
+        node: r.content.array_records["update"]["masked"].numpy() for s, node, r in grid.seen if s == "train"
+    }
+    first = masked[101]
+    encoded = np.rint(grid.sums[101].total.astype(np.float64) / STEP).astype(np.int64).view(np.uint64)
+    assert np.mean(first[:DIM] == encoded) < 0.1  # masked: almost no coordinate shows the value
+    top_bits = (first >> np.uint64(60)).astype(int)  # uniform words: the top 4 bits spread over 0..15
+    assert len(set(top_bits.tolist())) > 8
+    again = LoopbackGrid(grid.sums)
+    run(again)
+    second = next(r for s, n, r in again.seen if s == "train" and n == 101)
+    assert not np.array_equal(second.content.array_records["update"]["masked"].numpy(), first)  # fresh keys
+
+
+@pytest.mark.parametrize("neighbours", [0, 4])
+def test_nodes_that_drop_after_sharing_are_left_out_and_their_masks_removed(neighbours: int) -> None:
+    sums = node_sums(9, seed=1)
+    grid = LoopbackGrid(sums, silent={"train": {103, 107}})
+    out = run(grid, neighbours=neighbours)
+    kept = [n for n in sums if n not in (103, 107)]
+    np.testing.assert_allclose(out.replies.update_sum, plain_sum(sums, kept), atol=9 * STEP)
+    assert out.replies.count == 14 and out.replies.rejected_nodes == 2 and out.replies.rejected_users == 4
+    assert (out.record.masked_inputs, out.record.dropped, out.record.neighbours) == (
+        7,
+        2,
+        neighbours or 8,
+    )
+
+
+def test_a_node_silent_from_the_key_exchange_takes_no_part() -> None:
+    sums = node_sums(5, seed=2)
+    out = run(LoopbackGrid(sums, silent={"query.secagg_keys": {102}}))
+    np.testing.assert_allclose(out.replies.update_sum, plain_sum(sums, [101, 103, 104, 105]), atol=5 * STEP)
+    assert out.record.dropped == 0 and out.record.masked_inputs == 4
+
+
+def test_too_many_dropouts_sum_nothing_and_say_why() -> None:
+    sums = node_sums(5, seed=3)
+    out = run(LoopbackGrid(sums, silent={"train": {101, 102, 103}}))
+    assert out.replies.count == 0 and out.replies.rejected_users == 10 and out.record.failed
+    assert np.all(out.replies.update_sum == 0)
+
+
+def test_central_noise_is_shared_by_the_nodes_and_topped_up_for_dropped_users() -> None:
+    dim, z = 20_000, 1.0
+    rng = np.random.default_rng(4)
+    sums = {101 + k: UpdateSum(np.zeros(dim, np.float32), 2, 0) for k in range(6)}
+    for node in sums:
+        sums[node] = UpdateSum(rng.normal(scale=0.001, size=dim).astype(np.float32), 2, 0)
+    for silent in ({}, {"train": {104}}):
+        grid = LoopbackGrid(sums, silent=silent)
+        out = run(grid, mode="central", z=z, dim=dim)
+        kept = [n for n in sums if n not in silent.get("train", set())]
+        noise = out.replies.update_sum - plain_sum(sums, kept)
+        expected = z * sensitivity(1.0, step=STEP, dim=dim)
+        assert out.noise_std == pytest.approx(expected)
+        assert np.std(noise) == pytest.approx(expected, rel=0.03) and abs(np.mean(noise)) < 0.03
+        share = len(kept) / 6  # the nodes' part of the variance; the server adds the rest
+        assert out.record.distributed_noise_std == pytest.approx(expected * np.sqrt(share))
+        assert out.record.server_noise_std == pytest.approx(expected * np.sqrt(1 - share))
+
+
+def unmask_message(node: int, index: int, survivors: list[int], dropped: list[int]) -> Message:
+    record = ConfigRecord(
+        {"run-id": "r1", "round": 3, "index": index, "survivors": survivors, "dropped": dropped}
+    )
+    return Message(RecordDict({"secagg": record}), dst_node_id=node, message_type="query.secagg_unmask")
+
+
+def masked_grid() -> LoopbackGrid:
+    grid = LoopbackGrid(node_sums(4), silent={"query.secagg_unmask": {101, 102, 103, 104}})
+    out = run(grid)
+    assert out.record.failed  # nobody answered the unmask: nothing summed
+    return grid
+
+
+def test_a_node_refuses_to_reveal_both_secrets_of_a_peer_or_to_unmask_twice() -> None:
+    grid = masked_grid()
+    state = grid.states[101]  # index 0
+    with pytest.raises(UpdateRejectedError, match="inconsistent"):
+        handle_unmask(unmask_message(101, 0, [0, 1, 2], [1]), state)
+    with pytest.raises(UpdateRejectedError, match="too few survivors"):
+        handle_unmask(unmask_message(101, 0, [0], [1, 2, 3]), state)
+    with pytest.raises(UpdateRejectedError, match="another run, round or node"):
+        handle_unmask(unmask_message(101, 1, [0, 1, 2, 3], []), state)
+    reply = handle_unmask(unmask_message(101, 0, [0, 1, 2, 3], []), state)
+    assert set(reply.content.config_records["unmask"].keys()) == {"b-0", "b-1", "b-2", "b-3"}
+    with pytest.raises(UpdateRejectedError, match="no key exchange"):
+        handle_unmask(unmask_message(101, 0, [0, 1, 2, 3], []), state)
+
+
+def test_a_share_relayed_to_the_wrong_node_does_not_open() -> None:
+    grid = masked_grid()
+    states: Any = grid.states
+    record_a, record_b = states[101].config_records["secagg"], states[102].config_records["secagg"]
+    record_a["inbox-2"] = record_b["inbox-2"]  # the server hands node 0 the share node 2 sealed for node 1
+    with pytest.raises(UpdateRejectedError, match="does not open"):
+        handle_unmask(unmask_message(101, 0, [0, 1, 2, 3], []), states[101])
+
+
+def secure_entry(**secure: Any) -> dict[str, Any]:
+    record = {"quantisation_step": STEP, "dim": 10_000, "sensitivity": 1.0 + STEP * 100.0, **secure}
+    return {
+        "mode": "central",
+        "sampling": "poisson",
+        "noise_multiplier": 0.9,
+        "update_noise_multiplier": 0.9,
+        "noise_std": 0.9 * (1.0 + STEP * 100.0),
+        "clip_norm": 1.0,
+        "secure_aggregation": record,
+    }
+
+
+def test_the_audit_checks_the_noise_against_the_fixed_point_sensitivity() -> None:
+    problems: list[str] = []
+    check_noise("round 1", secure_entry(), problems)
+    assert problems == []
+    for bad, needle in (
+        (secure_entry(sensitivity=1.5), "sensitivity is not"),
+        ({**secure_entry(), "noise_std": 0.9}, "noise_std"),  # the noise of C, not C': short of the account
+        (secure_entry(dim=-1), "positive quantisation_step"),
+    ):
+        found: list[str] = []
+        check_noise("round 1", bad, found)
+        assert any(needle in p for p in found), found

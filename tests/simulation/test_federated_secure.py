@@ -1,0 +1,70 @@
+"""Real Flower simulation runs with secure aggregation: the same model as aggregation in the clear, and in
+central mode a ledger whose noise the nodes added, which `fedhome-audit verify` accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from federated_toy import read_jsonl, tiny_config
+
+from server.audit.verify import verify_ledger
+from shared.data.source import configured_split
+from shared.run_folder import RunFolder
+from shared.signing import load_public_key
+from simulation.federated import run_federated
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("encoder-cache")
+
+
+def test_secure_aggregation_gives_the_model_of_aggregation_in_the_clear(tmp_path: Path, cache: Path) -> None:
+    common = {"federated__rounds": "2", "privacy__mode": "none", "federated__nodes": "3"}
+    clear = tiny_config(tmp_path / "clear", cache, **common)
+    secure = tiny_config(tmp_path / "secure", cache, privacy__secure_aggregation="true", **common)
+    split = configured_split(clear.data)
+    run_federated(clear, split, progress=False)
+    run_federated(secure, split, progress=False)
+    entries = read_jsonl(RunFolder(secure.federated.run_dir).ledger)
+    clear_entries = read_jsonl(RunFolder(clear.federated.run_dir).ledger)
+    assert [e["aggregated_users"] for e in entries] == [e["aggregated_users"] for e in clear_entries]
+    for entry in entries:
+        record = entry["secure_aggregation"]
+        assert isinstance(record, dict) and record["failed"] == "" and record["masked_inputs"] == 3
+        assert record["participants"] == 3 and record["dropped"] == 0
+    clear_params = np.load(RunFolder(clear.federated.run_dir).final_params)
+    secure_params = np.load(RunFolder(secure.federated.run_dir).final_params)
+    rows = read_jsonl(RunFolder(secure.federated.run_dir).metrics)[1:]
+    assert all(float(row["update_norm"]) > 1e-3 for row in rows)  # it trained
+    np.testing.assert_allclose(secure_params, clear_params, atol=1e-4)
+
+
+def test_central_dp_with_secure_aggregation_on_one_device_per_node(tmp_path: Path, cache: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        cache,
+        data__synthetic__n_users="12",
+        federated__devices_per_node="one",
+        federated__rounds="2",
+        federated__eval_every="0",
+        privacy__target_epsilon="60",
+        privacy__secure_aggregation="true",
+        privacy__secagg_neighbours="4",
+    )
+    run_federated(config, configured_split(config.data), progress=False)
+    folder = RunFolder(config.federated.run_dir)
+    entries = read_jsonl(folder.ledger)
+    assert [e["round"] for e in entries] == [1, 2]
+    for entry in entries:
+        record = entry["secure_aggregation"]
+        assert isinstance(record, dict)
+        assert record["participants"] == entry["realised_cohort"] == record["masked_inputs"]
+        assert record["neighbours"] == min(4, int(record["participants"]) - 1)
+        assert entry["noise_std"] == pytest.approx(entry["noise_multiplier"] * record["sensitivity"])
+        assert record["distributed_noise_std"] == pytest.approx(entry["noise_std"])  # all nodes answered
+        assert record["server_noise_std"] == 0
+    report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
+    assert report.ok, report.problems
