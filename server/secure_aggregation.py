@@ -26,8 +26,9 @@ Gaussians is within a negligible distance of one discrete Gaussian at these scal
 Steinke 2020): docs/federated.md has the argument and its assumptions.
 
 What it does not do: it trusts the server to relay the public keys faithfully (no device PKI), and a
-sum cannot be checked node by node, so one device's oversized update can spoil a round's sum (the round
-still counts for privacy). A failed protocol (too few nodes left to rebuild a secret) sums nothing and the
+sum cannot be checked node by node: an oversized update shows only in the whole sum, which is then
+dropped and the round's noise alone released (post-processing of the noised sum; the round still counts
+for privacy). A failed protocol (too few nodes left to rebuild a secret) sums nothing and the
 round's noise alone is released, as for a round whose replies were all rejected.
 """
 
@@ -157,18 +158,15 @@ def secure_train_round(
         failed, summed, words = str(exc), [], np.zeros(dim + 1, np.uint64)
         log.warning("secure aggregation failed this round, nothing is summed: %s", failed)
     count = sum(parts[i].count for i in summed)
-    refused = sum(parts[i].refused for i in summed)
     top_up = sigma * math.sqrt(max(0.0, 1.0 - count / cohort)) if cohort else sigma
-    if top_up > 0:
-        words[:dim] += noise.discrete(dim, std=top_up).view(np.uint64)
-    total = decode(words[:dim], step=step)
-    unclipped = int(words[dim:].view(np.int64)[0])
-    if not 0 <= unclipped <= count:
-        raise UpdateRejectedError(f"secure sum: unclipped count {unclipped} outside [0, {count}]")
-    if mode == "central":
-        check_update_values(total, count=count, dim=dim)
-    else:
-        check_update_sum(total, count=count, dim=dim, clip_norm=c_prime if mode == "none" else np.inf)
+    total, unclipped = _released(words, noise, dim=dim, step=step, std=top_up)
+    try:
+        _check_sum(total, unclipped, count=count, mode=mode, bound=c_prime, std=sigma * step)
+    except UpdateRejectedError as exc:  # the whole sum is spoiled: release the round's noise alone
+        log.warning("secure aggregation: the round's sum is rejected, nothing is summed: %s", exc)
+        failed, summed, count, top_up = f"the sum was rejected: {exc}", [], 0, sigma
+        total, unclipped = _released(np.zeros(dim + 1, np.uint64), noise, dim=dim, step=step, std=sigma)
+    refused = sum(parts[i].refused for i in summed)
     record = SecureRoundRecord(
         participants=len(nodes),
         masked_inputs=len(summed),
@@ -191,6 +189,32 @@ def secure_train_round(
         refused_users=refused,
     )
     return SecureReplies(replies, sigma * step, record)
+
+
+def _released(
+    words: np.ndarray, noise: DiscreteNoise, *, dim: int, step: float, std: float
+) -> tuple[np.ndarray, int]:
+    """The decoded sum after the server's discrete Gaussian top-up of `std` grid units, and the unclipped
+    count (the last word)."""
+    words = words.copy()
+    if std > 0:
+        words[:dim] += noise.discrete(dim, std=std).view(np.uint64)
+    return decode(words[:dim], step=step), int(words[dim:].view(np.int64)[0])
+
+
+def _check_sum(total: np.ndarray, unclipped: int, *, count: int, mode: str, bound: float, std: float) -> None:
+    """UpdateRejectedError for a secure sum that cannot come from `count` users' clipped updates: in
+    central mode, longer than count * C' plus what the noise (std per coordinate) reaches with
+    overwhelming probability (sqrt(dim) std + 10 std: the chi tail beyond it is below e^-50)."""
+    dim = total.shape[0]
+    if not 0 <= unclipped <= count:
+        raise UpdateRejectedError(f"unclipped count {unclipped} outside [0, {count}]")
+    if mode == "central":
+        check_update_values(total, count=count, dim=dim)
+        if float(np.linalg.norm(total)) > count * bound + std * (math.sqrt(dim) + 10.0):
+            raise UpdateRejectedError("the noised sum is longer than clipped updates and the noise allow")
+    else:
+        check_update_sum(total, count=count, dim=dim, clip_norm=bound if mode == "none" else np.inf)
 
 
 def _query(

@@ -248,3 +248,19 @@ def test_the_audit_checks_the_noise_against_the_fixed_point_sensitivity() -> Non
         found: list[str] = []
         check_noise("round 1", bad, found)
         assert any(needle in p for p in found), found
+
+
+@pytest.mark.parametrize("mode", ["none", "central"])
+def test_an_oversized_update_spoils_only_that_round_and_noise_alone_is_released(mode: str) -> None:
+    dim = 4000
+    sums = {101 + k: UpdateSum(np.full(dim, 0.001, np.float32), 2, 0) for k in range(4)}
+    sums[103] = UpdateSum(np.full(dim, 1.0, np.float32), 2, 0)  # norm 63: two users clipped to 1 cannot
+    out = run(LoopbackGrid(sums), mode=mode, z=1.0, dim=dim)
+    assert "rejected" in out.record.failed and out.replies.count == 0 and out.replies.rejected_users == 8
+    released = out.replies.update_sum
+    if mode == "none":
+        assert np.all(released == 0)
+    else:  # the full noise on nothing: no trace of the 0.001s or the 1.0s
+        assert out.record.server_noise_std == pytest.approx(out.noise_std)
+        assert abs(float(released.mean())) < 5 * out.noise_std / np.sqrt(dim)
+        assert float(released.std()) == pytest.approx(out.noise_std, rel=0.05)
