@@ -40,7 +40,8 @@ NOT_COVERED = [
     "epsilon (it reveals how many sampled users took part, not who).",
     "Who took part in a round, as seen by the server: without secure aggregation the server receives each "
     "node's sum in the clear; the guarantee is against anyone who sees the released models, and trusts the "
-    "server to add the noise it records.",
+    "server to add the noise it records (with secure aggregation, to relay the devices' public keys "
+    "faithfully).",
     "A person with several accounts or devices: the unit of privacy is one user account, so k accounts "
     "of one person get a group guarantee that is weaker (roughly k times epsilon).",
     "Side channels: timing, message sizes, and failures of individual devices.",
@@ -194,6 +195,18 @@ def _verification(report: LedgerVerification, entries: list[dict[str, Any]]) -> 
     }
 
 
+def _secure_aggregation_words(rounds: list[dict[str, Any]]) -> str:
+    secure = [e["secure_aggregation"] for e in rounds if isinstance(e.get("secure_aggregation"), dict)]
+    if not secure:
+        return "not used in this run: each node's sum of clipped updates reaches the server"
+    failed = sum(1 for s in secure if s.get("failed"))
+    return (
+        f"used in {len(secure)} of {len(rounds)} training rounds: the server saw only the sum over each "
+        "round's nodes, noised by the nodes in central mode (docs/federated.md); "
+        f"{failed} round(s) summed nothing and released the round's noise alone"
+    )
+
+
 def _guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) -> dict[str, Any]:
     modes = sorted({str(e.get("mode")) for e in entries})
     populations = sorted({int(e["population"]) for e in entries if isinstance(e.get("population"), int)})
@@ -204,7 +217,7 @@ def _guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) 
         "unit_of_privacy": entries[-1].get("unit_of_privacy", "user") if entries else "user",
         "neighbouring_relation": "add or remove one user (all of that user's interactions, in every round)",
         "setting": [_setting(mode) for mode in modes],
-        "secure_aggregation": "not used in this run: each node's sum of clipped updates reaches the server",
+        "secure_aggregation": _secure_aggregation_words([e for e in entries if not is_trending(e)]),
         "released": "the model after every round (each entry binds model_sha256_after); the epsilon covers "
         "the whole sequence, so releasing only the final model is covered too (post-processing)"
         + (

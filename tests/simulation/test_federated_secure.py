@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from federated_toy import read_jsonl, tiny_config
 
+from server.audit.report import build_report
 from server.audit.verify import verify_ledger
 from shared.data.source import configured_split
 from shared.run_folder import RunFolder
@@ -68,3 +69,5 @@ def test_central_dp_with_secure_aggregation_on_one_device_per_node(tmp_path: Pat
         assert record["server_noise_std"] == 0
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
+    words = build_report(folder.root, load_public_key(folder.public_key))["guarantee"]["secure_aggregation"]
+    assert words.startswith("used in 2 of 2 training rounds") and "0 round(s) summed nothing" in words
