@@ -253,6 +253,8 @@ def wait_for_run(deployment: Deployment, run_id: str, summary: Path) -> str:
 def test_flwr_run_on_a_superlink_with_two_supernodes_trains_and_leaves_a_verifiable_ledger(
     deployment: Deployment,
 ) -> None:
+    """Central DP with secure aggregation: the SuperNodes keep each round's secrets in their context state
+    across the protocol's messages, and the server sees only their noised sum."""
     link_port, node_ports = free_port(), [free_port(), free_port()]
     deployment.start(
         "superlink",
@@ -282,7 +284,9 @@ def test_flwr_run_on_a_superlink_with_two_supernodes_trains_and_leaves_a_verifia
         f'[superlink.test]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
     run_dir = deployment.root / "run"
-    settings = tiny_settings(deployment.root, deployment.root / "cache", **TINY_RUN)
+    settings = tiny_settings(
+        deployment.root, deployment.root / "cache", privacy__secure_aggregation="true", **TINY_RUN
+    )
     run_config = deployment.root / "run_config.toml"  # values as TOML strings: from_flat converts them
     run_config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
     wait_for_health(deployment, link_port)
@@ -295,7 +299,10 @@ def test_flwr_run_on_a_superlink_with_two_supernodes_trains_and_leaves_a_verifia
         deployment.fail(f"run {run_id} ended {status}\n----- flwr log\n{shown.stdout[-6000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["rounds"], summary["nodes"], summary["population"]) == (2, 2, 40)
-    assert [entry["round"] for entry in read_jsonl(run_dir / "ledger.jsonl")] == [1, 2]
+    entries = read_jsonl(run_dir / "ledger.jsonl")
+    assert [entry["round"] for entry in entries] == [1, 2]
+    for entry in entries:  # both SuperNodes' masked inputs were summed and unmasked
+        assert entry["secure_aggregation"]["masked_inputs"] == 2 and not entry["secure_aggregation"]["failed"]
     audit = subprocess.run(
         [
             str(BIN / "fedhome-audit"),
