@@ -146,6 +146,8 @@ def secure_train_round(
     record_epsilons: list[float] = []
     failed, summed, dropped = "", list[int](), list[int]()
     try:
+        if not nodes:
+            raise _ProtocolFailed("no users were sampled")
         alive = _exchange_keys(grid, parts, graph, header, timeout_s)
         alive = _share_secrets(grid, parts, alive, header, timeout_s)
         summed, dropped = _masked_inputs(

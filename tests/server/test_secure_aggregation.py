@@ -264,3 +264,9 @@ def test_an_oversized_update_spoils_only_that_round_and_noise_alone_is_released(
         assert out.record.server_noise_std == pytest.approx(out.noise_std)
         assert abs(float(released.mean())) < 5 * out.noise_std / np.sqrt(dim)
         assert float(released.std()) == pytest.approx(out.noise_std, rel=0.05)
+
+
+def test_a_round_without_sampled_users_releases_the_noise_alone() -> None:
+    out = run(LoopbackGrid({}), mode="central", z=1.0, dim=5000)
+    assert out.record.failed == "no users were sampled" and out.replies.count == 0
+    assert float(out.replies.update_sum.std()) == pytest.approx(out.noise_std, rel=0.06)
