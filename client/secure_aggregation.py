@@ -143,7 +143,8 @@ def masked_content(
     stats: Mapping[str, MetricRecordValues],
     noise: GaussianNoise,
 ) -> RecordDict:
-    """The train reply under secure aggregation: the masked fixed-point vector (sum, unclipped count) and,
+    """The train reply under secure aggregation: the masked fixed-point sum (without the unclipped count:
+    an exact count that only adaptive clipping, refused with secure aggregation, would need) and,
     in the clear, the counts the server needs to check the round (users summed, users refused)."""
     run_id, round_number, index, settings = _header(message)
     record = _round_state(state, run_id, round_number, index)
@@ -162,7 +163,6 @@ def masked_content(
     if per_user_std > 0 and result.count > 0:
         noise_words = noise.discrete(words.size, std=per_user_std * float(np.sqrt(result.count)))
         words = words + noise_words.view(np.uint64)
-    words = np.concatenate([words, np.array([result.unclipped_count], np.uint64)])
     words = words + mask(_bytes(record, "b"), words.size)
     own_mask_key = _bytes(record, "mask-private")
     for peer in partners:

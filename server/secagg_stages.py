@@ -165,7 +165,7 @@ def masked_inputs(
         except (KeyError, TypeError, ValueError, UpdateRejectedError) as exc:
             log.warning("secure aggregation: a malformed masked input is dropped: %s", exc)
             continue
-        if masked.dtype != np.uint64 or masked.shape != (dim + 1,) or count < 0 or refused < 0:
+        if masked.dtype != np.uint64 or masked.shape != (dim,) or count < 0 or refused < 0:
             log.warning("secure aggregation: a masked input of the wrong shape or type is dropped")
             continue
         if count + refused != len(parts[i].sample):
@@ -207,19 +207,19 @@ def unmask(
                 continue
             if j in parts[peer].holders:
                 target[peer][parts[peer].holders.index(j)] = value
-    total = np.zeros(dim + 1, np.uint64)
+    total = np.zeros(dim, np.uint64)
     for i in summed:
         seed = rebuild(b_shares[i], parts[i], what="self-mask seed")
         masked = parts[i].masked
         assert masked is not None
-        total += masked - mask(seed, dim + 1)
+        total += masked - mask(seed, dim)
     for i in dropped:
         mask_key = rebuild(key_shares[i], parts[i], what="mask key")
         if public_key(mask_key) != parts[i].mask_public:
             raise ProtocolFailed("a rebuilt mask key does not match the node's public key")
         for j in parts[i].live:
             if j in survivors:
-                pair = mask(agree(mask_key, parts[j].mask_public, purpose=MASK_PURPOSE), dim + 1)
+                pair = mask(agree(mask_key, parts[j].mask_public, purpose=MASK_PURPOSE), dim)
                 total = total - pair if j < i else total + pair  # undo what survivor j added
     return total
 

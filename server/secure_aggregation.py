@@ -11,7 +11,8 @@ client/secure_aggregation.py, the primitives in shared/secure_aggregation.py):
    each, or all) and returns its mask key and self-mask seed, Shamir-shared among its neighbours and
    itself (a strict majority rebuilds) and sealed for each holder.
 3. train: each node gets the shares sealed for it and the neighbours to mask with; it trains, adds its
-   share of the noise and returns y = Q(sum, unclipped count) + noise + masks, modulo 2^64.
+   share of the noise and returns y = Q(sum) + noise + masks, modulo 2^64. The number of unclipped users
+   is not sent (it is an exact count, and only adaptive clipping, refused here, needs it).
 4. unmask: each surviving node returns the shares of the self-mask seeds of survivors and of the mask
    keys of the nodes that dropped after step 2; the server rebuilds those secrets, removes every mask and
    decodes the sum.
@@ -112,7 +113,7 @@ def secure_train_round(
     parts = {i: Participant(i, node, assignment[node]) for i, node in enumerate(nodes)}
     graph = neighbours(len(nodes), neighbourhood)
     header = {"run-id": str(settings["run-id"]), "round": int(settings["round"])}
-    words = np.zeros(dim + 1, np.uint64)
+    words = np.zeros(dim, np.uint64)
     record_epsilons: list[float] = []
     failed, summed, dropped = "", list[int](), list[int]()
     try:
@@ -127,17 +128,17 @@ def secure_train_round(
         )  # fmt: skip
         words = unmask(grid, parts, summed, dropped, header, dim=dim, timeout_s=timeout_s)
     except ProtocolFailed as exc:
-        failed, summed, words = str(exc), [], np.zeros(dim + 1, np.uint64)
+        failed, summed, words = str(exc), [], np.zeros(dim, np.uint64)
         log.warning("secure aggregation failed this round, nothing is summed: %s", failed)
     count = sum(parts[i].count for i in summed)
     top_up = sigma * math.sqrt(max(0.0, 1.0 - count / cohort)) if cohort else sigma
-    total, unclipped = _released(words, noise, dim=dim, step=step, std=top_up)
+    total = _released(words, noise, step=step, std=top_up)
     try:
-        _check_sum(total, unclipped, count=count, mode=mode, bound=c_prime, std=sigma * step)
+        _check_sum(total, count=count, mode=mode, bound=c_prime, std=sigma * step)
     except UpdateRejectedError as exc:  # the whole sum is spoiled: release the round's noise alone
         log.warning("secure aggregation: the round's sum is rejected, nothing is summed: %s", exc)
         failed, summed, count, top_up = f"the sum was rejected: {exc}", [], 0, sigma
-        total, unclipped = _released(np.zeros(dim + 1, np.uint64), noise, dim=dim, step=step, std=sigma)
+        total = _released(np.zeros(dim, np.uint64), noise, step=step, std=sigma)
     refused = sum(parts[i].refused for i in summed)
     record = SecureRoundRecord(
         participants=len(nodes),
@@ -154,7 +155,7 @@ def secure_train_round(
     replies = TrainReplies(
         update_sum=total,
         count=count,
-        unclipped_count=unclipped,
+        unclipped_count=0,  # not collected: see the module's docstring
         rejected_nodes=len(nodes) - len(summed),
         rejected_users=cohort - count - refused,
         record_epsilon=max(record_epsilons, default=0.0) if record_level else None,
@@ -163,24 +164,18 @@ def secure_train_round(
     return SecureReplies(replies, sigma * step, record)
 
 
-def _released(
-    words: np.ndarray, noise: DiscreteNoise, *, dim: int, step: float, std: float
-) -> tuple[np.ndarray, int]:
-    """The decoded sum after the server's discrete Gaussian top-up of `std` grid units, and the unclipped
-    count (the last word)."""
-    words = words.copy()
+def _released(words: np.ndarray, noise: DiscreteNoise, *, step: float, std: float) -> np.ndarray:
+    """The decoded sum after the server's discrete Gaussian top-up of `std` grid units."""
     if std > 0:
-        words[:dim] += noise.discrete(dim, std=std).view(np.uint64)
-    return decode(words[:dim], step=step), int(words[dim:].view(np.int64)[0])
+        words = words + noise.discrete(words.size, std=std).view(np.uint64)
+    return decode(words, step=step)
 
 
-def _check_sum(total: np.ndarray, unclipped: int, *, count: int, mode: str, bound: float, std: float) -> None:
+def _check_sum(total: np.ndarray, *, count: int, mode: str, bound: float, std: float) -> None:
     """UpdateRejectedError for a secure sum that cannot come from `count` users' clipped updates: in
     central mode, longer than count * C' plus what the noise (std per coordinate) reaches with
     overwhelming probability (sqrt(dim) std + 10 std: the chi tail beyond it is below e^-50)."""
     dim = total.shape[0]
-    if not 0 <= unclipped <= count:
-        raise UpdateRejectedError(f"unclipped count {unclipped} outside [0, {count}]")
     if mode == "central":
         check_update_values(total, count=count, dim=dim)
         if float(np.linalg.norm(total)) > count * bound + std * (math.sqrt(dim) + 10.0):
