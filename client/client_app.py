@@ -273,7 +273,7 @@ def handle_evaluate(node: Node, message: Message) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
 
 
-def handle_trending(node: Node, message: Message) -> Message:
+def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
     """A trending round: the sum of the sampled users' contribution vectors (n_items,) and their count."""
     settings = message.content.config_records["trending"]
     window = TrendingWindow(
@@ -284,6 +284,10 @@ def handle_trending(node: Node, message: Message) -> Message:
     )
     users = node.users[_slots(message, node)]
     total = shard_sum(node.shared.rows, users, window)
+    if is_secure(message):  # the node adds its share of the noise; the server sees only the noised total
+        stats: dict[str, int] = {"count": int(users.size), "refused-count": 0}
+        result, noise = UpdateSum(total, int(users.size), 0), GaussianNoise()
+        return Message(masked_content(message, state, result, stats, noise), reply_to=message)
     content = RecordDict(
         {
             "trending": ArrayRecord({"sum": Array(total)}),
@@ -306,7 +310,7 @@ def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
 
     @app.query("trending")
     def trending(message: Message, context: Context) -> Message:
-        return handle_trending(node_for(context), message)
+        return handle_trending(node_for(context), message, context.state)
 
     @app.query("secagg_keys")
     def secagg_keys(message: Message, context: Context) -> Message:

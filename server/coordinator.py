@@ -25,7 +25,7 @@ from server.messaging import Population, TrainReplies, train_round
 from server.participation_record import cap_ledger_fields
 from server.record_level import record_epsilon_so_far, record_level_fields
 from server.round_privacy import EPSILON_SLACK, PrivacyPlan, RoundNoise, derived_seed
-from server.secure_aggregation import SecureReplies, secure_train_round
+from server.secure_aggregation import SecureReplies, SecureSettings, secure_train_round
 from server.strategy import (
     NoisedAggregate,
     ServerOptimizer,
@@ -243,12 +243,7 @@ class Coordinator:
                 self.state.params,
                 settings,
                 clip_norm=self.aggregator.clip_norm,
-                mode=self.plan.mode,
-                noise_multiplier=self.plan.noise_multiplier,
-                noise=self.noise,
-                neighbourhood=privacy.secagg_neighbours,
-                step=privacy.secagg_step,
-                timeout_s=timeout_s,
+                secure=self.secure_settings(self.plan.noise_multiplier),
                 record_level=privacy.record_level,
             )
             return secure.replies, secure
@@ -263,6 +258,18 @@ class Coordinator:
             record_level=privacy.record_level,
         )
         return replies, None
+
+    def secure_settings(self, noise_multiplier: float, noise: Any = None) -> SecureSettings:
+        """Secure aggregation's settings for a round whose sum gets `noise_multiplier` (0 unless central)."""
+        privacy = self.config.privacy
+        return SecureSettings(
+            mode=self.plan.mode,
+            noise_multiplier=noise_multiplier if self.plan.mode == "central" else 0.0,
+            noise=noise or self.noise,
+            neighbourhood=privacy.secagg_neighbours,
+            step=privacy.secagg_step,
+            timeout_s=self.config.federated.node_timeout_s,
+        )
 
     def epsilon(self) -> float:
         if self.plan.mode == "none":

@@ -7,15 +7,23 @@ missing or malformed is out from that stage on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MessageType, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 
-from server.messaging import check_reply_source, node_settings, read_record_epsilon
+from server.messaging import check_reply_source
 from shared.errors import UpdateRejectedError
 from shared.record_values import as_int
 from shared.secure_aggregation import MASK_PURPOSE, agree, combine_secret, mask, public_key, threshold
@@ -120,33 +128,35 @@ def share_secrets(
     return shared
 
 
+Record = ArrayRecord | MetricRecord | ConfigRecord
+ContentOf = Callable[[int], dict[str, Record]]  # a participant's own records of the masked-input message
+
+
 def masked_inputs(
     grid: Grid,
     parts: Participants,
     alive: set[int],
-    params: np.ndarray,
-    settings: dict[str, int | float | str],
     header: dict[str, Any],
     *,
+    message_type: str,
+    content_of: ContentOf,
     dim: int,
     step: float,
     timeout_s: float,
     per_user_std: float,
-    record_level: bool,
-    record_epsilons: list[float],
+    on_reply: Callable[[Message], None] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Send the train messages; returns (summed, dropped): the indices whose masked input arrived and
-    the ones that shared their secrets but sent none (their masks must be removed)."""
-    global_record = ArrayRecord({"params": Array(params)})
+    """Send the masked-input messages (a train message, or a trending query: `content_of(i)` gives the
+    records besides the protocol's own); returns (summed, dropped): the indices whose masked input arrived
+    and the ones that shared their secrets but sent none (their masks must be removed). `on_reply` sees
+    every well-formed reply first and may raise UpdateRejectedError to drop it."""
     contents = {}
     for i in sorted(alive):
         partners = [j for j in parts[i].live if j in alive]
         inbox: dict[str, ConfigRecordValues] = {f"from-{j}": parts[j].sealed[i] for j in partners}
         contents[i] = RecordDict(
             {
-                "global": global_record,
-                "sample": ArrayRecord({"slots": Array(parts[i].sample.astype(np.int64))}),
-                "round": ConfigRecord(node_settings(settings, i)),
+                **content_of(i),
                 "secagg": secagg_record(
                     header, i, **{"mask-with": partners, "step": step, "noise-std-per-user": per_user_std}
                 ),
@@ -154,10 +164,10 @@ def masked_inputs(
             }
         )
     summed: list[int] = []
-    for i, reply in query(grid, MessageType.TRAIN, contents, parts, timeout_s):
+    for i, reply in query(grid, message_type, contents, parts, timeout_s):
         try:
-            if record_level:
-                record_epsilons.append(read_record_epsilon(reply))
+            if on_reply is not None:
+                on_reply(reply)
             masked = reply.content.array_records["update"]["masked"].numpy()
             stats = reply.content.metric_records["stats"]
             count = as_int(stats["count"], name="count")

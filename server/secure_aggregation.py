@@ -2,9 +2,10 @@
 ServerApp learns the sum of the round's node replies and nothing about any one of them, and in central
 mode that sum already carries the round's noise, so the server never sees an un-noised sum.
 
-One training round, over the nodes with sampled users (participants 0..n-1, in the order the round's
-assignment lists them; the stages' messages are in server/secagg_stages.py, the nodes' side in
-client/secure_aggregation.py, the primitives in shared/secure_aggregation.py):
+One round (a training round, or a DP trending release: server/trending.py), over the nodes with sampled
+users (participants 0..n-1, in the order the round's assignment lists them; the stages' messages are in
+server/secagg_stages.py, the nodes' side in client/secure_aggregation.py, the primitives in
+shared/secure_aggregation.py):
 
 1. keys: every participant returns two fresh X25519 public keys. Non-repliers are out of the round.
 2. shares: each replier gets its live neighbours' keys (a circulant graph, `privacy.secagg_neighbours`
@@ -37,16 +38,19 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
 
-from server.messaging import TrainReplies
+from server.messaging import TrainReplies, node_settings, read_record_epsilon
 from server.secagg_stages import (
     Participant,
     ProtocolFailed,
+    Record,
     exchange_keys,
     masked_inputs,
     share_secrets,
@@ -83,10 +87,32 @@ class SecureRoundRecord:
 
 
 @dataclass(frozen=True)
+class SecureSum:
+    total: np.ndarray  # (dim,) float64: the released sum, noised in central mode
+    count: int  # users in the sum
+    refused: int  # sampled users whose device refused (participation cap)
+    rejected_nodes: int
+    noise_std: float  # std per coordinate already in `total` (z * C' in central mode)
+    record: SecureRoundRecord
+
+
+@dataclass(frozen=True)
 class SecureReplies:
     replies: TrainReplies
     noise_std: float  # std per coordinate already in replies.update_sum (z * C' in central mode)
     record: SecureRoundRecord
+
+
+@dataclass(frozen=True)
+class SecureSettings:
+    """A round's secure-aggregation parameters: the privacy mode and noise, the graph, the encoding."""
+
+    mode: str
+    noise_multiplier: float
+    noise: DiscreteNoise
+    neighbourhood: int
+    step: float
+    timeout_s: float
 
 
 def secure_train_round(
@@ -96,25 +122,67 @@ def secure_train_round(
     settings: dict[str, int | float | str],
     *,
     clip_norm: float,
-    mode: str,
-    noise_multiplier: float,
-    noise: DiscreteNoise,
-    neighbourhood: int,
-    step: float,
-    timeout_s: float,
+    secure: SecureSettings,
     record_level: bool = False,
 ) -> SecureReplies:
     """Secure aggregation of one training round; the returned sum is noised in central mode."""
-    dim = params.shape[0]
-    c_prime = sensitivity(clip_norm, step=step, dim=dim)
+    global_record = ArrayRecord({"params": Array(params)})
+
+    def content_of(i: int, slots: np.ndarray) -> dict[str, Record]:
+        return {
+            "global": global_record,
+            "sample": ArrayRecord({"slots": Array(slots.astype(np.int64))}),
+            "round": ConfigRecord(node_settings(settings, i)),
+        }
+
+    record_epsilons: list[float] = []
+
+    def on_reply(reply: Message) -> None:
+        if record_level:
+            record_epsilons.append(read_record_epsilon(reply))
+
+    header = {"run-id": str(settings["run-id"]), "round": int(settings["round"])}
+    out = secure_sum(
+        grid, assignment, header, MessageType.TRAIN, content_of, dim=params.shape[0], bound=clip_norm,
+        secure=secure, on_reply=on_reply,
+    )  # fmt: skip
     cohort = sum(len(s) for s in assignment.values())
-    sigma = noise_multiplier * c_prime / step if mode == "central" else 0.0  # grid units
+    replies = TrainReplies(
+        update_sum=out.total,
+        count=out.count,
+        unclipped_count=0,  # not collected: see the module's docstring
+        rejected_nodes=out.rejected_nodes,
+        rejected_users=cohort - out.count - out.refused,
+        record_epsilon=max(record_epsilons, default=0.0) if record_level else None,
+        refused_users=out.refused,
+    )
+    return SecureReplies(replies, out.noise_std, out.record)
+
+
+def secure_sum(
+    grid: Grid,
+    assignment: dict[int, np.ndarray],
+    header: dict[str, Any],
+    message_type: str,
+    content_of: Callable[[int, np.ndarray], dict[str, Record]],
+    *,
+    dim: int,
+    bound: float,
+    secure: SecureSettings,
+    on_reply: Callable[[Message], None] | None = None,
+) -> SecureSum:
+    """The noised (central mode) sum over the nodes of `assignment` of their replies to `message_type`,
+    each user's contribution bounded by `bound` in L2; `content_of(i, slots)` builds participant i's
+    message besides the protocol's own records."""
+    step = secure.step
+    c_prime = sensitivity(bound, step=step, dim=dim)
+    cohort = sum(len(s) for s in assignment.values())
+    sigma = secure.noise_multiplier * c_prime / step if secure.mode == "central" else 0.0  # grid units
     nodes = list(assignment)
     parts = {i: Participant(i, node, assignment[node]) for i, node in enumerate(nodes)}
-    graph = neighbours(len(nodes), neighbourhood)
-    header = {"run-id": str(settings["run-id"]), "round": int(settings["round"])}
+    graph = neighbours(len(nodes), secure.neighbourhood)
+    timeout_s = secure.timeout_s
     words = np.zeros(dim, np.uint64)
-    record_epsilons: list[float] = []
     failed, summed, dropped = "", list[int](), list[int]()
     try:
         if not nodes:
@@ -122,9 +190,9 @@ def secure_train_round(
         alive = exchange_keys(grid, parts, graph, header, timeout_s)
         alive = share_secrets(grid, parts, alive, header, timeout_s)
         summed, dropped = masked_inputs(
-            grid, parts, alive, params, settings, header, dim=dim, step=step, timeout_s=timeout_s,
-            per_user_std=sigma / math.sqrt(cohort) if cohort else 0.0, record_level=record_level,
-            record_epsilons=record_epsilons,
+            grid, parts, alive, header, message_type=message_type,
+            content_of=lambda i: content_of(i, parts[i].sample), dim=dim, step=step, timeout_s=timeout_s,
+            per_user_std=sigma / math.sqrt(cohort) if cohort else 0.0, on_reply=on_reply,
         )  # fmt: skip
         words = unmask(grid, parts, summed, dropped, header, dim=dim, timeout_s=timeout_s)
     except ProtocolFailed as exc:
@@ -132,14 +200,13 @@ def secure_train_round(
         log.warning("secure aggregation failed this round, nothing is summed: %s", failed)
     count = sum(parts[i].count for i in summed)
     top_up = sigma * math.sqrt(max(0.0, 1.0 - count / cohort)) if cohort else sigma
-    total = _released(words, noise, step=step, std=top_up)
+    total = _released(words, secure.noise, step=step, std=top_up)
     try:
-        _check_sum(total, count=count, mode=mode, bound=c_prime, std=sigma * step)
+        _check_sum(total, count=count, mode=secure.mode, bound=c_prime, std=sigma * step)
     except UpdateRejectedError as exc:  # the whole sum is spoiled: release the round's noise alone
         log.warning("secure aggregation: the round's sum is rejected, nothing is summed: %s", exc)
         failed, summed, count, top_up = f"the sum was rejected: {exc}", [], 0, sigma
-        total = _released(np.zeros(dim, np.uint64), noise, step=step, std=sigma)
-    refused = sum(parts[i].refused for i in summed)
+        total = _released(np.zeros(dim, np.uint64), secure.noise, step=step, std=sigma)
     record = SecureRoundRecord(
         participants=len(nodes),
         masked_inputs=len(summed),
@@ -152,16 +219,8 @@ def secure_train_round(
         server_noise_std=top_up * step,
         failed=failed,
     )
-    replies = TrainReplies(
-        update_sum=total,
-        count=count,
-        unclipped_count=0,  # not collected: see the module's docstring
-        rejected_nodes=len(nodes) - len(summed),
-        rejected_users=cohort - count - refused,
-        record_epsilon=max(record_epsilons, default=0.0) if record_level else None,
-        refused_users=refused,
-    )
-    return SecureReplies(replies, sigma * step, record)
+    refused = sum(parts[i].refused for i in summed)
+    return SecureSum(total, count, refused, len(nodes) - len(summed), sigma * step, record)
 
 
 def _released(words: np.ndarray, noise: DiscreteNoise, *, step: float, std: float) -> np.ndarray:

@@ -12,6 +12,8 @@ an unbiased estimate of how many users touched each item in the window (each use
 distinct items counted once), with noise std z_t * sqrt(k) / q_t per item. The release is exactly a
 Poisson-subsampled Gaussian mechanism with noise multiplier z_t: RoundEvent(q_t, z_t) for the accountant.
 Only the noised counts are published; the realised cohort size is published exactly, as for training.
+With `privacy.secure_aggregation` the nodes add the noise and the server sees only the noised total
+(`secure_trending_query`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from server.messaging import check_reply_source
+from server.secagg_stages import Record
+from server.secure_aggregation import SecureRoundRecord, SecureSettings, secure_sum
 from server.strategy import NoiseSource, check_update_sum
 from shared.errors import UpdateRejectedError
 from shared.record_values import as_int
@@ -93,6 +98,35 @@ def trending_query(
     rejected += len([n for n in assignment if n not in answered])
     sampled = sum(len(s) for s in assignment.values())
     return TrendingReplies(total, count, rejected, sampled - count)
+
+
+def secure_trending_query(
+    grid: Grid,
+    assignment: dict[int, np.ndarray],
+    *,
+    header: dict[str, Any],
+    as_of_s: int,
+    window_s: float,
+    max_items: int,
+    n_items: int,
+    sample_rate: float,
+    secure: SecureSettings,
+) -> tuple[TrendingReplies, NoisedCounts, SecureRoundRecord]:
+    """The trending query by secure aggregation (server/secure_aggregation.py): the nodes add the noise
+    (std z_t * C' per item, C' = 1 + step * sqrt(n_items)), the server sees only the noised total."""
+    settings = ConfigRecord({"as-of-s": int(as_of_s), "window-s": float(window_s), "max-items": max_items})
+
+    def content_of(i: int, slots: np.ndarray) -> dict[str, Record]:
+        return {"sample": ArrayRecord({"slots": Array(slots.astype(np.int64))}), "trending": settings}
+
+    out = secure_sum(
+        grid, assignment, header, TRENDING_MESSAGE, content_of, dim=n_items, bound=SENSITIVITY, secure=secure
+    )
+    sampled = sum(len(s) for s in assignment.values())
+    replies = TrendingReplies(out.total, out.count, out.rejected_nodes, sampled - out.count)
+    scale = math.sqrt(max_items) / sample_rate
+    counts = NoisedCounts((out.total * scale).astype(np.float32), out.noise_std, out.noise_std * scale)
+    return replies, counts, out.record
 
 
 def read_trending_reply(

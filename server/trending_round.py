@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,14 @@ import numpy as np
 
 from server.round_privacy import EPSILON_SLACK, derived_seed
 from server.strategy import poisson_sample
-from server.trending import SENSITIVITY, NoisedCounts, TrendingReplies, noised_counts, trending_query
+from server.trending import (
+    SENSITIVITY,
+    NoisedCounts,
+    TrendingReplies,
+    noised_counts,
+    secure_trending_query,
+    trending_query,
+)
 from shared.errors import BudgetExhaustedError
 from shared.privacy.accounting import RoundEvent, json_epsilon
 from shared.privacy.noise import GaussianNoise
@@ -96,31 +104,42 @@ def run_trending_round(coordinator: Coordinator, grid: Any, *, n_items: int) -> 
     rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, after, _SAMPLE_SALT))
     cohort = poisson_sample(coordinator.population.n_users, sample_rate=event.sample_rate, rng=rng)
     as_of = trending.as_of_s or int(time.time())
-    replies = trending_query(
-        grid,
-        coordinator.population.split(cohort),
-        as_of_s=as_of,
-        window_s=trending.window_days * SECONDS_PER_DAY,
-        max_items=trending.max_items,
-        n_items=n_items,
-        timeout_s=coordinator.config.federated.node_timeout_s,
-    )
+    assignment, secure_record = coordinator.population.split(cohort), None
     noise = (
         coordinator.noise.current if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, _NOISE_SALT))
     )
-    result = noised_counts(
-        replies.total,
-        noise=noise,
-        noise_multiplier=event.noise_multiplier,
-        sample_rate=event.sample_rate,
-        max_items=trending.max_items,
-    )
+    window_s, max_items = trending.window_days * SECONDS_PER_DAY, trending.max_items
+    if coordinator.config.privacy.secure_aggregation:
+        secure = replace(
+            coordinator.secure_settings(event.noise_multiplier, noise),
+            mode="none" if coordinator.plan.mode == "none" else "central",
+            noise_multiplier=event.noise_multiplier,
+        )
+        header = {"run-id": coordinator.state.run_id, "round": after}
+        replies, result, secure_record = secure_trending_query(
+            grid, assignment, header=header, as_of_s=as_of, window_s=window_s, max_items=max_items,
+            n_items=n_items, sample_rate=event.sample_rate, secure=secure,
+        )  # fmt: skip
+    else:
+        replies = trending_query(
+            grid, assignment, as_of_s=as_of, window_s=window_s, max_items=max_items, n_items=n_items,
+            timeout_s=coordinator.config.federated.node_timeout_s,
+        )  # fmt: skip
+        result = noised_counts(
+            replies.total,
+            noise=noise,
+            noise_multiplier=event.noise_multiplier,
+            sample_rate=event.sample_rate,
+            max_items=trending.max_items,
+        )
     coordinator.accountant.record(event)
     relative = write_counts(coordinator.folder.root, after, result.counts)
     fields = trending_fields(
         coordinator, event, cohort.size, replies, result, as_of=as_of, counts_file=relative
     )
     fields.update(n_items=n_items, noise_rng=noise.source)
+    if secure_record is not None:
+        fields["secure_aggregation"] = secure_record.to_json()
     entry = coordinator.ledger.sign(fields)
     coordinator.checkpoint(entry)
     coordinator.ledger.append_signed(entry)

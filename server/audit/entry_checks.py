@@ -77,15 +77,16 @@ def _check_central_noise(
         return
     bound, name = clip, "clip_norm"
     if "secure_aggregation" in entry:  # the nodes' fixed-point sums: each user moves one by up to C'
-        bound, name = _secure_sensitivity(where, entry, clip, problems), "sensitivity"
+        bound, name = secure_sensitivity(where, entry, clip, problems), "sensitivity"
     if not close(std, z_update * bound, NOISE_RTOL):
         problems.append(f"{where}: noise_std {std} != update_noise_multiplier {z_update} * {name} {bound}")
     if z > implied_noise_multiplier(z_update, count_std) * (1 + NOISE_RTOL):
         problems.append(f"{where}: accounted noise_multiplier {z} exceeds what the applied noise supports")
 
 
-def _secure_sensitivity(where: str, entry: dict[str, Any], clip: float, problems: list[str]) -> float:
-    """C' = C + step * sqrt(dim) of a securely aggregated round, recomputed from its logged step and dim."""
+def secure_sensitivity(where: str, entry: dict[str, Any], clip: float, problems: list[str]) -> float:
+    """C' = C + step * sqrt(dim) of a securely aggregated round (C: the clip norm, or a trending release's
+    sensitivity 1), recomputed from its logged step and dim; problems when the logged C' differs."""
     secure = entry["secure_aggregation"]
     step = _number(secure.get("quantisation_step")) if isinstance(secure, dict) else None
     dim = _number(secure.get("dim")) if isinstance(secure, dict) else None
@@ -94,7 +95,7 @@ def _secure_sensitivity(where: str, entry: dict[str, Any], clip: float, problems
         return clip
     expected = clip + step * math.sqrt(dim)
     if not close(_number(secure.get("sensitivity")) or 0.0, expected, NOISE_RTOL):
-        problems.append(f"{where}: secure_aggregation sensitivity is not clip_norm + step * sqrt(dim)")
+        problems.append(f"{where}: secure_aggregation sensitivity is not the bound + step * sqrt(dim)")
     return expected
 
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from server.audit.entry_checks import NOISE_RTOL, close
+from server.audit.entry_checks import NOISE_RTOL, close, secure_sensitivity
 
 TRENDING_KIND = "trending_counts"
 REQUIRED = (
@@ -72,8 +72,12 @@ def check_trending_noise(where: str, entry: dict[str, Any], problems: list[str])
             problems.append(f"{where}: mode none must have noise_multiplier 0 and noise_std 0")
     elif mode != "central":
         problems.append(f"{where}: unknown mode {mode!r} for a trending release")
-    elif not close(std, z * float(entry["sensitivity"]), NOISE_RTOL):
-        problems.append(f"{where}: noise_std {std} != noise_multiplier {z} * sensitivity")
+    else:
+        bound = float(entry["sensitivity"])
+        if "secure_aggregation" in entry:  # the nodes' fixed-point sums: C' = 1 + step * sqrt(n_items)
+            bound = secure_sensitivity(where, entry, bound, problems)
+        if not close(std, z * bound, NOISE_RTOL):
+            problems.append(f"{where}: noise_std {std} != noise_multiplier {z} * sensitivity {bound}")
     q = float(entry["sample_rate"])
     count_std = float(entry["count_noise_std"])
     if not close(count_std, std * math.sqrt(entry["max_items"]) / q, NOISE_RTOL):

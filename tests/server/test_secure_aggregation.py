@@ -16,7 +16,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.secure_aggregation import handle_keys, handle_shares, handle_unmask, masked_content
 from client.train import UpdateSum
 from server.audit.entry_checks import check_noise
-from server.secure_aggregation import SecureReplies, secure_train_round
+from server.audit.trending_checks import check_trending_noise
+from server.secure_aggregation import SecureReplies, SecureSettings, secure_train_round
 from shared.errors import UpdateRejectedError
 from shared.privacy.noise import GaussianNoise
 from shared.secure_aggregation import sensitivity
@@ -91,18 +92,21 @@ def run(
 ) -> SecureReplies:
     assignment = {node: np.arange(s.count) for node, s in grid.sums.items()}
     settings: dict[str, int | float | str] = {"run-id": "r1", "round": 3, "noise-seed": 9}
-    return secure_train_round(
-        grid,  # type: ignore[arg-type]
-        assignment,
-        np.zeros(dim, np.float32),
-        settings,
-        clip_norm=1.0,
+    secure = SecureSettings(
         mode=mode,
         noise_multiplier=z,
         noise=GaussianNoise(seed=7),
         neighbourhood=neighbours,
         step=STEP,
         timeout_s=1.0,
+    )
+    return secure_train_round(
+        grid,  # type: ignore[arg-type]
+        assignment,
+        np.zeros(dim, np.float32),
+        settings,
+        clip_norm=1.0,
+        secure=secure,
     )
 
 
@@ -241,7 +245,7 @@ def test_the_audit_checks_the_noise_against_the_fixed_point_sensitivity() -> Non
     check_noise("round 1", secure_entry(), problems)
     assert problems == []
     for bad, needle in (
-        (secure_entry(sensitivity=1.5), "sensitivity is not"),
+        (secure_entry(sensitivity=1.5), "sensitivity is not the bound"),
         ({**secure_entry(), "noise_std": 0.9}, "noise_std"),  # the noise of C, not C': short of the account
         (secure_entry(dim=-1), "positive quantisation_step"),
     ):
@@ -270,3 +274,24 @@ def test_a_round_without_sampled_users_releases_the_noise_alone() -> None:
     out = run(LoopbackGrid({}), mode="central", z=1.0, dim=5000)
     assert out.record.failed == "no users were sampled" and out.replies.count == 0
     assert float(out.replies.update_sum.std()) == pytest.approx(out.noise_std, rel=0.06)
+
+
+def test_the_audit_checks_a_secure_trending_release_against_its_fixed_point_sensitivity() -> None:
+    c_prime = 1.0 + STEP * 100.0  # 10,000 items
+    entry = {
+        "mode": "central",
+        "sampling": "poisson",
+        "sample_rate": 1.0,
+        "max_items": 4,
+        "item_weight": 0.5,
+        "sensitivity": 1.0,
+        "noise_multiplier": 2.0,
+        "noise_std": 2.0 * c_prime,
+        "count_noise_std": 2.0 * c_prime * 2.0,
+        "secure_aggregation": {"quantisation_step": STEP, "dim": 10_000, "sensitivity": c_prime},
+    }
+    problems: list[str] = []
+    check_trending_noise("release", entry, problems)
+    assert problems == []
+    check_trending_noise("release", {**entry, "noise_std": 2.0, "count_noise_std": 4.0}, problems)
+    assert any("noise_std" in p for p in problems)

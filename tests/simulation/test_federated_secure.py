@@ -71,3 +71,37 @@ def test_central_dp_with_secure_aggregation_on_one_device_per_node(tmp_path: Pat
     assert report.ok, report.problems
     words = build_report(folder.root, load_public_key(folder.public_key))["guarantee"]["secure_aggregation"]
     assert words.startswith("used in 2 of 2 training rounds") and "0 round(s) summed nothing" in words
+
+
+def test_trending_releases_by_secure_aggregation_match_the_clear_ones(tmp_path: Path, cache: Path) -> None:
+    k, z_t = 4, 0.1  # little noise: the two runs' counts differ by it alone
+    common = {
+        "federated__rounds": "1",
+        "federated__eval_every": "0",
+        "privacy__target_epsilon": "500",
+        "privacy__noise_multiplier": "1.0",
+        "trending__every_rounds": "1",
+        "trending__noise_multiplier": str(z_t),
+        "trending__max_items": str(k),
+        "trending__window_days": "60",
+    }
+    clear = tiny_config(tmp_path / "clear", cache, **common)
+    secure = tiny_config(tmp_path / "secure", cache, privacy__secure_aggregation="true", **common)
+    split = configured_split(clear.data)
+    run_federated(clear, split, progress=False)
+    run_federated(secure, split, progress=False)
+    found = []
+    for config in (clear, secure):
+        folder = RunFolder(config.federated.run_dir)
+        report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
+        assert report.ok, report.problems
+        entry = [e for e in read_jsonl(folder.ledger) if e.get("kind") == "trending_counts"][-1]
+        found.append((entry, np.load(folder.root / str(entry["counts_file"]))))
+    (clear_entry, clear_counts), (secure_entry, secure_counts) = found
+    record = secure_entry["secure_aggregation"]
+    assert isinstance(record, dict) and "secure_aggregation" not in clear_entry
+    assert record["masked_inputs"] == 2 and record["failed"] == "" and record["dim"] == split.n_items
+    assert secure_entry["noise_std"] == pytest.approx(z_t * record["sensitivity"])
+    assert secure_entry["realised_cohort"] == clear_entry["realised_cohort"] == split.full.n_users
+    count_std = float(secure_entry["count_noise_std"])  # type: ignore[arg-type]
+    assert clear_counts.sum() > 20 and np.abs(secure_counts - clear_counts).max() < 2 * 4.5 * count_std
