@@ -35,105 +35,25 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.evaluate import ranking_sums
-from client.participation import DeviceFolder, Participation, RoundTerms, device_folders, own_cap
+from client.node import Node, load_node
+from client.participation import Participation, RoundTerms, own_cap
 from client.record_level import RecordLevelTrainer
 from client.secure_aggregation import handle_keys, handle_shares, handle_unmask, is_secure, masked_content
-from client.train import LocalTrainer, UpdateSum
+from client.train import UpdateSum
 from client.trending import TrendingWindow, shard_sum
-from shared.config import FedhomeConfig, from_flat, to_flat
-from shared.data.source import configured_split
-from shared.data.split import Split, UserSequences
-from shared.errors import ConfigError, UpdateRejectedError
-from shared.model import ItemFeatures, TwoTower
-from shared.model.params import ParamLayout, check_flat, set_flat, trainable_layout
+from shared.config import FedhomeConfig, from_flat
+from shared.errors import UpdateRejectedError
+from shared.model.params import check_flat, set_flat
 from shared.privacy.clipping import clip_update
 from shared.privacy.noise import GaussianNoise
 from shared.record_values import as_float, as_int
-from shared.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 RECORD_STATE = "record-level"  # context.state entry: the device's Opacus accountant state, as JSON
-
-
-@dataclass
-class NodeModel:
-    """What every node in a process shares for one run: the local data, the model skeleton, the trainer."""
-
-    config: FedhomeConfig
-    split: Split
-    model: TwoTower
-    layout: ParamLayout
-    trainer: LocalTrainer
-    rows: UserSequences  # the devices' own logs: training rows (and validation rows with `train_on_valid`)
-
-
-@dataclass
-class Node:
-    """One node: the shared model and which users (devices) it hosts."""
-
-    shared: NodeModel
-    users: np.ndarray  # (n,) global user index of each slot
-    partition_id: int
-    device_cap: int = 0  # node config "participation-cap": the devices' own cap (0: only the run's)
-    folder: DeviceFolder | None = None  # where each device keeps its receipts (None: node state only)
-
-
-# Per process: a Ray actor serves many rounds and many nodes; load the data and build the model once.
-_MODELS: dict[str, NodeModel] = {}
-
-
-def hosted_users(
-    n_users: int, *, partition_id: int, num_partitions: int, devices_per_node: str
-) -> np.ndarray:
-    """Global user indices a node hosts, in slot order."""
-    if not 0 <= partition_id < num_partitions:
-        raise ConfigError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
-    if devices_per_node == "one":
-        if num_partitions != n_users:
-            raise ConfigError(f"one device per node needs {n_users} nodes, got {num_partitions}")
-        return np.array([partition_id], dtype=np.int64)
-    bounds = np.linspace(0, n_users, num_partitions + 1).round().astype(np.int64)
-    return np.arange(bounds[partition_id], bounds[partition_id + 1], dtype=np.int64)
-
-
-def node_model(config: FedhomeConfig) -> NodeModel:
-    key = json.dumps(to_flat(config), sort_keys=True, default=str)
-    if key not in _MODELS:
-        torch.set_num_threads(max(config.train.threads, 1))
-        split = configured_split(config.data)
-        vectors = np.load(RunFolder(config.federated.run_dir).item_vectors)
-        features = ItemFeatures.from_catalogue(split.dataset.catalogue, vectors)
-        torch.manual_seed(config.federated.seed)
-        model = TwoTower(features, config.model)
-        layout = trainable_layout(model, config.federated.trainable)
-        rows = split.train_and_valid() if config.federated.train_on_valid else split.train
-        trainer = LocalTrainer(model, rows, layout=layout, blocked=split.cold_items, config=config.federated)
-        _MODELS[key] = NodeModel(config, split, model, layout, trainer, rows)
-    return _MODELS[key]
-
-
-def load_node(config: FedhomeConfig, context: Context) -> Node:
-    """The node for this context: its users, and the model shared by the process's nodes."""
-    shared = node_model(config)
-    partition_id = int(context.node_config.get("partition-id", 0))
-    num_partitions = int(context.node_config.get("num-partitions", 1))
-    users = hosted_users(
-        shared.split.full.n_users,
-        partition_id=partition_id,
-        num_partitions=num_partitions,
-        devices_per_node=config.federated.devices_per_node,
-    )
-    folder = device_folders(
-        node_device_dir=str(context.node_config.get("device-dir", "")),
-        receipts_dir=config.federated.receipts_dir,
-        users=users,
-    )
-    return Node(shared, users, partition_id, int(context.node_config.get("participation-cap", 0)), folder)
 
 
 def _params(message: Message, node: Node) -> np.ndarray:

@@ -27,6 +27,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
+from server.api_errors import NotFoundError, PayloadTooLargeError, UnavailableError, require_admin
 from server.catalogue_delta import DeltaBase, DeltaResult, DeltaStore, load_base
 from server.catalogue_items import CatalogueItem
 from server.release_store import ReleaseStore
@@ -77,7 +78,6 @@ def admin_first(config: ServiceConfig) -> type[APIRoute]:
     FastAPI reads and validates the body, so a caller without the token gets 401 whatever it sent (the
     body's size was checked before, by BodyLimit). Only the handler is wrapped: the OpenAPI schema still
     documents the body model."""
-    from server.service import require_admin  # here: server.service imports this module
 
     class AdminFirst(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -94,9 +94,6 @@ def admin_first(config: ServiceConfig) -> type[APIRoute]:
 
 def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed25519PublicKey) -> APIRouter:
     """The routes above over `store`; admin writes sign with config.signing_key."""
-    # imported here: server.service includes this router, so it is fully loaded by the time this runs
-    from server.service import NotFoundError, PayloadTooLargeError, UnavailableError
-
     router = APIRouter()
     deltas = DeltaStore(store)
     bases: dict[int, DeltaBase] = {}

@@ -22,8 +22,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
+from server.api_errors import NotFoundError, UnavailableError
 from server.demo_shoppers import read_demo_shoppers
-from server.service import NotFoundError, UnavailableError
 from shared.config import ServiceConfig
 from shared.data.schema import EVENT_TYPES
 from shared.history import N_GAP_BUCKETS

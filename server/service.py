@@ -26,16 +26,14 @@ Routes (all GET unless said; JSON unless said):
   .../deltas/{sequence}/files/{name} (ETag like release files) are what devices read.
 
 Errors have one JSON shape {"error": {"type", "message"}} and one mapping from error types to statuses
-(`STATUS`). Request bodies must carry a Content-Length (411) of at most ServiceConfig.max_request_bytes
-(413); both are refused before anything is read.
+(`STATUS` in server/api_errors.py). Request bodies must carry a Content-Length (411) of at most
+ServiceConfig.max_request_bytes (413); both are refused before anything is read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import os
 import time
 from html import escape
 from pathlib import Path
@@ -48,57 +46,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import RequestResponseEndpoint
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api_catalogue import ADMIN_SECURITY, admin_first, catalogue_router
-from server.catalogue_delta import CorruptStoreError, DeltaStore
+from server.api_demo import demo_router
+from server.api_errors import (
+    BodyLimit,
+    ErrorResponse,
+    NotFoundError,
+    UnavailableError,
+    error_response,
+)
+from server.catalogue_delta import DeltaStore
 from server.release_store import ReleaseStore
 from shared.config import ServiceConfig
-from shared.errors import ConfigError, DataError, FedhomeError, SignatureError
+from shared.errors import FedhomeError
 from shared.release_manifest import MANIFEST_NAME
 from shared.signing import load_private_key, load_public_key
-
-
-class NotFoundError(FedhomeError):
-    """A release, file or page that does not exist."""
-
-
-class AuthError(FedhomeError):
-    """A missing or wrong admin token."""
-
-
-class PayloadTooLargeError(FedhomeError):
-    """A request body over the configured limit."""
-
-
-class LengthRequiredError(FedhomeError):
-    """A request body without a Content-Length."""
-
-
-class UnavailableError(FedhomeError):
-    """A feature this service was started without (e.g. no signing key for admin actions)."""
-
-
-STATUS: dict[type[FedhomeError], int] = {
-    NotFoundError: 404,
-    AuthError: 401,
-    PayloadTooLargeError: 413,
-    LengthRequiredError: 411,
-    UnavailableError: 503,
-    ConfigError: 400,
-    DataError: 422,
-    CorruptStoreError: 500,  # a DataError in the service's own delta store: a server fault
-    SignatureError: 500,  # our own files no longer verify: a server fault, never served as valid
-}
-
-
-class ErrorBody(BaseModel):
-    type: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
 
 
 class DeltaHead(BaseModel):
@@ -142,32 +105,6 @@ class WithdrawRequest(BaseModel):
 class WithdrawResult(BaseModel):
     withdrawn: int
     latest: int | None
-
-
-def error_response(exc: FedhomeError) -> JSONResponse:
-    status = next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)  # the most specific
-    return JSONResponse({"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status)
-
-
-class BodyLimit:
-    """ASGI middleware: bodies must declare their length (411 otherwise), and at most `limit` bytes (413),
-    refused before anything is read."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            length = dict(scope["headers"]).get(b"content-length")
-            refusal: FedhomeError | None = None
-            if length is None:
-                refusal = LengthRequiredError("send the request body with a Content-Length header")
-            elif not length.isdigit() or int(length) > self.limit:
-                refusal = PayloadTooLargeError(f"request body over {self.limit} bytes")
-            if refusal is not None:
-                await error_response(refusal)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def make_app(config: ServiceConfig) -> FastAPI:
@@ -343,17 +280,5 @@ def make_app(config: ServiceConfig) -> FastAPI:
         route_class_override=admin_first(config),
     )
 
-    from server.api_demo import demo_router  # here: api_demo imports this module's error types
-
     app.include_router(demo_router(config))
     return app
-
-
-def require_admin(config: ServiceConfig, authorization: str | None) -> None:
-    """Raise AuthError unless the request carries the admin token (compared in constant time)."""
-    token = os.environ.get(config.admin_token_env, "")
-    if len(token) < 16:
-        raise AuthError("admin routes are off: no admin token of at least 16 characters is configured")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise AuthError("missing or wrong admin token")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.client_app import node_model
+from client.node import node_model
 from shared.data.split import UserSequences
 from shared.run_folder import RunFolder
 from tests.federated_toy import tiny_config

@@ -23,11 +23,11 @@ from client.device.cache import ReleaseCache, copy_from
 from client.device.deltas import DeltaCache, open_ranker, sync_deltas
 from client.device.sync import sync
 from server import cli as server_cli
+from server.api_errors import error_response
 from server.catalogue_delta import CorruptStoreError, DeltaStore
 from server.catalogue_items import CatalogueItem
 from server.release import load_run
 from server.release_store import ReleaseStore
-from server.service import error_response
 from shared.catalogue_delta import manifest_sha256, sign_delta_list, verify_delta, verify_delta_list
 from shared.config import ServiceConfig
 from shared.data.schema import Catalogue
