@@ -105,3 +105,29 @@ def test_trending_releases_by_secure_aggregation_match_the_clear_ones(tmp_path: 
     assert secure_entry["realised_cohort"] == clear_entry["realised_cohort"] == split.full.n_users
     count_std = float(secure_entry["count_noise_std"])  # type: ignore[arg-type]
     assert clear_counts.sum() > 20 and np.abs(secure_counts - clear_counts).max() < 2 * 4.5 * count_std
+
+
+def test_record_level_dp_sgd_under_secure_aggregation(tmp_path: Path, cache: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        cache,
+        data__synthetic__n_users="12",
+        federated__devices_per_node="one",
+        federated__rounds="2",
+        federated__eval_every="0",
+        federated__update_scales="",
+        privacy__record_level="true",
+        privacy__record_noise_multiplier="1.0",
+        privacy__target_epsilon="100",
+        privacy__secure_aggregation="true",
+    )
+    run_federated(config, configured_split(config.data), progress=False)
+    folder = RunFolder(config.federated.run_dir)
+    entries = read_jsonl(folder.ledger)
+    for entry in entries:  # the devices' record-level epsilons travel in the clear beside the masked sums
+        record = entry["secure_aggregation"]
+        assert isinstance(record, dict) and record["masked_inputs"] == entry["realised_cohort"]
+        assert float(entry["record_epsilon"]) > 0  # type: ignore[arg-type]
+    assert float(entries[1]["record_epsilon"]) >= float(entries[0]["record_epsilon"])  # type: ignore[arg-type]
+    report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
+    assert report.ok, report.problems
