@@ -216,6 +216,11 @@ def _round_row(entry: dict[str, Any]) -> dict[str, Any]:
     for key in ("refused_users", "participation_cap", "epsilon_bound"):
         if key in entry:
             row[key] = entry[key]
+    secure = entry.get("secure_aggregation")
+    if isinstance(secure, dict):  # what the round's secure aggregation summed (docs/federated.md)
+        row["secure_aggregation"] = {
+            k: secure.get(k) for k in ("participants", "masked_inputs", "dropped", "sensitivity", "failed")
+        }
     return row
 
 

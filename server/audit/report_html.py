@@ -163,6 +163,9 @@ def _release(release: dict[str, Any]) -> str:
 def _rounds(report: dict[str, Any]) -> str:
     results = {r["round"]: r for r in report["verification"]["entry_results"]}
     head = ["round", "verified", "q", "N", "q*N", "cohort", "C", "z", "noise std", "eps PLD", "eps RDP"]
+    secure = any("secure_aggregation" in r for r in report["rounds"])
+    if secure:
+        head.append("secure aggregation")
     rows = []
     for r in report["rounds"]:
         result = results.get(r["round"], {"ok": False, "problems": ["not readable"]})
@@ -180,9 +183,20 @@ def _rounds(report: dict[str, Any]) -> str:
                 _fmt(r["noise_std"]),
                 _fmt(r["epsilon_pld"]),
                 _fmt(r["epsilon_rdp"]),
+                *([_secure_cell(r.get("secure_aggregation"))] if secure else []),
             ]
         )
     return f"<details><summary>{len(rows)} rounds</summary>{_table(head, rows)}</details>"
+
+
+def _secure_cell(secure: Any) -> str:
+    """'summed m of n nodes, d dropped' (or why nothing was summed) for a securely aggregated round."""
+    if not isinstance(secure, dict):
+        return "not used"
+    if secure.get("failed"):
+        return f"nothing summed: {secure['failed']}"
+    summed = f"summed {secure.get('masked_inputs')} of {secure.get('participants')} nodes"
+    return f"{summed}, {secure.get('dropped')} dropped, C' = {secure.get('sensitivity')}"
 
 
 def _trending(rows: list[dict[str, Any]]) -> str:

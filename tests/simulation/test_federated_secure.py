@@ -10,6 +10,7 @@ import pytest
 from federated_toy import read_jsonl, tiny_config
 
 from server.audit.report import build_report
+from server.audit.report_html import render_html
 from server.audit.verify import verify_ledger
 from shared.data.source import configured_split
 from shared.run_folder import RunFolder
@@ -69,8 +70,13 @@ def test_central_dp_with_secure_aggregation_on_one_device_per_node(tmp_path: Pat
         assert record["server_noise_std"] == 0
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
-    words = build_report(folder.root, load_public_key(folder.public_key))["guarantee"]["secure_aggregation"]
+    report_json = build_report(folder.root, load_public_key(folder.public_key))
+    words = report_json["guarantee"]["secure_aggregation"]
     assert words.startswith("used in 2 of 2 training rounds") and "0 round(s) summed nothing" in words
+    rows = [r["secure_aggregation"] for r in report_json["rounds"]]
+    assert [r["masked_inputs"] == r["participants"] and not r["failed"] for r in rows] == [True, True]
+    page = render_html(report_json)
+    assert "secure aggregation" in page and f"summed {rows[0]['masked_inputs']} of" in page
 
 
 def test_trending_releases_by_secure_aggregation_match_the_clear_ones(tmp_path: Path, cache: Path) -> None:
