@@ -99,6 +99,7 @@ def _round_settings(message: Message) -> RoundSettings:
         sample_rate=as_float(settings["sample-rate"], name="sample-rate"),
         delta=as_float(settings["delta"], name="delta"),
         participation_cap=as_int(settings["participation-cap"], name="participation-cap"),
+        secure_aggregation=is_secure(message),
     )
     return RoundSettings(
         round_seed=as_int(settings["round-seed"], name="round-seed"),

@@ -47,6 +47,7 @@ class RoundTerms:
     sample_rate: float
     delta: float
     participation_cap: int  # the run's cap (0: none)
+    secure_aggregation: bool = False  # the round's update goes out masked (client/secure_aggregation.py)
 
 
 def own_cap(run_cap: int, device_cap: int) -> int:
@@ -105,6 +106,7 @@ class Participation:
                 delta=terms.delta,
                 participation_cap=cap,
                 time_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+                secure_aggregation=terms.secure_aggregation,
             )
             for slot in slots:
                 store = ReceiptStore(self.folder(int(slot)))

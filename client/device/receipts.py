@@ -2,9 +2,11 @@
 
 A receipt says: this device sent a clipped update in round `round` of run `run_id`, with clip norm C, the
 noise multiplier z and sampling rate q the server announced for the round, the device's own participation
-cap, and the time; once a release built from that round or a later one of the same run is installed, the
-release version it ended up in (matched by the release manifest's run id and model round). Receipts hold no
-interactions, updates or user ids: only what the server told every device of the round, and when.
+cap, whether the round ran secure aggregation (the device then sent only a masked update, in central mode
+with its share of the noise), and the time; once a release built from that round or a later one of the
+same run is installed, the release version it ended up in (matched by the release manifest's run id and
+model round). Receipts hold no interactions, updates or user ids: only what the server told every device
+of the round, and when.
 
 What they give the user (`summary`): the number of rounds their device actually took part in (its own
 count, which is what its participation cap limits), the run's published epsilon (from the installed
@@ -38,6 +40,7 @@ _COLUMNS = (
     "participation_cap",
     "time_utc",
     "release_version",
+    "secure_aggregation",
 )
 
 
@@ -54,6 +57,9 @@ class Receipt:
     participation_cap: int
     time_utc: str
     release_version: int | None = None
+    # the round ran secure aggregation: the device sent only a masked update, in central mode with its
+    # share of the noise in it (server/secure_aggregation.py), so the server never saw it on its own
+    secure_aggregation: bool = False
 
     def __post_init__(self) -> None:
         finite = all(math.isfinite(v) for v in (self.clip_norm, self.noise_multiplier, self.sample_rate))
@@ -73,15 +79,20 @@ class ReceiptStore:
             "CREATE TABLE IF NOT EXISTS receipts (run_id TEXT NOT NULL, round INTEGER NOT NULL, "
             "clip_norm REAL NOT NULL, noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, "
             "delta REAL NOT NULL, participation_cap INTEGER NOT NULL, time_utc TEXT NOT NULL, "
-            "release_version INTEGER, PRIMARY KEY (run_id, round))"
+            "release_version INTEGER, secure_aggregation INTEGER NOT NULL DEFAULT 0, "
+            "PRIMARY KEY (run_id, round))"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(receipts)")}
+        if "secure_aggregation" not in columns:  # a store written before the column existed
+            self.db.execute("ALTER TABLE receipts ADD COLUMN secure_aggregation INTEGER NOT NULL DEFAULT 0")
         self.db.commit()
 
     def add(self, receipt: Receipt) -> bool:
         """Record a round; False when this round of this run is already recorded (a repeated message)."""
         with self.db:
             cursor = self.db.execute(
-                f"INSERT OR IGNORE INTO receipts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * 9)})",
+                f"INSERT OR IGNORE INTO receipts ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
                 tuple(asdict(receipt).values()),
             )
         return cursor.rowcount == 1
@@ -94,7 +105,11 @@ class ReceiptStore:
     def receipts(self) -> list[Receipt]:
         """Every receipt, by run then round."""
         rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM receipts ORDER BY run_id, round")
-        return [Receipt(*row) for row in rows.fetchall()]
+        out = []
+        for row in rows.fetchall():
+            fields = dict(zip(_COLUMNS, row, strict=True))
+            out.append(Receipt(**{**fields, "secure_aggregation": bool(fields["secure_aggregation"])}))
+        return out
 
     def bind_release(self, manifest: dict[str, Any]) -> int:
         """Mark the receipts a release includes (same run id, round <= the release's model round) with its
@@ -141,6 +156,7 @@ def summary(receipts: list[Receipt], manifest: dict[str, Any] | None = None) -> 
                 # model round (server/release_trending.py), so "epsilon" alone would understate it
                 "run_epsilon": privacy.get("epsilon_all", privacy.get("epsilon")),
                 "release_versions": sorted({v for r in rows if (v := r.release_version) is not None}),
+                "securely_aggregated_rounds": [r.round for r in rows if r.secure_aggregation],
             }
         )
     return out

@@ -81,6 +81,7 @@ def render(runs: list[dict[str, Any]], receipts: list[dict[str, Any]]) -> str:
                 f"  round {receipt['round']}: C {receipt['clip_norm']:g}, "
                 f"z {receipt['noise_multiplier']:.4g}, q {receipt['sample_rate']:g}, "
                 f"at {receipt['time_utc']}; release {release}"
+                + ("; sent masked (secure aggregation)" if receipt.get("secure_aggregation") else "")
             )
     return "\n".join(lines) + "\n\n" + EXPLANATION
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,38 @@ def test_counts_of_the_run_for_another_number_of_devices_are_refused_not_restart
     with pytest.raises(ConfigError):  # zeros here would let devices 0 and 1 train again
         Participation(state, run_id="run-a", n_devices=4)
     assert Participation(state, run_id="run-b", n_devices=4).counts.tolist() == [0, 0, 0, 0]  # a new run
+
+
+def test_a_receipt_says_whether_the_round_ran_secure_aggregation(tmp_path: Path) -> None:
+    state = RecordDict()
+    folder = device_folders(node_device_dir=str(tmp_path / "node"), receipts_dir="", users=np.array([7]))
+    counts = Participation(state, run_id="run-a", n_devices=1, folder=folder)
+    counts.record(np.array([0]), terms(1), cap=0)
+    secure = RoundTerms("run-a", 2, 0.5, 1.0, 0.1, 1e-5, participation_cap=0, secure_aggregation=True)
+    counts.record(np.array([0]), secure, cap=0)
+    assert folder is not None
+    store = ReceiptStore(folder(0))
+    assert [r.secure_aggregation for r in store.receipts()] == [False, True]
+    assert summary(store.receipts())[0]["securely_aggregated_rounds"] == [2]
+
+
+def test_a_receipt_store_from_before_the_secure_aggregation_column_is_upgraded(tmp_path: Path) -> None:
+    folder = tmp_path / "device"
+    folder.mkdir()
+    old = sqlite3.connect(str(folder / "receipts.sqlite"))
+    old.execute(
+        "CREATE TABLE receipts (run_id TEXT NOT NULL, round INTEGER NOT NULL, clip_norm REAL NOT NULL, "
+        "noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, delta REAL NOT NULL, "
+        "participation_cap INTEGER NOT NULL, time_utc TEXT NOT NULL, release_version INTEGER, "
+        "PRIMARY KEY (run_id, round))"
+    )
+    old.execute(
+        "INSERT INTO receipts VALUES ('run-a', 1, 0.5, 1.0, 0.1, 1e-5, 0, '2026-12-01T00:00:00', NULL)"
+    )
+    old.commit()
+    old.close()
+    store = ReceiptStore(folder)
+    (kept,) = store.receipts()
+    assert (kept.run_id, kept.round, kept.secure_aggregation) == ("run-a", 1, False)
+    store.add(Receipt("run-a", 2, 0.5, 1.0, 0.1, 1e-5, 0, "2026-12-02T00:00:00", secure_aggregation=True))
+    assert [r.secure_aggregation for r in store.receipts()] == [False, True]

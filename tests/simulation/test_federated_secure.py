@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from federated_toy import read_jsonl, tiny_config
 
+from client.device.receipts import ReceiptStore
 from server.audit.report import build_report
 from server.audit.report_html import render_html
 from server.audit.verify import verify_ledger
@@ -55,6 +56,7 @@ def test_central_dp_with_secure_aggregation_on_one_device_per_node(tmp_path: Pat
         privacy__target_epsilon="60",
         privacy__secure_aggregation="true",
         privacy__secagg_neighbours="4",
+        federated__receipts_dir=str(tmp_path / "receipts"),
     )
     run_federated(config, configured_split(config.data), progress=False)
     folder = RunFolder(config.federated.run_dir)
@@ -70,6 +72,9 @@ def test_central_dp_with_secure_aggregation_on_one_device_per_node(tmp_path: Pat
         assert record["server_noise_std"] == 0
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
+    receipts = [r for d in (tmp_path / "receipts").iterdir() for r in ReceiptStore(d).receipts()]
+    assert len(receipts) == sum(int(e["aggregated_users"]) for e in entries)  # type: ignore[call-overload]
+    assert receipts and all(r.secure_aggregation for r in receipts)  # each device knows it was masked
     report_json = build_report(folder.root, load_public_key(folder.public_key))
     words = report_json["guarantee"]["secure_aggregation"]
     assert words.startswith("used in 2 of 2 training rounds") and "0 round(s) summed nothing" in words
