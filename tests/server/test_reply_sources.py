@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.messaging import train_round
 from server.trending import trending_query
@@ -18,12 +17,7 @@ from server.trending import trending_query
 N_ITEMS, K = 4, 2
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower's Message needs a run id, set by the ServerApp's process outside tests."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class FakeGrid:

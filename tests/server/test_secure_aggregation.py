@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.secure_aggregation import handle_keys, handle_shares, handle_unmask, masked_content
 from client.train import UpdateSum
@@ -25,12 +24,7 @@ from shared.secure_aggregation import sensitivity
 DIM, STEP = 40, 2.0**-24
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower's Message needs a run id, set by the ServerApp's process outside tests."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class LoopbackGrid:
