@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from server.ledger import PrivacyLedger
-from server.messaging import Population, TrainReplies, train_round
+from server.messaging import Population
 from server.participation_record import cap_ledger_fields
 from server.record_level import record_epsilon_so_far, record_level_fields
 from server.round_privacy import EPSILON_SLACK, PrivacyPlan, RoundNoise, derived_seed
-from server.secure_aggregation import SecureReplies, SecureSettings, secure_train_round
+from server.round_updates import collect_updates
 from server.strategy import (
     NoisedAggregate,
     ServerOptimizer,
@@ -192,7 +192,7 @@ class Coordinator:
         start = time.perf_counter()
         self.noise.for_round(round_number)
         cohort = self.sample(round_number)
-        replies, secure = self.collect_updates(grid, round_number, cohort)
+        replies, secure = collect_updates(self, grid, round_number, cohort)
         result = self.aggregator.aggregate(
             replies.update_sum,
             count=replies.count,
@@ -229,47 +229,6 @@ class Coordinator:
         self.checkpoint(entry)
         self.ledger.append_signed(entry)
         return row
-
-    def collect_updates(
-        self, grid: Any, round_number: int, cohort: np.ndarray
-    ) -> tuple[TrainReplies, SecureReplies | None]:
-        """The round's summed updates from the nodes: in the clear per node, or by secure aggregation."""
-        privacy, timeout_s = self.config.privacy, self.config.federated.node_timeout_s
-        assignment, settings = self.population.split(cohort), self.round_settings(round_number)
-        if privacy.secure_aggregation:
-            secure = secure_train_round(
-                grid,
-                assignment,
-                self.state.params,
-                settings,
-                clip_norm=self.aggregator.clip_norm,
-                secure=self.secure_settings(self.plan.noise_multiplier),
-                record_level=privacy.record_level,
-            )
-            return secure.replies, secure
-        replies = train_round(
-            grid,
-            assignment,
-            self.state.params,
-            settings,
-            clip_norm=self.aggregator.clip_norm,
-            check_norm=self.plan.mode != "local",
-            timeout_s=timeout_s,
-            record_level=privacy.record_level,
-        )
-        return replies, None
-
-    def secure_settings(self, noise_multiplier: float, noise: Any = None) -> SecureSettings:
-        """Secure aggregation's settings for a round whose sum gets `noise_multiplier` (0 unless central)."""
-        privacy = self.config.privacy
-        return SecureSettings(
-            mode=self.plan.mode,
-            noise_multiplier=noise_multiplier if self.plan.mode == "central" else 0.0,
-            noise=noise or self.noise,
-            neighbourhood=privacy.secagg_neighbours,
-            step=privacy.secagg_step,
-            timeout_s=self.config.federated.node_timeout_s,
-        )
 
     def epsilon(self) -> float:
         if self.plan.mode == "none":

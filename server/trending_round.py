@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from server.round_privacy import EPSILON_SLACK, derived_seed
+from server.round_updates import secure_settings
 from server.strategy import poisson_sample
 from server.trending import (
     SENSITIVITY,
@@ -111,7 +112,7 @@ def run_trending_round(coordinator: Coordinator, grid: Any, *, n_items: int) -> 
     window_s, max_items = trending.window_days * SECONDS_PER_DAY, trending.max_items
     if coordinator.config.privacy.secure_aggregation:
         secure = replace(
-            coordinator.secure_settings(event.noise_multiplier, noise),
+            secure_settings(coordinator, event.noise_multiplier, noise),
             mode="none" if coordinator.plan.mode == "none" else "central",
             noise_multiplier=event.noise_multiplier,
         )
