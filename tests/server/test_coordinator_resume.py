@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import server.coordinator as coordinator_module
+import server.round_updates as round_updates_module
 from server.audit.verify import verify_ledger
 from server.coordinator import Coordinator
 from server.ledger import PrivacyLedger
@@ -42,7 +42,7 @@ def fake_train_round(
 
 @pytest.fixture(autouse=True)
 def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coordinator_module, "train_round", fake_train_round)
+    monkeypatch.setattr(round_updates_module, "train_round", fake_train_round)
 
 
 def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_coordinator_resume import POPULATION, drop_last_lines, fake_train_round
 
-import server.coordinator as coordinator_module
+import server.round_updates as round_updates_module
 import server.trending_round as trending_module
 from server.audit.verify import verify_ledger
 from server.coordinator import Coordinator
@@ -39,7 +39,7 @@ def fake_trending_query(grid: Any, assignment: dict[int, np.ndarray], **_: Any) 
 
 @pytest.fixture(autouse=True)
 def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coordinator_module, "train_round", fake_train_round)
+    monkeypatch.setattr(round_updates_module, "train_round", fake_train_round)
     monkeypatch.setattr(trending_module, "trending_query", fake_trending_query)
 
 

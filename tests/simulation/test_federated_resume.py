@@ -32,17 +32,17 @@ SETTINGS = {
 # end (right after the checkpoint of round KILL_AFTER, in its evaluation, or inside round KILL_AFTER + 1).
 KILLED_RUN = """
 import json, sys, time
-import server.coordinator as coordinator
+import server.round_updates as round_updates
 from shared.config import FedhomeConfig, with_overrides
 from shared.data.source import configured_split
 from simulation.federated import run_federated
 
-real = coordinator.train_round
+real = round_updates.train_round
 def slow(grid, assignment, params, settings, **kwargs):
     if settings["round"] > int(sys.argv[2]):
         time.sleep(3600)
     return real(grid, assignment, params, settings, **kwargs)
-coordinator.train_round = slow
+round_updates.train_round = slow
 config = with_overrides(FedhomeConfig(), json.loads(sys.argv[1]))
 run_federated(config, configured_split(config.data), progress=False)
 """
