@@ -119,14 +119,16 @@ def handle_shares(message: Message, state: RecordDict) -> Message:
     mask_shares = split_secret(_bytes(record, "mask-private"), threshold=t, holders=len(holders))
     b_shares = split_secret(_bytes(record, "b"), threshold=t, holders=len(holders))
     sealed: dict[str, ConfigRecordValues] = {}
+    seal_private = _bytes(record, "seal-private")
     for position, holder in enumerate(holders):
         share = mask_shares[position] + b_shares[position]
         if holder == index:
             record["own-share"] = share
             continue
-        record[f"seal-public-{holder}"] = _bytes(keys, f"seal-{holder}")
+        seal_public = _bytes(keys, f"seal-{holder}")
+        record[f"seal-public-{holder}"] = seal_public
         record[f"mask-public-{holder}"] = _bytes(keys, f"mask-{holder}")
-        key = agree(_bytes(record, "seal-private"), record[f"seal-public-{holder}"], purpose=SEAL_PURPOSE)  # type: ignore[arg-type]
+        key = agree(seal_private, seal_public, purpose=SEAL_PURPOSE)
         sealed[f"to-{holder}"] = seal(key, share, context=seal_context(run_id, round_number, index, holder))
     record["holders"], record["stage"] = holders, "shares"
     return Message(RecordDict({"shares": ConfigRecord(sealed)}), reply_to=message)

@@ -85,7 +85,7 @@ def secagg_record(header: dict[str, Any], index: int, **more: Any) -> ConfigReco
 def exchange_keys(
     grid: Grid, parts: Participants, graph: list[list[int]], header: dict[str, Any], timeout_s: float
 ) -> set[int]:
-    contents = {i: RecordDict({"secagg": secagg_record(header, i, neighbours=graph[i])}) for i in parts}
+    contents = {i: RecordDict({"secagg": secagg_record(header, i)}) for i in parts}
     alive: set[int] = set()
     for i, reply in query(grid, f"{MessageType.QUERY}.secagg_keys", contents, parts, timeout_s):
         keys = reply.content.config_records.get("keys")
