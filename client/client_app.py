@@ -6,20 +6,21 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
 - train: global trainable parameters, the sampled slots, the round seed and clip norm -> the SUM of the
   sampled users' clipped updates (noised per user in local-DP mode), their count, and how many were
   unclipped. Per-user updates never leave the node. With `privacy.record_level` (one device per node) the
-  device trains its user by record-level DP-SGD (client/record_level.py), clips that update the same way,
+  device trains its user by record-level DP-SGD (client/training/dp_sgd.py), clips that update the same way,
   keeps the Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
 - evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
 
-Participation caps (client/participation.py): a sampled device that has already contributed to its cap of
-training rounds in this run refuses and is left out of the sum; the reply says how many refused
+Participation caps (client/training/participation_counts.py): a sampled device that has already contributed to
+its cap of training rounds in this run refuses and is left out of the sum; the reply says how many refused
 ("refused-count"). Node config "participation-cap" gives the node's devices their own (lower) cap, and
 "device-dir" the folder where the node's one device keeps its receipts (client/device/receipts.py).
 - queries "secagg_keys", "secagg_shares", "secagg_unmask" and a train message carrying "secagg": secure
-  aggregation (client/secure_aggregation.py): the train reply is then masked, and the server learns only
+  aggregation (client/masked_update.py): the train reply is then masked, and the server learns only
   the sum over the round's nodes.
 - query "trending": the sampled slots and the window -> the SUM of the sampled users' trending contribution
-  vectors (client/trending.py: at most k recent distinct items each, L2 norm <= 1) and their count, from
-  the users' training rows (in simulation the held-out rows are never released). Nothing per user leaves.
+  vectors (client/trending_contribution.py: at most k recent distinct items each, L2 norm <= 1) and their
+  count, from the users' training rows (in simulation the held-out rows are never released). Nothing per user
+  leaves.
 
 Where a node's users come from: `node_config["partition-id"]` and `["num-partitions"]` (set by Flower's
 simulation engine, or by `flower-supernode --node-config`). With `devices_per_node = "shard"` partition p
@@ -38,13 +39,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.evaluate import ranking_sums
+from client.federated_evaluation import ranking_sums
+from client.masked_update import handle_keys, handle_shares, handle_unmask, is_secure, masked_content
 from client.node import Node, load_node
-from client.participation import Participation, RoundTerms, own_cap
-from client.record_level import RecordLevelTrainer
-from client.secure_aggregation import handle_keys, handle_shares, handle_unmask, is_secure, masked_content
-from client.train import UpdateSum
-from client.trending import TrendingWindow, shard_sum
+from client.training.dp_sgd import RecordLevelTrainer
+from client.training.participation_counts import Participation, RoundTerms, own_cap
+from client.training.round_update import UpdateSum
+from client.trending_contribution import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat
 from shared.errors import UpdateRejectedError
 from shared.model.params import check_flat, set_flat

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from flwr.app import Context
 
-from client.participation import DeviceFolder, device_folders
-from client.train import LocalTrainer
+from client.training.participation_counts import DeviceFolder, device_folders
+from client.training.round_update import LocalTrainer
 from shared.config import FedhomeConfig, to_flat
 from shared.data.source import configured_split
 from shared.data.split import Split, UserSequences

@@ -23,9 +23,9 @@ largest over this round's devices), record_delta, record_accountant ("rdp"), rec
 ("record"): a guarantee for single interactions, separate from and no substitute for the user-level one.
 Never updates, interactions, user ids or keys.
 
-Trending releases (server/trending_round.py) append entries of kind "trending_counts" to the same chain:
-no "round" (they do not advance it) but "after_round", the training round they follow, which must be the
-ledger's last round. Entries without "kind" are training rounds (every ledger written before trending).
+Trending releases (server/trending/trending_round.py) append entries of kind "trending_counts" to the same
+chain: no "round" (they do not advance it) but "after_round", the training round they follow, which must be
+the ledger's last round. Entries without "kind" are training rounds (every ledger written before trending).
 
 Two steps when a checkpoint must hold the entry before the ledger does: `sign(fields)` makes the next
 entry without writing it, `append_signed(entry)` checks that it still continues the ledger and writes it;
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 RESERVED_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
-TRENDING_KIND = "trending_counts"  # an entry of a trending release (server/trending_round.py)
+TRENDING_KIND = "trending_counts"  # an entry of a trending release (server/trending/trending_round.py)
 
 
 def signed_bytes(entry: dict[str, Any]) -> bytes:

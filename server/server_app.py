@@ -2,8 +2,8 @@
 
 What `main` does: embed the public catalogue and publish its text vectors into the run folder (devices read
 them), build the model and its trainable layout, wait for the nodes and ask how many users each hosts,
-resume from the newest checkpoint if the run folder has one, then run rounds (server/coordinator.py) until
-the configured number is done or the privacy budget would be exceeded, evaluating the global model every
+resume from the newest checkpoint if the run folder has one, then run rounds (server/rounds/coordinator.py)
+until the configured number is done or the privacy budget would be exceeded, evaluating the global model every
 `eval_every` rounds, and write the final model and summary. The same app runs under the simulation engine
 (`fedhome-sim federated`, `flwr run`) and against a real SuperLink.
 """
@@ -25,18 +25,18 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
 
-from server.catalog import embed_catalogue
-from server.coordinator import Coordinator, Evaluator
+from server.embedding.catalogue_embedding import embed_catalogue
 from server.ledger import PrivacyLedger
-from server.messaging import discover_population, evaluate_round, poll_replies_often, wait_for_nodes
-from server.trending_round import TrendingSchedule
+from server.rounds.coordinator import Coordinator, Evaluator
+from server.rounds.messaging import discover_population, evaluate_round, poll_replies_often, wait_for_nodes
+from server.trending.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import load_configured
 from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, get_flat, set_flat, trainable_layout
 from shared.privacy.accounting import json_epsilon
-from shared.privacy.participation import CappedAccountant
+from shared.privacy.capped_accounting import CappedAccountant
 from shared.run_folder import RunFolder, append_metrics, save_final, write_json_atomic
 from shared.signing import generate_private_key, key_id, load_private_key, save_private_key, save_public_key
 
@@ -144,7 +144,7 @@ def run_training(
         else "inf",
         # record-level DP-SGD on the devices (a guarantee per interaction, not per user), when used
         "record_epsilon": _record_epsilon(coordinator),
-        # participation cap (0: none) and which bound gives user_epsilon (shared/privacy/participation.py)
+        # participation cap (0: none) and which bound gives user_epsilon (shared/privacy/capped_accounting.py)
         "participation_cap": coordinator.config.privacy.participation_cap,
         "epsilon_bound": coordinator.accountant.binding()
         if isinstance(coordinator.accountant, CappedAccountant) and coordinator.plan.mode != "none"

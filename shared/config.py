@@ -211,7 +211,7 @@ class PrivacyConfig:
     # train after that (0: no cap). Accounting then reports the smaller of the Poisson bound and the cap
     # bound (k rounds of the Gaussian mechanism without amplification): docs/federated.md
     participation_cap: int = 0
-    # Secure aggregation (server/secure_aggregation.py): the server learns only the sum of the round's node
+    # Secure aggregation (server/secagg/secure_round.py): the server learns only the sum of the round's node
     # replies, and in central mode the nodes add the noise, so it never sees an un-noised sum. Each node
     # masks with `secagg_neighbours` others (0: all); values travel as multiples of `secagg_step`.
     secure_aggregation: bool = False
@@ -314,7 +314,8 @@ class FederatedConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrendingConfig:
-    """Trending counts released under user-level DP, accounted with training (server/trending.py).
+    """Trending counts released under user-level DP, accounted with training
+    (server/trending/trending_query.py).
 
     A trending round Poisson-samples users with rate `sample_rate` (1: everyone); each sampled device sends
     the distinct items of its own log in the `window_days` before `as_of_s`, at most `max_items` (the most
@@ -330,7 +331,7 @@ class TrendingConfig:
     sample_rate: float = 1.0  # q_t: 1 = every user takes part
     # z_t: std of the noise on each item's sum (the sensitivity is 1). z_t 2, k 3, 30 days on the default
     # synthetic shop: epsilon 1.64 alone, +0.27 on a 60-round epsilon-8 run, top-20 overlap 0.53
-    # (python -m simulation.bench_trending, docs/results.md); a larger shop affords more noise
+    # (python -m simulation.benchmarks.bench_trending, docs/results.md); a larger shop affords more noise
     noise_multiplier: float = 2.0
     max_items: int = 3  # k: most recent distinct items a user contributes
     window_days: float = 30.0  # the items of the last W days before as_of_s
@@ -375,7 +376,9 @@ class ServiceConfig:
     max_request_bytes: int = 64 * 1024  # larger request bodies are refused with 413
     max_page_size: int = 500  # catalogue items per page, at most
     max_catalogue_batch: int = 100  # items per admin catalogue write (embedded synchronously), at most
-    demo_shoppers: str = ""  # JSON lines of synthetic shoppers for the /demo page (server/demo_shoppers.py)
+    demo_shoppers: str = (
+        ""  # JSON lines of synthetic shoppers for the /demo page (server/api/demo_shoppers.py)
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -8,7 +8,7 @@ withdrawal on the withdrawn release (freeze): at most the index lifetime. The se
 before it expires (`fedhome-server refresh-index`, or the service itself when it holds the signing key).
 This is TUF's timestamp role reduced to one file.
 
-A release's entry also names the head of its catalogue deltas (shared/catalogue_delta.py): the newest
+A release's entry also names the head of its catalogue deltas (shared/catalogue_delta_format.py): the newest
 delta's sequence and the sha256 of its signed manifest. The service re-signs the index (next serial) with
 every delta it publishes, so the index's serial and expiry protect the deltas too (TUF's snapshot role
 folded into the same file): a device learns which delta is current from the index, not from an unsigned

@@ -8,7 +8,7 @@ A release is a folder of files plus `manifest.json`:
   the ledger entry of that round, "ledger_entries", optional "record_epsilon"/"record_delta"};
 - "files": {file name: {"sha256", "bytes"}} for every other file of the release;
 - "key_id" and "signature": Ed25519 over canonical_json(manifest without "signature") (shared.signing).
-Catalogue deltas (shared/catalogue_delta.py) use the same signed form with "kind": "catalogue-delta"; a
+Catalogue deltas (shared/catalogue_delta_format.py) use the same signed form with "kind": "catalogue-delta"; a
 manifest of one kind never verifies as the other.
 
 `verify_release` is what a device (or anyone) runs: the signature against a PINNED public key, the key id,

@@ -14,9 +14,9 @@ Each statistic gives Andrew et al.'s epsilon estimate and two rigorous lower bou
 (server/audit/empirical.py). The audit fails when a lower bound exceeds the analytic epsilon the
 accountant claims for this run: the mechanism leaks more than it says.
 
-The training loop is the in-process replica of simulation/tune_federated.py (the product's LocalTrainer,
-Poisson sampler, aggregator and optimiser, without Flower). `--model linear` audits a small linear-
-regression federation instead (the calibration table of docs/results.md).
+The training loop is the in-process replica of simulation/benchmarks/tune_federated.py (the product's
+LocalTrainer, Poisson sampler, aggregator and optimiser, without Flower). `--model linear` audits a small
+linear- regression federation instead (the calibration table of docs/results.md).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from client.train import UpdateSum
+from client.training.round_update import UpdateSum
 from server.audit import empirical
 from server.strategy import UserLevelDPAggregator, make_server_optimizer, poisson_sample
 from shared.config import FedhomeConfig
@@ -48,7 +48,8 @@ BREAKAGES: tuple[Breakage, ...] = ("none", "noise-off", "noise-tenth")
 
 
 class RoundTrainer(Protocol):
-    """What the audit needs from local training: the clipped update sum of a cohort (client.train)."""
+    """What the audit needs from local training: the clipped update sum of a cohort
+    (client.training.round_update)."""
 
     def clipped_sum(
         self, params: np.ndarray, users: np.ndarray, *, round_seed: int, clip_norm: float

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from client.train import UpdateSum
+from client.training.round_update import UpdateSum
 from shared.config import FedhomeConfig
 from shared.errors import ConfigError
 from shared.model.params import get_flat
 from shared.privacy.clipping import clip_rows
+from simulation.benchmarks.tune_federated import build_replica
 from simulation.canary_audit import AuditSetup
-from simulation.tune_federated import build_replica
 
 
 class LinearFederation:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from shared.privacy.accounting import RoundEvent, calibrate_noise_multiplier, default_delta, pld_epsilon
-from shared.privacy.participation import cap_bound
+from shared.privacy.capped_accounting import cap_bound
 
 
 def rows(

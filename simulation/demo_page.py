@@ -29,11 +29,11 @@ from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from client.device.homepage import Homepage
 from client.device.ranker import DeviceRanker, Event
-from client.device.trending import release_trending
-from server.catalogue_delta import DeltaStore
-from server.demo_shoppers import read_demo_shoppers
-from server.release_store import ReleaseStore
-from shared.catalogue_delta import verify_delta
+from client.device.trending_counts import release_trending
+from server.api.demo_shoppers import read_demo_shoppers
+from server.catalogue.delta_publisher import DeltaStore
+from server.releases.release_store import ReleaseStore
+from shared.catalogue_delta_format import verify_delta
 from shared.config import ServiceConfig
 from shared.release_manifest import read_manifest
 from shared.signing import Ed25519PublicKey, load_public_key
@@ -108,7 +108,7 @@ def sdk_page(
 ) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
     """What the device SDK (`ranker` + Homepage) gives for this shopper at its request time: the top-20 ids
     (none when the release knows none of its items), their scores, and the sections; the trending counts
-    are the release's (`folder`, as client/device/trending.py reads them) when it has them."""
+    are the release's (`folder`, as client/device/trending_counts.py reads them) when it has them."""
     history = [Event(e["item_id"], e["event"], e["timestamp"]) for e in shopper["history"]]
     now = shopper["now"]
     user = ranker.user_vector(history, now)

@@ -28,8 +28,8 @@ from shared.errors import FedhomeError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, set_flat, trainable_layout
 from shared.run_folder import RunFolder
+from simulation.central_training import make_scorer
 from simulation.evaluate import EvalResult, evaluate
-from simulation.train import make_scorer
 
 log = logging.getLogger(__name__)
 

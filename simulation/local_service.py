@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from server.service import make_app
+from server.api.service import make_app
 from shared.config import ServiceConfig
 
 

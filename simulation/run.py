@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from server.catalog import EmbeddingTable, embed_catalogue
+from server.embedding.catalogue_embedding import EmbeddingTable, embed_catalogue
 from shared.config import FedhomeConfig
 from shared.data.loaders import LoadReport
 from shared.data.schema import Dataset
@@ -21,8 +21,8 @@ from shared.data.source import load_configured
 from shared.data.split import Split, leave_one_out
 from shared.model import ItemFeatures
 from simulation.baselines import MatrixFactorization, Popularity, TextSimilarity
+from simulation.central_training import make_scorer, refit, train
 from simulation.evaluate import EvalResult, Scorer, evaluate
-from simulation.train import make_scorer, refit, train
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import torch
 from federated_toy import tiny_config
 from ledger_toy import KEY, write_run
 
-from server.catalog import embed_catalogue
-from server.release import load_run
-from server.release_store import ReleaseStore
+from server.embedding.catalogue_embedding import embed_catalogue
+from server.releases.release_builder import load_run
+from server.releases.release_store import ReleaseStore
 from shared.config import to_flat
 from shared.data.schema import Catalogue
 from shared.data.source import load_configured
@@ -89,7 +89,7 @@ def serve(folder: Path, port: int) -> None:
     schema fuzzing of the catalogue routes: `PYTHONPATH=.:tests python tests/catalogue_toy.py DIR PORT`."""
     import uvicorn
 
-    from server.service import make_app
+    from server.api.service import make_app
     from shared.config import ServiceConfig
     from shared.signing import save_private_key, save_public_key
 

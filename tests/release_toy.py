@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from server.release import ReleaseSource
+from server.releases.release_builder import ReleaseSource
 from shared.config import ModelConfig, SyntheticShopConfig
 from shared.data.schema import Catalogue
 from shared.data.synthetic.shop import generate_shop

@@ -45,5 +45,7 @@ def test_package_imports_only_what_it_may(package: str) -> None:
 
 def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
     module = tmp_path / "bad.py"
-    module.write_text("from simulation.run import main\nimport server.catalog\n", encoding="utf-8")
+    module.write_text(
+        "from simulation.run import main\nimport server.embedding.catalogue_embedding\n", encoding="utf-8"
+    )
     assert imported_packages(module) == {"simulation", "server"}

@@ -26,6 +26,8 @@ from flwr.common.config import flatten_dict, get_project_config, validate_config
 
 from shared.config import FedhomeConfig, from_flat, to_flat
 
+pytestmark = pytest.mark.deployment
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: flwr, flower-superlink, flower-supernode, ...
 # Settings in [tool.flwr.app.config] that differ from shared/config.py on purpose (a small demo); any other

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 CODE = """
 import json, logging, sys
 root = logging.getLogger()
@@ -17,6 +19,7 @@ print(json.dumps([*after_import, len(root.handlers), "opacus" in sys.modules]))
 """
 
 
+@pytest.mark.integration
 def test_importing_the_apps_and_using_rdp_adds_no_root_handler() -> None:
     out = subprocess.run(
         [sys.executable, "-c", CODE], capture_output=True, text=True, check=True, timeout=120

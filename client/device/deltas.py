@@ -7,8 +7,8 @@ signature, every file's sha256, that it was made for exactly the release in use,
 into place, then switches `state.json`. Anything that does not verify is refused and the delta in use, if
 any, stays; a delta older than (or as old as) the one applied is refused too (a replay), except the applied
 one itself when its copy on the device no longer verifies (a repair: open_ranker refuses an altered copy,
-so without one the device could never rank again). Deltas are cumulative (shared/catalogue_delta.py), so
-only the newest is fetched and kept.
+so without one the device could never rank again). Deltas are cumulative (shared/catalogue_delta_format.py),
+so only the newest is fetched and kept.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from client.device.cache import Fetch, ReleaseCache, download, read_state
 from client.device.item_index import Precision
 from client.device.ranker import DeviceRanker
-from shared.catalogue_delta import DeltaRows, manifest_sha256, verify_delta
+from client.device.release_cache import Fetch, ReleaseCache, download, read_state
+from shared.catalogue_delta_format import DeltaRows, manifest_sha256, verify_delta
 from shared.errors import DataError, SignatureError
 from shared.release_index import delta_head
 from shared.release_manifest import read_manifest

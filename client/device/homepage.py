@@ -8,8 +8,8 @@ Sections, filled in this order so that the more personal ones pick first:
   vectors come from their text), ranked by the same scores;
 - "Deals for you": items on promotion, ranked by the same scores;
 - "Trending": items by counts aggregated across devices under user-level DP: by default the release's
-  accounted trending counts (client/device/trending.py, given as `trending`), or counts the caller passes;
-  ties broken by this shopper's scores. No counts, no Trending section.
+  accounted trending counts (client/device/trending_counts.py, given as `trending`), or counts the caller
+  passes; ties broken by this shopper's scores. No counts, no Trending section.
 Rules across the page: no item twice; items already purchased are left out unless their category is
 re-buyable; at most `per_category` items of one top-level category in a section. Each card carries a short
 line of copy from a CopyWriter (templates here; a language model could implement the same interface).

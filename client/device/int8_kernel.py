@@ -5,7 +5,7 @@ the codes as they are (MLAS u8 x s8 kernel). The items are the left operand, row
 the user the right one, (P, 1) int8: the kernel then streams the item rows once against a tiny packed
 right operand. With the user as the left (1, P) operand and the codes as (P, N), the layout this kernel
 had before, MLAS packed all N x P codes again on every call: at 100k items x 96 that took 1.33 ms warm
-against 0.74 ms this way (docs/results.md, `python -m simulation.bench_int8_kernels`).
+against 0.74 ms this way (docs/results.md, `python -m simulation.benchmarks.bench_int8_kernels`).
 
 MatMulInteger's fast path wants an unsigned left operand without a zero point, so an item code c in
 [-127, 127] is stored as c + 128 in [1, 255] (its bit pattern with the top bit flipped); the shift adds

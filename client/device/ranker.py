@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from client.device.item_index import DEFAULT_RESCORE, ItemIndex, Precision
-from shared.catalogue_delta import DeltaRows
+from shared.catalogue_delta_format import DeltaRows
 from shared.data.schema import EVENT_CODE
 from shared.errors import DataError
 from shared.history import gap_buckets, request_context

@@ -12,7 +12,7 @@ What they give the user (`summary`): the number of rounds their device actually 
 count, which is what its participation cap limits), the run's published epsilon (from the installed
 release's signed manifest), and an individual bound for their own participation: the composition of the
 Gaussian mechanisms of exactly those rounds without any amplification by sampling
-(`own_epsilon`, equal to shared.privacy.participation.individual_epsilon, computed here with dp-accounting
+(`own_epsilon`, equal to shared.privacy.capped_accounting.individual_epsilon, computed here with dp-accounting
 directly because shared.privacy imports torch and the device SDK does not). That bound holds for this user
 conditionally on when they were sampled (the sampling coins are independent of everyone's data); it covers
 the training rounds only, assumes the server added the noise it announced (the ledger and `fedhome-audit
@@ -58,7 +58,7 @@ class Receipt:
     time_utc: str
     release_version: int | None = None
     # the round ran secure aggregation: the device sent only a masked update, in central mode with its
-    # share of the noise in it (server/secure_aggregation.py), so the server never saw it on its own
+    # share of the noise in it (server/secagg/secure_round.py), so the server never saw it on its own
     secure_aggregation: bool = False
 
     def __post_init__(self) -> None:
@@ -153,7 +153,7 @@ def summary(receipts: list[Receipt], manifest: dict[str, Any] | None = None) -> 
                 "delta": delta,
                 "own_participation_epsilon": "inf" if math.isinf(own) else own,
                 # what covers everything the release carries: its trending counts may come after its
-                # model round (server/release_trending.py), so "epsilon" alone would understate it
+                # model round (server/releases/release_trending.py), so "epsilon" alone would understate it
                 "run_epsilon": privacy.get("epsilon_all", privacy.get("epsilon")),
                 "release_versions": sorted({v for r in rows if (v := r.release_version) is not None}),
                 "securely_aggregated_rounds": [r.round for r in rows if r.secure_aggregation],

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from client.device.cache import ReleaseCache
 from client.device.receipts import ReceiptStore, summary
+from client.device.release_cache import ReleaseCache
 from shared.errors import ConfigError
 from shared.signing import load_public_key
 

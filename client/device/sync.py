@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.device.cache import Fetch, ReleaseCache
 from client.device.deltas import sync_deltas
+from client.device.release_cache import Fetch, ReleaseCache
 from shared.errors import DataError
 from shared.release_index import verify_index
 from shared.release_manifest import file_digest

@@ -4,7 +4,7 @@ A ledger entry with "participation_cap" k (>= 1) is a training round whose devic
 rounds of the run, within the segment "cap_segment" (a start of the run: a resume may restart the devices'
 counts). Entries without the field (trending rounds, or runs without a cap) are not limited by the cap.
 
-The cap bound, recomputed here by a different code path from shared/privacy/participation.py: in each
+The cap bound, recomputed here by a different code path from shared/privacy/capped_accounting.py: in each
 segment the min(k, n) capped rounds with the smallest noise multipliers are the worst case; Gaussian
 mechanisms compose exactly to one Gaussian with noise (sum z_i^-2)^-1/2 (sensitivity 1), whose privacy loss
 distribution is built directly (dp_accounting.pld, no sampling), then composed with the rounds the cap
@@ -59,7 +59,7 @@ class CapCheck:
                 self._uncapped = one if self._uncapped is None else self._uncapped.compose(one)
             return
         segment = entry.get("cap_segment")
-        lowest = max(self.last_segment, 1)  # segments start at 1 (server/participation_record.py)
+        lowest = max(self.last_segment, 1)  # segments start at 1 (server/rounds/cap_fields.py)
         if type(segment) is not int or not lowest <= segment <= self.last_segment + 1:
             problems.append(
                 f"{where}: cap_segment {segment!r} should be {lowest} or one more (segments start at 1)"
@@ -137,7 +137,8 @@ def _gaussian_pld(noise_multiplier: float, sampling_prob: float = 1.0) -> pld_li
 def report_section(
     participation_cap: int | None, *, poisson: float | None, cap: float | None
 ) -> dict[str, Any] | None:
-    """The report's statement of the cap (server/audit/report.py): the cap, both bounds, which one binds."""
+    """The report's statement of the cap (server/audit/audit_report.py): the cap, both bounds, which one
+    binds."""
     if participation_cap is None or poisson is None or cap is None:
         return None
     binding = "cap" if cap < poisson else "poisson"

@@ -1,8 +1,8 @@
 """Checks of a trending-release ledger entry (kind "trending_counts"): fields, ranges, noise, counts file.
 
-The mechanism the entry must describe (server/trending.py): Poisson sampling with rate q_t, each user's
-contribution vector weighted 1/sqrt(max_items) per item so its L2 norm is <= 1 (sensitivity 1), Gaussian
-noise of std z_t * 1 on every item of the sum. Like server/audit/entry_checks.py, these checks append
+The mechanism the entry must describe (server/trending/trending_query.py): Poisson sampling with rate q_t,
+each user's contribution vector weighted 1/sqrt(max_items) per item so its L2 norm is <= 1 (sensitivity 1),
+Gaussian noise of std z_t * 1 on every item of the sum. Like server/audit/entry_checks.py, these checks append
 plain-language problems and never raise on malformed input.
 """
 

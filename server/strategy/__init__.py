@@ -18,7 +18,7 @@ from server.strategy.optimizers import (
     ServerOptimizer,
     make_server_optimizer,
 )
-from server.strategy.sampling import check_update_sum, check_update_values, poisson_sample
+from server.strategy.poisson_sampling import check_update_sum, check_update_values, poisson_sample
 
 __all__ = [
     "AdaptiveClipping",

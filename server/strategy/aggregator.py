@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from server.strategy.sampling import check_update_sum, check_update_values
+from server.strategy.poisson_sampling import check_update_sum, check_update_values
 from shared.config import PrivacyConfig, PrivacyMode
 from shared.errors import ConfigError, DataError, UpdateRejectedError
 
@@ -188,7 +188,7 @@ class UserLevelDPAggregator:
 
         `unclipped_count` is the number of those users whose update norm was <= C before clipping (used
         only with adaptive clipping). Raises UpdateRejectedError for a malformed or oversized sum.
-        `noise_in_sum` (secure aggregation, server/secure_aggregation.py): the sum arrives with this noise
+        `noise_in_sum` (secure aggregation, server/secagg/secure_round.py): the sum arrives with this noise
         std per coordinate already in it and its norm already checked; the server adds none.
         """
         clip_norm = self._clip_norm

@@ -45,7 +45,7 @@ class RoundEvent:
     """One round: Poisson sampling with `sample_rate`, Gaussian noise noise_multiplier * C on the sum.
 
     `capped`: a training round whose participants obey the run's participation cap (devices refuse to train
-    past it; shared/privacy/participation.py). False (the default, always safe) for anything the cap does
+    past it; shared/privacy/capped_accounting.py). False (the default, always safe) for anything the cap does
     not limit, e.g. trending rounds: those are accounted with Poisson sampling in every bound.
     """
 

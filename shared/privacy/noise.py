@@ -49,7 +49,7 @@ class GaussianNoise:
         """int64 draws from the discrete Gaussian N_Z(0, std^2), P(x) proportional to exp(-x^2 / (2 std^2))
         on the integers, by Canonne, Kamath & Steinke 2020 (Algorithm 3): a discrete Laplace proposal of
         scale t = floor(std) + 1, accepted with probability exp(-(|y| - std^2 / t)^2 / (2 std^2)). Its
-        sum over independent draws is what secure aggregation releases (server/secure_aggregation.py)."""
+        sum over independent draws is what secure aggregation releases (server/secagg/secure_round.py)."""
         _check_std(std)
         if std == 0:
             return np.zeros(shape, dtype=np.int64)

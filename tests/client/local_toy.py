@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client.train import LocalTrainer
+from client.training.round_update import LocalTrainer
 from shared.config import FederatedConfig, ModelConfig
 from shared.data.split import UserSequences
 from shared.model import ItemFeatures, TwoTower

@@ -15,14 +15,14 @@ from catalogue_toy import NOW, new_item, release_item, release_of, write_model_r
 from ledger_toy import KEY
 
 from client.device import sync as sync_module
-from client.device.cache import ReleaseCache, copy_from
 from client.device.deltas import DeltaCache, open_ranker
 from client.device.homepage import Homepage, HomepageRules
 from client.device.ranker import DeviceRanker, Event
-from server.catalogue_delta import DeltaStore, load_base
-from server.catalogue_items import CatalogueItem
-from server.release_store import ReleaseStore
-from shared.catalogue_delta import verify_delta_list
+from client.device.release_cache import ReleaseCache, copy_from
+from server.catalogue.catalogue_items import CatalogueItem
+from server.catalogue.delta_publisher import DeltaStore, load_base
+from server.releases.release_store import ReleaseStore
+from shared.catalogue_delta_format import verify_delta_list
 from shared.errors import DataError, SignatureError
 from shared.release_manifest import MANIFEST_NAME, sign_manifest, verify_release
 from shared.signing import Ed25519PrivateKey, generate_private_key, key_id
@@ -78,6 +78,7 @@ def page(ranker: DeviceRanker, history: list[Event], **rules: int) -> dict[str, 
     return {s.key: [c.item_id for c in s.cards] for s in sections}
 
 
+@pytest.mark.integration
 def test_a_new_item_is_ranked_and_shown_in_new_for_you(published: Published, device: ReleaseCache) -> None:
     before = open_ranker(device, precision="float32")
     assert "new-0001" not in before.index

@@ -13,11 +13,11 @@ import pytest
 import torch
 from release_toy import CONFIG, random_model, source
 
-from client.device import cli as client_cli
-from client.device.cache import ReleaseCache, copy_from
-from client.device.events import EventStore
+from client.device import device_cli as client_cli
+from client.device.event_store import EventStore
 from client.device.ranker import DeviceRanker, Event
-from server.release_store import ReleaseStore
+from client.device.release_cache import ReleaseCache, copy_from
+from server.releases.release_store import ReleaseStore
 from shared.data.schema import EVENT_CODE
 from shared.errors import DataError, SignatureError
 from shared.history import gap_buckets, request_context
@@ -227,6 +227,6 @@ def test_fedhome_client_install_and_recommend(
 def test_device_path_does_not_import_torch(tmp_path: Path) -> None:
     import subprocess
 
-    code = "import sys, client.device.cli, client.device.events; print('torch' in sys.modules)"
+    code = "import sys, client.device.device_cli, client.device.event_store; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

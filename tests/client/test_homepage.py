@@ -11,7 +11,7 @@ from release_toy import random_model, source
 
 from client.device.homepage import Homepage, HomepageRules, top_category
 from client.device.ranker import DeviceRanker, Event
-from server.release_store import ReleaseStore
+from server.releases.release_store import ReleaseStore
 from shared.errors import DataError
 
 

@@ -18,7 +18,7 @@ from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, item_major
 from client.device.item_index import MAX_BLOCKS, ItemIndex
 from client.device.top_n import MAX_RESCORE, MIN_RESCORE, auto_rescore, best, descending
 from client.device.vector_store import VectorStore
-from server.release_store import ReleaseStore
+from server.releases.release_store import ReleaseStore
 from shared.errors import DataError
 from shared.item_codes import (
     CODE_BUDGET_BYTES,
@@ -91,6 +91,7 @@ def test_item_codes_are_laid_out_a_chunk_at_a_time_like_all_at_once(monkeypatch:
         item_major_u8(codes.astype(np.int16))
 
 
+@pytest.mark.integration
 def test_fast_top_50_keeps_recall_against_exact_float32() -> None:
     vectors = anisotropic(20_000)
     bias = np.random.default_rng(2).normal(0, 0.1, size=20_000).astype(np.float32)

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from local_toy import MODEL, ROWS, random_model, sequences
 
-from client.local_batch import UserExamples, build_chunk, draw_negatives, plan_chunks, trim_padding
-from client.local_loss import negative_scores
-from client.train import clipped_sum_of_blocks
+from client.training.local_batch import UserExamples, build_chunk, draw_negatives, plan_chunks, trim_padding
+from client.training.local_loss import negative_scores
+from client.training.round_update import clipped_sum_of_blocks
 from shared.errors import ConfigError
 from shared.model import HistoryBatch, gather_histories
 from shared.model.examples import training_rows

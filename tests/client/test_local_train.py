@@ -36,6 +36,7 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("trainable", [("all",), SUBSET])
+@pytest.mark.integration
 def test_batched_path_equals_plain_autograd_clipped_and_summed(
     steps: int, trainable: tuple[str, ...]
 ) -> None:
@@ -76,6 +77,7 @@ def test_a_shard_gives_the_sum_of_one_device_per_user() -> None:
 
 @settings(max_examples=15, deadline=None)
 @given(clip_norm=st.floats(1e-3, 10.0), rate=st.floats(1e-2, 1e6), user=st.integers(2, 13))
+@pytest.mark.integration
 def test_every_contribution_is_clipped(clip_norm: float, rate: float, user: int) -> None:
     toy = build(local_learning_rate=rate)
     one = toy.trainer.clipped_sum(toy.params, np.array([user]), round_seed=0, clip_norm=clip_norm)

@@ -12,13 +12,13 @@ import pytest
 from flwr.app import RecordDict
 from release_toy import random_model, source
 
-from client.device import cli
+from client.device import device_cli as cli
 from client.device.receipts import Receipt, ReceiptStore, own_epsilon, summary
-from client.participation import Participation, RoundTerms, device_folders, own_cap
-from server.release_store import ReleaseStore
+from client.training.participation_counts import Participation, RoundTerms, device_folders, own_cap
+from server.releases.release_store import ReleaseStore
 from shared import signing
 from shared.errors import ConfigError, DataError
-from shared.privacy.participation import individual_epsilon
+from shared.privacy.capped_accounting import individual_epsilon
 
 
 def receipt(run_id: str, round_number: int, z: float = 1.0) -> Receipt:

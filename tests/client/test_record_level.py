@@ -12,8 +12,8 @@ import torch
 from local_toy import EMPTY_USERS, Toy, build
 from opacus.accountants import RDPAccountant
 
-import client.record_level as record_level
-from client.record_level import RecordLevelTrainer
+import client.training.dp_sgd as record_level
+from client.training.dp_sgd import RecordLevelTrainer
 from shared.config import PrivacyConfig
 from shared.errors import ConfigError
 
@@ -35,6 +35,7 @@ def trainer(toy: Toy, user: int, **privacy: object) -> RecordLevelTrainer:
     )
 
 
+@pytest.mark.integration
 def test_epsilon_grows_across_rounds_and_survives_a_save_and_load() -> None:
     toy = build(local_steps=2, max_examples_per_user=32)
     device = trainer(toy, MANY, record_noise_multiplier=1.5)
@@ -55,6 +56,7 @@ def test_epsilon_grows_across_rounds_and_survives_a_save_and_load() -> None:
     assert restored.record_epsilon > epsilons[-1]
 
 
+@pytest.mark.integration
 def test_epsilon_is_opacus_rdp_of_the_steps_taken() -> None:
     toy = build(local_steps=3, max_examples_per_user=32)  # 12 records: 2 batches, sample rate 1/2
     device = trainer(toy, MANY, record_noise_multiplier=1.2, record_delta=1e-4)
@@ -115,10 +117,11 @@ def test_malformed_state_is_rejected() -> None:
             device.load_state_dict(state)
 
 
+@pytest.mark.integration
 def test_opacus_does_not_take_the_root_logger() -> None:
     # in a fresh interpreter: importing Opacus calls logging.basicConfig, which would add a root handler
     code = (
-        "import logging, client.record_level as r; before = list(logging.getLogger().handlers); "
+        "import logging, client.training.dp_sgd as r; before = list(logging.getLogger().handlers); "
         "r._privacy_engine(); print(logging.getLogger().handlers == before == [])"
     )
     out = subprocess.run(

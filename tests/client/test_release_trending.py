@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client.device.trending import release_trending
+from client.device.trending_counts import release_trending
 from shared.errors import DataError
 
 N_ITEMS = 4

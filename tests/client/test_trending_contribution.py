@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.trending import TrendingWindow, contribution_sum, contribution_vector, recent_distinct_items
+from client.trending_contribution import (
+    TrendingWindow,
+    contribution_sum,
+    contribution_vector,
+    recent_distinct_items,
+)
 from shared.errors import ConfigError
 
 N_ITEMS = 12
@@ -31,6 +36,7 @@ def columns(log: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
 
 @settings(max_examples=300, deadline=None)
 @given(log=logs, window=windows)
+@pytest.mark.integration
 def test_the_contribution_has_norm_at_most_one_for_any_log(
     log: list[tuple[int, int]], window: TrendingWindow
 ) -> None:
@@ -70,6 +76,7 @@ small_k_windows = st.builds(
     window=st.one_of(windows, small_k_windows),
     pick=st.integers(0, 63),
 )
+@pytest.mark.integration
 def test_a_shard_sum_equals_the_sum_of_its_users_vectors(
     users: list[list[tuple[int, int]]], window: TrendingWindow, pick: int
 ) -> None:

@@ -32,7 +32,8 @@ def test_batched_path_equals_autograd_with_scales(steps: int) -> None:
         expected += update * min(1.0, 0.3 / norm) if norm > 0 else update
     result = toy.trainer.clipped_sum(toy.params, toy.users, round_seed=2, clip_norm=0.3)
     # 12 of the 14 users are clipped, and a clipped row shrinks by a further 1e-5 (the float32 margin of
-    # client.train): that alone is a relative difference of about 1e-5, so allow float noise on top of it
+    # client.training.round_update): that alone is a relative difference of about 1e-5, so allow float noise
+    # on top of it
     assert np.linalg.norm(result.total - expected) / np.linalg.norm(expected) < 2e-5
 
 

@@ -11,14 +11,14 @@ from ledger_toy import DELTA, KEY, Tweak, round_fields
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from server.audit.report import build_report
+from server.audit.audit_report import build_report
 from server.audit.report_html import render_html
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
-from server.participation_record import cap_ledger_fields
+from server.rounds.cap_fields import cap_ledger_fields
 from shared import signing
 from shared.privacy.accounting import RoundEvent, UserLevelAccountant
-from shared.privacy.participation import CappedAccountant
+from shared.privacy.capped_accounting import CappedAccountant
 
 
 def write_capped_run(
@@ -69,6 +69,7 @@ def poisson_epsilon(rounds: int, *, q: float = 0.5, z: float = 1.0) -> float:
     return plain.spent()["pld"]
 
 
+@pytest.mark.integration
 def test_a_capped_run_verifies_and_the_auditor_recomputes_the_cap_bound(tmp_path: Path) -> None:
     report = verify_ledger(write_capped_run(tmp_path / "run", cap=2), KEY.public_key())
     assert report.ok, report.problems
@@ -79,6 +80,7 @@ def test_a_capped_run_verifies_and_the_auditor_recomputes_the_cap_bound(tmp_path
     assert report.claimed_epsilon == pytest.approx(report.recomputed_epsilon, rel=1e-3)
 
 
+@pytest.mark.integration
 def test_with_a_large_cap_the_poisson_bound_binds(tmp_path: Path) -> None:
     run = write_capped_run(tmp_path / "run", cap=6)
     report = verify_ledger(run, KEY.public_key())
@@ -91,6 +93,7 @@ def test_with_a_large_cap_the_poisson_bound_binds(tmp_path: Path) -> None:
     assert "Participation cap" in page and "the poisson bound" in page
 
 
+@pytest.mark.integration
 def test_resume_segments_and_uncapped_rounds_are_recomputed_alike(tmp_path: Path) -> None:
     run = write_capped_run(tmp_path / "run", cap=2, rounds=12, resume_after=6, uncapped_rounds=(3,))
     report = verify_ledger(run, KEY.public_key())
@@ -141,6 +144,7 @@ def _cap_removed_claim_kept(r: int, fields: dict[str, Any]) -> None:
         (_cap_removed_claim_kept, "claimed PLD epsilon"),
     ],
 )
+@pytest.mark.integration
 def test_a_tampered_cap_or_bound_fails_even_when_re_signed(tmp_path: Path, tweak: Tweak, says: str) -> None:
     report = verify_ledger(write_capped_run(tmp_path / "run", cap=2, tweak=tweak), KEY.public_key())
     assert not report.ok

@@ -15,6 +15,7 @@ from shared.errors import ConfigError
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+@pytest.mark.integration
 def test_gaussian_pair_epsilon_matches_dp_accounting(sigma: float) -> None:
     expected = pld.from_gaussian_mechanism(
         standard_deviation=sigma, sensitivity=1.0, value_discretization_interval=1e-4

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from ledger_toy import DELTA, KEY, write_run
 
-from server.audit import cli as audit_cli
+from server.audit import audit_cli
 from shared import signing
 
 
@@ -23,6 +23,7 @@ def report_of(run: Path, tmp_path: Path) -> tuple[int, dict[str, Any], str]:
     return code, json.loads((out / "report.json").read_text()), (out / "report.html").read_text()
 
 
+@pytest.mark.integration
 def test_genuine_run_report_on_a_copy_with_only_the_ledger(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", rounds=6)
     copy = tmp_path / "elsewhere"
@@ -60,6 +61,7 @@ def test_tampered_entry_is_marked_in_the_report(tmp_path: Path) -> None:
     assert "FAILED" in html
 
 
+@pytest.mark.integration
 def test_cohorts_that_are_not_poisson_sized_are_flagged(tmp_path: Path) -> None:
     def big_cohorts(r: int, fields: dict[str, Any]) -> None:
         fields["realised_cohort"] = int(fields["expected_cohort"] * 2)
@@ -72,6 +74,7 @@ def test_cohorts_that_are_not_poisson_sized_are_flagged(tmp_path: Path) -> None:
     assert "No mismatch found" not in html
 
 
+@pytest.mark.integration
 def test_fixed_size_sampling_is_a_mismatch(tmp_path: Path) -> None:
     def fixed_size(r: int, fields: dict[str, Any]) -> None:
         fields["sampling"] = "fixed-size"

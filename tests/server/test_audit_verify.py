@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_toy import DELTA, KEY, Tweak, write_run
 
-from server import cli as server_cli
-from server.audit import cli as audit_cli
+from server import server_cli
+from server.audit import audit_cli
 from server.audit.accountant import RoundByRoundPLD
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
@@ -55,6 +55,7 @@ def test_genuine_ledger_passes_on_a_copy_with_only_the_public_key(good_run: Path
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(position=st.integers(min_value=0), flip=st.integers(1, 255))
+@pytest.mark.integration
 def test_any_flipped_byte_fails(good_run: Path, position: int, flip: int) -> None:
     raw = bytearray((good_run / "ledger.jsonl").read_bytes())
     raw[position % len(raw)] ^= flip
@@ -94,6 +95,7 @@ def test_a_semantically_equal_but_rewritten_line_fails(good_run: Path, tmp_path:
 
 @pytest.mark.parametrize("field", [b'"sample_rate":0.05', b'"noise_std":0.5', b'"round":2'])
 @pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"1e999", b"9" * 400, b'"0.05"', b"true"])
+@pytest.mark.integration
 def test_non_numbers_where_numbers_belong_are_problems_not_crashes(
     good_run: Path, tmp_path: Path, field: bytes, value: bytes
 ) -> None:
@@ -110,6 +112,7 @@ def test_non_numbers_where_numbers_belong_are_problems_not_crashes(
     [(b'"sample_rate":0.05', b"1.5"), (b'"sample_rate":0.05', b"0"), (b'"noise_std":0.5', b"-0.5"),
      (b'"delta":1e-05', b"1"), (b'"noise_multiplier":1.0', b"-1.0")],
 )  # fmt: skip
+@pytest.mark.integration
 def test_out_of_range_values_are_problems_not_crashes(
     good_run: Path, tmp_path: Path, field: bytes, value: bytes
 ) -> None:
@@ -199,6 +202,7 @@ def test_entries_cut_off_at_the_end_need_the_pinned_head(good_run: Path, tmp_pat
     assert not report.ok and "cut off" in report.problems[0]
 
 
+@pytest.mark.integration
 def test_auditor_pld_matches_golden_and_the_writer_on_mixed_rounds() -> None:
     pld = RoundByRoundPLD()
     events = [RoundEvent(sample_rate=0.05, noise_multiplier=1.0)] * 60 + [

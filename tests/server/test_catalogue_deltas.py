@@ -18,23 +18,25 @@ from delta_toy import list_entry
 from ledger_toy import KEY
 from release_toy import random_model, source
 
-from client.device import cli as client_cli
-from client.device.cache import ReleaseCache, copy_from
+from client.device import device_cli as client_cli
 from client.device.deltas import DeltaCache, open_ranker, sync_deltas
+from client.device.release_cache import ReleaseCache, copy_from
 from client.device.sync import sync
-from server import cli as server_cli
-from server.api_errors import error_response
-from server.catalogue_delta import CorruptStoreError, DeltaStore
-from server.catalogue_items import CatalogueItem
-from server.release import load_run
-from server.release_store import ReleaseStore
-from shared.catalogue_delta import manifest_sha256, sign_delta_list, verify_delta, verify_delta_list
+from server import server_cli
+from server.api.http_errors import error_response
+from server.catalogue.catalogue_items import CatalogueItem
+from server.catalogue.delta_publisher import CorruptStoreError, DeltaStore
+from server.releases.release_builder import load_run
+from server.releases.release_store import ReleaseStore
+from shared.catalogue_delta_format import manifest_sha256, sign_delta_list, verify_delta, verify_delta_list
 from shared.config import ServiceConfig
 from shared.data.schema import Catalogue
 from shared.errors import DataError, SignatureError
 from shared.release_index import utc_seconds
 from shared.signing import generate_private_key, save_private_key, save_public_key
 from simulation.local_service import running as serve
+
+pytestmark = pytest.mark.integration  # the tests share one store and build on each other's writes
 
 TOKEN = "catalogue-admin-token-for-tests"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

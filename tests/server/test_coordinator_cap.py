@@ -8,16 +8,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-import server.round_updates as round_updates_module
+import server.rounds.update_transport as round_updates_module
 from server.audit.verify import verify_ledger
-from server.coordinator import Coordinator
 from server.ledger import PrivacyLedger
-from server.messaging import Population, TrainReplies
+from server.rounds.coordinator import Coordinator
+from server.rounds.messaging import Population, TrainReplies
 from server.server_app import train_rounds
 from shared.config import FedhomeConfig, with_overrides
 from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent
-from shared.privacy.participation import CappedAccountant
+from shared.privacy.capped_accounting import CappedAccountant
 from shared.run_folder import RunFolder, load_latest_checkpoint
 from shared.signing import Ed25519PrivateKey, generate_private_key
 
@@ -63,6 +63,7 @@ def run_to(folder: Path, key: Ed25519PrivateKey, rounds: int, **extra: str) -> C
     return coordinator
 
 
+@pytest.mark.integration
 def test_a_resume_starts_a_new_cap_segment_and_the_ledger_still_verifies(tmp_path: Path) -> None:
     key = generate_private_key()
     run_to(tmp_path / "run", key, 3, **{"privacy.participation_cap": "1"})
@@ -85,6 +86,7 @@ def test_a_resume_starts_a_new_cap_segment_and_the_ledger_still_verifies(tmp_pat
     assert report.ok, report.problems
 
 
+@pytest.mark.integration
 def test_the_budget_check_uses_the_smaller_bound(tmp_path: Path) -> None:
     key = generate_private_key()
     budget = {"privacy.target_epsilon": "2.5", "federated.sample_rate": "0.5"}

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import server.round_updates as round_updates_module
+import server.rounds.update_transport as round_updates_module
 from server.audit.verify import verify_ledger
-from server.coordinator import Coordinator
 from server.ledger import PrivacyLedger
-from server.messaging import Population, TrainReplies
+from server.rounds.coordinator import Coordinator
+from server.rounds.messaging import Population, TrainReplies
 from server.server_app import train_rounds
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +50,7 @@ def in_node(served: list[str]) -> list[str]:
 
 @settings(max_examples=6, deadline=None)
 @given(st.lists(st.dictionaries(st.text(max_size=6), values, max_size=5), min_size=20, max_size=40))
+@pytest.mark.integration
 def test_browser_canonical_json_equals_the_signed_bytes(objects: list[dict[str, Any]]) -> None:
     served = [json.dumps(obj, sort_keys=True) for obj in objects]  # what the manifest route sends
     served += [json.dumps(obj, indent=2) for obj in objects]  # what manifest.json holds on disk

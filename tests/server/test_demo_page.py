@@ -21,14 +21,14 @@ from playwright.sync_api import Browser, sync_playwright
 from release_toy import random_model, source
 
 from client.device.ranker import DeviceRanker, Event
-from server import api_demo
-from server import cli as server_cli
-from server.api_demo import ORT_DIST
-from server.catalogue_delta import LIST_NAME, DeltaStore
-from server.demo_shoppers import read_demo_shoppers
-from server.release_store import ReleaseStore
+from server import server_cli
+from server.api import demo_routes as api_demo
+from server.api.demo_routes import ORT_DIST
+from server.api.demo_shoppers import read_demo_shoppers
+from server.catalogue.delta_publisher import LIST_NAME, DeltaStore
+from server.releases.release_store import ReleaseStore
 from shared import signing
-from shared.catalogue_delta import DELTA_KIND, manifest_sha256, sign_delta_list
+from shared.catalogue_delta_format import DELTA_KIND, manifest_sha256, sign_delta_list
 from shared.config import FedhomeConfig, ServiceConfig, SyntheticShopConfig, to_flat
 from shared.data.synthetic.shop import generate_shop
 from shared.errors import DataError
@@ -36,6 +36,8 @@ from shared.release_index import sign_index
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
 from simulation.demo_page import launch_chromium, open_demo, sdk_page, sdk_ranker
 from simulation.local_service import running
+
+pytestmark = pytest.mark.integration
 
 SCORE_TOLERANCE = 1e-4
 TRENDING = "trending_counts.npy"
@@ -72,7 +74,7 @@ def resign(folder: Path, change: Any) -> None:
 
 def add_trending_counts(folder: Path) -> None:
     """Small integer counts with many ties (so the shopper's scores break them), signed into the manifest
-    with the privacy block server/release_trending.py writes."""
+    with the privacy block server/releases/release_trending.py writes."""
     n_items = len(json.loads((folder / "items.json").read_text()))
     np.save(folder / TRENDING, np.random.default_rng(3).integers(0, 4, size=n_items).astype(np.float32))
     block = {"file": TRENDING, "after_round": 3, "epsilon": 8.0, "ledger_entry_hash": "ab" * 32}
@@ -86,8 +88,8 @@ def add_trending_counts(folder: Path) -> None:
 
 
 def add_delta(store: ReleaseStore, shopper: dict[str, Any]) -> dict[str, str]:
-    """A signed catalogue delta of release 1 (shared/catalogue_delta.py): two new items (one on offer), one
-    changed item, and `shopper`'s best item withdrawn. Returns the ids of what it did."""
+    """A signed catalogue delta of release 1 (shared/catalogue_delta_format.py): two new items (one on offer),
+    one changed item, and `shopper`'s best item withdrawn. Returns the ids of what it did."""
     folder, base = store.folder(1), store.manifest(1)
     items = json.loads((folder / "items.json").read_text())
     vectors, bias = np.load(folder / "item_vectors_f32.npy"), np.load(folder / "item_bias.npy")
@@ -172,6 +174,7 @@ def shots(tmp_path: Path) -> Path:
     return Path(os.environ.get("FEDHOME_SCREENSHOTS", tmp_path))
 
 
+@pytest.mark.browser
 def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, tmp_path: Path) -> None:
     store, differences, shown = site["store"], [], set()
     for shopper in site["shoppers"]:
@@ -232,6 +235,7 @@ def flip_byte(name: str) -> Any:
     ],
     ids=["signature", "manifest-epsilon", "item-vectors-byte", "user-tower-byte"],
 )
+@pytest.mark.browser
 def test_tampered_release_is_refused_in_the_browser(
     site: dict[str, Any], browser: Browser, tmp_path: Path, tamper: Any, message: str
 ) -> None:
@@ -247,6 +251,7 @@ def test_tampered_release_is_refused_in_the_browser(
     assert "Release refused" in state["shown_error"] and cards == 0 and "ranking" not in state
 
 
+@pytest.mark.browser
 def test_a_tampered_catalogue_delta_is_not_used(
     site: dict[str, Any], browser: Browser, tmp_path: Path
 ) -> None:
@@ -267,6 +272,7 @@ def test_a_tampered_catalogue_delta_is_not_used(
     assert site["delta"]["withdrawn"] in top
 
 
+@pytest.mark.browser
 def test_the_page_follows_the_delta_head_the_index_names(
     site: dict[str, Any], browser: Browser, tmp_path: Path
 ) -> None:
@@ -286,6 +292,7 @@ def test_the_page_follows_the_delta_head_the_index_names(
     assert [r["id"] for r in state["ranking"]] == top
 
 
+@pytest.mark.browser
 def test_an_expired_index_is_refused_in_the_browser(
     site: dict[str, Any], browser: Browser, tmp_path: Path
 ) -> None:
@@ -299,6 +306,7 @@ def test_an_expired_index_is_refused_in_the_browser(
     assert state["status"] == "refused" and "expired" in state["error"] and cards == 0
 
 
+@pytest.mark.browser
 def test_a_page_pinning_another_key_refuses_the_release(
     site: dict[str, Any], browser: Browser, tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import server.embedding.onnx_fast as onnx_fast
-from server.catalog import load_encoder
+from server.embedding.catalogue_embedding import load_encoder
 from server.embedding.encoder import (
     Encoder,
     EncoderSpec,
@@ -95,6 +95,7 @@ def test_loads_offline_with_no_network(fp32_encoder: TorchEncoder) -> None:
 
 
 @pytest.mark.parametrize("name", ["fp32_encoder", "int8_encoder"])
+@pytest.mark.integration
 def test_unit_float32_rows_and_known_similarity_order(name: str, request: pytest.FixtureRequest) -> None:
     encoder: Encoder = request.getfixturevalue(name)
     vectors = encoder.encode(TEXTS)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.catalog import embed_catalogue, table_version, vector_cache_dir
-from server.embedding.cache import EmbeddingCache, text_key
+from server.embedding.catalogue_embedding import embed_catalogue, table_version, vector_cache_dir
+from server.embedding.embedding_cache import EmbeddingCache, text_key
 from server.embedding.encoder import ProgressFn, encode_sorted, length_sorted_batches
 from shared.config import EncoderConfig
 from shared.data.schema import Catalogue

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from server.messaging import SIMULATION_PULL_INTERVAL_S, Population, node_settings, poll_replies_often
+from server.rounds.messaging import SIMULATION_PULL_INTERVAL_S, Population, node_settings, poll_replies_often
 
 
 def test_slots_map_to_nodes_in_partition_order() -> None:

@@ -14,8 +14,8 @@ import pytest
 import torch
 from federated_toy import tiny_config
 
-from server import cli as server_cli
-from server.release import (
+from server import server_cli
+from server.releases.release_builder import (
     ITEM_SCALES,
     ITEMS_F32,
     ITEMS_INT8,
@@ -23,13 +23,15 @@ from server.release import (
     load_run,
     quantize_rows,
 )
-from server.release_store import ReleaseStore
+from server.releases.release_store import ReleaseStore
 from shared.data.source import configured_split
 from shared.errors import ConfigError, DataError, SignatureError
 from shared.release_manifest import MANIFEST_NAME, verify_release
 from shared.run_folder import RunFolder
 from shared.signing import generate_private_key, load_private_key, save_private_key
 from simulation.federated import run_federated
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def test_onnx_user_tower_matches_torch_for_any_batch_and_history_length(
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 0.2)  # far from the (near-zero) trained read-out, so parity means something
-    from server.release import export_user_tower
+    from server.releases.release_builder import export_user_tower
 
     export_user_tower(model, tmp_path / USER_TOWER)
     session = ort.InferenceSession(str(tmp_path / USER_TOWER), providers=["CPUExecutionProvider"])
@@ -204,7 +206,7 @@ def test_release_command_and_refusal_of_an_unaccounted_model(run: tuple[Path, Pa
 def test_report_binds_a_release_to_its_ledger_entry(
     run: tuple[Path, Path], store: ReleaseStore, tmp_path: Path
 ) -> None:
-    from server.audit.report import build_report
+    from server.audit.audit_report import build_report
 
     run_dir, key_path = run
     key = load_private_key(key_path).public_key()

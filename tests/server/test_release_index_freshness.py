@@ -15,10 +15,10 @@ import pytest
 from ledger_toy import KEY, write_run
 from release_toy import random_model, source
 
-from client.device.cache import ReleaseCache
+from client.device.release_cache import ReleaseCache
 from client.device.sync import sync
-from server import cli as server_cli
-from server.release_store import ReleaseStore
+from server import server_cli
+from server.releases.release_store import ReleaseStore
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, SignatureError
 from shared.release_index import utc_seconds

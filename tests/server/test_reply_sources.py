@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from server.messaging import train_round
-from server.trending import trending_query
+from server.rounds.messaging import train_round
+from server.trending.trending_query import trending_query
 
 N_ITEMS, K = 4, 2
 

@@ -1,5 +1,5 @@
-"""Secure aggregation: the server side (server/secure_aggregation.py) against the nodes' real handlers
-(client/secure_aggregation.py), messages passed in process. The sum comes out right with and without
+"""Secure aggregation: the server side (server/secagg/secure_round.py) against the nodes' real handlers
+(client/masked_update.py), messages passed in process. The sum comes out right with and without
 dropouts, one node's masked input hides its sum, the noise on the released sum has the accounted std,
 and a tampered or inconsistent request is refused by the node."""
 
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 
-from client.secure_aggregation import handle_keys, handle_shares, handle_unmask, masked_content
-from client.train import UpdateSum
+from client.masked_update import handle_keys, handle_shares, handle_unmask, masked_content
+from client.training.round_update import UpdateSum
 from server.audit.entry_checks import check_noise
 from server.audit.trending_checks import check_trending_noise
-from server.secure_aggregation import SecureReplies, SecureSettings, secure_train_round
+from server.secagg.secure_round import SecureReplies, SecureSettings, secure_train_round
 from shared.errors import UpdateRejectedError
 from shared.privacy.noise import GaussianNoise
-from shared.secure_aggregation import sensitivity
+from shared.secagg_primitives import sensitivity
 
 DIM, STEP = 40, 2.0**-24
 

@@ -15,12 +15,14 @@ import pytest
 from ledger_toy import KEY, write_run
 from release_toy import random_model, source
 
-from client.device.cache import ReleaseCache
+from client.device.release_cache import ReleaseCache
 from client.device.sync import sync
-from server.release_store import ReleaseStore
+from server.releases.release_store import ReleaseStore
 from shared.config import ServiceConfig
 from shared.signing import save_private_key, save_public_key
 from simulation.local_service import running
+
+pytestmark = pytest.mark.integration
 
 TOKEN = "s3cret-admin-token-for-tests"
 
@@ -240,6 +242,7 @@ def browse(url: str, out: Path) -> str:
     return dom.stdout.decode()
 
 
+@pytest.mark.browser
 def test_auditor_dashboard_in_a_real_browser(service: tuple[str, ReleaseStore, Path], tmp_path: Path) -> None:
     base = service[0]
     shots = Path(os.environ.get("FEDHOME_SCREENSHOTS", tmp_path))

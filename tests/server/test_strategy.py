@@ -1,4 +1,5 @@
-"""Poisson sampling of users and the norm check on sums of clipped updates (server.strategy.sampling)."""
+"""Poisson sampling of users and the norm check on sums of clipped updates
+(server.strategy.poisson_sampling)."""
 
 from __future__ import annotations
 

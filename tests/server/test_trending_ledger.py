@@ -12,8 +12,8 @@ import pytest
 from ledger_toy import DELTA, KEY, round_fields
 from trending_toy import Q_T, Z_T, K, trending_fields, write_trending_run
 
-from server.audit import cli as audit_cli
-from server.audit.report import build_report
+from server.audit import audit_cli
+from server.audit.audit_report import build_report
 from server.audit.report_html import render_html
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger, entry_hash, signed_bytes
@@ -56,6 +56,7 @@ def independent_epsilon(rounds: int, releases: int, *, q_t: float = Q_T) -> floa
     return float(accountant.get_epsilon(DELTA))
 
 
+@pytest.mark.integration
 def test_a_ledger_with_trending_releases_verifies_and_composes_them(run: Path) -> None:
     report = verify_ledger(run, KEY.public_key())
     assert report.ok, report.problems
@@ -78,6 +79,7 @@ def subsampled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.integration
 def test_subsampled_trending_releases_verify_as_poisson_sampled_gaussians(subsampled_run: Path) -> None:
     report = verify_ledger(subsampled_run, KEY.public_key())
     assert report.ok, report.problems
@@ -87,6 +89,7 @@ def test_subsampled_trending_releases_verify_as_poisson_sampled_gaussians(subsam
     assert report.claimed_epsilon == pytest.approx(subsampled, rel=2e-3)
 
 
+@pytest.mark.integration
 def test_a_resigned_sample_rate_of_a_subsampled_trending_release_fails(
     subsampled_run: Path, tmp_path: Path
 ) -> None:
@@ -97,6 +100,7 @@ def test_a_resigned_sample_rate_of_a_subsampled_trending_release_fails(
     assert not report.ok and any("claimed PLD epsilon" in p for p in report.problems), report.problems
 
 
+@pytest.mark.integration
 def test_the_accountant_composes_trending_with_training_like_dp_accounting() -> None:
     accountant = UserLevelAccountant(delta=DELTA)
     for _ in range(3):
@@ -144,6 +148,7 @@ def test_a_flipped_byte_in_a_trending_entry_fails(run: Path, tmp_path: Path) -> 
         ({"count_noise_std": 1.0}, "count_noise_std 1.0 != noise_std * sqrt(max_items) / sample_rate"),
     ],
 )
+@pytest.mark.integration
 def test_a_resigned_misstatement_of_a_trending_release_fails(
     run: Path, tmp_path: Path, changes: dict[str, object], expected: str
 ) -> None:
@@ -153,6 +158,7 @@ def test_a_resigned_misstatement_of_a_trending_release_fails(
     assert not report.ok and any(expected in p for p in report.problems), report.problems
 
 
+@pytest.mark.integration
 def test_altered_counts_or_a_removed_release_fail(run: Path, tmp_path: Path) -> None:
     copy = copy_of(run, tmp_path)
     np.save(copy / "trending" / "after-round-00002.npy", np.arange(7, dtype=np.float32) * 99)
@@ -171,6 +177,7 @@ def test_the_audit_cli_lists_the_trending_releases(run: Path, capsys: pytest.Cap
     assert [row["after_round"] for row in printed["trending"]] == [1, 2, 3]
 
 
+@pytest.mark.integration
 def test_the_report_lists_the_trending_releases_beside_the_rounds(run: Path) -> None:
     report = build_report(run, KEY.public_key())
     assert len(report["rounds"]) == 3 and report["guarantee"]["trending_releases"] == 3
@@ -181,7 +188,7 @@ def test_the_report_lists_the_trending_releases_beside_the_rounds(run: Path) -> 
 
 
 def test_a_release_binds_its_trending_counts_to_their_entry(run: Path) -> None:
-    from server.audit.report import _entries, _trending_binding
+    from server.audit.audit_report import _entries, _trending_binding
 
     entries = _entries(run)
     last = [e for e in entries if e.get("kind") == "trending_counts"][-1]
@@ -212,6 +219,7 @@ def test_a_release_binds_its_trending_counts_to_their_entry(run: Path) -> None:
     assert "no trending entry" in _trending_binding(manifest, entries[:-1])[0]
 
 
+@pytest.mark.integration
 def test_counts_that_no_entry_signs_fail_a_release_cut_off_the_end_included(
     run: Path, tmp_path: Path
 ) -> None:

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from client.trending import TrendingWindow, contribution_sum, contribution_vector
+from client.trending_contribution import TrendingWindow, contribution_sum, contribution_vector
 from server.strategy import poisson_sample
-from server.trending import check_trending_sum, noised_counts
+from server.trending.trending_query import check_trending_sum, noised_counts
 from shared.errors import UpdateRejectedError
 from shared.privacy.noise import GaussianNoise
 
@@ -34,6 +34,7 @@ def toy_population(n_users: int = 300, n_items: int = 15) -> tuple[np.ndarray, .
     return owner, item, rng.integers(0, 100, owner.size)
 
 
+@pytest.mark.integration
 def test_the_count_estimate_is_unbiased_on_a_toy_population() -> None:
     owner, item, time = toy_population()
     window = TrendingWindow(as_of_s=100, window_s=60, max_items=3, n_items=15)

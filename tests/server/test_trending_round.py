@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from test_coordinator_resume import POPULATION, drop_last_lines, fake_train_round
 
-import server.round_updates as round_updates_module
-import server.trending_round as trending_module
+import server.rounds.update_transport as round_updates_module
+import server.trending.trending_round as trending_module
 from server.audit.verify import verify_ledger
-from server.coordinator import Coordinator
 from server.ledger import PrivacyLedger
-from server.round_privacy import PrivacyPlan
+from server.rounds.coordinator import Coordinator
+from server.rounds.privacy_plan import PrivacyPlan
 from server.server_app import train_rounds
-from server.trending import TrendingReplies
-from server.trending_round import TrendingSchedule
+from server.trending.trending_query import TrendingReplies
+from server.trending.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, with_overrides
 from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent, pld_epsilon
@@ -80,6 +80,7 @@ def run(config: FedhomeConfig, key: Ed25519PrivateKey) -> tuple[Coordinator, Tre
 TRAIN = RoundEvent(sample_rate=0.5, noise_multiplier=1.0)
 
 
+@pytest.mark.integration
 def test_releases_are_accounted_in_order_and_the_final_one_is_not_repeated(tmp_path: Path) -> None:
     key = generate_private_key()
     config = config_of(tmp_path / "run", 3, every_rounds="2", final="true", noise_multiplier="3")
@@ -96,6 +97,7 @@ def test_releases_are_accounted_in_order_and_the_final_one_is_not_repeated(tmp_p
     assert report.ok and [row["counts_file_ok"] for row in report.trending] == [True, True]
 
 
+@pytest.mark.integration
 def test_subsampled_releases_are_accounted_as_poisson_sampled_gaussians_and_verify(tmp_path: Path) -> None:
     key = generate_private_key()
     config = config_of(tmp_path / "run", 2, every_rounds="1", noise_multiplier="3", sample_rate="0.25")
@@ -126,6 +128,7 @@ def test_a_release_over_budget_is_refused_and_spends_nothing(tmp_path: Path) -> 
     assert not (tmp_path / "run" / "trending").exists()
 
 
+@pytest.mark.integration
 def test_calibration_covers_the_planned_releases() -> None:
     base = {"federated.rounds": "20", "federated.sample_rate": "0.1", "privacy.target_epsilon": "3"}
     plain: FedhomeConfig = with_overrides(FedhomeConfig(), base)
@@ -142,6 +145,7 @@ def test_calibration_covers_the_planned_releases() -> None:
     assert pld_epsilon([tighter] * 20 + [release] * 2, delta=z1.delta) > 3.0 * 0.995
 
 
+@pytest.mark.integration
 def test_a_release_killed_before_its_ledger_entry_is_restored_on_resume(tmp_path: Path) -> None:
     key = generate_private_key()
     config = config_of(tmp_path / "run", 2, every_rounds="1", noise_multiplier="3")
@@ -156,6 +160,7 @@ def test_a_release_killed_before_its_ledger_entry_is_restored_on_resume(tmp_path
     assert verify_ledger(tmp_path / "run", key.public_key()).ok
 
 
+@pytest.mark.integration
 def test_a_capped_run_composes_its_releases_uncapped_and_verifies(tmp_path: Path) -> None:
     key = generate_private_key()
     config = with_overrides(
@@ -175,6 +180,7 @@ def test_a_capped_run_composes_its_releases_uncapped_and_verifies(tmp_path: Path
     assert report.ok, report.problems
 
 
+@pytest.mark.integration
 def test_counts_whose_entry_never_reached_a_checkpoint_are_deleted_on_resume(tmp_path: Path) -> None:
     key = generate_private_key()
     run(config_of(tmp_path / "run", 2, every_rounds="1", noise_multiplier="3"), key)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.data.loaders import detect_format, load_csv, load_dataset, save_csv
-from shared.data.loaders import report as r
+from shared.data.loaders import load_report as r
 from shared.data.loaders.common import sort_within_users
 from shared.data.schema import EVENT_CODE, EVENT_TYPES, UNKNOWN_TIME, Catalogue, Dataset, InteractionLog
 from shared.errors import DataError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shared.data.loaders import detect_format, load_amazon, load_dataset
-from shared.data.loaders import report as r
+from shared.data.loaders import load_report as r
 from shared.data.schema import EVENT_CODE, UNKNOWN_TIME
 from shared.errors import DataError
 

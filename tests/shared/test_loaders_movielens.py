@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.data.loaders import detect_format, load_dataset
-from shared.data.loaders import report as r
+from shared.data.loaders import load_report as r
 from shared.data.schema import EVENT_CODE
 from shared.errors import DataError
 

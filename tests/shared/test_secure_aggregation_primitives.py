@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.errors import ConfigError, UpdateRejectedError
-from shared.secure_aggregation import (
+from shared.secagg_primitives import (
     MASK_PURPOSE,
     agree,
     combine_secret,

@@ -131,6 +131,7 @@ json_values = st.recursive(
 
 @settings(max_examples=100, deadline=None)
 @given(value=json_values)
+@pytest.mark.integration
 def test_canonical_json_round_trips_and_is_stable(value: Any) -> None:
     encoded = signing.canonical_json(value)
     assert json.loads(encoded) == value

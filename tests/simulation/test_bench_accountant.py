@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.privacy.accounting import RoundEvent, pld_epsilon
-from simulation import bench_accountant
+from simulation.benchmarks import bench_accountant
 
 
 def test_round_costs_time_every_round() -> None:
@@ -13,6 +13,7 @@ def test_round_costs_time_every_round() -> None:
     assert len(costs) == 5 and all(c > 0 for c in costs)
 
 
+@pytest.mark.integration
 def test_main_prints_the_totals(capsys: pytest.CaptureFixture[str]) -> None:
     bench_accountant.main(["--rounds", "10", "--population", "3000"])
     out = capsys.readouterr().out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulation.bench_encoder import Row, agreement, markdown, neighbour_overlap
+from simulation.benchmarks.bench_encoder import Row, agreement, markdown, neighbour_overlap
 
 
 def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:

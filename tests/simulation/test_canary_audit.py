@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulation.cli import main
+from simulation.sim_cli import main
 
 LINEAR = ["canary", "--model", "linear", "--rounds", "50", "--linear-users", "2000", "--linear-dim", "5000"]
 
@@ -18,6 +18,7 @@ def audit(tmp_path: Path, *args: str) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.parametrize("seed", ["0", "1", "2"])
+@pytest.mark.integration
 def test_intact_mechanism_passes_with_bounds_below_the_analytic_epsilon(tmp_path: Path, seed: str) -> None:
     code, report = audit(tmp_path, "--epsilon", "1", "--seed", seed)
     assert code == 0 and report["ok"] and report["problems"] == []
@@ -30,6 +31,7 @@ def test_intact_mechanism_passes_with_bounds_below_the_analytic_epsilon(tmp_path
 
 
 @pytest.mark.parametrize("breakage", ["noise-off", "noise-tenth"])
+@pytest.mark.integration
 def test_broken_noise_is_caught_far_above_the_claim(tmp_path: Path, breakage: str) -> None:
     code, report = audit(tmp_path, "--epsilon", "1", "--break", breakage)
     assert code == 1 and not report["ok"]
@@ -39,6 +41,7 @@ def test_broken_noise_is_caught_far_above_the_claim(tmp_path: Path, breakage: st
     assert final["epsilon_estimate"] > 10
 
 
+@pytest.mark.integration
 def test_recommender_audit_runs_on_a_small_shop(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     code = main(

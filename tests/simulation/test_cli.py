@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulation.cli import main
+from simulation.sim_cli import main
 
 SMALL = ["--users", "300", "--items", "200", "--no-progress"]
 
@@ -38,6 +38,7 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_run_writes_metrics_table_and_config(run_folder: Path) -> None:
     metrics = json.loads((run_folder / "metrics.json").read_text())
     assert set(metrics["models"]) == {"popularity", "text", "mf", "two-tower"}
@@ -93,6 +94,7 @@ def test_generate_writes_the_csv_layout(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["dataset"] == "shop"
 
 
+@pytest.mark.integration
 def test_calibrate_finds_the_noise_that_spends_the_budget(capsys: pytest.CaptureFixture[str]) -> None:
     # NOTES.md: epsilon 8 at q = 0.05 (delta = N^-1.1 for Beauty's 22,363 users) allows 500 rounds at z 0.956
     args = [

@@ -15,6 +15,8 @@ from shared.run_folder import RunFolder
 from shared.signing import load_public_key
 from simulation.federated import run_federated
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -22,6 +22,8 @@ from shared.run_folder import RunFolder, list_checkpoints, load_latest_checkpoin
 from shared.signing import load_public_key
 from simulation.federated import run_federated
 
+pytestmark = pytest.mark.integration
+
 ROUNDS, KILL_AFTER = 8, 3
 SETTINGS = {
     "federated__rounds": str(ROUNDS),
@@ -32,7 +34,7 @@ SETTINGS = {
 # end (right after the checkpoint of round KILL_AFTER, in its evaluation, or inside round KILL_AFTER + 1).
 KILLED_RUN = """
 import json, sys, time
-import server.round_updates as round_updates
+import server.rounds.update_transport as round_updates
 from shared.config import FedhomeConfig, with_overrides
 from shared.data.source import configured_split
 from simulation.federated import run_federated

@@ -10,13 +10,15 @@ import pytest
 from federated_toy import read_jsonl, tiny_config
 
 from client.device.receipts import ReceiptStore
-from server.audit.report import build_report
+from server.audit.audit_report import build_report
 from server.audit.report_html import render_html
 from server.audit.verify import verify_ledger
 from shared.data.source import configured_split
 from shared.run_folder import RunFolder
 from shared.signing import load_public_key
 from simulation.federated import run_federated
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

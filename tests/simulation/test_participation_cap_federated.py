@@ -11,17 +11,19 @@ from federated_toy import read_jsonl, tiny_config
 
 from client.device.receipts import ReceiptStore
 from server.audit.verify import verify_ledger
-from server.release import load_run
-from server.release_store import ReleaseStore
-from server.round_privacy import derived_seed
+from server.releases.release_builder import load_run
+from server.releases.release_store import ReleaseStore
+from server.rounds.privacy_plan import derived_seed
 from server.strategy import poisson_sample
 from shared.config import FedhomeConfig
 from shared.data.source import configured_split
 from shared.privacy.accounting import RoundEvent, UserLevelAccountant
-from shared.privacy.participation import CappedAccountant
+from shared.privacy.capped_accounting import CappedAccountant
 from shared.run_folder import RunFolder
 from shared.signing import load_private_key, load_public_key
 from simulation.federated import run_federated
+
+pytestmark = pytest.mark.integration
 
 CAP, ROUNDS, USERS, Q, Z = 1, 4, 40, 0.5, 1.0
 

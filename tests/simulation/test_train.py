@@ -12,8 +12,8 @@ from shared.data.split import Split, UserSequences, leave_one_out
 from shared.errors import DataError
 from shared.model import HistoryBatch, ItemFeatures
 from simulation.baselines import Popularity
+from simulation.central_training import exclude_, make_scorer, train, training_rows
 from simulation.evaluate import evaluate
-from simulation.train import exclude_, make_scorer, train, training_rows
 
 MODEL = ModelConfig(dim=16, max_history=5, n_heads=2, n_layers=1, residual_rank=8, dropout=0.0)
 EVAL = EvalConfig(batch_size=256)
@@ -107,6 +107,7 @@ def test_history_and_blocked_items_leave_the_softmax_but_the_target_stays() -> N
     ]
 
 
+@pytest.mark.integration
 def test_short_training_run_beats_popularity_and_text_similarity(shop: tuple[Split, ItemFeatures]) -> None:
     split, features = shop
     result = train(
@@ -131,6 +132,7 @@ def test_short_training_run_beats_popularity_and_text_similarity(shop: tuple[Spl
     assert len(result.epochs) >= result.best_epoch >= 1
 
 
+@pytest.mark.integration
 def test_training_is_seeded(shop: tuple[Split, ItemFeatures]) -> None:
     split, features = shop
 
@@ -145,6 +147,7 @@ def test_training_is_seeded(shop: tuple[Split, ItemFeatures]) -> None:
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+@pytest.mark.integration
 def test_refit_trains_a_fresh_model_for_the_chosen_epoch_count(shop: tuple[Split, ItemFeatures]) -> None:
     split, features = shop
     config = quick(epochs=2, refit=True, patience=1)
@@ -153,6 +156,7 @@ def test_refit_trains_a_fresh_model_for_the_chosen_epoch_count(shop: tuple[Split
     assert all(np.isnan(e.valid_ndcg_10) for e in result.refit_epochs)
 
 
+@pytest.mark.integration
 def test_sampled_softmax_training_also_learns(shop: tuple[Split, ItemFeatures]) -> None:
     split, features = shop
     config = quick(loss="sampled", n_negatives=32)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from federated_toy import read_jsonl, tiny_config
 
-from client.device import cli as client_cli
-from server import cli as server_cli
-from server.audit.report import build_report
+from client.device import device_cli as client_cli
+from server import server_cli
+from server.audit.audit_report import build_report
 from server.audit.verify import verify_ledger
 from shared.config import FedhomeConfig
 from shared.data.source import configured_split
@@ -22,6 +22,8 @@ from shared.privacy.accounting import RoundEvent, pld_epsilon
 from shared.run_folder import RunFolder
 from shared.signing import load_public_key
 from simulation.federated import FederatedResult, run_federated
+
+pytestmark = pytest.mark.integration
 
 K, WINDOW_DAYS, Z_T = 4, 60.0, 0.1  # little noise: the counts must match the true ones to +-0.9
 
@@ -48,7 +50,7 @@ def trending_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[FedhomeConfi
 
 def true_counts(split: Split, as_of: int) -> np.ndarray:
     """Users per item among each user's K most recent distinct training items in the window (plain loops,
-    independent of client/trending.py)."""
+    independent of client/trending_contribution.py)."""
     counts = np.zeros(split.n_items)
     start = as_of - WINDOW_DAYS * 86_400
     for u in range(split.train.n_users):
@@ -128,7 +130,7 @@ def test_the_release_carries_the_counts_and_the_device_shows_them(
 
 
 def test_calibrate_can_cover_trending_releases(capsys: pytest.CaptureFixture[str]) -> None:
-    from simulation.cli import main
+    from simulation.sim_cli import main
 
     common = [
         "calibrate",

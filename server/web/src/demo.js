@@ -88,7 +88,7 @@ async function loadRelease(index) {
   return { manifest, digest, ranker, trending };
 }
 
-/** The release's DP trending counts (client/device/trending.py release_trending): the file its signed
+/** The release's DP trending counts (client/device/trending_counts.py release_trending): the file its signed
  * privacy block names, one finite value per release item; null when the release has none. */
 async function loadTrending(manifest, file) {
   const block = manifest.privacy?.trending;

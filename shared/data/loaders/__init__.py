@@ -13,8 +13,8 @@ from pathlib import Path
 from shared.config import DataFormat
 from shared.data.loaders.amazon import find_amazon_files, load_amazon
 from shared.data.loaders.csv_layout import INTERACTIONS_FILE, ITEMS_FILE, find_file, load_csv, save_csv
+from shared.data.loaders.load_report import FileReport, LoadReport
 from shared.data.loaders.movielens import MOVIES_FILE, RATINGS_FILE, load_movielens
-from shared.data.loaders.report import FileReport, LoadReport
 from shared.data.schema import Dataset
 from shared.errors import DataError
 

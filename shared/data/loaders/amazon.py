@@ -20,7 +20,7 @@ from typing import Final, Literal
 import numpy as np
 
 from shared.data.loaders import amazon_records as rec
-from shared.data.loaders import report as r
+from shared.data.loaders import load_report as r
 from shared.data.loaders.common import CatalogueBuilder, Lines, sort_within_users
 from shared.data.schema import EVENT_CODE, Catalogue, Dataset, InteractionLog
 from shared.errors import DataError

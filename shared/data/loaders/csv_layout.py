@@ -19,7 +19,7 @@ from typing import Final
 
 import numpy as np
 
-from shared.data.loaders import report as r
+from shared.data.loaders import load_report as r
 from shared.data.loaders.common import (
     EVENT_ALIASES,
     CatalogueBuilder,

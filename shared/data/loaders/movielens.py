@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from shared.data.loaders import report as r
+from shared.data.loaders import load_report as r
 from shared.data.loaders.common import (
     CatalogueBuilder,
     Lines,

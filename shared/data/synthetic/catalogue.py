@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.config import SyntheticShopConfig
 from shared.data.schema import Catalogue
-from shared.data.synthetic.sampling import group_bounds, sample_in_groups
+from shared.data.synthetic.group_sampling import group_bounds, sample_in_groups
 from shared.data.synthetic.taxonomy import Taxonomy, build_taxonomy
 from shared.data.synthetic.vocab import Leaf, lower_words, with_article
 from shared.errors import ConfigError

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from shared.config import SyntheticShopConfig
 from shared.data.schema import EVENT_TYPES, Dataset, InteractionLog
 from shared.data.synthetic.catalogue import SyntheticCatalogue, asins, build_catalogue
-from shared.data.synthetic.events import Rows, session_rows
+from shared.data.synthetic.session_events import Rows, session_rows
 from shared.data.synthetic.shoppers import draw_tastes, plan_sessions
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.config import SyntheticShopConfig
 from shared.data.synthetic.catalogue import DAY_S, SyntheticCatalogue
-from shared.data.synthetic.sampling import sample_in_groups, sample_rows
+from shared.data.synthetic.group_sampling import sample_in_groups, sample_rows
 
 DEPT_CONCENTRATION = 0.3  # Dirichlet alpha over departments: most shoppers favour one to three
 DEPT_POPULAR_MIX = 0.15  # share of a shopper's department mix that follows the shop's overall mix

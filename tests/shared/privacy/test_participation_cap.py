@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 from shared.errors import ConfigError, DataError
 from shared.privacy.accounting import RoundEvent, UserLevelAccountant, pld_epsilon
-from shared.privacy.participation import (
+from shared.privacy.capped_accounting import (
     CappedAccountant,
     accountant_from_dict,
     cap_bound,
@@ -39,6 +39,7 @@ def analytic_gaussian_epsilon(z: float, k: int, delta: float) -> float:
 
 
 @pytest.mark.parametrize(("z", "k"), [(1.0, 3), (0.8, 10), (2.0, 50)])
+@pytest.mark.integration
 def test_cap_bound_equals_independent_dp_accounting_and_the_exact_gaussian(z: float, k: int) -> None:
     events = [training(z=z)] * 200
     ours = cap_bound(events, segment_starts=[0], cap=k, delta=DELTA)
@@ -72,6 +73,7 @@ def test_a_small_cap_binds_and_a_large_one_leaves_the_poisson_bound() -> None:
     assert large.bounds()["cap"]["pld"] > poisson["pld"]
 
 
+@pytest.mark.integration
 def test_the_budget_check_lets_a_capped_run_go_further() -> None:
     def rounds_within(accountant: UserLevelAccountant, budget: float) -> int:
         n = 0

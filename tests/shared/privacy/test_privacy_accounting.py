@@ -1,5 +1,5 @@
 """User-level accounting: golden values, independent cross-checks, properties, calibration, state (its
-cost per round is a benchmark: simulation/bench_accountant.py)."""
+cost per round is a benchmark: simulation/benchmarks/bench_accountant.py)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def test_pld_golden_values(q: float, z: float, n: int, golden: float) -> None:
 
 
 @pytest.mark.parametrize(("q", "z", "n", "golden"), GOLDEN_PLD[:2])
+@pytest.mark.integration
 def test_coarser_grid_stays_an_upper_bound_within_4e4_of_the_default_grid(
     q: float, z: float, n: int, golden: float
 ) -> None:
@@ -63,6 +64,7 @@ def test_opacus_rdp_golden_value() -> None:
 
 
 @pytest.mark.parametrize(("q", "z", "n"), [(0.05, 1.0, 1000), (0.01, 0.8, 300), (0.1, 2.0, 50)])
+@pytest.mark.integration
 def test_pld_against_independent_accountants(q: float, z: float, n: int) -> None:
     ours = pld_epsilon(rounds(q, z, n), delta=1e-6)
     rdp_bound = dp_accounting.rdp.RdpAccountant().compose(
@@ -87,6 +89,7 @@ def test_no_rounds_is_zero_and_no_noise_is_infinite() -> None:
     assert json_epsilon(math.inf) == "inf" and json_epsilon(1.5) == 1.5
 
 
+@pytest.mark.integration
 def test_different_rounds_compose_as_one_run_each() -> None:
     mixed = [*rounds(0.05, 1.0, 40), *rounds(0.02, 1.5, 60)]
     event = dp_accounting.ComposedDpEvent(
@@ -108,12 +111,14 @@ moderate_z = st.floats(min_value=0.7, max_value=4.0)
 
 @settings(max_examples=15, deadline=None)
 @given(q=small_q, z=moderate_z, n=st.integers(1, 300), extra=st.integers(1, 300))
+@pytest.mark.integration
 def test_epsilon_grows_with_rounds(q: float, z: float, n: int, extra: int) -> None:
     assert pld_epsilon(rounds(q, z, n), delta=1e-6) < pld_epsilon(rounds(q, z, n + extra), delta=1e-6)
 
 
 @settings(max_examples=15, deadline=None)
 @given(q=small_q, z=moderate_z, more=st.floats(min_value=0.05, max_value=3.0), n=st.integers(1, 300))
+@pytest.mark.integration
 def test_epsilon_shrinks_with_noise(q: float, z: float, more: float, n: int) -> None:
     assert pld_epsilon(rounds(q, z + more, n), delta=1e-6) < pld_epsilon(rounds(q, z, n), delta=1e-6)
 
@@ -124,6 +129,7 @@ def test_epsilon_shrinks_with_noise(q: float, z: float, more: float, n: int) -> 
     q=st.floats(min_value=0.01, max_value=0.1),
     n=st.integers(1, 500),
 )
+@pytest.mark.integration
 def test_calibration_round_trips_to_the_smallest_noise_within_the_target(
     target: float, q: float, n: int
 ) -> None:
@@ -207,6 +213,7 @@ def test_versions_name_both_libraries() -> None:
         max_size=3,
     )
 )
+@pytest.mark.integration
 def test_cached_composition_is_exactly_what_the_libraries_accountants_compute(runs_spec) -> None:  # type: ignore[no-untyped-def]
     # the one-round PLD and RDP are kept between calls; the composed result must not change by a bit
     events = [e for q, z, n in runs_spec for e in rounds(q, z, n)]

@@ -1,0 +1,214 @@
+"""What a device (or a shard of many virtual devices) computes in a round: the sum of clipped updates.
+
+For each sampled user independently: the user's last `max_examples_per_user` training prefixes, the mean
+sampled-softmax loss against `n_negatives` negatives drawn uniformly (a public law: popularity counts are
+private) over the items not blocked, by a generator seeded with the round seed (every device of a round draws
+the same negatives, so a shard gives exactly what one device per user gives), `local_steps` full-batch SGD
+steps from the global parameters, the update theta_K - theta_0 clipped to L2 norm C over all trained
+parameters. A sampled user without examples contributes a zero update and still counts. Only the sum over
+the node's sampled users leaves this module, with the count and how many updates were within C (for
+adaptive clipping); per-user updates and norms are never returned or logged.
+
+A shard computes its users in chunks of `chunk_size` with torch.func (client/training/local_loss.py);
+`user_update` is the plain one-user autograd path the batched one is tested against. Dropout is not applied
+(the model runs in eval mode): random masks would make a shard and single devices disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from client.training.local_batch import Negatives, UserExamples, build_chunk, draw_negatives, plan_chunks
+from client.training.local_factored import Factored
+from client.training.local_loss import PREFIX, ChunkUpdates, ReferenceLoss, split_flat
+from shared.config import FederatedConfig
+from shared.data.split import UserSequences
+from shared.errors import ConfigError, DataError
+from shared.model import TwoTower, gather_histories
+from shared.model.params import ParamLayout, check_flat, check_update_scales, group_scales
+from shared.privacy.noise import GaussianNoise
+
+log = logging.getLogger(__name__)
+_CLIP_MARGIN = 1.0 - 1e-5  # clipped rows shrink a little more than C / norm: float32 norms are inexact
+
+
+@dataclass(frozen=True)
+class UpdateSum:
+    """What a node sends back: sums over its sampled users, never anything per user."""
+
+    total: np.ndarray  # (dim,) float32 sum of clipped (and, in local mode, noised) per-user updates
+    count: int  # sampled users included
+    unclipped_count: int  # of them, how many had update norm <= C before clipping
+
+
+class LocalTrainer:
+    """Local training of the sampled users a node hosts (one user, or a shard of many virtual devices).
+
+    seqs: the node's view of the training sequences, indexed by global user index; blocked: (n_items,) bool,
+    items held out of all training (never drawn as negatives); layout: the trained parameters, the flat
+    vector a round exchanges. Parameters outside the layout keep the values `model` has.
+    """
+
+    def __init__(
+        self,
+        model: TwoTower,
+        seqs: UserSequences,
+        *,
+        layout: ParamLayout,
+        blocked: np.ndarray,
+        config: FederatedConfig,
+    ) -> None:
+        if blocked.shape != (model.items.n_items,) or blocked.dtype != np.bool_:
+            raise ConfigError(f"blocked must be ({model.items.n_items},) bool, got {blocked.shape}")
+        self.model, self.seqs, self.layout, self.config = model, seqs, layout, config
+        self.examples = UserExamples(seqs, max_examples=config.max_examples_per_user)
+        self.allowed = np.flatnonzero(~blocked)  # (n_allowed,) sorted
+        steps, rate = config.local_steps, config.local_learning_rate
+        check_update_scales(model, config.update_scales)
+        self.scales = group_scales(layout, config.update_scales)
+        self.updates = ChunkUpdates(model, layout, steps=steps, learning_rate=rate, scales=self.scales)
+        self.reference = ReferenceLoss(model)
+
+    def negatives(self, round_seed: int) -> Negatives:
+        """The round's shared negatives (the same on every device for the same round seed)."""
+        return draw_negatives(self.allowed, self.config.n_negatives, round_seed=round_seed)
+
+    def clipped_sum(
+        self,
+        params: np.ndarray,
+        users: np.ndarray,
+        *,
+        round_seed: int,
+        clip_norm: float,
+        local_noise_multiplier: float = 0.0,
+        noise: GaussianNoise | None = None,
+    ) -> UpdateSum:
+        """Sum over `users` (distinct global user indices) of their updates clipped to L2 norm `clip_norm`.
+
+        With local_noise_multiplier z > 0 (local DP), each user's clipped update gets N(0, (z C)^2) noise
+        per coordinate before the sum; the sum of n such independent draws is distributed exactly as one
+        N(0, n (z C)^2) draw, which is what is added (n times fewer draws from `noise`).
+        """
+        check_flat(params, self.layout)
+        users = self._check_users(users)
+        if not (math.isfinite(clip_norm) and clip_norm > 0):
+            raise ConfigError(f"clip_norm must be positive and finite, got {clip_norm}")
+        if not (math.isfinite(local_noise_multiplier) and local_noise_multiplier >= 0):
+            raise ConfigError(f"local_noise_multiplier must be >= 0, got {local_noise_multiplier}")
+        if local_noise_multiplier > 0 and noise is None:
+            raise ConfigError("local noise needs a noise source")
+        total, unclipped = self._sum(
+            torch.from_numpy(params.astype(np.float32)), users, round_seed, clip_norm
+        )
+        if local_noise_multiplier > 0 and noise is not None and users.size:
+            std = local_noise_multiplier * clip_norm * math.sqrt(users.size)
+            total += noise.sample(self.layout.dim, std=std)
+        return UpdateSum(total.astype(np.float32), int(users.size), unclipped)
+
+    def _sum(
+        self, params: torch.Tensor, users: np.ndarray, round_seed: int, clip_norm: float
+    ) -> tuple[np.ndarray, int]:
+        """(float64 sum (P,), unclipped count) over the users, chunk by chunk."""
+        self.model.eval()
+        negatives = self.negatives(round_seed)
+        counts = self.examples.count(users)
+        order = np.argsort(counts, kind="stable")  # users with similar example counts share a chunk
+        active = order[counts[order] > 0]
+        total = torch.zeros(self.layout.dim, dtype=torch.float64)
+        unclipped, rejected = int(users.size - active.size), 0
+        for part in plan_chunks(counts[active], max_users=self.config.chunk_size):
+            chunk = build_chunk(
+                self.examples, users[active[part]], negatives.items, max_history=self.model.config.max_history
+            )
+            blocks, factor = self.updates(params, chunk, negatives)
+            clipped_total, norms = clipped_sum_of_blocks(blocks, factor=factor, clip_norm=clip_norm)
+            total += clipped_total
+            unclipped += int((norms <= clip_norm).sum())
+            rejected += int((~torch.isfinite(norms)).sum())
+        if rejected:
+            log.warning("%d local updates were not finite and count as zero updates", rejected)
+        return total.numpy(), unclipped
+
+    def user_update(self, params: np.ndarray, user: int, *, round_seed: int) -> np.ndarray:
+        """(P,) float32 unclipped update of one user, (theta_K - theta_0) / s in the update-scale
+        parametrisation (FederatedConfig.update_scales; s = 1 by default): the plain autograd path."""
+        check_flat(params, self.layout)
+        user = int(self._check_users(np.array([user]))[0])
+        _, rows = self.examples.rows_of(np.array([user]))
+        if rows.size == 0:
+            return np.zeros(self.layout.dim, dtype=np.float32)
+        max_history = self.model.config.max_history
+        batch = gather_histories(
+            self.seqs, np.full(rows.size, user), rows, self.seqs.timestamps[rows], max_history
+        )
+        targets = torch.from_numpy(self.seqs.items[rows].astype(np.int64))  # (n,)
+        negatives, rate = self.negatives(round_seed), self.config.local_learning_rate
+        self.model.eval()
+        start = split_flat(torch.from_numpy(params.astype(np.float32)), self.layout)
+        theta = {n: t.clone().requires_grad_() for n, t in start.items()}
+        for _ in range(self.config.local_steps):
+            values = {**self.updates.frozen, **{PREFIX + n: t for n, t in theta.items()}}
+            loss = functional_call(self.reference, values, (batch, targets, negatives))
+            grads = torch.autograd.grad(loss, list(theta.values()))
+            # one step: exactly -lr s^2 g in theta (training in phi, theta = s * phi)
+            delta = {n: -rate * self.scales[n] ** 2 * g for n, g in zip(theta, grads, strict=True)}
+            theta = {n: (t + delta[n]).detach().requires_grad_() for n, t in theta.items()}
+        if self.config.local_steps > 1:
+            delta = {n: theta[n].detach() - start[n] for n in theta}
+        # the update in phi: delta_theta / s
+        return torch.cat([(delta[n] / self.scales[n]).reshape(-1) for n in self.layout.names]).numpy()
+
+    def _check_users(self, users: np.ndarray) -> np.ndarray:
+        """`users` as int64, checked: 1-D, distinct (each user takes part at most once a round), in range."""
+        users = np.asarray(users)
+        if users.ndim != 1 or (users.size and not np.issubdtype(users.dtype, np.integer)):
+            raise DataError("sampled users must be a 1-D array of user indices")
+        users = users.astype(np.int64)
+        if users.size and (users.min() < 0 or users.max() >= self.seqs.n_users):
+            raise DataError("a sampled user index is outside this node's sequences")
+        if np.unique(users).size != users.size:
+            raise DataError("a user was sampled twice in one round")
+        return users
+
+
+def clipped_sum_of_blocks(
+    blocks: Sequence[torch.Tensor | Factored], *, factor: float, clip_norm: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum (P,) float64, norms (B,) float64) of the updates factor * cat(blocks, dim=1), one (B, size)
+    block (or its Factored form) per parameter, each update (row) scaled to L2 norm <= clip_norm first.
+
+    `shared.privacy.clipping.clip_rows` then a sum, in two passes over the numbers instead of about ten and
+    without concatenating them: block norms in float32 (relative error ~1e-6 at these sizes, covered by
+    shrinking clipped rows by a further 1e-5, so every row's contribution stays <= C), factored ones in
+    float64, then one weighted sum as a matrix product per block. A row with a NaN or infinite entry adds
+    nothing (its norm is not finite).
+    """
+    squares = torch.stack([_squared_norms(block) for block in blocks])  # (n, B) float64
+    norms = squares.sum(dim=0).sqrt() * abs(factor)  # (B,)
+    finite = torch.isfinite(norms)
+    scale = torch.where(norms > clip_norm, clip_norm / norms * _CLIP_MARGIN, torch.ones_like(norms))
+    scale = torch.where(finite, scale, torch.zeros_like(scale)).float()  # (B,)
+    if not bool(finite.all()):
+        blocks = [_zero_rows(block, finite) for block in blocks]
+    sums = [b.weighted_sum(scale) if isinstance(b, Factored) else scale[None, :] @ b for b in blocks]
+    total = torch.cat([s.reshape(-1) for s in sums]).double() * factor  # (P,)
+    return total, norms
+
+
+def _squared_norms(block: torch.Tensor | Factored) -> torch.Tensor:
+    if isinstance(block, Factored):
+        return block.squared_norms()
+    return torch.linalg.vector_norm(block, dim=1).square().double()
+
+
+def _zero_rows(block: torch.Tensor | Factored, keep: torch.Tensor) -> torch.Tensor | Factored:
+    if isinstance(block, Factored):
+        return block.zero_rows(keep)
+    return torch.where(keep[:, None], block, torch.zeros_like(block))

@@ -1,0 +1,1 @@
+"""Catalogue writes after a release: validated items, their item-tower vectors, signed catalogue deltas."""

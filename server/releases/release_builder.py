@@ -1,0 +1,223 @@
+"""Model releases: build one from a finished (or checkpointed) run, keep their history, withdraw one.
+
+A release folder (see shared/release_manifest.py for the manifest) holds:
+- `user_tower.onnx`: the user tower (opset 17, exported in eval mode, dynamic batch and history length);
+  inputs history (B, L, E) float32 item vectors, events (B, L) int64, gaps (B, L) int64, hour (B,) int64,
+  weekday (B,) int64; output user_vector (B, E), unit norm;
+- `item_vectors_f32.npy` (N, E) float32, the item tower's vectors of the whole catalogue;
+- `item_vectors_int8.npy` (N, E) int8 and `item_scales.npy` (N,) float32: symmetric per-row quantisation,
+  vector ~ int8 * scale;
+- `item_projection.npy` (E, P) float32, the top P = min(64, E) principal directions of the item vectors,
+  `item_codes_int8.npy` (P, N) int8 (one column per item) and `item_code_scales.npy` (N,) float32: the
+  device's coarse codes, Q^T v ~ code * scale (shared/item_codes.py). Optional for a device: releases
+  before these files load too, the device computes the same from the item vectors;
+- `item_bias.npy` (N,) float32 and, in `scoring.json`, the temperature: score = t <u, v> + bias;
+- `items.json`: the catalogue's metadata (id, title, category, brand, price, created_at, on_promotion);
+- `trending_counts.npy` (N,) float32 when the run made DP trending releases: the latest accounted counts
+  (server/releases/release_trending.py), bound to their ledger entry in the manifest's privacy block.
+
+The store of releases, their history and the signed index is server/releases/release_store.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from server.releases.release_trending import epsilon_all, latest_trending
+from shared.config import from_flat
+from shared.data.schema import UNKNOWN_TIME, Catalogue
+from shared.data.source import load_configured
+from shared.errors import ConfigError, DataError
+from shared.item_codes import (
+    CODE_SCALES_FILE,
+    CODES_FILE,
+    PROJECTION_FILE,
+    coarse_codes,
+    code_dim_for,
+    principal_projection,
+    quantize_rows,
+)
+from shared.model import ItemFeatures, TwoTower
+from shared.model.params import params_sha256, set_flat, trainable_layout
+from shared.release_manifest import file_digest
+from shared.run_folder import RunFolder
+from shared.signing import Ed25519PublicKey
+
+USER_TOWER = "user_tower.onnx"
+ITEMS_F32 = "item_vectors_f32.npy"
+ITEMS_INT8 = "item_vectors_int8.npy"
+ITEM_SCALES = "item_scales.npy"
+ITEM_BIAS = "item_bias.npy"
+ITEMS_META = "items.json"
+SCORING = "scoring.json"
+INDEX = "index.json"
+ONNX_OPSET = 17
+USER_TOWER_INPUTS = ("history", "events", "gaps", "hour", "weekday")
+
+
+def export_user_tower(model: TwoTower, path: Path) -> None:
+    """Write the user tower as ONNX (opset 17, eval mode, dynamic batch and history length)."""
+    model.eval()
+    tower = model.users
+    batch, length, dim = 2, tower.max_history, model.items.text.shape[1]
+    example = (
+        torch.zeros(batch, length, dim),
+        torch.ones(batch, length, dtype=torch.int64),
+        torch.zeros(batch, length, dtype=torch.int64),
+        torch.zeros(batch, dtype=torch.int64),
+        torch.zeros(batch, dtype=torch.int64),
+    )
+    dynamic = {name: {0: "batch", 1: "length"} for name in USER_TOWER_INPUTS[:3]}
+    dynamic.update({name: {0: "batch"} for name in USER_TOWER_INPUTS[3:]})
+    dynamic["user_vector"] = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter (dynamo=False) on purpose: the dynamo one needs onnxscript (NOTES.md)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript")
+        torch.onnx.export(
+            tower,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=list(USER_TOWER_INPUTS),
+            output_names=["user_vector"],
+            dynamic_axes=dynamic,
+        )
+
+
+def catalogue_metadata(catalogue: Catalogue) -> list[dict[str, Any]]:
+    """One JSON-safe record per item, in index order."""
+    rows = []
+    for i in range(catalogue.n_items):
+        price = float(catalogue.price[i])
+        created = int(catalogue.created_at[i])
+        rows.append(
+            {
+                "id": catalogue.item_ids[i],
+                "title": catalogue.titles[i],
+                "category": catalogue.categories[i],
+                "brand": catalogue.brands[i],
+                "price": None if math.isnan(price) else round(price, 2),
+                "created_at": None if created == UNKNOWN_TIME else created,
+                "on_promotion": bool(catalogue.on_promotion[i]),
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class ReleaseSource:
+    """Everything a release is made of besides the model: provenance and the privacy spent."""
+
+    run_id: str
+    model_sha256: str
+    model_round: int
+    encoder: dict[str, str]
+    privacy: dict[str, Any]  # unit, epsilon, delta, ledger_head, ledger_entries[, record_epsilon, ...]
+    trending_file: Path | None = None  # the run's counts file for privacy["trending"], when there is one
+
+
+def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> None:
+    """The release's model and catalogue files (not the manifest) into `folder`."""
+    if catalogue.n_items != model.items.n_items:
+        raise ConfigError(f"catalogue has {catalogue.n_items} items, the model {model.items.n_items}")
+    model.eval()
+    export_user_tower(model, folder / USER_TOWER)
+    with torch.no_grad():
+        vectors, bias = model.items()
+        temperature = float(model.temperature())
+    vectors_np = vectors.numpy().astype(np.float32)
+    q, scale = quantize_rows(vectors_np)
+    np.save(folder / ITEMS_F32, vectors_np)
+    np.save(folder / ITEMS_INT8, q)
+    np.save(folder / ITEM_SCALES, scale)
+    projection = principal_projection([vectors_np], code_dim_for(*vectors_np.shape))
+    codes, code_scales = coarse_codes(vectors_np, projection)
+    np.save(folder / PROJECTION_FILE, projection)
+    np.save(folder / CODES_FILE, codes)
+    np.save(folder / CODE_SCALES_FILE, code_scales)
+    np.save(folder / ITEM_BIAS, bias.numpy().astype(np.float32))
+    (folder / ITEMS_META).write_text(json.dumps(catalogue_metadata(catalogue), ensure_ascii=False))
+    scoring = {
+        "temperature": temperature,
+        "max_history": model.users.max_history,
+        "dim": int(vectors.shape[1]),
+    }
+    (folder / SCORING).write_text(json.dumps(scoring))
+
+
+def load_run(
+    run_dir: Path, public_key: Ed25519PublicKey, *, round_number: int | None = None
+) -> tuple[TwoTower, Catalogue, ReleaseSource]:
+    """The model of a run (its final model, or the checkpoint of `round_number`), its catalogue, and the
+    release provenance. The run's ledger must verify with `public_key`, and the parameters must be the
+    ones the ledger records for that round (model_sha256_after): a release never carries an unaccounted
+    model."""
+    from server.audit.verify import verify_ledger  # the auditor's checks, run before anything is released
+
+    folder = RunFolder(Path(run_dir))
+    report = verify_ledger(folder.root, public_key)
+    if not report.ok:
+        raise DataError(f"the run's ledger does not verify: {report.problems[:3]}")
+    config = from_flat(json.loads(folder.config.read_text()))
+    ledger = [json.loads(line) for line in folder.ledger.read_text().splitlines() if line.strip()]
+    entries = [e for e in ledger if "kind" not in e]  # the training rounds, in order
+    if round_number is None:
+        params = np.load(folder.final_params)
+        round_number = int(json.loads(folder.summary.read_text()).get("rounds", len(entries)))
+    else:
+        checkpoint = folder.checkpoints / f"round-{round_number:05d}.pt"
+        if not checkpoint.exists():
+            raise ConfigError(f"no checkpoint for round {round_number} in {folder.checkpoints}")
+        params = torch.load(checkpoint, weights_only=False)["params"]
+    if not 1 <= round_number <= len(entries):
+        raise DataError(f"round {round_number} is not in the ledger ({len(entries)} entries)")
+    entry = entries[round_number - 1]
+    if params_sha256(params) != entry["model_sha256_after"]:
+        raise DataError(
+            f"the run's parameters are not the model the ledger records after round {round_number}"
+        )
+    dataset, _ = load_configured(config.data)
+    vectors = np.load(folder.item_vectors)
+    torch.manual_seed(
+        config.federated.seed
+    )  # parameters outside the trained layout keep their initial values
+    model = TwoTower(ItemFeatures.from_catalogue(dataset.catalogue, vectors), config.model)
+    set_flat(model, trainable_layout(model, config.federated.trainable), params)
+    privacy: dict[str, Any] = {
+        "unit": entry.get("unit_of_privacy", "user"),
+        "epsilon": entry["user_epsilon"]["pld"],
+        "epsilon_rdp": entry["user_epsilon"]["rdp"],
+        "delta": entry["delta"],
+        "ledger_head": entry["entry_hash"],
+        "ledger_entries": round_number,
+        "ledger_key_id": entry["key_id"],
+    }
+    for name in ("record_epsilon", "record_delta", "participation_cap", "epsilon_bound"):
+        if name in entry:
+            privacy[name] = entry[name]
+    trending = latest_trending(ledger, round_number, folder.root)
+    if trending is not None:
+        privacy["trending"] = trending[1]
+        privacy["epsilon_all"] = epsilon_all(privacy["epsilon"], trending[1])
+    source = ReleaseSource(
+        run_id=str(entry["run_id"]),
+        model_sha256=str(entry["model_sha256_after"]),
+        model_round=round_number,
+        encoder={
+            "name": config.encoder.model_name,
+            "backend": config.encoder.backend,
+            "item_text_vectors_sha256": file_digest(folder.item_vectors)["sha256"],
+        },
+        privacy=privacy,
+        trending_file=None if trending is None else trending[0],
+    )
+    return model, dataset.catalogue, source

@@ -1,0 +1,1 @@
+"""Secure aggregation with distributed noise, the server's side: the round and its message stages."""

@@ -1,0 +1,261 @@
+"""A trending round of a federated run: budget check, Poisson sample, query, noise, counts file, ledger.
+
+When (`TrendingConfig`): after every `every_rounds` training rounds and/or once after the last one
+(`final`). Each release is accounted by the run's own accountant as RoundEvent(q_t, z_t), composed with
+the training rounds; a release that would take the user epsilon past the budget is refused
+(BudgetExhaustedError) and nothing is sampled, queried or written.
+
+Order (what makes a kill safe): the counts file (atomic), the checkpoint of the current round again, now
+holding the accountant with this release and the trending entry, then the ledger entry. A resumed run whose
+ledger lacks that entry appends it from the checkpoint (server/rounds/coordinator.py); a counts file whose
+entry never reached a checkpoint was not accounted and is deleted on resume (`remove_unaccounted_counts`). A
+kill between a training round and its periodic release skips that release; the final one is made on resume if
+missing.
+
+The entry (kind "trending_counts", no "round": "after_round" is the training round it follows) records the
+mechanism's parameters, the realised cohort, the noise std applied, the sha256 of the counts file and the
+epsilon spent so far, under the same chain and signature as the training rounds (server/ledger.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from server.rounds.privacy_plan import EPSILON_SLACK, derived_seed
+from server.rounds.update_transport import secure_settings
+from server.strategy import poisson_sample
+from server.trending.trending_query import (
+    SENSITIVITY,
+    NoisedCounts,
+    TrendingReplies,
+    noised_counts,
+    secure_trending_query,
+    trending_query,
+)
+from shared.errors import BudgetExhaustedError
+from shared.privacy.accounting import RoundEvent, json_epsilon
+from shared.privacy.noise import GaussianNoise
+from shared.release_manifest import file_digest
+
+if TYPE_CHECKING:
+    from server.rounds.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+TRENDING_KIND = "trending_counts"  # server/ledger.py has the same
+ESTIMATOR = "(sum + noise) * sqrt(max_items) / sample_rate"
+SECONDS_PER_DAY = 86_400
+_SAMPLE_SALT, _NOISE_SALT = 5, 4  # per-release seeds when privacy.seed is fixed (tests, reproductions)
+
+
+def is_trending(entry: dict[str, Any]) -> bool:
+    return entry.get("kind") == TRENDING_KIND
+
+
+def trending_due(coordinator: Coordinator, *, final: bool) -> bool:
+    """Is a trending release due now: after this training round (periodic), or at the end of the run
+    (`final`)? Never twice after the same round, never before the first round."""
+    trending, after = coordinator.config.trending, coordinator.state.round
+    due = trending.final if final else trending.every_rounds > 0 and after % trending.every_rounds == 0
+    return after > 0 and due and not released_after(coordinator, after)
+
+
+def released_after(coordinator: Coordinator, after: int) -> bool:
+    """Is the ledger's last entry the trending release after round `after`?"""
+    entries = coordinator.ledger.entries()
+    return bool(entries) and is_trending(entries[-1]) and entries[-1].get("after_round") == after
+
+
+def trending_event(coordinator: Coordinator) -> RoundEvent:
+    """RoundEvent(q_t, z_t) of one release (z_t = 0 in privacy mode "none": counts without noise)."""
+    trending = coordinator.config.trending
+    z = 0.0 if coordinator.plan.mode == "none" else trending.noise_multiplier
+    return RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=z)
+
+
+def check_trending_budget(coordinator: Coordinator, event: RoundEvent) -> None:
+    """BudgetExhaustedError when this release would take the user epsilon past the budget."""
+    plan = coordinator.plan
+    if plan.mode == "none":
+        return
+    epsilon = coordinator.accountant.epsilon_if(event)
+    if epsilon > plan.target_epsilon * (1 + EPSILON_SLACK):
+        raise BudgetExhaustedError(
+            f"the trending release after round {coordinator.state.round} would bring user-level epsilon to "
+            f"{epsilon:.3f}, past the budget of {plan.target_epsilon} (delta {plan.delta:.3g}): refused"
+        )
+
+
+def run_trending_round(coordinator: Coordinator, grid: Any, *, n_items: int) -> dict[str, Any]:
+    """One accounted trending release over a catalogue of `n_items` after the current training round;
+    returns its ledger entry."""
+    trending, seed = coordinator.config.trending, coordinator.config.privacy.seed
+    event = trending_event(coordinator)
+    check_trending_budget(coordinator, event)
+    after = coordinator.state.round
+    rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, after, _SAMPLE_SALT))
+    cohort = poisson_sample(coordinator.population.n_users, sample_rate=event.sample_rate, rng=rng)
+    as_of = trending.as_of_s or int(time.time())
+    assignment, secure_record = coordinator.population.split(cohort), None
+    noise = (
+        coordinator.noise.current if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, _NOISE_SALT))
+    )
+    window_s, max_items = trending.window_days * SECONDS_PER_DAY, trending.max_items
+    if coordinator.config.privacy.secure_aggregation:
+        secure = replace(
+            secure_settings(coordinator, event.noise_multiplier, noise),
+            mode="none" if coordinator.plan.mode == "none" else "central",
+            noise_multiplier=event.noise_multiplier,
+        )
+        header = {"run-id": coordinator.state.run_id, "round": after}
+        replies, result, secure_record = secure_trending_query(
+            grid, assignment, header=header, as_of_s=as_of, window_s=window_s, max_items=max_items,
+            n_items=n_items, sample_rate=event.sample_rate, secure=secure,
+        )  # fmt: skip
+    else:
+        replies = trending_query(
+            grid, assignment, as_of_s=as_of, window_s=window_s, max_items=max_items, n_items=n_items,
+            timeout_s=coordinator.config.federated.node_timeout_s,
+        )  # fmt: skip
+        result = noised_counts(
+            replies.total,
+            noise=noise,
+            noise_multiplier=event.noise_multiplier,
+            sample_rate=event.sample_rate,
+            max_items=trending.max_items,
+        )
+    coordinator.accountant.record(event)
+    relative = write_counts(coordinator.folder.root, after, result.counts)
+    fields = trending_fields(
+        coordinator, event, cohort.size, replies, result, as_of=as_of, counts_file=relative
+    )
+    fields.update(n_items=n_items, noise_rng=noise.source)
+    if secure_record is not None:
+        fields["secure_aggregation"] = secure_record.to_json()
+    entry = coordinator.ledger.sign(fields)
+    coordinator.checkpoint(entry)
+    coordinator.ledger.append_signed(entry)
+    return entry
+
+
+def write_counts(root: Path, after_round: int, counts: np.ndarray) -> str:
+    """The published counts as trending/after-round-NNNNN.npy (float32, atomic); its path under root."""
+    relative = f"trending/after-round-{after_round:05d}.npy"
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as handle:
+        np.save(handle, counts.astype(np.float32), allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return relative
+
+
+def remove_unaccounted_counts(root: Path, entries: list[dict[str, Any]]) -> list[str]:
+    """Delete the counts files in root/trending/ that no ledger entry names (a kill between writing the
+    file and checkpointing its entry: never accounted, so never to be published); returns their names."""
+    named = {str(e.get("counts_file")) for e in entries if is_trending(e)}
+    removed = []
+    for path in sorted((root / "trending").glob("*.npy")):
+        if f"trending/{path.name}" not in named:
+            path.unlink()
+            removed.append(f"trending/{path.name}")
+    if removed:
+        log.warning("removed trending counts no ledger entry accounts for: %s", ", ".join(removed))
+    return removed
+
+
+def trending_fields(
+    coordinator: Coordinator,
+    event: RoundEvent,
+    cohort: int,
+    replies: TrendingReplies,
+    result: NoisedCounts,
+    *,
+    as_of: int,
+    counts_file: str,
+) -> dict[str, Any]:
+    """The ledger fields of one trending release (everything an auditor needs to recompute its cost)."""
+    trending, plan, n = coordinator.config.trending, coordinator.plan, coordinator.population.n_users
+    spent = (
+        {k: json_epsilon(v) for k, v in coordinator.accountant.spent().items()}
+        if plan.mode != "none"
+        else {"pld": "inf", "rdp": "inf"}
+    )
+    return {
+        "kind": TRENDING_KIND,
+        "mechanism": "poisson_subsampled_gaussian_sum",
+        "run_id": coordinator.state.run_id,
+        "after_round": coordinator.state.round,
+        "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "none" if plan.mode == "none" else "central",
+        "unit_of_privacy": "user",
+        "sampling": "poisson",
+        "sample_rate": event.sample_rate,
+        "population": n,
+        "expected_cohort": event.sample_rate * n,
+        "realised_cohort": cohort,
+        "aggregated_users": replies.count,
+        "rejected_updates": replies.rejected_users,
+        "max_items": trending.max_items,
+        "item_weight": 1.0 / math.sqrt(trending.max_items),
+        "sensitivity": SENSITIVITY,
+        "window_days": trending.window_days,
+        "as_of_s": as_of,
+        "noise_multiplier": event.noise_multiplier,
+        "noise_std": result.noise_std,
+        "count_noise_std": result.count_std,
+        "estimator": ESTIMATOR,
+        "counts_file": counts_file,
+        "counts_sha256": file_digest(coordinator.folder.root / counts_file)["sha256"],
+        "delta": plan.delta,
+        "user_epsilon": spent,
+        "accountant_versions": coordinator.accountant.versions(),
+    }
+
+
+class TrendingSchedule:
+    """The run's trending releases: after every `every_rounds` rounds and/or at the end (TrendingConfig).
+    A release over budget is refused and noted; training goes on under its own budget check."""
+
+    def __init__(self, coordinator: Coordinator, grid: Any, *, n_items: int) -> None:
+        self.coordinator, self.grid, self.n_items = coordinator, grid, n_items
+        self.refused: list[str] = []
+
+    def after_round(self) -> None:
+        if trending_due(self.coordinator, final=False):
+            self._release()
+
+    def at_end(self) -> None:
+        if trending_due(self.coordinator, final=True):
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            entry = run_trending_round(self.coordinator, self.grid, n_items=self.n_items)
+        except BudgetExhaustedError as exc:
+            log.warning("%s", exc)
+            self.refused.append(str(exc))
+            return
+        log.info(
+            "trending release after round %d: cohort %d, user epsilon %s",
+            entry["after_round"],
+            entry["realised_cohort"],
+            entry["user_epsilon"]["pld"],
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The releases in the ledger (file, entry hash, epsilon so far) and the refused ones."""
+        keys = ("after_round", "counts_file", "counts_sha256", "entry_hash", "user_epsilon")
+        entries = [e for e in self.coordinator.ledger.entries() if is_trending(e)]
+        return {"releases": [{k: e[k] for k in keys} for e in entries], "refused": self.refused}

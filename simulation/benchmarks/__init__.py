@@ -1,0 +1,1 @@
+"""Benchmarks and diagnostics (commands that print figures; not tests, not the product)."""

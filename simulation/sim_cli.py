@@ -1,0 +1,286 @@
+"""`fedhome-sim`: models on a shop, federated training, canary audits, the synthetic shop as CSV."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.config import FedhomeConfig, with_overrides
+from shared.errors import FedhomeError
+from simulation.canary_audit import BREAKAGES
+from simulation.results_folder import markdown_table, population_line, write_results
+from simulation.run import MODEL_NAMES, ModelName, prepare, run_model
+
+log = logging.getLogger(__name__)
+
+
+def _parse_models(text: str) -> list[ModelName]:
+    names = list(MODEL_NAMES) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODEL_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {unknown}; choose from {', '.join(MODEL_NAMES)} or all"
+        )
+    return names  # type: ignore[return-value]
+
+
+def _parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. train.epochs=3), got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _add_shop_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    """The options `run` and `federated` share: data format, output folder, synthetic size, overrides."""
+    parser.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
+    parser.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
+    parser.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set train.epochs=3 --set federated.sample_rate=0.02",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedhome-sim", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="fit and evaluate models on a shop; write a results folder")
+    run.add_argument(
+        "--dataset", default="synthetic", help="'synthetic' or a data folder/file (default synthetic)"
+    )
+    _add_shop_arguments(run, out_help="results folder (default runs/<dataset>-<time>)")
+    run.add_argument("--model", type=_parse_models, default=list(MODEL_NAMES), help="comma list or 'all'")
+    run.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
+
+    fed = sub.add_parser(
+        "federated",
+        help="federated training under user-level DP in Flower's simulation engine; writes a run folder",
+        description="Resumes from the run folder's newest checkpoint when it has one.",
+    )
+    fed.add_argument("--dataset", default="synthetic", help="'synthetic' or a data folder/file")
+    _add_shop_arguments(fed, out_help="run folder (default runs/federated-<dataset>)")
+    fed.add_argument("--rounds", type=int, default=None, help="federated.rounds")
+    fed.add_argument("--epsilon", type=float, default=None, help="privacy.target_epsilon (user level)")
+    fed.add_argument("--mode", choices=["central", "local", "none"], default=None, help="privacy.mode")
+
+    cal = sub.add_parser(
+        "calibrate", help="the noise multiplier z that spends a user-level (epsilon, delta) in T rounds"
+    )
+    cal.add_argument("--epsilon", type=float, required=True, help="target user-level epsilon")
+    cal.add_argument("--rounds", type=int, required=True, help="rounds T")
+    cal.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate q")
+    group = cal.add_mutually_exclusive_group(required=True)
+    group.add_argument("--delta", type=float, help="delta")
+    group.add_argument("--population", type=int, help="number of users N (delta = N^-1.1)")
+    cal.add_argument(
+        "--trending-releases", type=int, default=0, help="DP trending releases the epsilon also covers"
+    )
+    cal.add_argument("--trending-sample-rate", type=float, default=1.0, help="their q_t")
+    cal.add_argument("--trending-noise-multiplier", type=float, default=2.0, help="their z_t")
+
+    can = sub.add_parser(
+        "canary",
+        help="empirical privacy audit with canary clients; exits 1 when a lower bound beats the accountant",
+        description="Trains with canary clients (Andrew et al. 2024) and compares the epsilon estimate and "
+        "lower bounds (Clopper-Pearson threshold test; Steinke, Nasr & Jagielski 2023) with the analytic "
+        "epsilon. Writes canary_audit.json into --out.",
+    )
+    can.add_argument("--dataset", default="synthetic", help="'synthetic' or a data folder/file")
+    _add_shop_arguments(can, out_help="folder for canary_audit.json (default runs/canary-<model>)")
+    can.add_argument("--model", choices=["recommender", "linear"], default="recommender")
+    can.add_argument("--rounds", type=int, default=None, help="federated.rounds")
+    noise = can.add_mutually_exclusive_group(required=True)
+    noise.add_argument("--epsilon", type=float, help="calibrate z to this user-level epsilon")
+    noise.add_argument("--noise-multiplier", type=float, help="z")
+    can.add_argument("--canaries", type=int, default=1200, help="canary directions, each inserted w.p. 1/2")
+    can.add_argument(
+        "--break",
+        dest="breakage",
+        choices=BREAKAGES,
+        default="none",
+        help="audit a deliberately broken mechanism (the accountant still assumes z)",
+    )
+    can.add_argument("--linear-users", type=int, default=20_000, help="--model linear: users")
+    can.add_argument("--linear-dim", type=int, default=10_000, help="--model linear: parameters")
+    can.add_argument("--seed", type=int, default=0, help="canaries, sampling and noise")
+
+    gen = sub.add_parser("generate", help="write the synthetic shop as items.csv + interactions.csv")
+    gen.add_argument("out", type=Path, help="folder to write")
+    gen.add_argument("--users", type=int, default=None)
+    gen.add_argument("--items", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FedhomeConfig:
+    overrides: dict[str, Any] = dict(args.overrides) if hasattr(args, "overrides") else {}
+    for flag, key in (
+        ("dataset", "data.dataset"),
+        ("format", "data.format"),
+        ("users", "data.synthetic.n_users"),
+        ("items", "data.synthetic.n_items"),
+        ("seed", "data.synthetic.seed"),
+        ("rounds", "federated.rounds"),
+        ("epsilon", "privacy.target_epsilon"),
+        ("mode", "privacy.mode"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = str(value)
+    if getattr(args, "skip_bad_rows", False):
+        overrides["data.skip_bad_rows"] = "true"
+    config: FedhomeConfig = with_overrides(FedhomeConfig(), overrides)
+    return config
+
+
+def command_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    start = time.perf_counter()
+    progress = not args.no_progress and sys.stderr.isatty()
+    prep = prepare(config, progress=progress)
+    if prep.load_report is not None:
+        print(prep.load_report.summary())
+    runs = [run_model(prep, name) for name in args.model]
+    wall_s = time.perf_counter() - start
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = args.out or Path("runs") / f"{Path(prep.dataset.name).name}-{stamp}"
+    command = "fedhome-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_results(folder, prep, runs, command=command, wall_s=wall_s)
+    print(f"\n{population_line(prep, runs)}\n")
+    print(markdown_table(runs))
+    print(f"\nresults written to {folder} ({wall_s:.0f} s)")
+    return 0
+
+
+def command_federated(args: argparse.Namespace) -> int:
+    from simulation.federated import run_federated, write_federated_results
+
+    config = config_from_args(args)
+    name = Path(config.data.dataset).name
+    folder = args.out or Path("runs") / f"federated-{name}"
+    config = with_overrides(config, {"federated.run_dir": str(folder)})
+    progress = not args.no_progress and sys.stderr.isatty()
+    prep = prepare(config, progress=progress)
+    result = run_federated(config, prep.split, progress=progress)
+    command = "fedhome-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(write_federated_results(result, command=command))
+    return 0
+
+
+def command_calibrate(args: argparse.Namespace) -> int:
+    from shared.privacy.accounting import (
+        RoundEvent,
+        calibrate_noise_multiplier,
+        default_delta,
+        pld_epsilon,
+        rdp_epsilon,
+    )
+
+    delta = args.delta if args.delta is not None else default_delta(args.population)
+    trending = [
+        RoundEvent(sample_rate=args.trending_sample_rate, noise_multiplier=args.trending_noise_multiplier)
+    ] * args.trending_releases  # fixed releases: the target covers them and the training rounds together
+    z = calibrate_noise_multiplier(
+        target_epsilon=args.epsilon,
+        delta=delta,
+        sample_rate=args.sample_rate,
+        rounds=args.rounds,
+        fixed_events=trending,
+    )
+    events = [RoundEvent(sample_rate=args.sample_rate, noise_multiplier=z)] * args.rounds + trending
+    print(
+        json.dumps(
+            {
+                "noise_multiplier": z,
+                "delta": delta,
+                "user_epsilon_pld": pld_epsilon(events, delta=delta),
+                "user_epsilon_rdp": rdp_epsilon(events, delta=delta),
+            }
+        )
+    )
+    return 0
+
+
+def command_canary(args: argparse.Namespace) -> int:
+    import torch
+
+    from shared.privacy.accounting import calibrate_noise_multiplier, default_delta
+    from simulation.canary_audit import run_canary_audit, write_audit
+    from simulation.canary_models import linear_setup, recommender_setup
+
+    config = config_from_args(argparse.Namespace(**{**vars(args), "seed": None}))
+    torch.set_num_threads(1)
+    if args.model == "linear":
+        config = with_overrides(
+            config, {"federated.server_optimizer": "sgd", "federated.server_learning_rate": "1"}
+        )
+        setup = linear_setup(n_users=args.linear_users, dim=args.linear_dim, seed=args.seed)
+    else:
+        setup = recommender_setup(config)
+    z = args.noise_multiplier
+    if z is None:
+        population = (
+            setup.n_users + args.canaries // 2
+        )  # the expected inserted count; the audit uses the real one
+        z = calibrate_noise_multiplier(
+            target_epsilon=args.epsilon,
+            delta=default_delta(population),
+            sample_rate=config.federated.sample_rate,
+            rounds=config.federated.rounds,
+        )
+    result = run_canary_audit(
+        setup, config, canaries=args.canaries, noise_multiplier=z, breakage=args.breakage, seed=args.seed
+    )
+    path = write_audit(result, args.out or Path("runs") / f"canary-{args.model}")
+    print(result.summary())
+    print(f"written to {path}")
+    return 0 if result.ok else 1
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    from shared.data.synthetic import write_shop_csv
+
+    config = config_from_args(args)
+    report = write_shop_csv(config.data.synthetic, args.out)
+    print(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        commands = {
+            "run": command_run,
+            "federated": command_federated,
+            "calibrate": command_calibrate,
+            "canary": command_canary,
+            "generate": command_generate,
+        }
+        return commands[args.command](args)
+    except FedhomeError as exc:
+        print(f"fedhome-sim: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
