@@ -55,6 +55,11 @@ RESERVED_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
 TRENDING_KIND = "trending_counts"  # an entry of a trending release (server/trending/trending_round.py)
 
 
+def is_trending(entry: dict[str, Any]) -> bool:
+    """Is this the entry of a trending release (not of a training round)?"""
+    return entry.get("kind") == TRENDING_KIND
+
+
 def signed_bytes(entry: dict[str, Any]) -> bytes:
     """What the signature covers: the entry without "signature" and "entry_hash"."""
     return canonical_json({k: v for k, v in entry.items() if k not in ("signature", "entry_hash")})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from tqdm import tqdm
 
 from server.embedding.catalogue_embedding import embed_catalogue
 from server.ledger import PrivacyLedger
@@ -32,12 +30,12 @@ from server.rounds.messaging import discover_population, evaluate_round, poll_re
 from server.trending.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import load_configured
-from shared.errors import BudgetExhaustedError, ConfigError
+from shared.errors import ConfigError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, get_flat, set_flat, trainable_layout
 from shared.privacy.accounting import json_epsilon
 from shared.privacy.capped_accounting import CappedAccountant
-from shared.run_folder import RunFolder, append_metrics, save_final, write_json_atomic
+from shared.run_folder import RunFolder, save_final, write_json_atomic
 from shared.signing import generate_private_key, key_id, load_private_key, save_private_key, save_public_key
 
 log = logging.getLogger(__name__)
@@ -107,8 +105,16 @@ def run_training(
             grid, population.node_ids, p, max_users=FEDERATED_EVAL_USERS, timeout_s=timeout
         )
     )
+    trending = TrendingSchedule(folder.root, n_items=model.items.n_items)
     coordinator = Coordinator(
-        config, folder, population, get_flat(model, layout), layout, ledger, evaluate=evaluate
+        config,
+        folder,
+        population,
+        get_flat(model, layout),
+        layout,
+        ledger,
+        evaluate=evaluate,
+        hooks=[trending],
     )
     coordinator.resume()
     log.info(
@@ -123,8 +129,7 @@ def run_training(
     )
     if config.federated.train_on_valid:
         log.warning("devices train on their validation rows too: validation NDCG@10 is not held out")
-    trending = TrendingSchedule(coordinator, grid, n_items=model.items.n_items)
-    stop_reason = train_rounds(coordinator, grid, progress=progress, trending=trending)
+    stop_reason = coordinator.run(grid, progress=progress)
     set_flat(model, layout, coordinator.state.params)
     summary = {
         "run_id": coordinator.state.run_id,
@@ -150,73 +155,14 @@ def run_training(
         if isinstance(coordinator.accountant, CappedAccountant) and coordinator.plan.mode != "none"
         else "poisson",
         "ledger_head": ledger.head_hash(),
-        "trending": trending.summary(),  # DP trending releases (accounted in user_epsilon above)
+        "trending": trending.summary(
+            ledger.entries()
+        ),  # DP trending releases (accounted in user_epsilon above)
         "ledger_key_id": key_id(key.public_key()),
         "final_eval": coordinator.evaluate(coordinator.state.params),
     }
     save_final(folder, coordinator.state.params, model.state_dict(), summary)
     return summary
-
-
-def train_rounds(
-    coordinator: Coordinator, grid: Grid, *, progress: bool, trending: TrendingSchedule | None = None
-) -> str:
-    """Rounds until done or out of budget, with the trending releases that are due; returns why it
-    stopped."""
-    federated = coordinator.config.federated
-    bar = tqdm(
-        total=federated.rounds,
-        initial=coordinator.state.round,
-        unit="round",
-        disable=not progress,
-        desc="rounds",
-    )
-    reason = "completed all rounds"
-    if federated.eval_every and coordinator.state.round == 0:  # the starting point, for the curves
-        start = {"round": 0, "user_epsilon": 0.0, **coordinator.evaluate(coordinator.state.params)}
-        append_metrics(coordinator.folder, start)
-        log.info("round 0: valid NDCG@10 %s", start.get("valid_ndcg_10", "-"))
-    if coordinator.pending_row is not None:  # resumed after a kill that lost the last round's metrics row
-        finish_row(coordinator, coordinator.pending_row)
-        coordinator.pending_row = None
-    while coordinator.state.round < federated.rounds:
-        try:
-            row = coordinator.run_round(grid)
-        except BudgetExhaustedError as exc:
-            log.warning("%s", exc)
-            reason = f"privacy budget: {exc}"
-            break
-        finish_row(coordinator, row)
-        if trending is not None:
-            trending.after_round()
-        bar.update(1)
-        bar.set_postfix(
-            eps=f"{row['user_epsilon']:.2f}",
-            ndcg=f"{row.get('valid_ndcg_10', math.nan):.4f}",
-            cohort=row["cohort"],
-            refresh=False,
-        )
-        log.info(
-            "round %d: cohort %d, user epsilon %.3f, valid NDCG@10 %s (%.2f s)",
-            row["round"],
-            row["cohort"],
-            row["user_epsilon"],
-            row.get("valid_ndcg_10", "-"),
-            row["seconds"],
-        )
-    bar.close()
-    if trending is not None:
-        trending.at_end()
-    return reason
-
-
-def finish_row(coordinator: Coordinator, row: dict[str, Any]) -> None:
-    """Add the evaluation when this round is due for one, then append the round's metrics row."""
-    federated = coordinator.config.federated
-    every = federated.eval_every
-    if every and (row["round"] % every == 0 or row["round"] == federated.rounds):
-        row.update(coordinator.evaluate(coordinator.state.params))
-    append_metrics(coordinator.folder, row)
 
 
 def _record_epsilon(coordinator: Coordinator) -> float | str | None:

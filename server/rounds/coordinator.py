@@ -13,19 +13,22 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from server.ledger import PrivacyLedger
+from server.ledger import PrivacyLedger, is_trending
 from server.rounds.cap_fields import cap_ledger_fields
-from server.rounds.messaging import Population
+from server.rounds.messaging import Population, TrainReplies
 from server.rounds.privacy_plan import EPSILON_SLACK, PrivacyPlan, RoundNoise, derived_seed
 from server.rounds.record_level_fields import record_epsilon_so_far, record_level_fields
-from server.rounds.update_transport import collect_updates
+from server.rounds.run_hooks import MetricsFile, MetricsSink, RunHook
+from server.rounds.update_transport import RoundRequest, UpdateTransport, make_transport
 from server.strategy import (
     NoisedAggregate,
     ServerOptimizer,
@@ -34,15 +37,12 @@ from server.strategy import (
     make_server_optimizer,
     poisson_sample,
 )
-from server.trending.trending_round import is_trending, remove_unaccounted_counts
 from shared.config import FedhomeConfig
 from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model.params import ParamLayout, params_sha256, scale_vector
-from shared.privacy.accounting import (
-    RoundEvent,
-    json_epsilon,
-)
+from shared.privacy.accounting import RoundEvent, json_epsilon
 from shared.privacy.capped_accounting import CappedAccountant, accountant_from_dict, make_accountant
+from shared.privacy.noise import GaussianNoise
 from shared.run_folder import RunFolder, load_latest_checkpoint, save_checkpoint, trim_metrics
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,24 @@ class Coordinator:
         ledger: PrivacyLedger,
         *,
         evaluate: Evaluator,
+        transport: UpdateTransport | None = None,
+        hooks: Sequence[RunHook] = (),
+        metrics: MetricsSink | None = None,
     ) -> None:
+        """`transport` (default: the one the configuration asks for, `make_transport`) brings each round's
+        update sums; `hooks` run after each round and at the end (trending releases); `metrics` takes the
+        metrics rows (default: the run folder's metrics.jsonl); `evaluate` gives validation metrics."""
         self.config, self.folder, self.population = config, folder, population
         self.ledger, self.evaluate = ledger, evaluate
+        self.hooks, self.metrics = tuple(hooks), metrics or MetricsFile(folder)
         self.plan = PrivacyPlan.build(config, population.n_users)
         self.accountant = make_accountant(
             delta=self.plan.delta, participation_cap=config.privacy.participation_cap
         )
         self.noise = RoundNoise(config.privacy.seed)
+        self.transport = transport or make_transport(
+            config, mode=self.plan.mode, noise_multiplier=self.plan.noise_multiplier, noise=self.noise
+        )
         self.aggregator = UserLevelDPAggregator(
             population=population.n_users,
             sample_rate=self.plan.sample_rate,
@@ -94,6 +104,98 @@ class Coordinator:
         self.state = RunState(0, initial_params.astype(np.float32), uuid.uuid4().hex[:12])
         self.stop_reason = ""
         self.pending_row: dict[str, Any] | None = None  # set by resume(): a metrics row lost to a kill
+
+    # -- resume -------------------------------------------------------------------------------------
+    # -- the run ----------------------------------------------------------------------------------------
+    def run(self, grid: Any, *, progress: bool) -> str:
+        """Rounds until `federated.rounds` are done or the budget is spent, each followed by the hooks;
+        returns why it stopped."""
+        federated = self.config.federated
+        bar = tqdm(
+            total=federated.rounds,
+            initial=self.state.round,
+            unit="round",
+            disable=not progress,
+            desc="rounds",
+        )
+        reason = "completed all rounds"
+        if federated.eval_every and self.state.round == 0:  # the starting point, for the curves
+            start = {"round": 0, "user_epsilon": 0.0, **self.evaluate(self.state.params)}
+            self.metrics.append(start)
+            log.info("round 0: valid NDCG@10 %s", start.get("valid_ndcg_10", "-"))
+        if self.pending_row is not None:  # resumed after a kill that lost the last round's metrics row
+            self.finish_row(self.pending_row)
+            self.pending_row = None
+        while self.state.round < federated.rounds:
+            try:
+                row = self.run_round(grid)
+            except BudgetExhaustedError as exc:
+                log.warning("%s", exc)
+                reason = f"privacy budget: {exc}"
+                break
+            self.finish_row(row)
+            for hook in self.hooks:
+                hook.after_round(self, grid, row)
+            bar.update(1)
+            bar.set_postfix(
+                eps=f"{row['user_epsilon']:.2f}",
+                ndcg=f"{row.get('valid_ndcg_10', math.nan):.4f}",
+                cohort=row["cohort"],
+                refresh=False,
+            )
+            log.info(
+                "round %d: cohort %d, user epsilon %.3f, valid NDCG@10 %s (%.2f s)",
+                row["round"],
+                row["cohort"],
+                row["user_epsilon"],
+                row.get("valid_ndcg_10", "-"),
+                row["seconds"],
+            )
+        bar.close()
+        for hook in self.hooks:
+            hook.at_end(self, grid)
+        return reason
+
+    def finish_row(self, row: dict[str, Any]) -> None:
+        """Add the evaluation when this round is due for one, then hand the row to the metrics sink."""
+        federated = self.config.federated
+        every = federated.eval_every
+        if every and (row["round"] % every == 0 or row["round"] == federated.rounds):
+            row.update(self.evaluate(self.state.params))
+        self.metrics.append(row)
+
+    # -- what hooks may read and do (server/rounds/run_hooks.py: RunAccess) ------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    @property
+    def completed_rounds(self) -> int:
+        return self.state.round
+
+    @property
+    def round_noise(self) -> GaussianNoise:
+        return self.noise.current
+
+    @property
+    def run_root(self) -> Path:
+        return self.folder.root
+
+    def ledger_entries(self) -> list[dict[str, Any]]:
+        return self.ledger.entries()
+
+    def record_event(self, event: RoundEvent) -> dict[str, Any]:
+        self.accountant.record(event)
+        return self.spent()
+
+    def accountant_versions(self) -> dict[str, str]:
+        return self.accountant.versions()
+
+    def commit_entry(self, fields: dict[str, Any]) -> dict[str, Any]:
+        entry = self.ledger.sign(fields)
+        self.checkpoint(entry)
+        self.ledger.append_signed(entry)
+        return entry
 
     # -- resume -------------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -112,7 +214,8 @@ class Coordinator:
             return False
         last = int(checkpoint["round"])
         self._reconcile_ledger(last, checkpoint["ledger_entry"])
-        remove_unaccounted_counts(self.folder.root, self.ledger.entries())
+        for hook in self.hooks:
+            hook.on_resume(self.ledger.entries())
         self.state = RunState(last, checkpoint["params"], checkpoint["run_id"], checkpoint["history"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.aggregator.load_state_dict(checkpoint["aggregator"])
@@ -146,13 +249,20 @@ class Coordinator:
     # -- one round ------------------------------------------------------------------------------------
     def check_budget(self) -> None:
         """BudgetExhaustedError when one more round would take user epsilon past the target."""
+        self.check_budget_for(
+            self.training_event(), what=f"round {self.state.round + 1}", outcome="training stops here"
+        )
+
+    def check_budget_for(self, event: RoundEvent, *, what: str, outcome: str = "refused") -> None:
+        """BudgetExhaustedError when `event` (`what`, in the message) would take user epsilon past the
+        target."""
         if self.plan.mode == "none":
             return
-        epsilon = self.accountant.epsilon_if(self.training_event())
+        epsilon = self.accountant.epsilon_if(event)
         if epsilon > self.plan.target_epsilon * (1 + EPSILON_SLACK):
             raise BudgetExhaustedError(
-                f"round {self.state.round + 1} would bring user-level epsilon to {epsilon:.3f}, past the "
-                f"budget of {self.plan.target_epsilon} (delta {self.plan.delta:.3g}): training stops here"
+                f"{what} would bring user-level epsilon to {epsilon:.3f}, past the "
+                f"budget of {self.plan.target_epsilon} (delta {self.plan.delta:.3g}): {outcome}"
             )
 
     def sample(self, round_number: int) -> np.ndarray:
@@ -192,12 +302,20 @@ class Coordinator:
         start = time.perf_counter()
         self.noise.for_round(round_number)
         cohort = self.sample(round_number)
-        replies, secure = collect_updates(self, grid, round_number, cohort)
+        request = RoundRequest(
+            round_number,
+            self.population.split(cohort),
+            self.state.params,
+            self.round_settings(round_number),
+            self.aggregator.clip_norm,
+        )
+        collected = self.transport.collect(grid, request)
+        replies, secure = collected.replies, collected.secure_record
         result = self.aggregator.aggregate(
             replies.update_sum,
             count=replies.count,
             unclipped_count=replies.unclipped_count,
-            noise_in_sum=None if secure is None else secure.noise_std,
+            noise_in_sum=collected.noise_in_sum,
         )
         before = self.state.params
         after = self.scale * self.optimizer.step(before / self.scale, result.mean_update)
@@ -208,7 +326,7 @@ class Coordinator:
                 **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
                 **record_level_fields(record, replies, record_delta=self.config.privacy.record_delta),
                 **cap_ledger_fields(self.accountant, refused_users=replies.refused_users),
-                **({} if secure is None else {"secure_aggregation": secure.record.to_json()}),
+                **({} if secure is None else {"secure_aggregation": secure.to_json()}),
             }
         )
         row = {
@@ -235,23 +353,22 @@ class Coordinator:
             return math.inf
         return float(self.accountant.spent()["pld"])
 
+    def spent(self) -> dict[str, Any]:
+        """User epsilon spent so far under each accountant, JSON-safe ("inf" without noise)."""
+        if self.plan.mode == "none":
+            return {"pld": "inf", "rdp": "inf"}
+        return {k: json_epsilon(v) for k, v in self.accountant.spent().items()}
+
     def ledger_fields(
         self,
         round_number: int,
         cohort: int,
-        replies: Any,
+        replies: TrainReplies,
         result: NoisedAggregate,
         before: np.ndarray,
         after: np.ndarray,
     ) -> dict[str, Any]:
-        spent = (
-            {k: json_epsilon(v) for k, v in self.accountant.spent().items()}
-            if self.plan.mode != "none"
-            else {
-                "pld": "inf",
-                "rdp": "inf",
-            }
-        )
+        spent = self.spent()
         fields = {
             "run_id": self.state.run_id,
             "round": round_number,

@@ -23,14 +23,16 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from server.rounds.privacy_plan import EPSILON_SLACK, derived_seed
+from server.ledger import TRENDING_KIND, is_trending
+from server.rounds.privacy_plan import derived_seed
+from server.rounds.run_hooks import RunAccess
 from server.rounds.update_transport import secure_settings
 from server.strategy import poisson_sample
 from server.trending.trending_query import (
@@ -42,89 +44,81 @@ from server.trending.trending_query import (
     trending_query,
 )
 from shared.errors import BudgetExhaustedError
-from shared.privacy.accounting import RoundEvent, json_epsilon
+from shared.privacy.accounting import RoundEvent
 from shared.privacy.noise import GaussianNoise
 from shared.release_manifest import file_digest
 
-if TYPE_CHECKING:
-    from server.rounds.coordinator import Coordinator
-
 log = logging.getLogger(__name__)
 
-TRENDING_KIND = "trending_counts"  # server/ledger.py has the same
 ESTIMATOR = "(sum + noise) * sqrt(max_items) / sample_rate"
 SECONDS_PER_DAY = 86_400
 _SAMPLE_SALT, _NOISE_SALT = 5, 4  # per-release seeds when privacy.seed is fixed (tests, reproductions)
 
 
-def is_trending(entry: dict[str, Any]) -> bool:
-    return entry.get("kind") == TRENDING_KIND
-
-
-def trending_due(coordinator: Coordinator, *, final: bool) -> bool:
+def trending_due(run: RunAccess, *, final: bool) -> bool:
     """Is a trending release due now: after this training round (periodic), or at the end of the run
     (`final`)? Never twice after the same round, never before the first round."""
-    trending, after = coordinator.config.trending, coordinator.state.round
+    trending, after = run.config.trending, run.completed_rounds
     due = trending.final if final else trending.every_rounds > 0 and after % trending.every_rounds == 0
-    return after > 0 and due and not released_after(coordinator, after)
+    return after > 0 and due and not released_after(run.ledger_entries(), after)
 
 
-def released_after(coordinator: Coordinator, after: int) -> bool:
+def released_after(entries: Sequence[dict[str, Any]], after: int) -> bool:
     """Is the ledger's last entry the trending release after round `after`?"""
-    entries = coordinator.ledger.entries()
     return bool(entries) and is_trending(entries[-1]) and entries[-1].get("after_round") == after
 
 
-def trending_event(coordinator: Coordinator) -> RoundEvent:
+def trending_event(run: RunAccess) -> RoundEvent:
     """RoundEvent(q_t, z_t) of one release (z_t = 0 in privacy mode "none": counts without noise)."""
-    trending = coordinator.config.trending
-    z = 0.0 if coordinator.plan.mode == "none" else trending.noise_multiplier
+    trending = run.config.trending
+    z = 0.0 if run.plan.mode == "none" else trending.noise_multiplier
     return RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=z)
 
 
-def check_trending_budget(coordinator: Coordinator, event: RoundEvent) -> None:
-    """BudgetExhaustedError when this release would take the user epsilon past the budget."""
-    plan = coordinator.plan
-    if plan.mode == "none":
-        return
-    epsilon = coordinator.accountant.epsilon_if(event)
-    if epsilon > plan.target_epsilon * (1 + EPSILON_SLACK):
-        raise BudgetExhaustedError(
-            f"the trending release after round {coordinator.state.round} would bring user-level epsilon to "
-            f"{epsilon:.3f}, past the budget of {plan.target_epsilon} (delta {plan.delta:.3g}): refused"
-        )
+class TrendingQuery(Protocol):
+    """The clear query to the nodes (server/trending/trending_query.py: trending_query, or a test's fake)."""
+
+    def __call__(
+        self,
+        grid: Any,
+        assignment: dict[int, np.ndarray],
+        *,
+        as_of_s: int,
+        window_s: float,
+        max_items: int,
+        n_items: int,
+        timeout_s: float,
+    ) -> TrendingReplies: ...
 
 
-def run_trending_round(coordinator: Coordinator, grid: Any, *, n_items: int) -> dict[str, Any]:
+def run_trending_round(
+    run: RunAccess, grid: Any, *, n_items: int, query: TrendingQuery = trending_query
+) -> dict[str, Any]:
     """One accounted trending release over a catalogue of `n_items` after the current training round;
-    returns its ledger entry."""
-    trending, seed = coordinator.config.trending, coordinator.config.privacy.seed
-    event = trending_event(coordinator)
-    check_trending_budget(coordinator, event)
-    after = coordinator.state.round
+    returns its ledger entry. `query` asks the nodes in the clear (secure aggregation has its own)."""
+    config, seed = run.config, run.config.privacy.seed
+    trending = config.trending
+    event = trending_event(run)
+    after = run.completed_rounds
+    run.check_budget_for(event, what=f"the trending release after round {after}")
     rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, after, _SAMPLE_SALT))
-    cohort = poisson_sample(coordinator.population.n_users, sample_rate=event.sample_rate, rng=rng)
+    cohort = poisson_sample(run.population.n_users, sample_rate=event.sample_rate, rng=rng)
     as_of = trending.as_of_s or int(time.time())
-    assignment, secure_record = coordinator.population.split(cohort), None
-    noise = (
-        coordinator.noise.current if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, _NOISE_SALT))
-    )
+    assignment, secure_record = run.population.split(cohort), None
+    noise = run.round_noise if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, _NOISE_SALT))
     window_s, max_items = trending.window_days * SECONDS_PER_DAY, trending.max_items
-    if coordinator.config.privacy.secure_aggregation:
-        secure = replace(
-            secure_settings(coordinator, event.noise_multiplier, noise),
-            mode="none" if coordinator.plan.mode == "none" else "central",
-            noise_multiplier=event.noise_multiplier,
-        )
-        header = {"run-id": coordinator.state.run_id, "round": after}
+    if config.privacy.secure_aggregation:
+        mode = "none" if run.plan.mode == "none" else "central"
+        secure = secure_settings(config, mode=mode, noise_multiplier=event.noise_multiplier, noise=noise)
+        header = {"run-id": run.run_id, "round": after}
         replies, result, secure_record = secure_trending_query(
             grid, assignment, header=header, as_of_s=as_of, window_s=window_s, max_items=max_items,
             n_items=n_items, sample_rate=event.sample_rate, secure=secure,
         )  # fmt: skip
     else:
-        replies = trending_query(
+        replies = query(
             grid, assignment, as_of_s=as_of, window_s=window_s, max_items=max_items, n_items=n_items,
-            timeout_s=coordinator.config.federated.node_timeout_s,
+            timeout_s=config.federated.node_timeout_s,
         )  # fmt: skip
         result = noised_counts(
             replies.total,
@@ -133,18 +127,15 @@ def run_trending_round(coordinator: Coordinator, grid: Any, *, n_items: int) -> 
             sample_rate=event.sample_rate,
             max_items=trending.max_items,
         )
-    coordinator.accountant.record(event)
-    relative = write_counts(coordinator.folder.root, after, result.counts)
+    spent = run.record_event(event)
+    relative = write_counts(run.run_root, after, result.counts)
     fields = trending_fields(
-        coordinator, event, cohort.size, replies, result, as_of=as_of, counts_file=relative
+        run, event, cohort.size, replies, result, spent=spent, as_of=as_of, counts_file=relative
     )
     fields.update(n_items=n_items, noise_rng=noise.source)
     if secure_record is not None:
         fields["secure_aggregation"] = secure_record.to_json()
-    entry = coordinator.ledger.sign(fields)
-    coordinator.checkpoint(entry)
-    coordinator.ledger.append_signed(entry)
-    return entry
+    return run.commit_entry(fields)
 
 
 def write_counts(root: Path, after_round: int, counts: np.ndarray) -> str:
@@ -161,7 +152,7 @@ def write_counts(root: Path, after_round: int, counts: np.ndarray) -> str:
     return relative
 
 
-def remove_unaccounted_counts(root: Path, entries: list[dict[str, Any]]) -> list[str]:
+def remove_unaccounted_counts(root: Path, entries: Sequence[dict[str, Any]]) -> list[str]:
     """Delete the counts files in root/trending/ that no ledger entry names (a kill between writing the
     file and checkpointing its entry: never accounted, so never to be published); returns their names."""
     named = {str(e.get("counts_file")) for e in entries if is_trending(e)}
@@ -176,27 +167,23 @@ def remove_unaccounted_counts(root: Path, entries: list[dict[str, Any]]) -> list
 
 
 def trending_fields(
-    coordinator: Coordinator,
+    run: RunAccess,
     event: RoundEvent,
     cohort: int,
     replies: TrendingReplies,
     result: NoisedCounts,
     *,
+    spent: dict[str, Any],
     as_of: int,
     counts_file: str,
 ) -> dict[str, Any]:
     """The ledger fields of one trending release (everything an auditor needs to recompute its cost)."""
-    trending, plan, n = coordinator.config.trending, coordinator.plan, coordinator.population.n_users
-    spent = (
-        {k: json_epsilon(v) for k, v in coordinator.accountant.spent().items()}
-        if plan.mode != "none"
-        else {"pld": "inf", "rdp": "inf"}
-    )
+    trending, plan, n = run.config.trending, run.plan, run.population.n_users
     return {
         "kind": TRENDING_KIND,
         "mechanism": "poisson_subsampled_gaussian_sum",
-        "run_id": coordinator.state.run_id,
-        "after_round": coordinator.state.round,
+        "run_id": run.run_id,
+        "after_round": run.completed_rounds,
         "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "none" if plan.mode == "none" else "central",
         "unit_of_privacy": "user",
@@ -217,32 +204,36 @@ def trending_fields(
         "count_noise_std": result.count_std,
         "estimator": ESTIMATOR,
         "counts_file": counts_file,
-        "counts_sha256": file_digest(coordinator.folder.root / counts_file)["sha256"],
+        "counts_sha256": file_digest(run.run_root / counts_file)["sha256"],
         "delta": plan.delta,
         "user_epsilon": spent,
-        "accountant_versions": coordinator.accountant.versions(),
+        "accountant_versions": run.accountant_versions(),
     }
 
 
 class TrendingSchedule:
-    """The run's trending releases: after every `every_rounds` rounds and/or at the end (TrendingConfig).
-    A release over budget is refused and noted; training goes on under its own budget check."""
+    """The run's trending releases, a round hook (server/rounds/run_hooks.py): after every `every_rounds`
+    rounds and/or at the end (TrendingConfig). A release over budget is refused and noted; training goes on
+    under its own budget check. On resume, counts files that no ledger entry accounts for are deleted."""
 
-    def __init__(self, coordinator: Coordinator, grid: Any, *, n_items: int) -> None:
-        self.coordinator, self.grid, self.n_items = coordinator, grid, n_items
+    def __init__(self, run_root: Path, *, n_items: int, query: TrendingQuery = trending_query) -> None:
+        self.run_root, self.n_items, self.query = run_root, n_items, query
         self.refused: list[str] = []
 
-    def after_round(self) -> None:
-        if trending_due(self.coordinator, final=False):
-            self._release()
+    def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
+        remove_unaccounted_counts(self.run_root, entries)
 
-    def at_end(self) -> None:
-        if trending_due(self.coordinator, final=True):
-            self._release()
+    def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
+        if trending_due(run, final=False):
+            self._release(run, grid)
 
-    def _release(self) -> None:
+    def at_end(self, run: RunAccess, grid: Any) -> None:
+        if trending_due(run, final=True):
+            self._release(run, grid)
+
+    def _release(self, run: RunAccess, grid: Any) -> None:
         try:
-            entry = run_trending_round(self.coordinator, self.grid, n_items=self.n_items)
+            entry = run_trending_round(run, grid, n_items=self.n_items, query=self.query)
         except BudgetExhaustedError as exc:
             log.warning("%s", exc)
             self.refused.append(str(exc))
@@ -254,8 +245,8 @@ class TrendingSchedule:
             entry["user_epsilon"]["pld"],
         )
 
-    def summary(self) -> dict[str, Any]:
-        """The releases in the ledger (file, entry hash, epsilon so far) and the refused ones."""
+    def summary(self, entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The releases in the ledger `entries` (file, entry hash, epsilon so far) and the refused ones."""
         keys = ("after_round", "counts_file", "counts_sha256", "entry_hash", "user_epsilon")
-        entries = [e for e in self.coordinator.ledger.entries() if is_trending(e)]
-        return {"releases": [{k: e[k] for k in keys} for e in entries], "refused": self.refused}
+        releases = [{k: e[k] for k in keys} for e in entries if is_trending(e)]
+        return {"releases": releases, "refused": self.refused}

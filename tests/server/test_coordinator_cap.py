@@ -8,12 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import server.rounds.update_transport as round_updates_module
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
 from server.rounds.messaging import Population, TrainReplies
-from server.server_app import train_rounds
+from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from shared.config import FedhomeConfig, with_overrides
 from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent
@@ -25,18 +24,18 @@ DIM = 6
 POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
 
 
-def fake_train_round(
-    grid: Any, assignment: dict[int, np.ndarray], params: np.ndarray, settings: dict[str, Any], **_: Any
-) -> TrainReplies:
-    """Every sampled user answers with a zero update; the announced terms must reach the nodes."""
-    assert {"run-id", "noise-multiplier", "sample-rate", "delta", "participation-cap"} <= set(settings)
-    count = sum(len(slots) for slots in assignment.values())
-    return TrainReplies(np.zeros(DIM), count - count // 2, count - count // 2, 0, 0, None, count // 2)
+class CappedNodes:
+    """The update transport the coordinator is given: every sampled user answers with a zero update or
+    refuses (half of them, past their cap); the announced terms must reach the nodes."""
 
-
-@pytest.fixture(autouse=True)
-def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(round_updates_module, "train_round", fake_train_round)
+    def collect(self, grid: Any, request: RoundRequest) -> CollectedUpdates:
+        terms = {"run-id", "noise-multiplier", "sample-rate", "delta", "participation-cap"}
+        assert terms <= set(request.settings)
+        count = sum(len(slots) for slots in request.assignment.values())
+        refused = count // 2
+        return CollectedUpdates(
+            TrainReplies(np.zeros(DIM), count - refused, count - refused, 0, 0, None, refused)
+        )
 
 
 def run_to(folder: Path, key: Ed25519PrivateKey, rounds: int, **extra: str) -> Coordinator:
@@ -56,10 +55,17 @@ def run_to(folder: Path, key: Ed25519PrivateKey, rounds: int, **extra: str) -> C
     ledger = PrivacyLedger(run.ledger, signing_key=key)
     layout = ParamLayout(("w",), ((DIM,),))
     coordinator = Coordinator(
-        config, run, POPULATION, np.zeros(DIM, np.float32), layout, ledger, evaluate=lambda p: {}
+        config,
+        run,
+        POPULATION,
+        np.zeros(DIM, np.float32),
+        layout,
+        ledger,
+        evaluate=lambda p: {},
+        transport=CappedNodes(),
     )
     coordinator.resume()
-    train_rounds(coordinator, None, progress=False)
+    coordinator.run(None, progress=False)
     return coordinator
 
 

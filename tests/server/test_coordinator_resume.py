@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import server.rounds.update_transport as round_updates_module
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
 from server.rounds.messaging import Population, TrainReplies
-from server.server_app import train_rounds
+from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
 from shared.model.params import ParamLayout
@@ -27,22 +26,17 @@ DIM = 12
 POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
 
 
-def fake_train_round(
-    grid: Any, assignment: dict[int, np.ndarray], params: np.ndarray, settings: dict[str, Any], **_: Any
-) -> TrainReplies:
-    """The nodes' reply: a sum of clipped random updates, determined by the round seed."""
-    count = sum(len(slots) for slots in assignment.values())
-    rng = np.random.default_rng(int(settings["round-seed"]))
-    updates = [
-        clip_update(rng.normal(size=DIM), clip_norm=float(settings["clip-norm"]))[0] for _ in range(count)
-    ]
-    total = np.sum(updates, axis=0, dtype=np.float64) if updates else np.zeros(DIM)
-    return TrainReplies(total, count, count, 0, 0)
+class FakeNodes:
+    """The update transport the coordinator is given: no Flower, the nodes' reply is a sum of clipped
+    random updates determined by the round seed."""
 
-
-@pytest.fixture(autouse=True)
-def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(round_updates_module, "train_round", fake_train_round)
+    def collect(self, grid: Any, request: RoundRequest) -> CollectedUpdates:
+        count = sum(len(slots) for slots in request.assignment.values())
+        rng = np.random.default_rng(int(request.settings["round-seed"]))
+        clip_norm = float(request.settings["clip-norm"])
+        updates = [clip_update(rng.normal(size=DIM), clip_norm=clip_norm)[0] for _ in range(count)]
+        total = np.sum(np.array(updates).reshape(count, DIM), axis=0, dtype=np.float64)
+        return CollectedUpdates(TrainReplies(total, count, count, 0, 0))
 
 
 def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
@@ -62,14 +56,21 @@ def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
     initial = np.linspace(-1, 1, DIM, dtype=np.float32)
     layout = ParamLayout(("w",), ((DIM,),))
     return Coordinator(
-        config, run, POPULATION, initial, layout, ledger, evaluate=lambda p: {"valid_x": float(p.sum())}
+        config,
+        run,
+        POPULATION,
+        initial,
+        layout,
+        ledger,
+        evaluate=lambda p: {"valid_x": float(p.sum())},
+        transport=FakeNodes(),
     )
 
 
 def run_to(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
     coordinator = make(folder, key, rounds)
     coordinator.resume()
-    train_rounds(coordinator, None, progress=False)
+    coordinator.run(None, progress=False)
     return coordinator
 
 
@@ -95,7 +96,7 @@ def test_a_checkpoint_whose_ledger_entry_was_not_yet_written_is_repaired_on_resu
     assert [e["round"] for e in entries] == [1, 2, 3] and entries[-1] == checkpoint["ledger_entry"]
     event = RoundEvent(sample_rate=0.5, noise_multiplier=1.0)
     assert resumed.epsilon() == pytest.approx(pld_epsilon([event] * 3, delta=resumed.plan.delta), rel=1e-12)
-    train_rounds(resumed, None, progress=False)
+    resumed.run(None, progress=False)
     assert rounds_of(folder.ledger) == [1, 2, 3, 4, 5] and rounds_of(folder.metrics) == [0, 1, 2, 3, 4, 5]
     report = verify_ledger(folder.ledger, key.public_key())
     assert report.ok, report.problems
@@ -144,5 +145,5 @@ def test_a_start_killed_before_its_first_checkpoint_starts_afresh(tmp_path: Path
     folder.metrics.write_text('{"round": 0, "user_epsilon": 0.0}\n')  # the round-0 evaluation, then a kill
     coordinator = make(folder.root, key, 2)
     assert not coordinator.resume()
-    train_rounds(coordinator, None, progress=False)
+    coordinator.run(None, progress=False)
     assert rounds_of(folder.metrics) == [0, 1, 2] and rounds_of(folder.ledger) == [1, 2]

@@ -9,15 +9,12 @@ from typing import Any
 import dp_accounting
 import numpy as np
 import pytest
-from test_coordinator_resume import POPULATION, drop_last_lines, fake_train_round
+from test_coordinator_resume import POPULATION, FakeNodes, drop_last_lines
 
-import server.rounds.update_transport as round_updates_module
-import server.trending.trending_round as trending_module
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
 from server.rounds.privacy_plan import PrivacyPlan
-from server.server_app import train_rounds
 from server.trending.trending_query import TrendingReplies
 from server.trending.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, with_overrides
@@ -37,12 +34,6 @@ def fake_trending_query(grid: Any, assignment: dict[int, np.ndarray], **_: Any) 
     return TrendingReplies(total, count, 0, 0)
 
 
-@pytest.fixture(autouse=True)
-def fake_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(round_updates_module, "train_round", fake_train_round)
-    monkeypatch.setattr(trending_module, "trending_query", fake_trending_query)
-
-
 def config_of(folder: Path, rounds: int, **trending: str) -> FedhomeConfig:
     settings = {
         "federated.run_dir": str(folder),
@@ -60,20 +51,32 @@ def config_of(folder: Path, rounds: int, **trending: str) -> FedhomeConfig:
     return config
 
 
-def make(config: FedhomeConfig, key: Ed25519PrivateKey) -> Coordinator:
+def make(config: FedhomeConfig, key: Ed25519PrivateKey) -> tuple[Coordinator, TrendingSchedule]:
+    """A coordinator with fake nodes and the trending hook, whose query to the nodes is faked too."""
     run = RunFolder(config.federated.run_dir)
     run.create()
     ledger = PrivacyLedger(run.ledger, signing_key=key)
     layout = ParamLayout(("w",), ((12,),))
     initial = np.linspace(-1, 1, 12, dtype=np.float32)
-    return Coordinator(config, run, POPULATION, initial, layout, ledger, evaluate=lambda p: {})
+    schedule = TrendingSchedule(run.root, n_items=N_ITEMS, query=fake_trending_query)
+    coordinator = Coordinator(
+        config,
+        run,
+        POPULATION,
+        initial,
+        layout,
+        ledger,
+        evaluate=lambda p: {},
+        transport=FakeNodes(),
+        hooks=[schedule],
+    )
+    return coordinator, schedule
 
 
 def run(config: FedhomeConfig, key: Ed25519PrivateKey) -> tuple[Coordinator, TrendingSchedule]:
-    coordinator = make(config, key)
+    coordinator, schedule = make(config, key)
     coordinator.resume()
-    schedule = TrendingSchedule(coordinator, None, n_items=N_ITEMS)
-    train_rounds(coordinator, None, progress=False, trending=schedule)
+    coordinator.run(None, progress=False)
     return coordinator, schedule
 
 
