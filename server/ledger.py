@@ -8,7 +8,8 @@ Each entry is the caller's fields plus:
 Removing, reordering, inserting or editing an entry breaks the chain or a signature; `fedhome-audit verify`
 checks all of it with the public key alone.
 
-Fields the ServerApp writes each round (the ledger enforces only "round" = previous round + 1):
+Fields the ServerApp writes each round (typed as server/ledger_entries.py: RoundEntry, with "schema"; the
+ledger itself enforces only "round" = previous round + 1):
 run_id, round (from 1), time_utc (ISO 8601), mode ("central" | "local" | "none"), sampling ("poisson"),
 sample_rate (q), population (N), expected_cohort (q*N, the divisor of the sum), realised_cohort,
 rejected_updates, clip_norm (C this round), noise_multiplier (the z that was ACCOUNTED),
@@ -44,6 +45,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from server.ledger_entries import TRENDING_KIND
 from shared import signing
 from shared.errors import DataError, SignatureError
 from shared.signing import Ed25519PrivateKey, canonical_json
@@ -52,12 +54,6 @@ logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 RESERVED_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
-TRENDING_KIND = "trending_counts"  # an entry of a trending release (server/trending/trending_round.py)
-
-
-def is_trending(entry: dict[str, Any]) -> bool:
-    """Is this the entry of a trending release (not of a training round)?"""
-    return entry.get("kind") == TRENDING_KIND
 
 
 def signed_bytes(entry: dict[str, Any]) -> bytes:

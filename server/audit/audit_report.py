@@ -21,8 +21,8 @@ from typing import Any
 
 from server.audit.guarantee import NOT_COVERED, guarantee, safe_number
 from server.audit.mismatches import mismatches
-from server.audit.trending_checks import is_trending
 from server.audit.verify import LedgerVerification, verify_ledger
+from server.ledger_entries import is_trending
 from shared.errors import DataError, FedhomeError
 from shared.release_manifest import verify_release
 from shared.signing import Ed25519PublicKey

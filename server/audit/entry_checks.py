@@ -9,33 +9,38 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from server.ledger_entries import CHAIN_FIELDS, Entry, EntrySchemaError, RoundEntry, read_entry
+
 NOISE_RTOL = 1e-9  # noise_std = z * C is exact arithmetic on logged floats
-REQUIRED = (
-    *("round", "mode", "sampling", "sample_rate", "noise_multiplier", "noise_std", "clip_norm", "delta"),
-    *("user_epsilon", "prev_hash", "key_id", "signature", "entry_hash"),
-)
+
+
+def read_fields(where: str, entry: dict[str, Any], problems: list[str]) -> Entry | None:
+    """The typed entry (server/ledger_entries.py), or None with a problem naming what is missing or
+    malformed (or the entry's schema, when it is newer than this auditor knows)."""
+    chain_missing = [name for name in CHAIN_FIELDS if name not in entry]
+    if chain_missing:
+        problems.append(f"{where}: missing fields {chain_missing}")
+        return None
+    try:
+        return read_entry(entry)
+    except EntrySchemaError as exc:
+        problems.append(f"{where}: {exc}")
+        return None
 
 
 def check_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
     """True when the fields the other checks read are present, of the right type and in range."""
-    missing = [name for name in REQUIRED if name not in entry]
-    numbers = {
-        n: _number(entry.get(n)) for n in ("sample_rate", "noise_multiplier", "noise_std", "clip_norm")
-    }
-    numbers["delta"] = _number(entry.get("delta"))
-    bad = [n for n, v in numbers.items() if n in entry and v is None]
-    if type(entry.get("round", 0)) is not int or not isinstance(entry.get("user_epsilon", {}), dict):
-        bad.append("round or user_epsilon")
-    if missing or bad:
-        problems.append(f"{where}: missing fields {missing}, malformed fields {bad}")
+    typed = read_fields(where, entry, problems)
+    if not isinstance(typed, RoundEntry):
+        if typed is not None:
+            problems.append(f"{where}: a trending entry where a training round was expected")
         return False
-    v = {name: value for name, value in numbers.items() if value is not None}  # all present by now
     ranges = [
-        ("sample_rate in (0, 1]", 0 < v["sample_rate"] <= 1),
-        ("noise_multiplier >= 0", v["noise_multiplier"] >= 0),
-        ("noise_std >= 0", v["noise_std"] >= 0),
-        ("clip_norm > 0", v["clip_norm"] > 0),
-        ("delta in (0, 1)", 0 < v["delta"] < 1),
+        ("sample_rate in (0, 1]", 0 < typed.sample_rate <= 1),
+        ("noise_multiplier >= 0", typed.noise_multiplier >= 0),
+        ("noise_std >= 0", typed.noise_std >= 0),
+        ("clip_norm > 0", typed.clip_norm > 0),
+        ("delta in (0, 1)", 0 < typed.delta < 1),
     ]
     out_of_range = [rule for rule, holds in ranges if not holds]
     if out_of_range:

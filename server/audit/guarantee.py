@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from server.audit.cap_check import report_section
-from server.audit.trending_checks import is_trending
 from server.audit.verify import LedgerVerification
+from server.ledger_entries import is_trending
 
 NOT_COVERED = [
     "The item catalogue (titles, categories, prices) and the sentence encoder: both are public inputs, "

@@ -13,43 +13,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-from server.audit.entry_checks import NOISE_RTOL, close, secure_sensitivity
-
-TRENDING_KIND = "trending_counts"
-REQUIRED = (
-    *("kind", "after_round", "mode", "sampling", "sample_rate", "noise_multiplier", "noise_std"),
-    *("sensitivity", "max_items", "item_weight", "counts_file", "counts_sha256", "delta", "user_epsilon"),
-    "count_noise_std",
-    *("prev_hash", "key_id", "signature", "entry_hash"),
-)
-
-NUMERIC = (
-    *("sample_rate", "noise_multiplier", "noise_std", "count_noise_std", "sensitivity", "item_weight"),
-    "delta",
-)
-
-
-def is_trending(entry: dict[str, Any]) -> bool:
-    return entry.get("kind") == TRENDING_KIND
+from server.audit.entry_checks import NOISE_RTOL, close, read_fields, secure_sensitivity
+from server.ledger_entries import TrendingEntry, is_trending
 
 
 def check_trending_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
     """True when the fields the other checks read are present, well-typed and in range."""
-    missing = [name for name in REQUIRED if name not in entry]
-    numbers = {name: _number(entry.get(name)) for name in NUMERIC}
-    bad = [name for name, value in numbers.items() if name in entry and value is None]
-    k, after = entry.get("max_items"), entry.get("after_round", 0)
-    if type(k) is not int or type(after) is not int or not isinstance(entry.get("user_epsilon", {}), dict):
-        bad.append("max_items, after_round or user_epsilon")
-    if missing or bad:
-        problems.append(f"{where}: missing fields {missing}, malformed fields {bad}")
+    typed = read_fields(where, entry, problems)
+    if not isinstance(typed, TrendingEntry):
         return False
-    v = {name: value for name, value in numbers.items() if value is not None}
     ranges = [
-        ("sample_rate in (0, 1]", 0 < v["sample_rate"] <= 1),
-        ("noise_multiplier >= 0", v["noise_multiplier"] >= 0),
-        ("max_items >= 1", isinstance(k, int) and k >= 1),
-        ("delta in (0, 1)", 0 < v["delta"] < 1),
+        ("sample_rate in (0, 1]", 0 < typed.sample_rate <= 1),
+        ("noise_multiplier >= 0", typed.noise_multiplier >= 0),
+        ("max_items >= 1", typed.max_items >= 1),
+        ("delta in (0, 1)", 0 < typed.delta < 1),
     ]
     out_of_range = [rule for rule, holds in ranges if not holds]
     if out_of_range:

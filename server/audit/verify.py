@@ -38,8 +38,8 @@ from server.audit.trending_checks import (
     check_trending_fields,
     check_trending_noise,
     check_unsigned_counts,
-    is_trending,
 )
+from server.ledger_entries import is_trending
 from shared.errors import ConfigError, DataError, SignatureError
 from shared.signing import Ed25519PublicKey, canonical_json, key_id, verify
 

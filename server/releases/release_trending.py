@@ -16,11 +16,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from server.ledger_entries import is_trending
 from shared.errors import DataError
 from shared.release_manifest import file_digest
 
 TRENDING_COUNTS = "trending_counts.npy"
-TRENDING_KIND = "trending_counts"
 MANIFEST_FIELDS = (
     *("after_round", "sample_rate", "noise_multiplier", "count_noise_std", "max_items", "window_days"),
     *("as_of_s", "realised_cohort", "counts_sha256"),
@@ -32,7 +32,7 @@ def latest_trending(
 ) -> tuple[Path, dict[str, Any]] | None:
     """(counts file, manifest block) of the newest trending entry after round <= round_number, or None.
     DataError when the run folder's counts file is missing or is not the one the entry signs."""
-    found = [e for e in entries if e.get("kind") == TRENDING_KIND and e.get("after_round", 0) <= round_number]
+    found = [e for e in entries if is_trending(e) and e.get("after_round", 0) <= round_number]
     if not found:
         return None
     entry = found[-1]

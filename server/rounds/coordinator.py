@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from server.ledger import PrivacyLedger, is_trending
+from server.ledger import PrivacyLedger
+from server.ledger_entries import RoundEntry, is_trending
 from server.rounds.cap_fields import cap_ledger_fields
 from server.rounds.messaging import Population, TrainReplies
 from server.rounds.privacy_plan import EPSILON_SLACK, PrivacyPlan, RoundNoise, derived_seed
@@ -321,14 +322,13 @@ class Coordinator:
         after = self.scale * self.optimizer.step(before / self.scale, result.mean_update)
         self.accountant.record(self.training_event())
         record = record_epsilon_so_far(replies, self.state.history)
-        entry = self.ledger.sign(
-            {
-                **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
-                **record_level_fields(record, replies, record_delta=self.config.privacy.record_delta),
-                **cap_ledger_fields(self.accountant, refused_users=replies.refused_users),
-                **({} if secure is None else {"secure_aggregation": secure.to_json()}),
-            }
+        typed = RoundEntry(
+            **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
+            **record_level_fields(record, replies, record_delta=self.config.privacy.record_delta),
+            **cap_ledger_fields(self.accountant, refused_users=replies.refused_users),
+            secure_aggregation=None if secure is None else secure.to_json(),
         )
+        entry = self.ledger.sign(typed.to_fields())
         row = {
             "round": round_number,
             "cohort": int(cohort.size),

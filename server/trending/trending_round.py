@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from server.ledger import TRENDING_KIND, is_trending
+from server.ledger_entries import TRENDING_KIND, TrendingEntry, is_trending
 from server.rounds.privacy_plan import derived_seed
 from server.rounds.run_hooks import RunAccess
 from server.rounds.update_transport import secure_settings
@@ -132,10 +132,9 @@ def run_trending_round(
     fields = trending_fields(
         run, event, cohort.size, replies, result, spent=spent, as_of=as_of, counts_file=relative
     )
-    fields.update(n_items=n_items, noise_rng=noise.source)
-    if secure_record is not None:
-        fields["secure_aggregation"] = secure_record.to_json()
-    return run.commit_entry(fields)
+    secure_fields = None if secure_record is None else secure_record.to_json()
+    typed = TrendingEntry(**fields, n_items=n_items, noise_rng=noise.source, secure_aggregation=secure_fields)
+    return run.commit_entry(typed.to_fields())
 
 
 def write_counts(root: Path, after_round: int, counts: np.ndarray) -> str:

@@ -1,0 +1,208 @@
+"""The privacy ledger's entries, typed: a training round's (RoundEntry) and a trending release's
+(TrendingEntry). The coordinator and the trending hook write them, the verifier and the report read them back
+through `read_entry`, and the tests build them; server/ledger.py chains and signs whatever fields it is given.
+
+On disk an entry is one flat JSON object: the fields below (None-valued optional ones left out), "schema",
+and the chain's own fields (prev_hash, key_id, signature, entry_hash; server/ledger.py).
+
+Schema versions. Entries written now carry "schema": 2 and every field that is not optional. Entries without
+"schema" come from ledgers written before typed entries (schema 1): they are read with only the mechanism's
+fields required (what the auditor recomputes epsilon and checks noise from, `LEGACY_REQUIRED`); their other
+fields may be absent and read as None. An entry of a newer schema is refused with a message naming both
+versions, never guessed at.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
+
+from shared.errors import DataError
+
+SCHEMA = 2
+TRENDING_KIND: Final = "trending_counts"
+Mode = Literal["central", "local", "none"]
+Epsilon = float | str  # a finite number, or "inf" when nothing was noised
+EpsilonSpent = dict[str, Epsilon]  # {"pld": ..., "rdp": ...}
+
+
+class EntrySchemaError(DataError):
+    """A ledger entry that is not an entry of a schema this code reads."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundEntry:
+    """One training round (server/ledger.py's module docstring says what each field means)."""
+
+    round: int
+    mode: Mode
+    sampling: str
+    sample_rate: float
+    noise_multiplier: float  # the z that was accounted
+    noise_std: float  # the std added to the update sum
+    clip_norm: float
+    delta: float
+    user_epsilon: EpsilonSpent
+    run_id: str | None = None
+    time_utc: str | None = None
+    unit_of_privacy: str | None = None
+    population: int | None = None
+    expected_cohort: float | None = None
+    realised_cohort: int | None = None
+    aggregated_users: int | None = None
+    rejected_updates: int | None = None
+    divisor: float | None = None
+    next_clip_norm: float | None = None
+    update_noise_multiplier: float | None = None
+    count_noise_std: float | None = None
+    local_noise_multiplier: float | None = None
+    noise_rng: str | None = None
+    model_sha256_before: str | None = None
+    model_sha256_after: str | None = None
+    accountant_versions: dict[str, str] | None = None
+    refused_users: int | None = None
+    # record-level DP-SGD on the devices (server/rounds/record_level_fields.py), else absent
+    record_epsilon: Epsilon | None = None
+    record_epsilon_round: Epsilon | None = None
+    record_delta: float | None = None
+    record_accountant: str | None = None
+    record_unit_of_privacy: str | None = None
+    # a participation cap (server/rounds/cap_fields.py), else absent
+    participation_cap: int | None = None
+    cap_segment: int | None = None
+    user_epsilon_poisson: EpsilonSpent | None = None
+    user_epsilon_cap: EpsilonSpent | None = None
+    epsilon_bound: Literal["cap", "poisson"] | None = None
+    # secure aggregation (server/secagg/secure_round.py: SecureRoundRecord.to_json), else absent
+    secure_aggregation: dict[str, Any] | None = None
+
+    def to_fields(self) -> dict[str, Any]:
+        """The fields to sign (server/ledger.py), with the schema version."""
+        return _to_fields(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrendingEntry:
+    """One DP trending release (server/trending/trending_round.py)."""
+
+    kind: Literal["trending_counts"] = TRENDING_KIND
+    after_round: int  # the training round it follows; it does not advance the round count
+    mode: Literal["central", "none"]
+    sampling: str
+    sample_rate: float
+    noise_multiplier: float
+    noise_std: float
+    count_noise_std: float
+    sensitivity: float
+    max_items: int
+    item_weight: float
+    counts_file: str
+    counts_sha256: str
+    delta: float
+    user_epsilon: EpsilonSpent
+    mechanism: str | None = None
+    run_id: str | None = None
+    time_utc: str | None = None
+    unit_of_privacy: str | None = None
+    population: int | None = None
+    expected_cohort: float | None = None
+    realised_cohort: int | None = None
+    aggregated_users: int | None = None
+    rejected_updates: int | None = None
+    window_days: float | None = None
+    as_of_s: int | None = None
+    estimator: str | None = None
+    accountant_versions: dict[str, str] | None = None
+    n_items: int | None = None
+    noise_rng: str | None = None
+    secure_aggregation: dict[str, Any] | None = None
+
+    def to_fields(self) -> dict[str, Any]:
+        return _to_fields(self)
+
+
+Entry = RoundEntry | TrendingEntry
+LEGACY_REQUIRED = {  # the fields without a None default: the mechanism's
+    cls: tuple(f.name for f in fields(cls) if f.default is not None) for cls in (RoundEntry, TrendingEntry)
+}
+# Optional in every schema: fields of a mode the run may not use
+OPTIONAL = {
+    *(
+        "record_epsilon",
+        "record_epsilon_round",
+        "record_delta",
+        "record_accountant",
+        "record_unit_of_privacy",
+    ),
+    *("participation_cap", "cap_segment", "user_epsilon_poisson", "user_epsilon_cap", "epsilon_bound"),
+    *("secure_aggregation", "n_items", "noise_rng"),
+}
+CHAIN_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
+
+
+def is_trending(entry: Mapping[str, Any]) -> bool:
+    """Is this the entry of a trending release (not of a training round)?"""
+    return entry.get("kind") == TRENDING_KIND
+
+
+def read_entry(raw: Mapping[str, Any]) -> Entry:
+    """The typed entry of a ledger line's fields; EntrySchemaError naming every missing or malformed field,
+    or the schema when it is newer than SCHEMA."""
+    schema = raw.get("schema", 1)
+    if type(schema) is not int or schema < 1:
+        raise EntrySchemaError(f"schema {schema!r} is not a schema version")
+    if schema > SCHEMA:
+        raise EntrySchemaError(f"entry of ledger schema {schema}; this fedhome reads schemas 1 to {SCHEMA}")
+    kind = raw.get("kind")
+    if kind not in (None, TRENDING_KIND):
+        raise EntrySchemaError(f"unknown entry kind {kind!r}")
+    cls: type[Entry] = TrendingEntry if kind == TRENDING_KIND else RoundEntry
+    hints = get_type_hints(cls)
+    required = (
+        LEGACY_REQUIRED[cls] if schema == 1 else [f.name for f in fields(cls) if f.name not in OPTIONAL]
+    )
+    missing = [name for name in required if name not in raw]
+    malformed = [f.name for f in fields(cls) if f.name in raw and not _conforms(raw[f.name], hints[f.name])]
+    if missing or malformed:
+        raise EntrySchemaError(f"missing fields {missing}, malformed fields {malformed}")
+    return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+def _to_fields(entry: Entry) -> dict[str, Any]:
+    out = {name: value for name, value in asdict(entry).items() if value is not None}
+    return {**out, "schema": SCHEMA}
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Does a JSON value have the field's type? Numbers must be finite (an epsilon may be "inf"), ints are
+    never booleans, floats accept JSON integers."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, option) for option in get_args(hint))
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin is dict:
+        key_type, value_type = get_args(hint)
+        return isinstance(value, dict) and all(
+            _conforms(k, key_type) and (value_type is Any or _conforms(v, value_type))
+            for k, v in value.items()
+        )
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return type(value) is int
+    if hint is float:
+        return type(value) in (int, float) and _finite(value)
+    if hint is str:
+        return isinstance(value, str)
+    return hint is Any
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond float range
+        return False
