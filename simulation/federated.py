@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.simulation import run_simulation
 
 from client.client_app import make_client_app
@@ -27,7 +26,7 @@ from shared.data.split import Split
 from shared.errors import FedhomeError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, set_flat, trainable_layout
-from shared.run_folder import RunFolder
+from shared.run_folder import RunFolder, load_final_model_state
 from simulation.central_training import make_scorer
 from simulation.evaluate import EvalResult, evaluate
 
@@ -107,7 +106,7 @@ def load_final_model(config: FedhomeConfig, split: Split, folder: RunFolder) -> 
     """The run's final global model, rebuilt from the run folder alone."""
     features = ItemFeatures.from_catalogue(split.dataset.catalogue, np.load(folder.item_vectors))
     model = TwoTower(features, config.model)
-    model.load_state_dict(torch.load(folder.final_model))
+    model.load_state_dict(load_final_model_state(folder))
     layout = trainable_layout(model, config.federated.trainable)
     set_flat(model, layout, np.load(folder.final_params))
     return model

@@ -48,7 +48,7 @@ from shared.item_codes import (
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import params_sha256, set_flat, trainable_layout
 from shared.release_manifest import file_digest
-from shared.run_folder import RunFolder
+from shared.run_folder import RunFolder, load_round_checkpoint
 from shared.signing import Ed25519PublicKey
 
 USER_TOWER = "user_tower.onnx"
@@ -174,10 +174,9 @@ def load_run(
         params = np.load(folder.final_params)
         round_number = int(json.loads(folder.summary.read_text()).get("rounds", len(entries)))
     else:
-        checkpoint = folder.checkpoints / f"round-{round_number:05d}.pt"
-        if not checkpoint.exists():
-            raise ConfigError(f"no checkpoint for round {round_number} in {folder.checkpoints}")
-        params = torch.load(checkpoint, weights_only=False)["params"]
+        params = load_round_checkpoint(folder, round_number).get("params")
+        if not isinstance(params, np.ndarray):
+            raise DataError(f"the checkpoint of round {round_number} holds no parameter array")
     if not 1 <= round_number <= len(entries):
         raise DataError(f"round {round_number} is not in the ledger ({len(entries)} entries)")
     entry = entries[round_number - 1]
