@@ -13,7 +13,10 @@ def as_float(value: object, *, name: str) -> float:
 
 
 def as_int(value: object, *, name: str) -> int:
-    """`value` as an int; UpdateRejectedError unless it is an integral number."""
+    """`value` as an int; UpdateRejectedError unless it is an integral number. Integers are taken as they
+    are: through a float, seeds above 2^53 would lose their low bits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     number = as_float(value, name=name)
     if not number.is_integer():
         raise UpdateRejectedError(f"record value {name!r} is not an integer")

@@ -40,6 +40,7 @@ from server.strategy import (
 )
 from shared.config import FedhomeConfig
 from shared.errors import BudgetExhaustedError, ConfigError
+from shared.messages import SEED_RANGE, RoundSettings
 from shared.model.params import ParamLayout, params_sha256, scale_vector
 from shared.privacy.accounting import RoundEvent, json_epsilon
 from shared.privacy.capped_accounting import CappedAccountant, accountant_from_dict, make_accountant
@@ -279,22 +280,22 @@ class Coordinator:
             capped=self.config.privacy.participation_cap > 0,
         )
 
-    def round_settings(self, round_number: int) -> dict[str, int | float | str]:
+    def round_settings(self, round_number: int) -> RoundSettings:
+        """What the round's nodes are told (and each device's receipt records: client/device/receipts.py)."""
         privacy = self.config.privacy
-        local = self.plan.noise_multiplier if self.plan.mode == "local" else 0.0
-        return {
-            "round": round_number,
-            # what each device's receipt records (client/device/receipts.py)
-            "run-id": self.state.run_id,
-            "sample-rate": self.plan.sample_rate,
-            "noise-multiplier": self.plan.noise_multiplier,
-            "delta": self.plan.delta,
-            "participation-cap": privacy.participation_cap,
-            "round-seed": derived_seed(self.config.federated.seed, round_number, 2) % (2**62),
-            "clip-norm": self.aggregator.clip_norm,
-            "local-noise-multiplier": local,
-            "noise-seed": -1 if privacy.seed < 0 else derived_seed(privacy.seed, round_number, 3) % (2**62),
-        }
+        noise_seed = -1 if privacy.seed < 0 else derived_seed(privacy.seed, round_number, 3) % SEED_RANGE
+        return RoundSettings(
+            round=round_number,
+            run_id=self.state.run_id,
+            sample_rate=self.plan.sample_rate,
+            noise_multiplier=self.plan.noise_multiplier,
+            delta=self.plan.delta,
+            participation_cap=privacy.participation_cap,
+            clip_norm=self.aggregator.clip_norm,
+            local_noise_multiplier=self.plan.noise_multiplier if self.plan.mode == "local" else 0.0,
+            round_seed=derived_seed(self.config.federated.seed, round_number, 2) % SEED_RANGE,
+            noise_seed=noise_seed,
+        )
 
     def run_round(self, grid: Any) -> dict[str, Any]:
         """One complete round; returns its metrics row."""

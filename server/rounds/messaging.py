@@ -14,13 +14,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from server.strategy import check_update_sum
 from shared.errors import ConfigError, UpdateRejectedError
-from shared.record_values import as_float, as_int
+from shared.messages import (
+    EvaluateReply,
+    EvaluateRequest,
+    PopulationReply,
+    RoundSettings,
+    TrainInstruction,
+    TrainReply,
+)
+from shared.messages import read_record_epsilon as read_reply_record_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +88,14 @@ def discover_population(grid: Grid, node_ids: list[int], *, timeout_s: float) ->
     sizes: dict[int, int] = {}
     order: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            raise ConfigError(f"node {reply.metadata.src_node_id} failed to describe itself: {reply.error}")
-        population = reply.content.metric_records["population"]
-        sizes[reply.metadata.src_node_id] = as_int(population["n-users"], name="n-users")
-        order[reply.metadata.src_node_id] = as_int(population.get("partition-id", 0), name="partition-id")
+            raise ConfigError(f"node {node} failed to describe itself: {reply.error}")
+        try:
+            described = PopulationReply.from_records(reply.content)
+        except UpdateRejectedError as exc:
+            raise ConfigError(f"node {node} described itself wrongly: {exc}") from exc
+        sizes[node], order[node] = described.n_users, described.partition_id
     missing = [n for n in node_ids if n not in sizes]
     if missing:
         raise ConfigError(f"{len(missing)} nodes did not answer the population query")
@@ -108,7 +119,7 @@ def train_round(
     grid: Grid,
     assignment: dict[int, np.ndarray],
     params: np.ndarray,
-    settings: dict[str, int | float | str],
+    settings: RoundSettings,
     *,
     clip_norm: float,
     check_norm: bool,
@@ -119,16 +130,10 @@ def train_round(
 
     With `record_level`, every reply must carry the device's record-level epsilon ("record-epsilon"); the
     largest one over the replies (rejected ones included: their device spent it) is returned."""
-    global_record = ArrayRecord({"params": Array(params)})
     messages = []
     for position, (node, slots) in enumerate(assignment.items()):
-        content = RecordDict(
-            {
-                "global": global_record,
-                "sample": ArrayRecord({"slots": Array(slots.astype(np.int64))}),
-                "round": ConfigRecord(node_settings(settings, position)),
-            }
-        )
+        instruction = TrainInstruction(params, slots, settings.for_node(position))
+        content = RecordDict(instruction.to_records())
         messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
     total = np.zeros(params.shape[0], dtype=np.float64)
     count = unclipped = rejected_nodes = refused = 0
@@ -140,20 +145,21 @@ def train_round(
             check_reply_source(node, assignment, answered)
             if record_level:
                 record_epsilons.append(read_record_epsilon(reply))
-            node_sum, node_count, node_unclipped, node_refused = _read_train_reply(
-                reply, len(assignment.get(node, []))
-            )
+            answer = read_train_reply(reply, len(assignment.get(node, [])))
             check_update_sum(
-                node_sum, count=node_count, dim=params.shape[0], clip_norm=clip_norm if check_norm else np.inf
+                answer.update_sum,
+                count=answer.count,
+                dim=params.shape[0],
+                clip_norm=clip_norm if check_norm else np.inf,
             )
         except UpdateRejectedError as exc:
             log.warning("round reply from a node rejected: %s", exc)
             rejected_nodes += 1
             continue
-        total += node_sum
-        count += node_count
-        unclipped += node_unclipped
-        refused += node_refused
+        total += answer.update_sum
+        count += answer.count
+        unclipped += answer.unclipped_count
+        refused += answer.refused_count
     missing = [n for n in assignment if n not in answered]
     rejected_nodes += len(missing)
     sampled = sum(len(s) for s in assignment.values())
@@ -175,66 +181,36 @@ def read_record_epsilon(reply: Message) -> float:
     """The device's record-level epsilon so far; UpdateRejectedError when the reply does not carry one."""
     if reply.has_error():
         raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
-    try:
-        value = as_float(reply.content.metric_records["stats"]["record-epsilon"], name="record-epsilon")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UpdateRejectedError(f"a record-level reply without its record-level epsilon: {exc!r}") from exc
-    if not value >= 0:
-        raise UpdateRejectedError(f"record-level epsilon {value} is not >= 0")
-    return value
+    epsilon = read_reply_record_epsilon(reply.content)
+    assert epsilon is not None  # required=True raises instead of returning None
+    return epsilon
 
 
-def node_settings(settings: dict[str, int | float | str], position: int) -> dict[str, ConfigRecordValues]:
-    """The round's settings for one node: a fixed (test) noise seed differs per node, so that local-DP
-    noise is independent across nodes even in deterministic runs (-1, OS entropy, stays -1)."""
-    seed = int(settings.get("noise-seed", -1))
-    out: dict[str, ConfigRecordValues] = dict(settings)
-    out["noise-seed"] = seed if seed < 0 else (seed + position) % (2**62)
-    return out
-
-
-def _read_train_reply(reply: Message, n_sampled: int) -> tuple[np.ndarray, int, int, int]:
-    """(sum, count, unclipped count, refused count): count + refused must be the node's sampled users."""
+def read_train_reply(reply: Message, n_sampled: int) -> TrainReply:
+    """The node's typed reply; UpdateRejectedError when it is an error or malformed, or when its counts do
+    not add up to the `n_sampled` users it was sent."""
     if reply.has_error():
         raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
-    try:
-        node_sum = reply.content.array_records["update"]["sum"].numpy()
-        stats = reply.content.metric_records["stats"]
-        count, unclipped = (
-            as_int(stats["count"], name="count"),
-            as_int(stats["unclipped-count"], name="unclipped-count"),
-        )
-        refused = as_int(stats.get("refused-count", 0), name="refused-count")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UpdateRejectedError(f"malformed train reply: {exc}") from exc
-    if refused < 0 or count + refused != n_sampled or not 0 <= unclipped <= count:
-        raise UpdateRejectedError(
-            f"reply counts {count} users ({unclipped} unclipped) and {refused} refused, "
-            f"{n_sampled} were sampled"
-        )
-    return node_sum.astype(np.float64), count, unclipped, refused
+    return TrainReply.from_records(reply.content, n_sampled=n_sampled)
 
 
 def evaluate_round(
     grid: Grid, node_ids: tuple[int, ...], params: np.ndarray, *, max_users: int, timeout_s: float
 ) -> dict[str, float]:
     """Federated evaluation on the validation stage: mean NDCG@10 and HR@10 over the nodes' users."""
-    content = RecordDict(
-        {
-            "global": ArrayRecord({"params": Array(params)}),
-            "evaluate": ConfigRecord({"stage": "valid", "max-users": max_users}),
-        }
-    )
+    content = EvaluateRequest(params, "valid", max_users).to_records()
     messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in node_ids]
     ndcg = hits = n = 0.0
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         if reply.has_error():
             log.warning("evaluation failed on a node: %s", reply.error.reason)
             continue
-        metrics = reply.content.metric_records["metrics"]
-        ndcg += as_float(metrics["ndcg-sum"], name="ndcg-sum")
-        hits += as_float(metrics["hit-sum"], name="hit-sum")
-        n += as_float(metrics["n"], name="n")
+        try:
+            answer = EvaluateReply.from_records(reply.content)
+        except UpdateRejectedError as exc:
+            log.warning("a malformed evaluation reply: %s", exc)
+            continue
+        ndcg, hits, n = ndcg + answer.ndcg_sum, hits + answer.hit_sum, n + answer.n
     if n == 0:
         return {}
     return {"valid_ndcg_10": ndcg / n, "valid_hr_10": hits / n, "valid_users": n}

@@ -16,6 +16,7 @@ import numpy as np
 from server.rounds.messaging import TrainReplies, train_round
 from server.secagg.secure_round import DiscreteNoise, SecureRoundRecord, SecureSettings, secure_train_round
 from shared.config import FedhomeConfig
+from shared.messages import RoundSettings
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class RoundRequest:
     round_number: int
     assignment: dict[int, np.ndarray]  # node id -> sorted local slots of its sampled users
     params: np.ndarray
-    settings: dict[str, int | float | str]
+    settings: RoundSettings
     clip_norm: float
 
 

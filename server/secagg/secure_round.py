@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from server.rounds.messaging import TrainReplies, node_settings, read_record_epsilon
+from server.rounds.messaging import TrainReplies, read_record_epsilon
 from server.secagg.secagg_stages import (
     Participant,
     ProtocolFailed,
@@ -58,6 +58,7 @@ from server.secagg.secagg_stages import (
 )
 from server.strategy import check_update_sum, check_update_values
 from shared.errors import UpdateRejectedError
+from shared.messages import RoundSettings, TrainInstruction
 from shared.secagg_primitives import decode, neighbours, sensitivity
 
 log = logging.getLogger(__name__)
@@ -119,21 +120,16 @@ def secure_train_round(
     grid: Grid,
     assignment: dict[int, np.ndarray],
     params: np.ndarray,
-    settings: dict[str, int | float | str],
+    settings: RoundSettings,
     *,
     clip_norm: float,
     secure: SecureSettings,
     record_level: bool = False,
 ) -> SecureReplies:
     """Secure aggregation of one training round; the returned sum is noised in central mode."""
-    global_record = ArrayRecord({"params": Array(params)})
 
     def content_of(i: int, slots: np.ndarray) -> dict[str, Record]:
-        return {
-            "global": global_record,
-            "sample": ArrayRecord({"slots": Array(slots.astype(np.int64))}),
-            "round": ConfigRecord(node_settings(settings, i)),
-        }
+        return dict(TrainInstruction(params, slots, settings.for_node(i)).to_records())
 
     record_epsilons: list[float] = []
 
@@ -141,7 +137,7 @@ def secure_train_round(
         if record_level:
             record_epsilons.append(read_record_epsilon(reply))
 
-    header = {"run-id": str(settings["run-id"]), "round": int(settings["round"])}
+    header = {"run-id": settings.run_id, "round": settings.round}
     out = secure_sum(
         grid, assignment, header, MessageType.TRAIN, content_of, dim=params.shape[0], bound=clip_norm,
         secure=secure, on_reply=on_reply,

@@ -29,8 +29,9 @@ class CappedNodes:
     refuses (half of them, past their cap); the announced terms must reach the nodes."""
 
     def collect(self, grid: Any, request: RoundRequest) -> CollectedUpdates:
-        terms = {"run-id", "noise-multiplier", "sample-rate", "delta", "participation-cap"}
-        assert terms <= set(request.settings)
+        settings = request.settings  # the terms each device's receipt records
+        assert settings.run_id and settings.noise_multiplier == 1.0 and settings.sample_rate == 0.5
+        assert settings.delta > 0 and settings.participation_cap in (0, 1)
         count = sum(len(slots) for slots in request.assignment.values())
         refused = count // 2
         return CollectedUpdates(

@@ -32,8 +32,8 @@ class FakeNodes:
 
     def collect(self, grid: Any, request: RoundRequest) -> CollectedUpdates:
         count = sum(len(slots) for slots in request.assignment.values())
-        rng = np.random.default_rng(int(request.settings["round-seed"]))
-        clip_norm = float(request.settings["clip-norm"])
+        rng = np.random.default_rng(request.settings.round_seed)
+        clip_norm = request.settings.clip_norm
         updates = [clip_update(rng.normal(size=DIM), clip_norm=clip_norm)[0] for _ in range(count)]
         total = np.sum(np.array(updates).reshape(count, DIM), axis=0, dtype=np.float64)
         return CollectedUpdates(TrainReplies(total, count, count, 0, 0))

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from server.rounds.messaging import SIMULATION_PULL_INTERVAL_S, Population, node_settings, poll_replies_often
+from server.rounds.messaging import SIMULATION_PULL_INTERVAL_S, Population, poll_replies_often
+from shared.messages import RoundSettings
 
 
 def test_slots_map_to_nodes_in_partition_order() -> None:
@@ -21,19 +22,23 @@ def test_slots_map_to_nodes_in_partition_order() -> None:
 
 
 def test_fixed_noise_seeds_differ_per_node_and_os_entropy_stays_so() -> None:
-    settings: dict[str, int | float] = {"round": 3, "noise-seed": 1234, "clip-norm": 1.0}
-    seeds = {node_settings(settings, position)["noise-seed"] for position in range(4)}
+    settings = RoundSettings(
+        round=3, run_id="r", sample_rate=0.1, noise_multiplier=1.0, delta=1e-5, participation_cap=0,
+        clip_norm=1.0, local_noise_multiplier=1.0, round_seed=5, noise_seed=1234,
+    )  # fmt: skip
+    seeds = {settings.for_node(position).noise_seed for position in range(4)}
     assert len(seeds) == 4  # independent local-DP noise on each node, even in deterministic runs
-    assert node_settings({**settings, "noise-seed": -1}, 2)["noise-seed"] == -1
-    assert node_settings(settings, 1)["clip-norm"] == 1.0 and settings["noise-seed"] == 1234
+    assert RoundSettings(**{**settings.__dict__, "noise_seed": -1}).for_node(2).noise_seed == -1
+    assert settings.for_node(1).clip_norm == 1.0 and settings.noise_seed == 1234
 
 
 def test_the_simulation_grid_is_polled_often_and_other_grids_are_left_alone() -> None:
-    # Flower's simulation grid; its link state is never touched here
+    # Flower's simulation grid; its link state is never touched here (a stand-in, not a LinkStateFactory)
     grid = InMemoryGrid(state_factory=SimpleNamespace(state=lambda: None))  # type: ignore[arg-type]
-    assert grid.pull_interval == 0.1  # Flower's default: up to 0.1 s lost after a round's last reply
+    grid.pull_interval = 0.5  # whatever Flower starts it at
     poll_replies_often(grid)
-    assert grid.pull_interval == SIMULATION_PULL_INTERVAL_S == 0.01
+    assert grid.pull_interval == SIMULATION_PULL_INTERVAL_S
+    assert 0 < SIMULATION_PULL_INTERVAL_S <= 0.01  # a round waits at most this long after its last reply
 
     class DeployedGrid:  # a SuperLink's grid: no pull_interval of Flower's to change
         pull_interval = 3.0

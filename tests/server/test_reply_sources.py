@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from server.rounds.messaging import train_round
 from server.trending.trending_query import trending_query
+from shared.messages import RoundSettings, TrainReply
 
 N_ITEMS, K = 4, 2
 
@@ -46,8 +47,7 @@ def trending_reply(node: int, count: int) -> SimpleNamespace:
 
 def train_reply(node: int, count: int) -> SimpleNamespace:
     update = np.full(3, 0.1, np.float32) * count
-    stats = MetricRecord({"count": count, "unclipped-count": 0})
-    return reply(node, {"update": ArrayRecord({"sum": Array(update)}), "stats": stats})
+    return reply(node, dict(TrainReply(update, count, 0).to_records()))
 
 
 ASSIGNMENT = {1: np.array([0, 1]), 2: np.array([0])}
@@ -60,8 +60,12 @@ def query(replies: list[Any]) -> Any:
 
 def train(replies: list[Any]) -> Any:
     grid: Any = FakeGrid(replies)
+    settings = RoundSettings(
+        round=1, run_id="r", sample_rate=0.5, noise_multiplier=1.0, delta=1e-5, participation_cap=0,
+        clip_norm=1.0, local_noise_multiplier=0.0, round_seed=1, noise_seed=-1,
+    )  # fmt: skip
     return train_round(
-        grid, ASSIGNMENT, np.zeros(3, np.float32), {}, clip_norm=1.0, check_norm=True, timeout_s=1.0
+        grid, ASSIGNMENT, np.zeros(3, np.float32), settings, clip_norm=1.0, check_norm=True, timeout_s=1.0
     )
 
 

@@ -18,6 +18,7 @@ from server.audit.entry_checks import check_noise
 from server.audit.trending_checks import check_trending_noise
 from server.secagg.secure_round import SecureReplies, SecureSettings, secure_train_round
 from shared.errors import UpdateRejectedError
+from shared.messages import RoundSettings
 from shared.privacy.noise import GaussianNoise
 from shared.secagg_primitives import sensitivity
 
@@ -85,7 +86,10 @@ def run(
     grid: LoopbackGrid, *, mode: str = "none", z: float = 0.0, neighbours: int = 0, dim: int = DIM
 ) -> SecureReplies:
     assignment = {node: np.arange(s.count) for node, s in grid.sums.items()}
-    settings: dict[str, int | float | str] = {"run-id": "r1", "round": 3, "noise-seed": 9}
+    settings = RoundSettings(
+        round=3, run_id="r1", sample_rate=0.5, noise_multiplier=z, delta=1e-5, participation_cap=0,
+        clip_norm=1.0, local_noise_multiplier=0.0, round_seed=1, noise_seed=9,
+    )  # fmt: skip
     secure = SecureSettings(
         mode=mode,
         noise_multiplier=z,

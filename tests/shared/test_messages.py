@@ -1,0 +1,91 @@
+"""The typed messages between the ServerApp and the nodes (shared/messages.py): what is sent is what is read,
+and a malformed or inconsistent record is refused with UpdateRejectedError, never read as something else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.errors import UpdateRejectedError
+from shared.messages import (
+    EvaluateReply,
+    EvaluateRequest,
+    PopulationReply,
+    RoundSettings,
+    TrainInstruction,
+    TrainReply,
+)
+
+SETTINGS = RoundSettings(
+    round=4, run_id="run-a", sample_rate=0.05, noise_multiplier=0.955, delta=1e-6, participation_cap=3,
+    clip_norm=1.0, local_noise_multiplier=0.0, round_seed=2**61 + 5, noise_seed=-1,
+)  # fmt: skip
+
+
+@given(
+    slots=st.lists(st.integers(0, 10**6), max_size=20, unique=True),
+    dim=st.integers(1, 50),
+    seed=st.integers(-1, 2**62 - 1),
+)
+def test_a_train_instruction_reads_back_as_sent(slots: list[int], dim: int, seed: int) -> None:
+    settings = RoundSettings(**{**SETTINGS.__dict__, "noise_seed": seed})
+    sent = TrainInstruction(np.linspace(-1, 1, dim, dtype=np.float32), np.array(slots, np.int64), settings)
+    read = TrainInstruction.from_records(RecordDict(sent.to_records()))
+    assert read.settings == settings
+    np.testing.assert_array_equal(read.params, sent.params)
+    np.testing.assert_array_equal(read.slots, sent.slots)
+
+
+@pytest.mark.parametrize("record_epsilon", [None, 0.0, 3.25])
+def test_a_train_reply_reads_back_as_sent(record_epsilon: float | None) -> None:
+    sent = TrainReply(np.array([0.5, -0.25], np.float32), 3, 2, 1, record_epsilon)
+    read = TrainReply.from_records(sent.to_records(), n_sampled=4)
+    assert (read.count, read.unclipped_count, read.refused_count) == (3, 2, 1)
+    assert read.record_epsilon == record_epsilon and read.update_sum.dtype == np.float64
+    np.testing.assert_array_equal(read.update_sum, [0.5, -0.25])
+
+
+@pytest.mark.parametrize(
+    ("reply", "n_sampled", "problem"),
+    [
+        (TrainReply(np.zeros(2), 3, 2, 1), 5, "5 were sampled"),  # counts do not add up
+        (TrainReply(np.zeros(2), 3, 4, 0), 3, "4 unclipped"),  # more unclipped than summed
+        (TrainReply(np.zeros(2), 2, 0, -1), 1, "-1 refused"),
+        (TrainReply(np.zeros(2), 1, 0, 0, -0.5), 1, "not >= 0"),
+    ],
+)
+def test_inconsistent_train_replies_are_refused(reply: TrainReply, n_sampled: int, problem: str) -> None:
+    with pytest.raises(UpdateRejectedError, match=problem):
+        TrainReply.from_records(reply.to_records(), n_sampled=n_sampled)
+
+
+def test_malformed_records_are_refused_by_name() -> None:
+    with pytest.raises(UpdateRejectedError, match="malformed train reply"):
+        TrainReply.from_records(RecordDict({"stats": MetricRecord({"count": 1})}), n_sampled=1)
+    content = TrainReply(np.zeros(2), 1, 0).to_records()
+    content["stats"] = MetricRecord({"count": 1.5, "unclipped-count": 0})
+    with pytest.raises(UpdateRejectedError, match="'count' is not an integer"):
+        TrainReply.from_records(content, n_sampled=1)
+    config = SETTINGS.to_config()
+    del config["clip-norm"]
+    with pytest.raises(UpdateRejectedError, match="round settings without 'clip-norm'"):
+        RoundSettings.from_config(config)
+    with pytest.raises(UpdateRejectedError, match="'round' is not a number"):
+        RoundSettings.from_config(ConfigRecord({**SETTINGS.to_config(), "round": "4"}))
+    with pytest.raises(UpdateRejectedError, match="global parameters"):
+        EvaluateRequest.from_records(
+            RecordDict({"evaluate": ConfigRecord({"stage": "valid", "max-users": 3})})
+        )
+
+
+def test_evaluation_and_population_messages_read_back_as_sent() -> None:
+    request = EvaluateRequest(np.ones(3, np.float32), "valid", 2000)
+    read = EvaluateRequest.from_records(request.to_records())
+    assert (read.stage, read.max_users) == ("valid", 2000) and read.params.tolist() == [1.0, 1.0, 1.0]
+    reply = EvaluateReply(1.5, 3.0, 10.0)
+    assert EvaluateReply.from_records(reply.to_records()) == reply
+    population = PopulationReply(n_users=11_166, partition_id=1)
+    assert PopulationReply.from_records(population.to_records()) == population
