@@ -110,7 +110,7 @@ def command_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.api.service import make_app
-    from shared.config import ServiceConfig
+    from shared.config import ServiceConfig, ServiceSecrets
 
     config = ServiceConfig(
         release_store=args.store,
@@ -121,7 +121,8 @@ def command_serve(args: argparse.Namespace) -> int:
         port=args.port,
         demo_shoppers=args.demo_shoppers,
     )
-    uvicorn.run(make_app(config), host=config.host, port=config.port, log_level="warning")
+    secrets = ServiceSecrets.from_environment(config)  # the admin token, read once, here
+    uvicorn.run(make_app(config, secrets), host=config.host, port=config.port, log_level="warning")
     return 0
 
 

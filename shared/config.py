@@ -7,6 +7,7 @@ with `with_overrides`. Nothing else in fedhome reads environment variables or ra
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,6 +386,18 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_page_size", "max_catalogue_batch", "port", "index_lifetime_s"):
             _positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSecrets:
+    """The model service's secrets, read once when it starts (never at import, never per request)."""
+
+    admin_token: str = field(default="", repr=False)  # "" (or under 16 characters): admin routes are off
+
+    @classmethod
+    def from_environment(cls, config: ServiceConfig) -> ServiceSecrets:
+        """The admin token from the environment variable config.admin_token_env ("" when it is unset)."""
+        return cls(admin_token=os.environ.get(config.admin_token_env, ""))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,16 +11,17 @@ from contextlib import contextmanager
 import uvicorn
 
 from server.api.service import make_app
-from shared.config import ServiceConfig
+from shared.config import ServiceConfig, ServiceSecrets
 
 
 @contextmanager
-def running(config: ServiceConfig) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port for `config`; yields its base URL."""
+def running(config: ServiceConfig, secrets: ServiceSecrets | None = None) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port for `config`; yields its base URL. Its admin token comes
+    from `secrets`, else from the environment when it starts (make_app)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = make_app(config)
+    app = make_app(config, secrets)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

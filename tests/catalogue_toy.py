@@ -85,8 +85,9 @@ def release_item(catalogue: Catalogue, row: int) -> dict[str, object]:
 
 
 def serve(folder: Path, port: int) -> None:
-    """Serve a toy run and its release on 127.0.0.1:`port` (admin token from FEDHOME_ADMIN_TOKEN), for
-    schema fuzzing of the catalogue routes: `PYTHONPATH=.:tests python tests/catalogue_toy.py DIR PORT`."""
+    """Serve a toy run and its release on 127.0.0.1:`port` (admin token read from FEDHOME_ADMIN_TOKEN when
+    it starts), for schema fuzzing of the catalogue routes:
+    `PYTHONPATH=.:tests python tests/catalogue_toy.py DIR PORT`."""
     import uvicorn
 
     from server.api.service import make_app

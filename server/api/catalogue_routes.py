@@ -1,10 +1,14 @@
-"""The model service's catalogue-delta routes: admin writes that publish a signed delta, and devices' reads.
+"""The model service's catalogue routes: the paged catalogue, admin writes that publish a signed delta, and
+devices' reads of the deltas.
 
-- POST /v1/admin/catalogue/items {"items": [...]} (bearer token): add or change up to
-  ServiceConfig.max_catalogue_batch items (server/catalogue/catalogue_items.py:CatalogueItem). Synchronous:
-  the texts are embedded (cached; only new texts are encoded) and the latest release's item tower run within
-  the request, then the next cumulative delta of the latest release is signed and published. Answers
-  DeltaResult. The first write after start loads the served run's model (it must be the release's run).
+- GET /v1/catalogue?offset=&limit=: the latest release's item metadata with its newest catalogue delta
+  applied, paged (at most ServiceConfig.max_page_size items a page);
+- POST /v1/admin/catalogue/items {"items": [...]} (bearer token, server/api/admin_auth.py): add or change up
+  to ServiceConfig.max_catalogue_batch items (server/catalogue/catalogue_items.py:CatalogueItem).
+  Synchronous: the texts are embedded (cached; only new texts are encoded) and the latest release's item
+  tower run within the request, then the next cumulative delta of the latest release is signed and
+  published. Answers DeltaResult. The first write after start loads the served run's model (it must be the
+  release's run).
 - GET /v1/releases/{version}/deltas: the signed list of that release's deltas (an empty, unsigned list
   when it has none), for people and the demo page; devices follow the head the signed release index
   names (shared/release_index.py), whose serial and expiry the list does not have;
@@ -16,18 +20,17 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Header, Request, Security
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
-from server.api.http_errors import NotFoundError, PayloadTooLargeError, UnavailableError, require_admin
+from server.api.admin_auth import ADMIN_SECURITY, AdminFirst
+from server.api.http_errors import NotFoundError, PayloadTooLargeError, UnavailableError
+from server.api.release_routes import IfNoneMatch
+from server.api.service_state import DeltasDep, PublicKeyDep, ServiceState, StateDep, StoreDep
 from server.catalogue.catalogue_items import CatalogueItem
 from server.catalogue.delta_publisher import DeltaBase, DeltaResult, DeltaStore, load_base
 from server.releases.release_store import ReleaseStore
@@ -35,7 +38,15 @@ from shared.catalogue_delta_format import manifest_sha256
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, EncoderError, SignatureError
 from shared.release_manifest import MANIFEST_NAME
-from shared.signing import Ed25519PublicKey, load_private_key
+from shared.signing import load_private_key
+
+
+class CataloguePage(BaseModel):
+    release: int
+    offset: int
+    limit: int
+    total: int
+    items: list[dict[str, Any]]
 
 
 class CatalogueWrite(BaseModel):
@@ -60,133 +71,138 @@ class DeltaList(BaseModel):
     signature: str | None = None
 
 
-# Documents admin routes' bearer token in the OpenAPI schema (a security scheme on each admin route); the
-# check itself is admin_first's, before the body is read, so this dependency never refuses anything
-ADMIN_SECURITY = [
-    Security(
-        HTTPBearer(
-            auto_error=False,
-            scheme_name="AdminToken",
-            description="the admin token: `Authorization: Bearer <token>` (ServiceConfig.admin_token_env)",
-        )
-    )
-]
+def known_release(store: ReleaseStore, version: int) -> int:
+    if version not in store.versions():
+        raise NotFoundError(f"no release {version}")
+    return version
 
 
-def admin_first(config: ServiceConfig) -> type[APIRoute]:
-    """The route class of admin routes (`route_class_override=`): it checks config's admin token before
-    FastAPI reads and validates the body, so a caller without the token gets 401 whatever it sent (the
-    body's size was checked before, by BodyLimit). Only the handler is wrapped: the OpenAPI schema still
-    documents the body model."""
-
-    class AdminFirst(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-
-            async def checked(request: Request) -> Response:
-                require_admin(config, request.headers.get("authorization"))
-                return await handler(request)
-
-            return checked
-
-    return AdminFirst
+def listed(store: ReleaseStore, deltas: DeltaStore, version: int, sequence: int) -> dict[str, Any]:
+    """The signed manifest of delta `sequence` of release `version`; NotFoundError when either is unknown."""
+    known_release(store, version)
+    if sequence not in deltas.sequences(version):
+        raise NotFoundError(f"release {version} has no delta {sequence}")
+    return deltas.manifest(version, sequence)
 
 
-def catalogue_router(config: ServiceConfig, store: ReleaseStore, public_key: Ed25519PublicKey) -> APIRouter:
-    """The routes above over `store`; admin writes sign with config.signing_key."""
-    router = APIRouter()
-    deltas = DeltaStore(store)
-    bases: dict[int, DeltaBase] = {}
-    loading = threading.Lock()
+def base_of(state: ServiceState, version: int) -> DeltaBase:
+    """What writes to release `version` are embedded with, loaded by the first write (and kept: only the
+    latest release's model is kept in memory); UnavailableError when the served run is not the release's."""
+    with state.delta_bases_lock:
+        bases = state.delta_bases
+        if version not in bases:
+            bases.clear()
+            try:
+                bases[version] = load_base(state.store, version, Path(state.config.run_dir), state.public_key)
+            except (ConfigError, DataError, OSError) as exc:  # the service's setup is at fault
+                raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
+        return bases[version]
 
-    def base_of(version: int) -> DeltaBase:
-        with loading:
-            if version not in bases:
-                bases.clear()  # only the latest release's model is kept in memory
-                try:
-                    bases[version] = load_base(store, version, Path(config.run_dir), public_key)
-                except (ConfigError, DataError, OSError) as exc:  # the service's setup is at fault
-                    raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
-            return bases[version]
 
-    def release(version: int) -> int:
-        if version not in store.versions():
-            raise NotFoundError(f"no release {version}")
-        return version
-
-    def listed(version: int, sequence: int) -> dict[str, Any]:
-        release(version)
-        if sequence not in deltas.sequences(version):
-            raise NotFoundError(f"release {version} has no delta {sequence}")
-        return deltas.manifest(version, sequence)
-
-    def write_items(body: CatalogueWrite) -> DeltaResult:
-        if len(body.items) > config.max_catalogue_batch:
-            raise PayloadTooLargeError(
-                f"{len(body.items)} items; at most {config.max_catalogue_batch} a write"
-            )
-        ids = [item.id for item in body.items]
-        if len(set(ids)) != len(ids):
-            raise DataError("the batch names an item more than once")
-        if not config.signing_key:
-            raise UnavailableError("the service was started without a signing key (--signing-key)")
-        latest = store.latest()
-        if latest is None:
-            raise NotFoundError("no release has been published")
-        try:
-            key = load_private_key(Path(config.signing_key))
-        except (ConfigError, SignatureError) as exc:  # a missing or bad key file: the service's setup
-            raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
-        try:
-            return deltas.publish(base_of(latest), body.items, key)
-        except EncoderError as exc:  # the encoder could not load or run: nothing was published
-            raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
-
-    router.add_api_route(
-        "/v1/admin/catalogue/items",
-        write_items,
-        methods=["POST"],
-        response_model=DeltaResult,
-        dependencies=ADMIN_SECURITY,
-        route_class_override=admin_first(config),
+def catalogue_page(store: ReleaseStore, deltas: DeltaStore, *, offset: int, limit: int) -> CataloguePage:
+    version = store.latest()
+    if version is None:
+        raise NotFoundError("no release has been published")
+    items = deltas.catalogue(version)  # the release's items with its newest delta applied
+    return CataloguePage(
+        release=version, offset=offset, limit=limit, total=len(items), items=items[offset : offset + limit]
     )
 
-    @router.get("/v1/releases/{version}/deltas", response_model=DeltaList)
-    def delta_list(version: int) -> DeltaList:
-        listing = deltas.listing(release(version), public_key)
-        sequences = [int(entry["sequence"]) for entry in listing["deltas"]]
-        return DeltaList(latest=max(sequences, default=None), **listing)
 
-    @router.get(
-        "/v1/releases/{version}/deltas/{sequence}",
-        responses={200: {"description": "the signed delta manifest"}, 304: {}},
-    )
-    def delta_manifest(
-        version: int, sequence: int, if_none_match: str | None = Header(default=None)
-    ) -> Response:
-        manifest = listed(version, sequence)
-        body = json.dumps(manifest, sort_keys=True).encode()
-        etag = f'"{manifest_sha256(manifest)}"'  # the manifest_sha256 the signed delta list names
-        if if_none_match == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        return Response(body, media_type="application/json", headers={"ETag": etag})
+router = APIRouter()  # the admin write and the delta reads; catalogue_router adds the page
 
-    @router.get(
-        "/v1/releases/{version}/deltas/{sequence}/files/{name}",
-        responses={200: {"description": "the file"}, 304: {}},
-    )
-    def delta_file(
-        version: int, sequence: int, name: str, if_none_match: str | None = Header(default=None)
-    ) -> Response:
-        files = listed(version, sequence)["files"]
-        folder = deltas.folder(version, sequence)
-        if name == MANIFEST_NAME:
-            return FileResponse(folder / MANIFEST_NAME, media_type="application/json")
-        if name not in files:
-            raise NotFoundError(f"delta {sequence} of release {version} has no file {name!r}")
-        etag = f'"{files[name]["sha256"]}"'
-        if if_none_match == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        return FileResponse(folder / name, headers={"ETag": etag})
 
-    return router
+def write_items(body: CatalogueWrite, state: StateDep) -> DeltaResult:
+    config = state.config
+    if len(body.items) > config.max_catalogue_batch:
+        raise PayloadTooLargeError(f"{len(body.items)} items; at most {config.max_catalogue_batch} a write")
+    ids = [item.id for item in body.items]
+    if len(set(ids)) != len(ids):
+        raise DataError("the batch names an item more than once")
+    if not config.signing_key:
+        raise UnavailableError("the service was started without a signing key (--signing-key)")
+    latest = state.store.latest()
+    if latest is None:
+        raise NotFoundError("no release has been published")
+    try:
+        key = load_private_key(Path(config.signing_key))
+    except (ConfigError, SignatureError) as exc:  # a missing or bad key file: the service's setup
+        raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
+    try:
+        return state.deltas.publish(base_of(state, latest), body.items, key)
+    except EncoderError as exc:  # the encoder could not load or run: nothing was published
+        raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
+
+
+router.add_api_route(  # the admin token is checked before the body is read (401 whatever it is)
+    "/v1/admin/catalogue/items",
+    write_items,
+    methods=["POST"],
+    response_model=DeltaResult,
+    dependencies=ADMIN_SECURITY,
+    route_class_override=AdminFirst,
+)
+
+
+@router.get("/v1/releases/{version}/deltas", response_model=DeltaList)
+def delta_list(version: int, store: StoreDep, deltas: DeltasDep, public_key: PublicKeyDep) -> DeltaList:
+    listing = deltas.listing(known_release(store, version), public_key)
+    sequences = [int(entry["sequence"]) for entry in listing["deltas"]]
+    return DeltaList(latest=max(sequences, default=None), **listing)
+
+
+@router.get(
+    "/v1/releases/{version}/deltas/{sequence}",
+    responses={200: {"description": "the signed delta manifest"}, 304: {}},
+)
+def delta_manifest(
+    version: int, sequence: int, store: StoreDep, deltas: DeltasDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    manifest = listed(store, deltas, version, sequence)
+    body = json.dumps(manifest, sort_keys=True).encode()
+    etag = f'"{manifest_sha256(manifest)}"'  # the manifest_sha256 the signed delta list names
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type="application/json", headers={"ETag": etag})
+
+
+@router.get(
+    "/v1/releases/{version}/deltas/{sequence}/files/{name}",
+    responses={200: {"description": "the file"}, 304: {}},
+)
+def delta_file(
+    version: int,
+    sequence: int,
+    name: str,
+    store: StoreDep,
+    deltas: DeltasDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    files = listed(store, deltas, version, sequence)["files"]
+    folder = deltas.folder(version, sequence)
+    if name == MANIFEST_NAME:
+        return FileResponse(folder / MANIFEST_NAME, media_type="application/json")
+    if name not in files:
+        raise NotFoundError(f"delta {sequence} of release {version} has no file {name!r}")
+    etag = f'"{files[name]["sha256"]}"'
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return FileResponse(folder / name, headers={"ETag": etag})
+
+
+def catalogue_router(config: ServiceConfig) -> APIRouter:
+    """The catalogue's routes for a service of `config`: built per service because the page size bound,
+    config.max_page_size, is part of the page route's declared (OpenAPI) parameters."""
+    routes = APIRouter()
+
+    @routes.get("/v1/catalogue", response_model=CataloguePage)
+    def catalogue(
+        store: StoreDep,
+        deltas: DeltasDep,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1, le=config.max_page_size),
+    ) -> CataloguePage:
+        return catalogue_page(store, deltas, offset=offset, limit=limit)
+
+    routes.include_router(router)
+    return routes

@@ -1,18 +1,19 @@
-"""The model service's errors and their HTTP statuses (one mapping, `STATUS`), the error body, the request
-size limit and the admin-token check, shared by server/api/service.py and its routers
-(server/api/catalogue_routes.py, server/api/demo_routes.py)."""
+"""The model service's errors and their HTTP statuses, in one place: the error types, the mapping to statuses
+(`STATUS`), the one error body, the handlers that answer with it (`install_error_handlers`), the error
+responses every route documents (`ERROR_RESPONSES`), and the request size limit (`BodyLimit`)."""
 
 from __future__ import annotations
 
-import hmac
-import os
+from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.catalogue.delta_publisher import CorruptStoreError
-from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, FedhomeError, SignatureError
 
 
@@ -47,6 +48,7 @@ STATUS: dict[type[FedhomeError], int] = {
     CorruptStoreError: 500,  # a DataError in the service's own delta store: a server fault
     SignatureError: 500,  # our own files no longer verify: a server fault, never served as valid
 }
+HTTP_ERROR_TYPES: dict[int, str] = {400: "BadRequest", 404: "NotFoundError", 405: "MethodNotAllowed"}
 
 
 class ErrorBody(BaseModel):
@@ -58,9 +60,45 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# The error responses every route documents in the OpenAPI schema (FastAPI(responses=...))
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "content": {"application/json": {}}}
+    for code in (400, 401, 404, 411, 413, 422, 503)
+}
+
+
 def error_response(exc: FedhomeError) -> JSONResponse:
     status = next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)  # the most specific
     return JSONResponse({"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status)
+
+
+async def handle_fedhome_error(request: Request, exc: FedhomeError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (no route, wrong method, a body that is not JSON) in the one error shape."""
+    kind = HTTP_ERROR_TYPES.get(exc.status_code, "HTTPError")
+    return JSONResponse(
+        {"error": {"type": kind, "message": str(exc.detail)}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A request that does not match its route's declared parameters or body: 422, each problem by place."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
+    return JSONResponse({"error": {"type": "ValidationError", "message": problems}}, status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error `app` raises with the one error body and its status from the table above."""
+    app.exception_handler(FedhomeError)(handle_fedhome_error)
+    app.exception_handler(StarletteHTTPException)(handle_http_error)
+    app.exception_handler(RequestValidationError)(handle_validation_error)
 
 
 class BodyLimit:
@@ -82,13 +120,3 @@ class BodyLimit:
                 await error_response(refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def require_admin(config: ServiceConfig, authorization: str | None) -> None:
-    """Raise AuthError unless the request carries the admin token (compared in constant time)."""
-    token = os.environ.get(config.admin_token_env, "")
-    if len(token) < 16:
-        raise AuthError("admin routes are off: no admin token of at least 16 characters is configured")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise AuthError("missing or wrong admin token")

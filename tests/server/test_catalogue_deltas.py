@@ -29,7 +29,7 @@ from server.catalogue.delta_publisher import CorruptStoreError, DeltaStore
 from server.releases.release_builder import load_run
 from server.releases.release_store import ReleaseStore
 from shared.catalogue_delta_format import manifest_sha256, sign_delta_list, verify_delta, verify_delta_list
-from shared.config import ServiceConfig
+from shared.config import ServiceConfig, ServiceSecrets
 from shared.data.schema import Catalogue
 from shared.errors import DataError, SignatureError
 from shared.release_index import utc_seconds
@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration  # the tests share one store and build on e
 
 TOKEN = "catalogue-admin-token-for-tests"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+SECRETS = ServiceSecrets(admin_token=TOKEN)  # what the services here are started with
 WRITE = "/v1/admin/catalogue/items"
 
 
@@ -67,13 +68,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         max_request_bytes=8_192,
         max_catalogue_batch=4,
     )
-    with serve(config) as url:
+    with serve(config, SECRETS) as url:
         yield Service(url, store, run, load_run(run, KEY.public_key())[1], tmp)
-
-
-@pytest.fixture(autouse=True)
-def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
 
 
 def download(service: Service, release: int, sequence: int, out: Path) -> Path:
@@ -86,18 +82,22 @@ def download(service: Service, release: int, sequence: int, out: Path) -> Path:
     return out
 
 
-def test_writes_need_the_admin_token(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writes_need_the_admin_token(service: Service) -> None:
     body = {"items": [new_item()]}
     assert httpx.post(service.url + WRITE, json=body).status_code == 401
     wrong = httpx.post(
         service.url + WRITE, json=body, headers={"Authorization": "Bearer not-the-token-at-all"}
     )
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "AuthError"
-    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", "short")  # a token under 16 characters turns admin routes off
-    assert (
-        httpx.post(service.url + WRITE, json=body, headers={"Authorization": "Bearer short"}).status_code
-        == 401
+    config = ServiceConfig(
+        release_store=service.store.root,
+        run_dir=service.run,
+        public_key=service.keys / "public.pem",
+        signing_key=str(service.keys / "private.pem"),
     )
+    with serve(config, ServiceSecrets(admin_token="short")) as url:  # under 16 characters: admin routes off
+        short = httpx.post(url + WRITE, json=body, headers={"Authorization": "Bearer short"})
+    assert short.status_code == 401 and "admin routes are off" in short.json()["error"]["message"]
     assert DeltaStore(service.store).sequences(1) == []
 
 
@@ -281,7 +281,7 @@ def test_writes_are_unavailable_when_the_served_run_is_not_the_releases(
         public_key=keys / "public.pem",
         signing_key=str(keys / "private.pem"),
     )
-    with serve(config) as url:
+    with serve(config, SECRETS) as url:
         response = httpx.post(url + WRITE, json={"items": [new_item()]}, headers=ADMIN)
     assert response.status_code == 503 and response.json()["error"]["type"] == "UnavailableError"
     assert DeltaStore(store).sequences(1) == [] and DeltaStore(store).record() == {}
@@ -295,7 +295,7 @@ def test_writes_are_unavailable_when_the_signing_key_file_is_missing(service: Se
         signing_key=str(service.keys / "no-such-key.pem"),
     )
     before = DeltaStore(service.store).sequences(1)
-    with serve(config) as url:
+    with serve(config, SECRETS) as url:
         response = httpx.post(url + WRITE, json={"items": [new_item("k-1")]}, headers=ADMIN)
     assert response.status_code == 503 and response.json()["error"]["type"] == "UnavailableError"
     assert DeltaStore(service.store).sequences(1) == before

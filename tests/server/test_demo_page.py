@@ -22,9 +22,9 @@ from release_toy import random_model, source
 
 from client.device.ranker import DeviceRanker, Event
 from server import server_cli
-from server.api import demo_routes as api_demo
-from server.api.demo_routes import ORT_DIST
+from server.api import demo_site
 from server.api.demo_shoppers import read_demo_shoppers
+from server.api.demo_site import ORT_DIST
 from server.catalogue.delta_publisher import LIST_NAME, DeltaStore
 from server.releases.release_store import ReleaseStore
 from shared import signing
@@ -296,10 +296,11 @@ def test_the_page_follows_the_delta_head_the_index_names(
 def test_an_expired_index_is_refused_in_the_browser(
     site: dict[str, Any], browser: Browser, tmp_path: Path
 ) -> None:
-    store = ReleaseStore(tmp_path / "store", index_lifetime_s=1)
+    store = ReleaseStore(tmp_path / "store")
     shutil.copytree(site["store"].root, store.root)
-    store.refresh_index(KEY)  # expires within a second; this service holds no key to re-sign it
-    time.sleep(1.5)
+    index = store.index()  # signed again, as the publisher would, but with an expiry an hour ago
+    expired = sign_index(index["releases"], KEY, serial=index["serial"] + 1, expires_s=time.time() - 3600)
+    (store.root / "index.json").write_text(json.dumps(expired))  # this service holds no key to re-sign it
     config = ServiceConfig(**{**asdict(site["config"]), "release_store": store.root})
     with running(config) as base:
         state, cards = open_demo(browser, f"{base}/demo", shots(tmp_path) / "expired-index.png")
@@ -325,7 +326,7 @@ def test_shoppers_route_and_static_files(site: dict[str, Any]) -> None:
     wasm = httpx.get(f"{base}/demo/ort/ort-wasm-simd-threaded.wasm")
     assert wasm.status_code == 200 and wasm.headers["content-type"] == "application/wasm"
     assert httpx.get(f"{base}/demo/static/demo.js").headers["content-type"].startswith("text/javascript")
-    for path in ("/demo/static/../api_demo.py", "/demo/static/index.html", "/demo/ort/ort.all.min.mjs"):
+    for path in ("/demo/static/../demo_routes.py", "/demo/static/index.html", "/demo/ort/ort.all.min.mjs"):
         assert httpx.get(base + path).status_code == 404
     config = ServiceConfig(**{**asdict(site["config"]), "demo_shoppers": ""})
     with running(config) as other:
@@ -380,7 +381,7 @@ def test_demo_shoppers_come_from_the_runs_synthetic_shop_only(
 def test_a_service_without_the_page_sources_still_serves_the_rest(
     site: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_demo, "WEB", tmp_path / "no-web")  # e.g. installed without its source tree
+    monkeypatch.setattr(demo_site, "WEB", tmp_path / "no-web")  # e.g. installed without its source tree
     with running(site["config"]) as base:
         page = httpx.get(f"{base}/demo")
         assert page.status_code == 503 and page.json()["error"]["type"] == "UnavailableError"

@@ -15,10 +15,10 @@ import pytest
 from ledger_toy import KEY, write_run
 from release_toy import random_model, source
 
-from client.device.release_cache import ReleaseCache
+from client.device.release_cache import ReleaseCache, copy_from
 from client.device.sync import sync
 from server.releases.release_store import ReleaseStore
-from shared.config import ServiceConfig
+from shared.config import ServiceConfig, ServiceSecrets
 from shared.signing import save_private_key, save_public_key
 from simulation.local_service import running
 
@@ -28,25 +28,36 @@ TOKEN = "s3cret-admin-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ReleaseStore, Path]]:
+def config(tmp_path_factory: pytest.TempPathFactory) -> ServiceConfig:
     tmp = tmp_path_factory.mktemp("service")
     store = ReleaseStore(tmp / "store")
     for seed in (0, 1):  # two releases whose model files differ
         model, catalogue = random_model(seed)
         store.publish(model, catalogue, source(str(seed)), KEY)
-    run = write_run(tmp / "run", rounds=3)
     save_public_key(KEY.public_key(), tmp / "public.pem")
     save_private_key(KEY, tmp / "private.pem")
-    config = ServiceConfig(
+    return ServiceConfig(
         release_store=store.root,
-        run_dir=run,
+        run_dir=write_run(tmp / "run", rounds=3),
         public_key=tmp / "public.pem",
         signing_key=str(tmp / "private.pem"),
         max_request_bytes=2_048,
         max_page_size=50,
     )
-    with running(config) as url:
-        yield url, store, run
+
+
+@pytest.fixture(scope="module")
+def service(config: ServiceConfig) -> Iterator[tuple[str, ReleaseStore, Path]]:
+    """The service, started with the admin token TOKEN."""
+    with running(config, ServiceSecrets(admin_token=TOKEN)) as url:
+        yield url, ReleaseStore(config.release_store), config.run_dir
+
+
+@pytest.fixture(scope="module")
+def tokenless(config: ServiceConfig) -> Iterator[str]:
+    """The same store served by a service started without an admin token: its admin routes are off."""
+    with running(config, ServiceSecrets(admin_token="")) as url:
+        yield url
 
 
 def test_health_index_and_latest_manifest_with_etag(service: tuple[str, ReleaseStore, Path]) -> None:
@@ -106,12 +117,9 @@ def test_privacy_ledger_and_report(service: tuple[str, ReleaseStore, Path]) -> N
     assert report["verification"]["ok"] and report["guarantee"]["unit_of_privacy"] == "user"
 
 
-def test_admin_withdrawal_needs_the_token_and_limits_hold(
-    service: tuple[str, ReleaseStore, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_admin_withdrawal_needs_the_token_and_limits_hold(service: tuple[str, ReleaseStore, Path]) -> None:
     base, store, _ = service
     url = f"{base}/v1/admin/releases/2/withdraw"
-    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
     assert httpx.post(url, json={"reason": "x"}).status_code == 401
     assert httpx.post(url, json={"reason": "x"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -134,17 +142,11 @@ def test_admin_withdrawal_needs_the_token_and_limits_hold(
 )
 @pytest.mark.parametrize("token", [TOKEN, None])  # admin routes on, then off (no token configured)
 def test_withdrawal_checks_the_admin_token_before_the_body(
-    service: tuple[str, ReleaseStore, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    content: bytes,
-    token: str | None,
+    service: tuple[str, ReleaseStore, Path], request: pytest.FixtureRequest, content: bytes, token: str | None
 ) -> None:
-    base, store, _ = service
+    base = service[0] if token else request.getfixturevalue("tokenless")  # started with, or without, a token
+    store = service[1]
     url = f"{base}/v1/admin/releases/2/withdraw"
-    if token is None:
-        monkeypatch.delenv("FEDHOME_ADMIN_TOKEN", raising=False)
-    else:
-        monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", token)
     json_type = {"Content-Type": "application/json"}
     for auth in ({}, {"Authorization": "Bearer not-the-token-at-all"}, {"Authorization": TOKEN}):
         refused = httpx.post(url, content=content, headers={**json_type, **auth})
@@ -154,10 +156,9 @@ def test_withdrawal_checks_the_admin_token_before_the_body(
 
 @pytest.mark.parametrize("content", [b"{not json", b"[]", b"{}", b'{"reason": ""}', b'{"reason": 5}'])
 def test_withdrawal_with_the_token_validates_the_body(
-    service: tuple[str, ReleaseStore, Path], monkeypatch: pytest.MonkeyPatch, content: bytes
+    service: tuple[str, ReleaseStore, Path], content: bytes
 ) -> None:
     base, store, _ = service
-    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
     response = httpx.post(
         f"{base}/v1/admin/releases/2/withdraw",
         content=content,
@@ -169,6 +170,32 @@ def test_withdrawal_with_the_token_validates_the_body(
     route = schema["paths"]["/v1/admin/releases/{version}/withdraw"]["post"]
     body = route["requestBody"]["content"]["application/json"]["schema"]
     assert route["requestBody"]["required"] and body == {"$ref": "#/components/schemas/WithdrawRequest"}
+
+
+def test_the_admin_token_is_read_from_the_environment_once_when_the_service_starts(
+    config: ServiceConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ReleaseStore(config.release_store)
+    json_type = {"Content-Type": "application/json"}
+    later = "a-token-set-after-the-service-started"
+    monkeypatch.setenv(config.admin_token_env, TOKEN)
+    with running(config) as base:  # no secrets given: make_app reads the environment, now
+        monkeypatch.setenv(config.admin_token_env, later)
+        url = f"{base}/v1/admin/releases/2/withdraw"
+        admitted = httpx.post(url, content=b"{}", headers={**json_type, "Authorization": f"Bearer {TOKEN}"})
+        assert admitted.status_code == 422  # past the token check; the body is refused, nothing withdrawn
+        refused = httpx.post(url, content=b"{}", headers={**json_type, "Authorization": f"Bearer {later}"})
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "AuthError"
+    monkeypatch.delenv(config.admin_token_env)
+    with running(config) as base:  # started without the variable: admin routes stay off when it is set
+        monkeypatch.setenv(config.admin_token_env, TOKEN)
+        off = httpx.post(
+            f"{base}/v1/admin/releases/2/withdraw",
+            json={"reason": "x"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert off.status_code == 401 and "admin routes are off" in off.json()["error"]["message"]
+    assert store.latest() == 2 and TOKEN not in repr(ServiceSecrets(admin_token=TOKEN))
 
 
 def test_openapi_and_metrics(service: tuple[str, ReleaseStore, Path]) -> None:
@@ -195,17 +222,16 @@ def test_openapi_names_the_admin_token_on_admin_routes_only(service: tuple[str, 
 
 
 def test_device_syncs_downloads_only_changed_files_and_falls_back_on_withdrawal(
-    service: tuple[str, ReleaseStore, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    service: tuple[str, ReleaseStore, Path], tmp_path: Path
 ) -> None:
     base, store, _ = service
     cache = ReleaseCache(tmp_path / "device", KEY.public_key())
-    cache.install(lambda name, dest: dest.write_bytes((store.folder(1) / name).read_bytes()))
+    cache.install(copy_from(store.folder(1)))
     result = sync(cache, base)
     assert result.installed == 2 and cache.state() == {"current": 2, "previous": 1}
     assert (
         "items.json" in result.reused and "user_tower.onnx" in result.downloaded
     )  # same catalogue, new model
-    monkeypatch.setenv("FEDHOME_ADMIN_TOKEN", TOKEN)
     response = httpx.post(
         f"{base}/v1/admin/releases/2/withdraw",
         json={"reason": "regression"},
