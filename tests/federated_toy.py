@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from shared.config import FedhomeConfig, with_overrides
 
@@ -43,5 +44,6 @@ def tiny_config(tmp_path: Path, cache: Path, **overrides: str) -> FedhomeConfig:
     return config
 
 
-def read_jsonl(path: Path) -> list[dict[str, object]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (a ledger, metrics): values as json.loads gives them (Any)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

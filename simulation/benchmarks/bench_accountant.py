@@ -3,7 +3,8 @@
 `python -m simulation.benchmarks.bench_accountant --rounds 500 --sample-rate 0.05 --noise-multiplier 0.955`
 does what the coordinator does each round (the budget check `epsilon_if`, then `record` and `spent()` for the
 ledger entry) for that many rounds on a fresh accountant, and prints the total and the per-round cost at the
-start and the end of the run, then the cost of one `spent()` with every cache cleared (a resumed run's first).
+start and the end of the run, the PLD epsilon the run reached, then the cost of one `spent()` with every cache
+cleared (a resumed run's first).
 """
 
 from __future__ import annotations
@@ -11,22 +12,28 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import NamedTuple
 
 from shared.privacy import accounting
 from shared.privacy.accounting import RoundEvent, UserLevelAccountant, default_delta
 
 
-def round_costs(*, rounds: int, sample_rate: float, noise_multiplier: float, delta: float) -> list[float]:
-    """Seconds each round's epsilon_if + record + spent() took."""
+class RoundCost(NamedTuple):
+    seconds: float  # the round's epsilon_if + record + spent()
+    epsilon: float  # PLD epsilon spent after the round (what the ledger entry records)
+
+
+def round_costs(*, rounds: int, sample_rate: float, noise_multiplier: float, delta: float) -> list[RoundCost]:
+    """Each round's cost and the epsilon spent after it, one row a round."""
     acc = UserLevelAccountant(delta=delta)
     event = RoundEvent(sample_rate=sample_rate, noise_multiplier=noise_multiplier)
-    costs = []
+    costs: list[RoundCost] = []
     for _ in range(rounds):
         start = time.perf_counter()
         acc.epsilon_if(event)
         acc.record(event)
-        acc.spent()
-        costs.append(time.perf_counter() - start)
+        spent = acc.spent()
+        costs.append(RoundCost(time.perf_counter() - start, spent["pld"]))
     return costs
 
 
@@ -62,13 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         "noise_multiplier": args.noise_multiplier,
         "delta": default_delta(args.population),
     }
-    costs = round_costs(**terms)
+    rows = round_costs(**terms)
+    costs = [row.seconds for row in rows]
     tenth = max(1, len(costs) // 10)
     print(f"{args.rounds} rounds: {sum(costs):.2f} s in all, {1e3 * sum(costs) / len(costs):.1f} ms a round")
     print(
         f"median of the first tenth {1e3 * statistics.median(costs[:tenth]):.1f} ms, "
         f"of the last tenth {1e3 * statistics.median(costs[-tenth:]):.1f} ms"
     )
+    print(f"epsilon spent after {args.rounds} rounds: {rows[-1].epsilon:.4f} (PLD)")
     print(f"one spent() after {args.rounds} rounds, caches cleared: {cold_spent(**terms):.3f} s")
 
 

@@ -73,8 +73,8 @@ def history_near(ranker: DeviceRanker, item_id: str, n: int = 3) -> list[Event]:
     return [Event(ranker.items[r]["id"], "view", NOW - 86_400 + 60 * i) for i, r in enumerate(rows)]
 
 
-def page(ranker: DeviceRanker, history: list[Event], **rules: int) -> dict[str, list[str]]:
-    sections = Homepage(ranker, HomepageRules(**rules)).compose(history, NOW)
+def page(ranker: DeviceRanker, history: list[Event], rules: HomepageRules) -> dict[str, list[str]]:
+    sections = Homepage(ranker, rules).compose(history, NOW)
     return {s.key: [c.item_id for c in s.cards] for s in sections}
 
 
@@ -90,7 +90,7 @@ def test_a_new_item_is_ranked_and_shown_in_new_for_you(published: Published, dev
         for e in history_near(ranker, "new-0001", 60)
         if "Electronics" in ranker.items[ranker.index[e.item_id]]["category"]
     ][-3:]
-    shown = page(ranker, electronics, section_size=3, because_sections=0)
+    shown = page(ranker, electronics, HomepageRules(section_size=3, because_sections=0))
     assert shown["new"][0] == "new-0001"  # the only item added within new_days of NOW
     near = history_near(ranker, "new-0001")
     assert "new-0001" in ranker.recommend(near, NOW, k=5)  # ranked by the same model, on day one
@@ -107,16 +107,17 @@ def test_a_new_item_is_ranked_and_shown_in_new_for_you(published: Published, dev
 
 def test_changed_and_removed_items(published: Published, device: ReleaseCache) -> None:
     no_history: list[Event] = []
-    assert published.deal not in page(open_ranker(device), no_history, section_size=100)["deals"]
+    wide = HomepageRules(section_size=100)
+    assert published.deal not in page(open_ranker(device), no_history, wide)["deals"]
     DeltaCache(device).install(copy_from(published.second))
     ranker = open_ranker(device, precision="float32")
     gone = published.gone
     assert ranker.items[ranker.index["new-0001"]]["price"] == 4.0
-    assert published.deal in page(ranker, no_history, section_size=100)["deals"]  # now on promotion
+    assert published.deal in page(ranker, no_history, wide)["deals"]  # now on promotion
     assert {ranker.index[gone], ranker.index["new-0002"]} == set(ranker.hidden.tolist())
     history = [Event(gone, "view", NOW - 600), *history_near(ranker, "new-0001")]
     assert ranker.user_vector(history, NOW) is not None  # a removed item still counts as history
-    everything = page(ranker, history, section_size=100, per_category=100)
+    everything = page(ranker, history, HomepageRules(section_size=100, per_category=100))
     shown = {item for cards in everything.values() for item in cards}
     assert "new-0001" in shown and not {gone, "new-0002"} & shown
     assert not {gone, "new-0002"} & set(ranker.recommend(history, NOW, k=ranker.n_items))

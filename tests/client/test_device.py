@@ -27,9 +27,11 @@ from shared.signing import generate_private_key, save_public_key
 KEY = generate_private_key()
 NOW = 1_750_000_000
 
+Releases = tuple[ReleaseStore, TwoTower, Path]  # the store (releases 1 and 2), their model, the pinned key
+
 
 @pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReleaseStore, TwoTower, Path]:
+def releases(tmp_path_factory: pytest.TempPathFactory) -> Releases:
     tmp = tmp_path_factory.mktemp("device")
     model, catalogue = random_model()
     store = ReleaseStore(tmp / "store")
@@ -47,11 +49,13 @@ def history(ranker: DeviceRanker, n: int = 4) -> list[Event]:
 
 
 @pytest.mark.parametrize("n_events", [1, 4, 6, 9])
-def test_device_scores_equal_the_torch_model_with_padded_histories(releases, n_events: int) -> None:  # type: ignore[no-untyped-def]
+def test_device_scores_equal_the_torch_model_with_padded_histories(releases: Releases, n_events: int) -> None:
     store, model, _ = releases
     ranker = DeviceRanker(store.folder(1), precision="float32")
     events = history(ranker, n_events)
-    got = ranker.scores(ranker.user_vector(events, NOW))  # type: ignore[arg-type]
+    user = ranker.user_vector(events, NOW)
+    assert user is not None  # the history has known items
+    got = ranker.scores(user)
     # the trainer's path: left-padded to max_history, padding masked
     kept = events[-CONFIG.max_history :]
     pad = CONFIG.max_history - len(kept)
@@ -66,7 +70,7 @@ def test_device_scores_equal_the_torch_model_with_padded_histories(releases, n_e
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_path_ranks_like_float32(releases) -> None:  # type: ignore[no-untyped-def]
+def test_int8_path_ranks_like_float32(releases: Releases) -> None:
     store, _, _ = releases
     exact = DeviceRanker(store.folder(1), precision="float32")
     fast = DeviceRanker(store.folder(1), rescore=64)  # 64 of 300 rescored: the coarse stage must be good
@@ -85,13 +89,15 @@ def test_int8_path_ranks_like_float32(releases) -> None:  # type: ignore[no-unty
     assert not {e.item_id for e in events} & top_fast  # history items are never recommended
 
 
-def test_history_without_known_items_is_a_clear_error(releases) -> None:  # type: ignore[no-untyped-def]
+def test_history_without_known_items_is_a_clear_error(releases: Releases) -> None:
     ranker = DeviceRanker(releases[0].folder(1))
     with pytest.raises(DataError, match="no event"):
         ranker.recommend([Event("not-an-item", "view", NOW)], NOW)
 
 
-def test_cache_installs_verified_releases_keeps_the_previous_and_falls_back(releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cache_installs_verified_releases_keeps_the_previous_and_falls_back(
+    releases: Releases, tmp_path: Path
+) -> None:
     store, _, _ = releases
     cache = ReleaseCache(tmp_path / "cache", KEY.public_key())
     assert cache.install(copy_from(store.folder(1))) == 1
@@ -108,7 +114,9 @@ def test_cache_installs_verified_releases_keeps_the_previous_and_falls_back(rele
 @pytest.mark.parametrize(
     "victim", ["user_tower.onnx", "item_vectors_int8.npy", "items.json", "manifest.json"]
 )
-def test_a_flipped_byte_is_refused_and_the_cache_is_unchanged(releases, tmp_path: Path, victim: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_flipped_byte_is_refused_and_the_cache_is_unchanged(
+    releases: Releases, tmp_path: Path, victim: str
+) -> None:
     store, _, _ = releases
     cache = ReleaseCache(tmp_path / "cache", KEY.public_key())
     cache.install(copy_from(store.folder(1)))
@@ -123,11 +131,13 @@ def test_a_flipped_byte_is_refused_and_the_cache_is_unchanged(releases, tmp_path
     assert cache.verify_current()["version"] == 1
 
 
-def test_an_interrupted_download_leaves_the_current_release_in_use(releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_interrupted_download_leaves_the_current_release_in_use(
+    releases: Releases, tmp_path: Path
+) -> None:
     store, _, _ = releases
     cache = ReleaseCache(tmp_path / "cache", KEY.public_key())
     cache.install(copy_from(store.folder(1)))
-    seen = []
+    seen: list[str] = []
 
     def dies_midway(name: str, destination: Path) -> None:
         if len(seen) == 3:
@@ -174,7 +184,7 @@ def test_a_corrupt_state_file_is_a_data_error_naming_it_and_the_releases_stay(
     assert (cache.root / "state.json").read_bytes() == content and not cache.incoming.exists()
 
 
-def test_a_release_signed_by_another_key_is_refused(releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_release_signed_by_another_key_is_refused(releases: Releases, tmp_path: Path) -> None:
     cache = ReleaseCache(tmp_path / "cache", generate_private_key().public_key())
     with pytest.raises(SignatureError):
         cache.install(copy_from(releases[0].folder(1)))
@@ -200,8 +210,8 @@ def test_event_store_retention_wipe_and_bad_input(tmp_path: Path) -> None:
 
 
 def test_fedhome_client_install_and_recommend(
-    releases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    releases: Releases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store, _, key_file = releases
     common = ["--cache", str(tmp_path / "cache"), "--public-key", str(key_file)]
     assert client_cli.main(["install", "--from", str(store.folder(2)), *common]) == 0

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from federated_toy import tiny_config
 
 from client.node import node_model
 from shared.data.split import UserSequences
 from shared.run_folder import RunFolder
-from tests.federated_toy import tiny_config
 
 TEXT_DIM = 24
 

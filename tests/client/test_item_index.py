@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -53,7 +55,7 @@ def anisotropic(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
     return ((rng.normal(size=(n, dim)) * 0.9 ** np.arange(dim)) @ basis.T).astype(np.float32)
 
 
-def index_of(vectors: np.ndarray, bias: np.ndarray, **kwargs) -> ItemIndex:  # type: ignore[no-untyped-def]
+def index_of(vectors: np.ndarray, bias: np.ndarray, **kwargs: Any) -> ItemIndex:
     return ItemIndex(VectorStore(vectors.copy()), bias, temperature=T, **kwargs)
 
 
@@ -175,7 +177,7 @@ def test_an_added_item_is_rankable_at_once() -> None:
         lambda i: i.top_k(np.ones(3), 5),
     ],
 )
-def test_bad_input_is_a_clear_error_and_changes_nothing(call) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_clear_error_and_changes_nothing(call: Callable[[ItemIndex], object]) -> None:
     vectors, bias = anisotropic(500), np.zeros(500, dtype=np.float32)
     index = index_of(vectors, bias, code_dim=16)
     user = vectors[0] / np.linalg.norm(vectors[0])

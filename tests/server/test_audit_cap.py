@@ -76,7 +76,9 @@ def test_a_capped_run_verifies_and_the_auditor_recomputes_the_cap_bound(tmp_path
     assert report.participation_cap == 2
     assert report.recomputed_cap_epsilon == pytest.approx(gaussian_epsilon(1.0, 2, DELTA), rel=1e-3)
     assert report.recomputed_poisson_epsilon == pytest.approx(poisson_epsilon(6), rel=1e-3)
-    assert report.recomputed_epsilon == report.recomputed_cap_epsilon < report.recomputed_poisson_epsilon
+    cap, poisson = report.recomputed_cap_epsilon, report.recomputed_poisson_epsilon
+    assert cap is not None and poisson is not None
+    assert report.recomputed_epsilon == cap < poisson
     assert report.claimed_epsilon == pytest.approx(report.recomputed_epsilon, rel=1e-3)
 
 
@@ -85,7 +87,9 @@ def test_with_a_large_cap_the_poisson_bound_binds(tmp_path: Path) -> None:
     run = write_capped_run(tmp_path / "run", cap=6)
     report = verify_ledger(run, KEY.public_key())
     assert report.ok, report.problems
-    assert report.recomputed_epsilon == report.recomputed_poisson_epsilon < report.recomputed_cap_epsilon
+    cap, poisson = report.recomputed_cap_epsilon, report.recomputed_poisson_epsilon
+    assert cap is not None and poisson is not None
+    assert report.recomputed_epsilon == poisson < cap
     built = build_report(run, KEY.public_key())
     assert built["guarantee"]["participation_cap"]["binding"] == "poisson"
     assert "6" in built["guarantee"]["participation_cap"]["statement"]

@@ -47,10 +47,8 @@ def test_genuine_ledger_passes_on_a_copy_with_only_the_public_key(good_run: Path
     assert report.entries == 4 and len(report.epsilons) == 4 and report.delta == DELTA
     assert report.head_hash == PrivacyLedger(copy / "ledger.jsonl").head_hash()
     assert report.recomputed_epsilon == pytest.approx(report.claimed_epsilon, rel=1e-3)
-    assert (
-        report.recomputed_rdp_epsilon is not None
-        and report.recomputed_rdp_epsilon >= report.recomputed_epsilon
-    )
+    rdp, pld = report.recomputed_rdp_epsilon, report.recomputed_epsilon
+    assert rdp is not None and pld is not None and rdp >= pld
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -4,39 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from coordinator_toy import DIM, POPULATION, FakeNodes, drop_last_lines
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
-from server.rounds.messaging import Population, TrainReplies
-from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
 from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent, pld_epsilon
-from shared.privacy.clipping import clip_update
 from shared.run_folder import RunFolder, load_latest_checkpoint
 from shared.signing import Ed25519PrivateKey, generate_private_key
-
-DIM = 12
-POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
-
-
-class FakeNodes:
-    """The update transport the coordinator is given: no Flower, the nodes' reply is a sum of clipped
-    random updates determined by the round seed."""
-
-    def collect(self, grid: Any, request: RoundRequest) -> CollectedUpdates:
-        count = sum(len(slots) for slots in request.assignment.values())
-        rng = np.random.default_rng(request.settings.round_seed)
-        clip_norm = request.settings.clip_norm
-        updates = [clip_update(rng.normal(size=DIM), clip_norm=clip_norm)[0] for _ in range(count)]
-        total = np.sum(np.array(updates).reshape(count, DIM), axis=0, dtype=np.float64)
-        return CollectedUpdates(TrainReplies(total, count, count, 0, 0))
 
 
 def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
@@ -72,11 +53,6 @@ def run_to(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
     coordinator.resume()
     coordinator.run(None, progress=False)
     return coordinator
-
-
-def drop_last_lines(path: Path, n: int) -> None:
-    lines = path.read_bytes().split(b"\n")[:-1]
-    path.write_bytes(b"".join(line + b"\n" for line in lines[:-n]))
 
 
 def rounds_of(path: Path) -> list[int]:

@@ -133,7 +133,12 @@ def test_each_append_is_fsynced(
 ) -> None:
     synced: list[int] = []
     real_fsync = ledger_module.os.fsync
-    monkeypatch.setattr(ledger_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(ledger_module.os, "fsync", recording_fsync)
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl", signing_key=key)
     ledger.append(fields(1))
     after_first = len(synced)

@@ -88,7 +88,7 @@ def test_onnx_user_tower_matches_torch_for_any_batch_and_history_length(
     rng = np.random.default_rng(0)
     dim = model.items.text.shape[1]
     for batch, length in [(1, model.users.max_history), (3, 5), (7, 1)]:
-        inputs = {
+        inputs: dict[str, np.ndarray] = {
             "history": rng.normal(size=(batch, length, dim)).astype(np.float32),
             "events": rng.integers(0, 4, size=(batch, length)).astype(np.int64),
             "gaps": rng.integers(0, 8, size=(batch, length)).astype(np.int64),

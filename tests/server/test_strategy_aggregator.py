@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 import dp_accounting
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from server.strategy import (
     AdaptiveClipping,
+    NoiseSource,
     UserLevelDPAggregator,
     adaptive_from_config,
     poisson_sample,
@@ -20,6 +22,9 @@ from server.strategy import (
 )
 from shared.config import PrivacyConfig
 from shared.errors import ConfigError, DataError, UpdateRejectedError
+from shared.privacy.noise import GaussianNoise
+
+Mode = Literal["central", "local", "none"]
 
 
 class NumpyNoise:
@@ -56,17 +61,12 @@ class SpyNoise:
         return self.count_draw
 
 
-def noise_sources() -> list[object]:
-    sources: list[object] = [NumpyNoise(2024)]
-    try:  # the real generator, once shared/privacy/noise.py exists
-        from shared.privacy.noise import GaussianNoise
-    except ImportError:
-        return sources
-    return [*sources, GaussianNoise(seed=2024)]
+def noise_sources() -> list[NoiseSource]:
+    return [NumpyNoise(2024), GaussianNoise(seed=2024)]
 
 
 @pytest.mark.parametrize("noise", noise_sources(), ids=lambda n: type(n).__name__)
-def test_noise_std_on_the_sum_is_z_times_c(noise: NumpyNoise) -> None:
+def test_noise_std_on_the_sum_is_z_times_c(noise: NoiseSource) -> None:
     z, clip_norm, dim = 1.3, 0.7, 200_000
     agg = UserLevelDPAggregator(
         population=1_000,
@@ -128,7 +128,7 @@ def test_mean_is_sum_over_qn_whatever_the_count_and_zero_updates(
 
 
 @pytest.mark.parametrize("mode", ["central", "local", "none"])
-def test_noise_is_added_only_in_central_mode(mode: str) -> None:
+def test_noise_is_added_only_in_central_mode(mode: Mode) -> None:
     spy = SpyNoise()
     agg = UserLevelDPAggregator(
         population=100,
@@ -136,7 +136,7 @@ def test_noise_is_added_only_in_central_mode(mode: str) -> None:
         noise_multiplier=1.5,
         clip_norm=2.0,
         mode=mode,
-        noise=spy,  # type: ignore[arg-type]
+        noise=spy,
     )
     result = agg.aggregate(np.ones(3), count=5, unclipped_count=0)
     assert spy.sample_stds == ([3.0] if mode == "central" else [])
@@ -155,7 +155,7 @@ def test_oversized_sum_is_rejected_except_when_devices_noised_it() -> None:
             noise_multiplier=1.0,
             clip_norm=1.0,
             mode=mode,
-            noise=SpyNoise(),  # type: ignore[arg-type]
+            noise=SpyNoise(),
         )
         with pytest.raises(UpdateRejectedError):
             agg.aggregate(big, count=3, unclipped_count=3)
@@ -213,21 +213,21 @@ def test_split_costs_what_the_single_gaussian_costs_in_an_independent_accountant
 
 
 def adaptive_aggregator(
-    noise: object, *, mode: str = "central", quantile: float = 0.5, clip: float = 1.0
+    noise: NoiseSource, *, mode: Mode = "central", quantile: float = 0.5, clip: float = 1.0
 ) -> UserLevelDPAggregator:
     return UserLevelDPAggregator(
         population=1_000,
         sample_rate=0.1,
         noise_multiplier=1.0,
         clip_norm=clip,
-        mode=mode,  # type: ignore[arg-type]
-        noise=noise,  # type: ignore[arg-type]
+        mode=mode,
+        noise=noise,
         adaptive=AdaptiveClipping(target_unclipped_quantile=quantile, clip_learning_rate=0.2),
     )
 
 
 @pytest.mark.parametrize("mode", ["central", "none"])
-def test_clip_norm_shrinks_when_too_many_are_unclipped_and_grows_when_too_few(mode: str) -> None:
+def test_clip_norm_shrinks_when_too_many_are_unclipped_and_grows_when_too_few(mode: Mode) -> None:
     many, few = adaptive_aggregator(SpyNoise(), mode=mode), adaptive_aggregator(SpyNoise(), mode=mode)
     result = many.aggregate(np.zeros(2), count=100, unclipped_count=90)
     assert result.noised_unclipped_fraction == pytest.approx(0.9)
@@ -333,8 +333,8 @@ def test_state_round_trips_and_bad_state_is_refused() -> None:
         {"mode": "local", "adaptive": AdaptiveClipping()},
     ],
 )
-def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
-    settings_: dict[str, object] = {
+def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
+    settings_: dict[str, Any] = {
         "population": 1_000,
         "sample_rate": 0.1,
         "noise_multiplier": 1.0,
@@ -343,7 +343,7 @@ def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
         "noise": SpyNoise(),
     }
     with pytest.raises(ConfigError):
-        UserLevelDPAggregator(**{**settings_, **kwargs})  # type: ignore[arg-type]
+        UserLevelDPAggregator(**{**settings_, **kwargs})
 
 
 def test_adaptive_clipping_from_config() -> None:

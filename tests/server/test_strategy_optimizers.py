@@ -16,7 +16,7 @@ from server.strategy import (
     ServerOptimizer,
     make_server_optimizer,
 )
-from shared.config import FederatedConfig
+from shared.config import FederatedConfig, ServerOptimizerName
 from shared.errors import ConfigError, DataError, UpdateRejectedError
 
 FLOATS = st.floats(-1e3, 1e3, width=32)
@@ -95,8 +95,8 @@ def all_optimizers() -> list[ServerOptimizer]:
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
-def test_state_round_trips_mid_training(name: str) -> None:
-    config = FederatedConfig(server_optimizer=name, server_learning_rate=0.1)  # type: ignore[arg-type]
+def test_state_round_trips_mid_training(name: ServerOptimizerName) -> None:
+    config = FederatedConfig(server_optimizer=name, server_learning_rate=0.1)
     rng = np.random.default_rng(3)
     updates = rng.normal(size=(4, 6)).astype(np.float32)
     params = rng.normal(size=6).astype(np.float32)
@@ -185,9 +185,9 @@ def test_cosine_schedule_falls_from_one_to_the_final_fraction() -> None:
     expected = [1.0, 0.1 + 0.45 * (1 + np.cos(np.pi / 4)), 0.55, 0.1 + 0.45 * (1 - np.cos(np.pi / 4)), 0.1]
     np.testing.assert_allclose(factors, [*expected, 0.1, 0.1], rtol=1e-12)
     assert CosineSchedule(steps=1, final_fraction=0.3).factor(0) == 1.0  # a single step runs at full rate
-    for bad in ({"steps": 0, "final_fraction": 0.1}, {"steps": 3, "final_fraction": 1.5}):
+    for steps, final_fraction in ((0, 0.1), (3, 1.5)):
         with pytest.raises(ConfigError):
-            CosineSchedule(**bad)  # type: ignore[arg-type]
+            CosineSchedule(steps=steps, final_fraction=final_fraction)
 
 
 def test_cosine_schedule_scales_each_optimizer_step() -> None:

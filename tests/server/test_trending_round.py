@@ -9,7 +9,7 @@ from typing import Any
 import dp_accounting
 import numpy as np
 import pytest
-from test_coordinator_resume import POPULATION, FakeNodes, drop_last_lines
+from coordinator_toy import POPULATION, FakeNodes, drop_last_lines
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger

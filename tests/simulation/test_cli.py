@@ -69,9 +69,12 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
 
 def test_bad_override_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", *SMALL, "--model", "popularity", "--set", "train.epochs=zero"]) == 2
-    assert "train.epochs" not in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    captured = capsys.readouterr()
+    assert "'epochs'" in captured.err and "'zero'" in captured.err and "int" in captured.err
+    assert captured.out == ""  # refused before anything ran
+    with pytest.raises(SystemExit) as refused:
         main(["run", "--model", "nonsense"])
+    assert refused.value.code == 2 and "'nonsense'" in capsys.readouterr().err
 
 
 def test_generate_writes_the_csv_layout(tmp_path: Path) -> None:

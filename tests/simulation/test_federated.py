@@ -30,7 +30,7 @@ def test_short_central_dp_run_writes_a_verifiable_run_folder(tmp_path: Path, cac
     entries = read_jsonl(folder.ledger)
     assert [e["round"] for e in entries] == [1, 2, 3]
     assert all(e["mode"] == "central" and e["sampling"] == "poisson" for e in entries)
-    epsilons = [float(e["user_epsilon"]["pld"]) for e in entries]  # type: ignore[index]
+    epsilons = [float(e["user_epsilon"]["pld"]) for e in entries]
     assert epsilons == sorted(epsilons) and 0 < epsilons[-1] <= 50
     assert entries[0]["noise_std"] == pytest.approx(entries[0]["noise_multiplier"] * entries[0]["clip_norm"])
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
@@ -49,7 +49,7 @@ def test_budget_stop_ends_cleanly_with_a_final_model(tmp_path: Path, cache: Path
     result = run_federated(config, configured_split(config.data), progress=False)
     entries = read_jsonl(RunFolder(config.federated.run_dir).ledger)
     assert 0 < len(entries) < 50
-    assert float(entries[-1]["user_epsilon"]["pld"]) <= 3.0  # type: ignore[index]
+    assert float(entries[-1]["user_epsilon"]["pld"]) <= 3.0
     assert result.summary["stop_reason"].startswith("privacy budget")
     assert RunFolder(config.federated.run_dir).final_params.exists()
 

@@ -37,14 +37,14 @@ def test_local_mode_noises_on_the_devices_and_says_so_in_the_ledger(tmp_path: Pa
         )
         assert entry["local_noise_multiplier"] == entry["noise_multiplier"] > 0  # the accounted z, calibrated
         assert "record_epsilon" not in entry  # no record-level DP-SGD in this run
-    assert float(entries[-1]["user_epsilon"]["pld"]) <= 20  # type: ignore[index]
+    assert float(entries[-1]["user_epsilon"]["pld"]) <= 20
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
     rows = read_jsonl(folder.metrics)[1:]  # after round 0, the starting point
     assert not any("record_epsilon" in row for row in rows)
     for row, entry in zip(rows, entries, strict=True):  # the devices did add the noise: without it, the
-        noiseless = entry["clip_norm"] * entry["aggregated_users"] / entry["divisor"]  # type: ignore[operator]
-        assert row["update_norm"] > 3 * noiseless  # type: ignore[operator]  # mean update is within this
+        noiseless = entry["clip_norm"] * entry["aggregated_users"] / entry["divisor"]
+        assert row["update_norm"] > 3 * noiseless  # mean update is within this
 
 
 def record_epsilon_after(steps: int, *, noise_multiplier: float, delta: float) -> float:
@@ -72,7 +72,7 @@ def test_record_level_epsilon_persists_on_each_device_across_rounds(tmp_path: Pa
     assert [e["round"] for e in entries] == [1, 2, 3]
     assert result.summary["record_epsilon"] == entries[-1]["record_epsilon"]
     assert all(e["record_delta"] == 1e-5 and e["record_unit_of_privacy"] == "record" for e in entries)
-    epsilons = [float(e["record_epsilon"]) for e in entries]  # type: ignore[arg-type]
+    epsilons = [float(e["record_epsilon"]) for e in entries]
     assert 0 < epsilons[0] < epsilons[-1] and epsilons == sorted(epsilons)  # it grows: the state persists
     for round_number, epsilon in enumerate(epsilons, start=1):  # some device took part in k <= r rounds
         possible = [
@@ -100,13 +100,13 @@ def test_adaptive_clipping_moves_the_clip_norm_and_the_auditor_agrees(tmp_path: 
     run_federated(config, configured_split(config.data), progress=False)
     folder = RunFolder(config.federated.run_dir)
     entries = read_jsonl(folder.ledger)
-    norms = [float(e["clip_norm"]) for e in entries]  # type: ignore[arg-type]
+    norms = [float(e["clip_norm"]) for e in entries]
     assert norms[0] == 50 and norms[0] > norms[1] > norms[2]
     for entry, following in itertools.pairwise(entries):
         assert entry["next_clip_norm"] == following["clip_norm"]
     for entry in entries:  # the update gets less noise than z: the rest of the budget went to the count
-        z, z_update = float(entry["noise_multiplier"]), float(entry["update_noise_multiplier"])  # type: ignore[arg-type]
+        z, z_update = float(entry["noise_multiplier"]), float(entry["update_noise_multiplier"])
         assert z == 1.0 and z < z_update and entry["count_noise_std"] == 1.0
-        assert entry["noise_std"] == pytest.approx(z_update * float(entry["clip_norm"]))  # type: ignore[arg-type]
+        assert entry["noise_std"] == pytest.approx(z_update * float(entry["clip_norm"]))
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems

@@ -64,7 +64,8 @@ def descendants(pid: int) -> set[int]:
         except OSError:
             continue  # exited meanwhile
         parent[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {pid}
+    found: set[int] = set()
+    frontier = {pid}
     while frontier:
         frontier = {child for child, ppid in parent.items() if ppid in frontier} - found
         found |= frontier
@@ -164,7 +165,7 @@ def test_a_run_killed_mid_round_resumes_to_the_same_model(tmp_path: Path, cache:
     fresh = pld_epsilon([RoundEvent(sample_rate=0.5, noise_multiplier=1.0)] * ROUNDS, delta=accountant.delta)
     assert accountant.spent()["pld"] == pytest.approx(fresh, rel=1e-12)
     assert resumed.summary["user_epsilon"] == pytest.approx(fresh, rel=1e-12)
-    assert entries[-1]["user_epsilon"]["pld"] == pytest.approx(fresh, rel=1e-12)  # type: ignore[index]
+    assert entries[-1]["user_epsilon"]["pld"] == pytest.approx(fresh, rel=1e-12)
     np.testing.assert_allclose(
         np.load(folder.final_params),
         np.load(RunFolder(straight.federated.run_dir).final_params),

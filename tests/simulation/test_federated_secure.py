@@ -75,7 +75,7 @@ def test_central_dp_with_secure_aggregation_on_one_device_per_node(tmp_path: Pat
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
     receipts = [r for d in (tmp_path / "receipts").iterdir() for r in ReceiptStore(d).receipts()]
-    assert len(receipts) == sum(int(e["aggregated_users"]) for e in entries)  # type: ignore[call-overload]
+    assert len(receipts) == sum(int(e["aggregated_users"]) for e in entries)
     assert receipts and all(r.secure_aggregation for r in receipts)  # each device knows it was masked
     report_json = build_report(folder.root, load_public_key(folder.public_key))
     words = report_json["guarantee"]["secure_aggregation"]
@@ -116,7 +116,7 @@ def test_trending_releases_by_secure_aggregation_match_the_clear_ones(tmp_path: 
     assert record["masked_inputs"] == 2 and record["failed"] == "" and record["dim"] == split.n_items
     assert secure_entry["noise_std"] == pytest.approx(z_t * record["sensitivity"])
     assert secure_entry["realised_cohort"] == clear_entry["realised_cohort"] == split.full.n_users
-    count_std = float(secure_entry["count_noise_std"])  # type: ignore[arg-type]
+    count_std = float(secure_entry["count_noise_std"])
     assert clear_counts.sum() > 20 and np.abs(secure_counts - clear_counts).max() < 2 * 4.5 * count_std
 
 
@@ -140,7 +140,7 @@ def test_record_level_dp_sgd_under_secure_aggregation(tmp_path: Path, cache: Pat
     for entry in entries:  # the devices' record-level epsilons travel in the clear beside the masked sums
         record = entry["secure_aggregation"]
         assert isinstance(record, dict) and record["masked_inputs"] == entry["realised_cohort"]
-        assert float(entry["record_epsilon"]) > 0  # type: ignore[arg-type]
-    assert float(entries[1]["record_epsilon"]) >= float(entries[0]["record_epsilon"])  # type: ignore[arg-type]
+        assert float(entry["record_epsilon"]) > 0
+    assert float(entries[1]["record_epsilon"]) >= float(entries[0]["record_epsilon"])
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems

@@ -30,7 +30,8 @@ CAP, ROUNDS, USERS, Q, Z = 1, 4, 40, 0.5, 1.0
 
 def expected_participation(seed: int) -> tuple[list[int], dict[int, list[int]]]:
     """From the run's fixed sampling seed: refused users per round, and the rounds each user trains in."""
-    counts, refused, rounds = np.zeros(USERS, np.int64), [], {u: [] for u in range(USERS)}
+    counts, refused = np.zeros(USERS, np.int64), []
+    rounds: dict[int, list[int]] = {u: [] for u in range(USERS)}
     for r in range(1, ROUNDS + 1):
         cohort = poisson_sample(USERS, sample_rate=Q, rng=np.random.default_rng(derived_seed(seed, r, 0)))
         admitted = cohort[counts[cohort] < CAP]
@@ -82,18 +83,18 @@ def test_a_capped_run_keeps_every_device_within_its_cap_and_accounts_with_the_sm
         plain.record(RoundEvent(sample_rate=Q, noise_multiplier=Z))
     last = entries[-1]
     assert last["epsilon_bound"] == "cap"  # one Gaussian round is cheaper than 4 rounds at q = 0.5
-    assert last["user_epsilon"]["pld"] == pytest.approx(capped.spent()["pld"], rel=1e-9)  # type: ignore[index]
-    assert last["user_epsilon"]["pld"] < plain.spent()["pld"]  # type: ignore[index]
-    assert last["user_epsilon_poisson"]["pld"] == pytest.approx(plain.spent()["pld"], rel=1e-9)  # type: ignore[index]
+    assert last["user_epsilon"]["pld"] == pytest.approx(capped.spent()["pld"], rel=1e-9)
+    assert last["user_epsilon"]["pld"] < plain.spent()["pld"]
+    assert last["user_epsilon_poisson"]["pld"] == pytest.approx(plain.spent()["pld"], rel=1e-9)
     report = verify_ledger(folder.ledger, load_public_key(folder.public_key))
     assert report.ok, report.problems
     assert report.participation_cap == CAP and report.recomputed_cap_epsilon is not None
 
     key = load_private_key(tmp_path / f".{folder.root.name}.ledger_signing_key.pem")
     model, catalogue, source = load_run(folder.root, key.public_key())
-    store = ReleaseStore(tmp_path / "releases")
-    version = store.publish(model, catalogue, source, key)
-    manifest = json.loads((store.folder(version) / "manifest.json").read_text())
+    releases = ReleaseStore(tmp_path / "releases")
+    version = releases.publish(model, catalogue, source, key)
+    manifest = json.loads((releases.folder(version) / "manifest.json").read_text())
     trained = next(u for u in range(USERS) if rounds[u])
     receipts = ReceiptStore(devices / f"device-{trained}")
     assert receipts.bind_release(manifest) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -68,15 +70,15 @@ def shop() -> tuple[Split, ItemFeatures]:
     return leave_one_out(dataset), ItemFeatures.from_catalogue(dataset.catalogue, text)
 
 
-def quick(**overrides: object) -> TrainConfig:
-    base: dict[str, object] = {
+def quick(**overrides: Any) -> TrainConfig:
+    base: dict[str, Any] = {
         "epochs": 4,
         "batch_size": 64,
         "learning_rate": 1e-2,
         "refit": False,
         "threads": 1,
     }
-    return TrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
+    return TrainConfig(**{**base, **overrides})
 
 
 def test_training_rows_are_every_position_after_the_first_except_repeats() -> None:

@@ -76,18 +76,18 @@ def test_the_run_makes_accounted_trending_releases(trending_run: Any) -> None:
     report = verify_ledger(folder.root, load_public_key(folder.public_key))
     assert report.ok, report.problems
     assert [row["counts_file_ok"] for row in report.trending] == [True, True]
-    z = float(entries[0]["noise_multiplier"])  # type: ignore[arg-type]
+    z = float(entries[0]["noise_multiplier"])
     assert z == 1.0
     training = [RoundEvent(sample_rate=0.5, noise_multiplier=z)]
     release = [RoundEvent(sample_rate=1.0, noise_multiplier=Z_T)]
-    delta = float(entries[0]["delta"])  # type: ignore[arg-type]
-    claimed = float(trending[-1]["user_epsilon"]["pld"])  # type: ignore[index]
+    delta = float(entries[0]["delta"])
+    claimed = float(trending[-1]["user_epsilon"]["pld"])
     assert claimed == pytest.approx(pld_epsilon((training + release) * 2, delta=delta), rel=1e-6)
     assert claimed > pld_epsilon(training * 2, delta=delta)
     assert result.summary["user_epsilon"] == pytest.approx(claimed)
     assert [r["after_round"] for r in result.summary["trending"]["releases"]] == [1, 2]
     counts = np.load(folder.root / str(trending[-1]["counts_file"]))
-    expected = true_counts(split, int(trending[-1]["as_of_s"]))  # type: ignore[call-overload]
+    expected = true_counts(split, int(trending[-1]["as_of_s"]))
     count_std = Z_T * math.sqrt(K)  # q_t = 1
     assert trending[-1]["count_noise_std"] == pytest.approx(count_std)
     assert expected.sum() > 20 and np.abs(counts - expected).max() < 4.5 * count_std

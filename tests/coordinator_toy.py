@@ -1,0 +1,33 @@
+"""Fake nodes for the coordinator's tests without Flower: the update transport the coordinator is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.rounds.messaging import Population, TrainReplies
+from server.rounds.update_transport import CollectedUpdates, RoundRequest
+from shared.privacy.clipping import clip_update
+
+DIM = 12
+POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
+
+
+class FakeNodes:
+    """The update transport the coordinator is given: no Flower, the nodes' reply is a sum of clipped
+    random updates determined by the round seed."""
+
+    def collect(self, grid: Any, request: RoundRequest) -> CollectedUpdates:
+        count = sum(len(slots) for slots in request.assignment.values())
+        rng = np.random.default_rng(request.settings.round_seed)
+        clip_norm = request.settings.clip_norm
+        updates = [clip_update(rng.normal(size=DIM), clip_norm=clip_norm)[0] for _ in range(count)]
+        total = np.asarray(np.sum(np.array(updates).reshape(count, DIM), axis=0, dtype=np.float64))
+        return CollectedUpdates(TrainReplies(total, count, count, 0, 0))
+
+
+def drop_last_lines(path: Path, n: int) -> None:
+    lines = path.read_bytes().split(b"\n")[:-1]
+    path.write_bytes(b"".join(line + b"\n" for line in lines[:-n]))
