@@ -10,4 +10,5 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 HF_HUB_OFFLINE=1
 echo "== ruff check" && ruff check .
 echo "== ruff format --check" && ruff format --check .
 echo "== mypy" && mypy
-echo "== pytest" && python -m pytest -q "$@"
+# every tier (unit, integration, browser, deployment); the 25 slowest tests are listed at the end
+echo "== pytest" && python -m pytest -q --durations=25 "$@"
