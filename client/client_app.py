@@ -5,9 +5,10 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
   slots, never sees user identities or data.
 - train: global trainable parameters, the sampled slots, the round seed and clip norm -> the SUM of the
   sampled users' clipped updates (noised per user in local-DP mode), their count, and how many were
-  unclipped. Per-user updates never leave the node. With `privacy.record_level` (one device per node) the
-  device trains its user by record-level DP-SGD (client/training/dp_sgd.py), clips that update the same way,
-  keeps the Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
+  unclipped; clipping and local noise are shared.privacy.mechanism.UserClipping's on every path. Per-user
+  updates never leave the node. With `privacy.record_level` (one device per node) the device trains its
+  user by record-level DP-SGD (client/training/dp_sgd.py), clips that update the same way, keeps the
+  Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
 - evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
 
 Participation caps (client/training/participation_counts.py): a sampled device that has already contributed to
@@ -49,7 +50,7 @@ from client.trending_contribution import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat
 from shared.errors import UpdateRejectedError
 from shared.model.params import check_flat, set_flat
-from shared.privacy.clipping import clip_update
+from shared.privacy.mechanism import UserClipping
 from shared.privacy.noise import GaussianNoise
 from shared.record_values import as_float, as_int
 
@@ -169,14 +170,17 @@ def record_level_sum(
         return UpdateSum(np.zeros(shared.layout.dim, np.float32), 0, 0), trainer.record_epsilon
     update = trainer.train_round(params, round_seed=settings.round_seed)
     state[RECORD_STATE] = ConfigRecord({"accountant": json.dumps(trainer.state_dict())})
+    clipping = UserClipping(settings.clip_norm)  # the mechanism of LocalTrainer.clipped_sum
     try:
-        clipped, norm = clip_update(update.update, clip_norm=settings.clip_norm)
+        clipped, norm = clipping.clip(update.update)
     except UpdateRejectedError:  # not finite: a zero update that still counts, as in LocalTrainer
         log.warning("a record-level update was not finite and counts as a zero update")
         clipped, norm = np.zeros(shared.layout.dim, np.float32), 0.0
     if settings.local_noise_multiplier > 0:
-        std = settings.local_noise_multiplier * settings.clip_norm
-        clipped = (clipped + settings.noise.sample(clipped.shape, std=std)).astype(np.float32)
+        z = settings.local_noise_multiplier
+        clipped = (clipped + clipping.local_noise(settings.noise, clipped.shape, noise_multiplier=z)).astype(
+            np.float32
+        )
     return UpdateSum(clipped, 1, int(norm <= settings.clip_norm)), update.record_epsilon
 
 

@@ -5,8 +5,9 @@ directions u_i (random unit vectors in the space devices send updates in) are dr
 client independently with probability 1/2, so the m directions double as the randomised inclusion of
 Steinke, Nasr & Jagielski (2023). An inserted canary is sampled by Poisson sampling like every user and,
 when sampled, sends a large update along u_i (`CANARY_MAGNITUDE` x C) that goes through the same clipping
-to C as everyone's; the server aggregates with its real UserLevelDPAggregator (the canaries are counted in
-the population) and its real server optimiser. Afterwards:
+to C as everyone's (the clients' own code, shared.privacy.mechanism.UserClipping.clipped_sum); the server
+aggregates with its real UserLevelDPAggregator (the canaries are counted in the population) and its real
+server optimiser. Afterwards:
 - final-model statistic: cos(phi_T - phi_0, u_i), what an adversary who sees only the release can compute;
 - all-rounds statistic: max over rounds of cos(round t's noised mean update, u_i), for an adversary who
   sees every round's model.
@@ -38,7 +39,7 @@ from server.strategy import UserLevelDPAggregator, make_server_optimizer, poisso
 from shared.config import FedhomeConfig
 from shared.errors import ConfigError
 from shared.privacy.accounting import RoundEvent, default_delta, pld_epsilon
-from shared.privacy.clipping import clip_rows
+from shared.privacy.mechanism import UserClipping
 from shared.privacy.noise import GaussianNoise
 
 CANARY_MAGNITUDE = 100.0  # a canary's raw update norm in units of C: only clipping keeps it at C
@@ -73,13 +74,14 @@ class Canaries:
         return cls(directions, rng.random(m) < 0.5)
 
     def round_sum(
-        self, rng: np.random.Generator, *, sample_rate: float, clip_norm: float, clip: bool
+        self, rng: np.random.Generator, *, sample_rate: float, clipping: UserClipping
     ) -> tuple[np.ndarray, int]:
-        """(sum of this round's sampled canaries' clipped updates (dim,), how many were sampled)."""
+        """(sum of this round's sampled canaries' clipped updates (dim,) float64, how many were sampled),
+        clipped and summed by the clients' own code (UserClipping.clipped_sum, as LocalTrainer)."""
         sampled = np.flatnonzero(self.inserted & (rng.random(self.inserted.size) < sample_rate))
-        raw = torch.from_numpy(self.directions[sampled] * np.float32(CANARY_MAGNITUDE * clip_norm))
-        rows = clip_rows(raw, clip_norm=clip_norm)[0] if clip else raw
-        return rows.sum(dim=0, dtype=torch.float64).numpy(), int(sampled.size)
+        raw = self.directions[sampled] * np.float32(CANARY_MAGNITUDE * clipping.clip_norm)  # (s, dim)
+        total, _ = clipping.clipped_sum([torch.from_numpy(raw)])
+        return total.numpy(), int(sampled.size)
 
     def cosines(self, vector: np.ndarray) -> np.ndarray:
         norm = float(np.linalg.norm(vector))
@@ -209,6 +211,7 @@ def run_canary_audit(
         raise ConfigError("a canary audit checks a noised mechanism: noise_multiplier must be > 0")
     started = time.perf_counter()
     fed, clip_norm = config.federated, config.privacy.clip_norm
+    clipping = UserClipping(clip_norm)
     canary_set = Canaries.draw(canaries, setup.start.size, seed=seed + 1)
     population = setup.n_users + int(canary_set.inserted.sum())
     applied = {"none": noise_multiplier, "noise-off": 0.0, "noise-tenth": noise_multiplier / 10}[breakage]
@@ -230,9 +233,7 @@ def run_canary_audit(
         update = setup.trainer.clipped_sum(
             setup.to_params(phi), cohort, round_seed=round_number, clip_norm=clip_norm
         )
-        canary_sum, sampled = canary_set.round_sum(
-            rng, sample_rate=fed.sample_rate, clip_norm=clip_norm, clip=True
-        )
+        canary_sum, sampled = canary_set.round_sum(rng, sample_rate=fed.sample_rate, clipping=clipping)
         participations += sampled
         result = aggregator.aggregate(
             update.total.astype(np.float64) + canary_sum,

@@ -15,7 +15,7 @@ from client.training.round_update import UpdateSum
 from shared.config import FedhomeConfig
 from shared.errors import ConfigError
 from shared.model.params import get_flat
-from shared.privacy.clipping import clip_rows
+from shared.privacy.mechanism import UserClipping
 from simulation.benchmarks.tune_federated import build_replica
 from simulation.canary_audit import AuditSetup
 
@@ -45,9 +45,8 @@ class LinearFederation:
         code, y = self.code[users], self.y[users]  # (B, k, r), (B, k)
         residual = code @ (self.basis @ params.astype(np.float32)) - y  # (B, k): <x, w> - y
         updates = -(np.einsum("bk,bkr->br", residual, code) @ self.basis) / code.shape[1]  # (B, d) -gradient
-        clipped, norms = clip_rows(torch.from_numpy(updates), clip_norm=clip_norm)
-        total = clipped.sum(dim=0, dtype=torch.float64).numpy()
-        return UpdateSum(total.astype(np.float32), int(users.size), int((norms <= clip_norm).sum()))
+        total, norms = UserClipping(clip_norm).clipped_sum([torch.from_numpy(updates)])  # as LocalTrainer
+        return UpdateSum(total.numpy().astype(np.float32), int(users.size), int((norms <= clip_norm).sum()))
 
 
 def linear_setup(*, n_users: int, dim: int, seed: int) -> AuditSetup:

@@ -9,7 +9,7 @@ import numpy as np
 
 from server.rounds.messaging import Population, TrainReplies
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
-from shared.privacy.clipping import clip_update
+from shared.privacy.mechanism import UserClipping
 
 DIM = 12
 POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
@@ -23,7 +23,7 @@ class FakeNodes:
         count = sum(len(slots) for slots in request.assignment.values())
         rng = np.random.default_rng(request.settings.round_seed)
         clip_norm = request.settings.clip_norm
-        updates = [clip_update(rng.normal(size=DIM), clip_norm=clip_norm)[0] for _ in range(count)]
+        updates = [UserClipping(clip_norm).clip(rng.normal(size=DIM))[0] for _ in range(count)]
         total = np.asarray(np.sum(np.array(updates).reshape(count, DIM), axis=0, dtype=np.float64))
         return CollectedUpdates(TrainReplies(total, count, count, 0, 0))
 

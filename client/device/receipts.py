@@ -12,8 +12,8 @@ What they give the user (`summary`): the number of rounds their device actually 
 count, which is what its participation cap limits), the run's published epsilon (from the installed
 release's signed manifest), and an individual bound for their own participation: the composition of the
 Gaussian mechanisms of exactly those rounds without any amplification by sampling
-(`own_epsilon`, equal to shared.privacy.capped_accounting.individual_epsilon, computed here with dp-accounting
-directly because shared.privacy imports torch and the device SDK does not). That bound holds for this user
+(`own_epsilon`: shared.privacy.capped_accounting.individual_epsilon, the accountant the server uses, which
+imports no torch). That bound holds for this user
 conditionally on when they were sampled (the sampling coins are independent of everyone's data); it covers
 the training rounds only, assumes the server added the noise it announced (the ledger and `fedhome-audit
 verify` check that), and says nothing about other users.
@@ -164,18 +164,13 @@ def summary(receipts: list[Receipt], manifest: dict[str, Any] | None = None) -> 
 
 def own_epsilon(noise_multipliers: list[float], *, delta: float) -> float:
     """The composition of these rounds' Gaussian mechanisms (noise multiplier z, sensitivity 1) without
-    amplification by sampling, at `delta`, by dp-accounting's PLD accountant (add/remove neighbours; grid
-    1e-3 as the training server's accountant). No rounds: 0; a round without noise: inf."""
+    amplification by sampling, at `delta`: shared.privacy.capped_accounting.individual_epsilon (PLD, the
+    training server's accountant). No rounds: 0; a round without noise (z <= 0): inf."""
     if not noise_multipliers:
         return 0.0
     if any(z <= 0 for z in noise_multipliers):
         return math.inf
-    import dp_accounting  # loaded only when asked: it takes about a second
-    from dp_accounting.pld import PLDAccountant
+    # loaded only when asked: dp-accounting takes about a second to import
+    from shared.privacy.capped_accounting import individual_epsilon
 
-    accountant = PLDAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-        value_discretization_interval=1e-3,
-    )
-    events = [dp_accounting.GaussianDpEvent(z) for z in noise_multipliers]
-    return float(accountant.compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta))
+    return individual_epsilon(noise_multipliers, delta=delta)

@@ -5,12 +5,15 @@ clipping to `record_max_grad_norm`, Gaussian noise `record_noise_multiplier` * t
 recent examples, starting from the global parameters, and reports the update and the record-level epsilon
 spent so far by Opacus's RDP accountant at `record_delta`. This epsilon protects single interactions of
 this user against an observer of this device's updates; it is NOT the user-level guarantee (that comes
-from clipping the whole update and the server's noise) and must be reported separately, labelled
-record-level. The accountant's state (a JSON-safe history) must be kept across rounds by the caller.
+from clipping the whole update, with shared.privacy.mechanism.UserClipping in client/client_app.py like every
+other update, and the server's noise) and must be reported separately, labelled record-level. Opacus's
+per-record clipping and noise are its own: they bound records, not users. The accountant's state (a
+JSON-safe history) must be kept across rounds by the caller.
 
-Opacus sees one module, `RecordLoss`, whose only parameter is the flat vector of the trained parameters;
-its per-record gradients come from a grad sampler registered for it (torch.func over the records). Each
-record gets its own item set; the shared negatives are public (drawn from the round seed).
+Opacus sees one module, `RecordLoss` (the local loss of client/training/local_loss.py per record), whose
+only parameter is the flat vector of the trained parameters; its per-record gradients come from a grad
+sampler registered for it (torch.func over the records). Each record gets its own item set; the shared
+negatives are public (drawn from the round seed).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ gradient from the clipping), and the clipped sum from one matrix product over al
 
 The output gradients come from zero "probes" added to each use's output and differentiated with the
 other parameters (the weights themselves are held constant there: for a linear use, dL/dW = g^T x exactly).
-The loss is UserLoss's (client/training/local_loss.py), written out with the probes; a test holds them equal.
+The probes go into the one loss definition, client/training/local_loss.py's `user_loss` (FactoredUserLoss).
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from shared.model import TwoTower
-from shared.model.losses import EXCLUDED
 
 # weight -> its uses, in the order their rows are stacked: (probe name, rows of the user's items or examples)
 FACTORED: dict[str, tuple[str, ...]] = {
@@ -72,60 +70,6 @@ def probe_shapes(model: TwoTower, n_items: int, n_examples: int) -> dict[str, tu
         "in_items": (n_items, dim),
         "out_users": (n_examples, text_dim),
     }
-
-
-class FactoredUserLoss(nn.Module):
-    """UserLoss with a zero probe added to the output of every use of a factored weight; returns the loss
-    and each use's input rows (see FACTORED), the `right` or `left` factor the probe's gradient pairs with."""
-
-    def __init__(self, model: TwoTower) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        probes: dict[str, Tensor],
-        items: Tensor,  # (U,) the user's item set
-        history: Tensor,  # (M, L) index into `items`
-        events: Tensor,  # (M, L)
-        gaps: Tensor,  # (M, L)
-        hour: Tensor,  # (M,)
-        weekday: Tensor,  # (M,)
-        positive: Tensor,  # (M,) index into `items`
-        exclude: Tensor,  # (M, K)
-        weight: Tensor,  # (M,) 1/n real, 0 padding
-        negatives: Tensor,  # (K,) shared
-        log_count: float,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        m = self.model
-        tower, users_tower = m.items, m.users
-        text = tower.text[items]  # (U, E)
-        code = F.linear(text, tower.down.weight) + probes["down_items"]  # (U, r), as tower.hidden(items)
-        code = code + tower.embed_attributes(tower.attributes[items])
-        if tower.id_emb is not None:
-            code = code + tower.id_emb(items)
-        vectors = text + F.linear(code, tower.up.weight) + probes["up_items"]  # (U, E)
-        proj = users_tower.in_proj
-        table = F.linear(vectors, proj.weight) + probes["in_items"] + proj.bias  # (U, d)
-        valid = (events > 0).unsqueeze(-1)  # (M, L, 1)
-        projected = torch.where(valid, table[history], proj.bias)  # (M, L, d), padding = in_proj(0)
-        last = vectors[history[:, -1]] * valid[:, -1].to(vectors.dtype)  # (M, E)
-        read = users_tower.read_out(projected, events, gaps, hour, weekday)  # (M, d)
-        out = F.linear(read, users_tower.out_proj.weight) + probes["out_users"] + users_tower.out_proj.bias
-        scaled = F.normalize(last + out, dim=-1, eps=1e-12) * m.temperature()  # (M, E) t u
-        positive_logit = (scaled * vectors[positive]).sum(dim=-1) + tower.bias(text[positive]).squeeze(-1)
-        # negative_scores (client/training/local_loss.py) with probes on the two factored products
-        code_side = scaled @ tower.up.weight + probes["up_users"]  # (M, r)
-        query = scaled + code_side @ tower.down.weight + probes["down_users"] + tower.bias.weight  # (M, E)
-        attribute_side = code_side @ tower.embed_attributes.weight  # (M, A)
-        negative = query @ tower.text[negatives].T + attribute_side @ tower.attributes[negatives].T
-        if tower.id_emb is not None:
-            negative = negative + code_side @ tower.id_emb(negatives).T
-        corrected = (negative + tower.bias.bias - log_count).masked_fill(exclude, EXCLUDED)  # (M, K)
-        logits = torch.cat([positive_logit.unsqueeze(-1), corrected], dim=-1)  # (M, 1 + K)
-        loss = (weight * (torch.logsumexp(logits, dim=-1) - positive_logit)).sum()
-        rows = {"text": text, "code": code, "vectors": vectors, "read": read, "scaled": scaled}
-        return loss, {**rows, "code_side": code_side}
 
 
 def factors(name: str, probe_grads: dict[str, Tensor], rows: dict[str, Tensor], scale: float) -> Factored:

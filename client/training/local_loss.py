@@ -2,9 +2,11 @@
 
 One user's loss is the mean over their examples of the sampled-softmax cross-entropy against the round's
 shared negatives (logQ-corrected, history items and accidental hits excluded), the same loss the
-centralised trainer minimises, computed through the model's own pieces (`items.hidden`, `users.encode`,
-`user_factors`, `item_factors`) so that it follows the model when the model changes. `vmap` adds the user
-dimension; the parameters are NOT batched in the first step, so everything that depends only on them and
+centralised trainer minimises. It is written once, `user_loss`, used plain (UserLoss: the vmap path of
+several local steps, and record-level DP-SGD per record) and with probes (FactoredUserLoss: the one-step
+ghost clipping of client/training/local_factored.py); ReferenceLoss computes it independently, through the
+model's own `user_vectors`, for tests and `LocalTrainer.user_update` to check it against. `vmap` adds the
+user dimension; the parameters are NOT batched in the first step, so everything that depends only on them and
 the shared negatives (the negatives' codes and factors) is computed once per chunk, and only the
 gradients (which are per user) are batched.
 """
@@ -15,11 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from client.training.local_batch import ChunkBatch, Negatives
-from client.training.local_factored import FACTORED, Factored, FactoredUserLoss, factors, probe_shapes
+from client.training.local_factored import FACTORED, Factored, factors, probe_shapes
 from shared.model import HistoryBatch, TwoTower, sampled_softmax_loss
 from shared.model.losses import EXCLUDED
 from shared.model.params import ParamLayout
@@ -28,7 +31,8 @@ PREFIX = "model."  # parameter names of the model inside UserLoss
 
 
 class UserLoss(nn.Module):
-    """One user's loss; every input is that user's own (see ChunkBatch, without its leading B)."""
+    """One user's loss (`user_loss` without probes); every input is that user's own (see ChunkBatch, without
+    its leading B). The vmap path (several local steps) and record-level DP-SGD (dp_sgd.RecordLoss) use it."""
 
     def __init__(self, model: TwoTower) -> None:
         super().__init__()
@@ -48,28 +52,65 @@ class UserLoss(nn.Module):
         negatives: Tensor,  # (K,) shared
         log_count: float,
     ) -> Tensor:
-        m = self.model
-        text = m.items.text[items]  # (U, E)
-        vectors = text + m.items.up(m.items.hidden(items))  # (U, E) item vectors, as `m.items(items)[0]`
-        users = self.user_vectors(vectors, history, events, gaps, hour, weekday)  # (M, E)
-        scaled = users * m.temperature()  # (M, E)
-        bias = m.items.bias(text[positive]).squeeze(-1)  # (M,)
-        positive_logit = (scaled * vectors[positive]).sum(dim=-1) + bias  # (M,)
-        negative = negative_scores(m, scaled, negatives)  # (M, K)
-        corrected = (negative - log_count).masked_fill(exclude, EXCLUDED)  # (M, K)
-        logits = torch.cat([positive_logit.unsqueeze(-1), corrected], dim=-1)  # (M, 1 + K)
-        return (weight * (torch.logsumexp(logits, dim=-1) - positive_logit)).sum()
+        inputs = (items, history, events, gaps, hour, weekday, positive, exclude, weight)
+        return user_loss(self.model, None, *inputs, negatives, log_count)[0]
 
-    def user_vectors(
-        self, vectors: Tensor, history: Tensor, events: Tensor, gaps: Tensor, hour: Tensor, weekday: Tensor
-    ) -> Tensor:
-        """(M, E) user vectors from the user's item vectors (U, E) and local history indices (M, L): what
-        `UserTower.forward` computes, with `in_proj` applied to the U distinct items, not M x L slots."""
-        proj = self.model.users.in_proj
-        valid = (events > 0).unsqueeze(-1)  # (M, L, 1)
-        projected = torch.where(valid, proj(vectors)[history], proj.bias)  # (M, L, d), padding = in_proj(0)
-        last = vectors[history[:, -1]] * valid[:, -1].to(vectors.dtype)  # (M, E), zero for an empty history
-        return self.model.users.encode(projected, last, events, gaps, hour, weekday)
+
+class FactoredUserLoss(nn.Module):
+    """`user_loss` with a zero probe on the output of every use of a factored weight (one-step ghost
+    clipping, client/training/local_factored.py): (loss, the rows each probe's gradient pairs with)."""
+
+    def __init__(self, model: TwoTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, probes: dict[str, Tensor], *inputs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """probes: {name: zeros shaped as probe_shapes gives}; inputs: as UserLoss.forward's."""
+        return user_loss(self.model, probes, *inputs)
+
+
+def user_loss(
+    model: TwoTower,
+    probes: dict[str, Tensor] | None,
+    items: Tensor,  # (U,) the user's item set
+    history: Tensor,  # (M, L) index into `items`
+    events: Tensor,  # (M, L)
+    gaps: Tensor,  # (M, L)
+    hour: Tensor,  # (M,)
+    weekday: Tensor,  # (M,)
+    positive: Tensor,  # (M,) index into `items`
+    exclude: Tensor,  # (M, K)
+    weight: Tensor,  # (M,) 1/n real, 0 padding
+    negatives: Tensor,  # (K,) shared
+    log_count: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The one definition of a user's local loss, and the rows the factored weights are applied to.
+
+    `probes` (None: no probes) are added to the output of each use of a FACTORED weight (the keys of
+    local_factored.probe_shapes): zeros, so the loss is the same, but their gradients are the per-use output
+    gradients that, paired with the returned rows, give those weights' per-user gradients as factors. The
+    item vectors are `ItemTower`'s (text + up(hidden)) and the user vectors `UserTower.encode`'s, with
+    `in_proj` applied to the U distinct items, not M x L slots."""
+    tower, users = model.items, model.users
+    text = tower.text[items]  # (U, E)
+    code = _probed(tower.down(text), probes, "down_items") + tower.embed_attributes(tower.attributes[items])
+    if tower.id_emb is not None:
+        code = code + tower.id_emb(items)  # (U, r), as tower.hidden(items)
+    vectors = _probed(text + tower.up(code), probes, "up_items")  # (U, E), as tower(items)[0]
+    table = _probed_linear(users.in_proj, vectors, probes, "in_items")  # (U, d)
+    valid = (events > 0).unsqueeze(-1)  # (M, L, 1)
+    projected = torch.where(valid, table[history], users.in_proj.bias)  # (M, L, d), padding = in_proj(0)
+    last = vectors[history[:, -1]] * valid[:, -1].to(vectors.dtype)  # (M, E), zero for an empty history
+    read = users.read_out(projected, events, gaps, hour, weekday)  # (M, d)
+    out = _probed_linear(users.out_proj, read, probes, "out_users")  # (M, E)
+    scaled = F.normalize(last + out, dim=-1, eps=1e-12) * model.temperature()  # (M, E) t u, as encode
+    positive_logit = (scaled * vectors[positive]).sum(dim=-1) + tower.bias(text[positive]).squeeze(-1)  # (M,)
+    negative, code_side = _negative_scores(model, scaled, negatives, probes)  # (M, K), (M, r)
+    corrected = (negative - log_count).masked_fill(exclude, EXCLUDED)  # (M, K)
+    logits = torch.cat([positive_logit.unsqueeze(-1), corrected], dim=-1)  # (M, 1 + K)
+    loss = (weight * (torch.logsumexp(logits, dim=-1) - positive_logit)).sum()
+    rows = {"text": text, "code": code, "vectors": vectors, "read": read, "scaled": scaled}
+    return loss, {**rows, "code_side": code_side}
 
 
 def negative_scores(model: TwoTower, scaled: Tensor, negatives: Tensor) -> Tensor:
@@ -81,14 +122,34 @@ def negative_scores(model: TwoTower, scaled: Tensor, negatives: Tensor) -> Tenso
     the users are moved into text space once, a user's gradient of W_down costs M E r instead of K E r
     (K = 512 >> M), and the frozen text gets no gradient work. Follows ItemTower.hidden; a test holds
     it equal to the model's own scores."""
+    return _negative_scores(model, scaled, negatives, None)[0]
+
+
+def _negative_scores(
+    model: TwoTower, scaled: Tensor, negatives: Tensor, probes: dict[str, Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """(negative_scores (M, K), code_side (M, r)), with probes on the two uses of factored weights."""
     tower = model.items
-    code_side = scaled @ tower.up.weight  # (M, r)
-    query = scaled + code_side @ tower.down.weight + tower.bias.weight  # (M, E)
+    code_side = _probed(scaled @ tower.up.weight, probes, "up_users")  # (M, r)
+    query = _probed(scaled + code_side @ tower.down.weight, probes, "down_users")  # (M, E)
+    query = query + tower.bias.weight
     attribute_side = code_side @ tower.embed_attributes.weight  # (M, A)
     scores = query @ tower.text[negatives].T + attribute_side @ tower.attributes[negatives].T  # (M, K)
     if tower.id_emb is not None:
         scores = scores + code_side @ tower.id_emb(negatives).T
-    return scores + tower.bias.bias
+    return scores + tower.bias.bias, code_side
+
+
+def _probed(out: Tensor, probes: dict[str, Tensor] | None, name: str) -> Tensor:
+    return out if probes is None else out + probes[name]
+
+
+def _probed_linear(layer: nn.Linear, x: Tensor, probes: dict[str, Tensor] | None, name: str) -> Tensor:
+    """layer(x), or with a probe: x W^T + probe + bias."""
+    if probes is None:
+        return layer(x)
+    out = F.linear(x, layer.weight) + probes[name]
+    return out if layer.bias is None else out + layer.bias
 
 
 class ChunkUpdates:
@@ -175,7 +236,8 @@ class ChunkUpdates:
 
 class ReferenceLoss(nn.Module):
     """One user's loss computed the plain way (the model's own numpy-fed `user_vectors`, `torch.unique`,
-    `sampled_softmax_loss`), as the centralised trainer does: the reference the batched path must match."""
+    `sampled_softmax_loss`), as the centralised trainer does: the reference the batched path must match.
+    Kept apart from `user_loss` on purpose: an oracle that shared its code could not catch its mistakes."""
 
     def __init__(self, model: TwoTower) -> None:
         super().__init__()

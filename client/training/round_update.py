@@ -5,9 +5,10 @@ sampled-softmax loss against `n_negatives` negatives drawn uniformly (a public l
 private) over the items not blocked, by a generator seeded with the round seed (every device of a round draws
 the same negatives, so a shard gives exactly what one device per user gives), `local_steps` full-batch SGD
 steps from the global parameters, the update theta_K - theta_0 clipped to L2 norm C over all trained
-parameters. A sampled user without examples contributes a zero update and still counts. Only the sum over
-the node's sampled users leaves this module, with the count and how many updates were within C (for
-adaptive clipping); per-user updates and norms are never returned or logged.
+parameters (shared.privacy.mechanism.UserClipping, as on every other path that sends an update). A sampled
+user without examples contributes a zero update and still counts. Only the sum over the node's sampled
+users leaves this module, with the count and how many updates were within C (for adaptive clipping);
+per-user updates and norms are never returned or logged.
 
 A shard computes its users in chunks of `chunk_size` with torch.func (client/training/local_loss.py);
 `user_update` is the plain one-user autograd path the batched one is tested against. Dropout is not applied
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,17 +26,16 @@ import torch
 from torch.func import functional_call
 
 from client.training.local_batch import Negatives, UserExamples, build_chunk, draw_negatives, plan_chunks
-from client.training.local_factored import Factored
 from client.training.local_loss import PREFIX, ChunkUpdates, ReferenceLoss, split_flat
 from shared.config import FederatedConfig
 from shared.data.split import UserSequences
 from shared.errors import ConfigError, DataError
 from shared.model import TwoTower, gather_histories
 from shared.model.params import ParamLayout, check_flat, check_update_scales, group_scales
+from shared.privacy.mechanism import UserClipping
 from shared.privacy.noise import GaussianNoise
 
 log = logging.getLogger(__name__)
-_CLIP_MARGIN = 1.0 - 1e-5  # clipped rows shrink a little more than C / norm: float32 norms are inexact
 
 
 @dataclass(frozen=True)
@@ -92,28 +91,26 @@ class LocalTrainer:
     ) -> UpdateSum:
         """Sum over `users` (distinct global user indices) of their updates clipped to L2 norm `clip_norm`.
 
-        With local_noise_multiplier z > 0 (local DP), each user's clipped update gets N(0, (z C)^2) noise
-        per coordinate before the sum; the sum of n such independent draws is distributed exactly as one
-        N(0, n (z C)^2) draw, which is what is added (n times fewer draws from `noise`).
+        Clipping and noise are shared.privacy.mechanism.UserClipping's. With local_noise_multiplier z > 0
+        (local DP), each user's clipped update gets N(0, (z C)^2) noise per coordinate before the sum, drawn
+        as one N(0, n (z C)^2) draw for the n users (UserClipping.local_noise).
         """
         check_flat(params, self.layout)
         users = self._check_users(users)
-        if not (math.isfinite(clip_norm) and clip_norm > 0):
-            raise ConfigError(f"clip_norm must be positive and finite, got {clip_norm}")
+        clipping = UserClipping(clip_norm)
         if not (math.isfinite(local_noise_multiplier) and local_noise_multiplier >= 0):
             raise ConfigError(f"local_noise_multiplier must be >= 0, got {local_noise_multiplier}")
         if local_noise_multiplier > 0 and noise is None:
             raise ConfigError("local noise needs a noise source")
-        total, unclipped = self._sum(
-            torch.from_numpy(params.astype(np.float32)), users, round_seed, clip_norm
-        )
+        total, unclipped = self._sum(torch.from_numpy(params.astype(np.float32)), users, round_seed, clipping)
         if local_noise_multiplier > 0 and noise is not None and users.size:
-            std = local_noise_multiplier * clip_norm * math.sqrt(users.size)
-            total += noise.sample(self.layout.dim, std=std)
+            total += clipping.local_noise(
+                noise, self.layout.dim, noise_multiplier=local_noise_multiplier, users=int(users.size)
+            )
         return UpdateSum(total.astype(np.float32), int(users.size), unclipped)
 
     def _sum(
-        self, params: torch.Tensor, users: np.ndarray, round_seed: int, clip_norm: float
+        self, params: torch.Tensor, users: np.ndarray, round_seed: int, clipping: UserClipping
     ) -> tuple[np.ndarray, int]:
         """(float64 sum (P,), unclipped count) over the users, chunk by chunk."""
         self.model.eval()
@@ -128,9 +125,9 @@ class LocalTrainer:
                 self.examples, users[active[part]], negatives.items, max_history=self.model.config.max_history
             )
             blocks, factor = self.updates(params, chunk, negatives)
-            clipped_total, norms = clipped_sum_of_blocks(blocks, factor=factor, clip_norm=clip_norm)
+            clipped_total, norms = clipping.clipped_sum(blocks, factor=factor)
             total += clipped_total
-            unclipped += int((norms <= clip_norm).sum())
+            unclipped += int((norms <= clipping.clip_norm).sum())
             rejected += int((~torch.isfinite(norms)).sum())
         if rejected:
             log.warning("%d local updates were not finite and count as zero updates", rejected)
@@ -176,39 +173,3 @@ class LocalTrainer:
         if np.unique(users).size != users.size:
             raise DataError("a user was sampled twice in one round")
         return users
-
-
-def clipped_sum_of_blocks(
-    blocks: Sequence[torch.Tensor | Factored], *, factor: float, clip_norm: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum (P,) float64, norms (B,) float64) of the updates factor * cat(blocks, dim=1), one (B, size)
-    block (or its Factored form) per parameter, each update (row) scaled to L2 norm <= clip_norm first.
-
-    `shared.privacy.clipping.clip_rows` then a sum, in two passes over the numbers instead of about ten and
-    without concatenating them: block norms in float32 (relative error ~1e-6 at these sizes, covered by
-    shrinking clipped rows by a further 1e-5, so every row's contribution stays <= C), factored ones in
-    float64, then one weighted sum as a matrix product per block. A row with a NaN or infinite entry adds
-    nothing (its norm is not finite).
-    """
-    squares = torch.stack([_squared_norms(block) for block in blocks])  # (n, B) float64
-    norms = squares.sum(dim=0).sqrt() * abs(factor)  # (B,)
-    finite = torch.isfinite(norms)
-    scale = torch.where(norms > clip_norm, clip_norm / norms * _CLIP_MARGIN, torch.ones_like(norms))
-    scale = torch.where(finite, scale, torch.zeros_like(scale)).float()  # (B,)
-    if not bool(finite.all()):
-        blocks = [_zero_rows(block, finite) for block in blocks]
-    sums = [b.weighted_sum(scale) if isinstance(b, Factored) else scale[None, :] @ b for b in blocks]
-    total = torch.cat([s.reshape(-1) for s in sums]).double() * factor  # (P,)
-    return total, norms
-
-
-def _squared_norms(block: torch.Tensor | Factored) -> torch.Tensor:
-    if isinstance(block, Factored):
-        return block.squared_norms()
-    return torch.linalg.vector_norm(block, dim=1).square().double()
-
-
-def _zero_rows(block: torch.Tensor | Factored, keep: torch.Tensor) -> torch.Tensor | Factored:
-    if isinstance(block, Factored):
-        return block.zero_rows(keep)
-    return torch.where(keep[:, None], block, torch.zeros_like(block))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,9 +71,9 @@ class Toy:
         return np.arange(self.seqs.n_users)
 
 
-def build(trainable: tuple[str, ...] = ("all",), **overrides: object) -> Toy:
+def build(trainable: tuple[str, ...] = ("all",), **overrides: Any) -> Toy:
     """The toy setup with a FederatedConfig of small defaults and the given overrides."""
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "local_learning_rate": 0.5,
         "n_negatives": 16,
         "max_examples_per_user": 5,
@@ -80,7 +81,7 @@ def build(trainable: tuple[str, ...] = ("all",), **overrides: object) -> Toy:
         "update_scales": (),  # the plain parametrisation unless a test asks for scales
         **overrides,
     }
-    config = FederatedConfig(trainable=trainable, **settings)  # type: ignore[arg-type]
+    config = FederatedConfig(trainable=trainable, **settings)
     model = random_model()
     seqs = sequences(ROWS)
     blocked = np.zeros(N_ITEMS, dtype=bool)

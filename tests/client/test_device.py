@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -232,11 +231,3 @@ def test_fedhome_client_install_and_recommend(
     assert page["sections"][0]["title"] == "For you" and page["sections"][0]["cards"][0]["copy"]
     (tmp_path / "history.jsonl").write_text('{"item_id": 3}\n')
     assert client_cli.main(args) == 2
-
-
-def test_device_path_does_not_import_torch(tmp_path: Path) -> None:
-    import subprocess
-
-    code = "import sys, client.device.device_cli, client.device.event_store; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"

@@ -1,4 +1,5 @@
-"""The pieces of batched local training: examples, chunk index tensors, chunk plans, scores, clipped sums."""
+"""The pieces of batched local training: examples, chunk index tensors, chunk plans, scores (the clipped
+sums are shared.privacy.mechanism.UserClipping's: tests/shared/privacy/test_privacy_clipping.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from local_toy import MODEL, ROWS, random_model, sequences
 
 from client.training.local_batch import UserExamples, build_chunk, draw_negatives, plan_chunks, trim_padding
 from client.training.local_loss import negative_scores
-from client.training.round_update import clipped_sum_of_blocks
 from shared.errors import ConfigError
 from shared.model import HistoryBatch, gather_histories
 from shared.model.examples import training_rows
-from shared.privacy.clipping import clip_rows
 
 torch.set_num_threads(1)
 
@@ -133,41 +132,3 @@ def test_negative_scores_equal_the_models_scores(item_id_residual: bool) -> None
 def test_negatives_need_an_allowed_item() -> None:
     with pytest.raises(ConfigError):
         draw_negatives(np.array([], dtype=np.int64), 4, round_seed=0)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 2**31),
-    clip_norm=st.floats(1e-3, 1e3),
-    factor=st.sampled_from([1.0, -0.5, -3.0]),
-    scale=st.floats(1e-4, 1e4),
-)
-def test_clipped_sums_of_blocks_equal_clip_rows_then_sum(
-    seed: int, clip_norm: float, factor: float, scale: float
-) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    blocks = [torch.randn(6, size, generator=generator) * scale for size in (1, 7, 40)]
-    blocks[0][2] = 0.0
-    for block in blocks:
-        block[3] = 0.0  # a zero update stays zero and counts as unclipped
-    rows = torch.cat(blocks, dim=1) * factor
-    clipped, norms = clip_rows(rows, clip_norm=clip_norm)
-    total, got_norms = clipped_sum_of_blocks(blocks, factor=factor, clip_norm=clip_norm)
-    # each clipped row may be up to 1e-5 shorter (the float32 margin): at most 6 rows of norm <= C
-    assert torch.linalg.vector_norm(total - clipped.double().sum(dim=0)) <= 1.1e-5 * 6 * clip_norm
-    torch.testing.assert_close(got_norms.double(), norms, rtol=1e-5, atol=0)
-    assert torch.linalg.vector_norm(total) <= 6 * clip_norm
-    for row in range(6):  # every single contribution is within C, float32 rounding included
-        alone, _ = clipped_sum_of_blocks(
-            [b[row : row + 1] for b in blocks], factor=factor, clip_norm=clip_norm
-        )
-        assert float(torch.linalg.vector_norm(alone)) <= clip_norm
-
-
-def test_a_non_finite_row_adds_nothing() -> None:
-    blocks = [torch.ones(3, 4), torch.ones(3, 2)]
-    blocks[1][1, 0] = float("nan")
-    total, norms = clipped_sum_of_blocks(blocks, factor=-1.0, clip_norm=100.0)
-    assert bool(torch.isfinite(total).all())
-    torch.testing.assert_close(total, torch.full((6,), -2.0, dtype=torch.float64))
-    assert not bool(torch.isfinite(norms[1]))

@@ -9,8 +9,8 @@ from local_toy import MODEL, Toy, build, random_model
 from torch.func import vmap
 
 from client.training.local_batch import ChunkBatch, Negatives, build_chunk
-from client.training.local_factored import FACTORED, Factored, FactoredUserLoss, probe_shapes
-from client.training.local_loss import PREFIX, UserLoss, split_flat
+from client.training.local_factored import FACTORED, Factored, probe_shapes
+from client.training.local_loss import PREFIX, FactoredUserLoss, UserLoss, split_flat
 
 torch.set_num_threads(1)
 

@@ -70,7 +70,7 @@ def test_a_shard_gives_the_sum_of_one_device_per_user() -> None:
         build(local_steps=2).trainer.clipped_sum(shard.params, np.array([u]), round_seed=11, clip_norm=0.3)
         for u in users
     ]
-    assert relative_error(together.total, sum(a.total.astype(np.float64) for a in alone)) < 1e-5
+    assert relative_error(together.total, np.sum([a.total.astype(np.float64) for a in alone], axis=0)) < 1e-5
     assert together.count == sum(a.count for a in alone) == users.size
     assert together.unclipped_count == sum(a.unclipped_count for a in alone)
 
@@ -112,10 +112,14 @@ def test_local_noise_has_std_z_times_c_per_coordinate() -> None:
 
     def noise(users: tuple[int, ...], clip: float, seed: int) -> np.ndarray:
         """The noise one call added: noisy minus clean sum, float64."""
-        kwargs = {"round_seed": 0, "clip_norm": clip}
-        clean = toy.trainer.clipped_sum(toy.params, np.array(users), **kwargs)  # type: ignore[arg-type]
+        clean = toy.trainer.clipped_sum(toy.params, np.array(users), round_seed=0, clip_norm=clip)
         noisy = toy.trainer.clipped_sum(
-            toy.params, np.array(users), local_noise_multiplier=z, noise=GaussianNoise(seed=seed), **kwargs
+            toy.params,
+            np.array(users),
+            round_seed=0,
+            clip_norm=clip,
+            local_noise_multiplier=z,
+            noise=GaussianNoise(seed=seed),
         )
         return noisy.total.astype(np.float64) - clean.total
 
@@ -155,7 +159,7 @@ def test_negatives_are_shared_within_a_round_and_change_across_rounds() -> None:
     same = [
         toy.trainer.clipped_sum(toy.params, toy.users, round_seed=4, clip_norm=1.0).total for _ in range(2)
     ]
-    np.testing.assert_array_equal(*same)
+    np.testing.assert_array_equal(same[0], same[1])
     other = toy.trainer.clipped_sum(toy.params, toy.users, round_seed=5, clip_norm=1.0).total
     assert not np.array_equal(same[0], other)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,9 +22,9 @@ torch.set_num_threads(1)
 FEW, MANY = 6, 13  # users with 5 and 12 examples (at most 8: every record in every step)
 
 
-def trainer(toy: Toy, user: int, **privacy: object) -> RecordLevelTrainer:
-    settings: dict[str, object] = {"record_level": True, "seed": 0, **privacy}
-    config = PrivacyConfig(**settings)  # type: ignore[arg-type]
+def trainer(toy: Toy, user: int, **privacy: Any) -> RecordLevelTrainer:
+    settings: dict[str, Any] = {"record_level": True, "seed": 0, **privacy}
+    config = PrivacyConfig(**settings)
     return RecordLevelTrainer(
         toy.model,
         toy.seqs,
@@ -107,7 +108,7 @@ def test_noise_is_fresh_each_round_and_seeded_only_on_request() -> None:
     np.testing.assert_array_equal(updates[0], updates[1])  # fixed seed and round: reproducible
     assert not np.array_equal(updates[0], updates[2])
     private = [trainer(toy, FEW, seed=-1).train_round(toy.params, round_seed=0).update for _ in range(2)]
-    assert not np.array_equal(*private)
+    assert not np.array_equal(private[0], private[1])
 
 
 def test_malformed_state_is_rejected() -> None:

@@ -28,7 +28,7 @@ def test_batched_path_equals_autograd_with_scales(steps: int) -> None:
     expected = np.zeros(toy.layout.dim)
     for user in toy.users:
         update = toy.trainer.user_update(toy.params, int(user), round_seed=2).astype(np.float64)
-        norm = np.linalg.norm(update)
+        norm = float(np.linalg.norm(update))
         expected += update * min(1.0, 0.3 / norm) if norm > 0 else update
     result = toy.trainer.clipped_sum(toy.params, toy.users, round_seed=2, clip_norm=0.3)
     # 12 of the 14 users are clipped, and a clipped row shrinks by a further 1e-5 (the float32 margin of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from simulation.sim_cli import main
 LINEAR = ["canary", "--model", "linear", "--rounds", "50", "--linear-users", "2000", "--linear-dim", "5000"]
 
 
-def audit(tmp_path: Path, *args: str) -> tuple[int, dict[str, object]]:
+def audit(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
     code = main([*LINEAR, *args, "--out", str(tmp_path)])
     return code, json.loads((tmp_path / "canary_audit.json").read_text())
 
