@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -49,6 +48,16 @@ from client.training.round_update import UpdateSum
 from client.trending_contribution import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat
 from shared.errors import UpdateRejectedError
+from shared.messages import (
+    STATS,
+    EvaluateReply,
+    EvaluateRequest,
+    PopulationReply,
+    RoundSettings,
+    TrainInstruction,
+    TrainReply,
+    read_slots,
+)
 from shared.model.params import check_flat, set_flat
 from shared.privacy.mechanism import UserClipping
 from shared.privacy.noise import GaussianNoise
@@ -58,16 +67,15 @@ log = logging.getLogger(__name__)
 RECORD_STATE = "record-level"  # context.state entry: the device's Opacus accountant state, as JSON
 
 
-def _params(message: Message, node: Node) -> np.ndarray:
-    params = message.content.array_records["global"]["params"].numpy()
+def _params(params: np.ndarray, node: Node) -> np.ndarray:
+    """The global parameters, checked against the node's model layout."""
     check_flat(params, node.shared.layout)
     return params.astype(np.float32, copy=False)
 
 
-def _slots(message: Message, node: Node) -> np.ndarray:
+def _slots(slots: np.ndarray, node: Node) -> np.ndarray:
     """The sampled slots: distinct and inside the node's population. A repeated slot would put its user in
     the sum twice (sensitivity 2C) and count as one round toward its participation cap and receipts."""
-    slots = message.content.array_records["sample"]["slots"].numpy().astype(np.int64)
     if slots.ndim != 1 or (slots.size and (slots.min() < 0 or slots.max() >= node.users.size)):
         raise UpdateRejectedError("sampled slots outside this node's population")
     if np.unique(slots).size != slots.size:
@@ -76,53 +84,39 @@ def _slots(message: Message, node: Node) -> np.ndarray:
 
 
 def handle_describe(node: Node, message: Message) -> Message:
-    metrics = MetricRecord({"n-users": int(node.users.size), "partition-id": node.partition_id})
-    return Message(RecordDict({"population": metrics}), reply_to=message)
+    reply = PopulationReply(n_users=int(node.users.size), partition_id=node.partition_id)
+    return Message(reply.to_records(), reply_to=message)
 
 
-@dataclass(frozen=True)
-class RoundSettings:
-    round_seed: int
-    clip_norm: float
-    local_noise_multiplier: float
-    noise: GaussianNoise
-    terms: RoundTerms
-
-
-def _round_settings(message: Message) -> RoundSettings:
-    settings = message.content.config_records["round"]
-    noise_seed = as_int(settings["noise-seed"], name="noise-seed")
-    clip_norm = as_float(settings["clip-norm"], name="clip-norm")
-    terms = RoundTerms(
-        run_id=str(settings["run-id"]),
-        round=as_int(settings["round"], name="round"),
-        clip_norm=clip_norm,
-        noise_multiplier=as_float(settings["noise-multiplier"], name="noise-multiplier"),
-        sample_rate=as_float(settings["sample-rate"], name="sample-rate"),
-        delta=as_float(settings["delta"], name="delta"),
-        participation_cap=as_int(settings["participation-cap"], name="participation-cap"),
-        secure_aggregation=is_secure(message),
-    )
-    return RoundSettings(
-        round_seed=as_int(settings["round-seed"], name="round-seed"),
-        clip_norm=clip_norm,
-        local_noise_multiplier=as_float(settings["local-noise-multiplier"], name="local-noise-multiplier"),
-        noise=GaussianNoise(seed=None if noise_seed < 0 else noise_seed),
-        terms=terms,
+def round_terms(settings: RoundSettings, *, secure: bool) -> RoundTerms:
+    """What a device's receipt records of the round (client/device/receipts.py)."""
+    return RoundTerms(
+        run_id=settings.run_id,
+        round=settings.round,
+        clip_norm=settings.clip_norm,
+        noise_multiplier=settings.noise_multiplier,
+        sample_rate=settings.sample_rate,
+        delta=settings.delta,
+        participation_cap=settings.participation_cap,
+        secure_aggregation=secure,
     )
 
 
 def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
     """A train round; `state` is the node's context.state (participation counts, and in record-level mode
     the device's accountant, live there)."""
-    params, slots, settings = _params(message, node), _slots(message, node), _round_settings(message)
-    cap = own_cap(settings.terms.participation_cap, node.device_cap)
-    counts = Participation(state, run_id=settings.terms.run_id, n_devices=node.users.size, folder=node.folder)
+    instruction = TrainInstruction.from_records(message.content)
+    settings = instruction.settings
+    params, slots = _params(instruction.params, node), _slots(instruction.slots, node)
+    terms = round_terms(settings, secure=is_secure(message))
+    noise = GaussianNoise(seed=None if settings.noise_seed < 0 else settings.noise_seed)
+    cap = own_cap(settings.participation_cap, node.device_cap)
+    counts = Participation(state, run_id=settings.run_id, n_devices=node.users.size, folder=node.folder)
     slots, refused = counts.admit(slots, cap=cap)
     users = node.users[slots]
-    stats: dict[str, int | float | list[int] | list[float]] = {"refused-count": refused}
+    record_epsilon = None
     if node.shared.config.privacy.record_level:
-        result, stats["record-epsilon"] = record_level_sum(node, state, params, users, settings)
+        result, record_epsilon = record_level_sum(node, state, params, users, settings, noise)
     else:
         result = node.shared.trainer.clipped_sum(
             params,
@@ -130,23 +124,23 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
             round_seed=settings.round_seed,
             clip_norm=settings.clip_norm,
             local_noise_multiplier=settings.local_noise_multiplier,
-            noise=settings.noise,
+            noise=noise,
         )
-    counts.record(slots, settings.terms, cap=cap)
-    stats.update({"count": result.count, "unclipped-count": result.unclipped_count})
+    counts.record(slots, terms, cap=cap)
+    reply = TrainReply(result.total, result.count, result.unclipped_count, refused, record_epsilon)
     if is_secure(message):
-        return Message(masked_content(message, state, result, stats, settings.noise), reply_to=message)
-    content = RecordDict(
-        {
-            "update": ArrayRecord({"sum": Array(result.total.astype(np.float32))}),
-            "stats": MetricRecord(stats),
-        }
-    )
-    return Message(content, reply_to=message)
+        stats = dict(reply.stats()[STATS])
+        return Message(masked_content(message, state, result, stats, noise), reply_to=message)
+    return Message(reply.to_records(), reply_to=message)
 
 
 def record_level_sum(
-    node: Node, state: RecordDict, params: np.ndarray, users: np.ndarray, settings: RoundSettings
+    node: Node,
+    state: RecordDict,
+    params: np.ndarray,
+    users: np.ndarray,
+    settings: RoundSettings,
+    noise: GaussianNoise,
 ) -> tuple[UpdateSum, float]:
     """The device's record-level DP-SGD update clipped to the round's C (and noised in local mode), as a sum
     over its one user, and its record-level epsilon so far; the accountant lives in `state` between rounds.
@@ -178,7 +172,7 @@ def record_level_sum(
         clipped, norm = np.zeros(shared.layout.dim, np.float32), 0.0
     if settings.local_noise_multiplier > 0:
         z = settings.local_noise_multiplier
-        clipped = (clipped + clipping.local_noise(settings.noise, clipped.shape, noise_multiplier=z)).astype(
+        clipped = (clipped + clipping.local_noise(noise, clipped.shape, noise_multiplier=z)).astype(
             np.float32
         )
     return UpdateSum(clipped, 1, int(norm <= settings.clip_norm)), update.record_epsilon
@@ -186,17 +180,12 @@ def record_level_sum(
 
 def handle_evaluate(node: Node, message: Message) -> Message:
     shared = node.shared
-    set_flat(shared.model, shared.layout, _params(message, node))
-    settings = message.content.config_records["evaluate"]
+    request = EvaluateRequest.from_records(message.content)
+    set_flat(shared.model, shared.layout, _params(request.params, node))
     ndcg, hit, n = ranking_sums(
-        shared.model,
-        shared.split,
-        node.users,
-        stage=str(settings["stage"]),
-        max_users=as_int(settings["max-users"], name="max-users"),
+        shared.model, shared.split, node.users, stage=request.stage, max_users=request.max_users
     )
-    metrics = MetricRecord({"ndcg-sum": ndcg, "hit-sum": hit, "n": n})
-    return Message(RecordDict({"metrics": metrics}), reply_to=message)
+    return Message(EvaluateReply(ndcg, hit, n).to_records(), reply_to=message)
 
 
 def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
@@ -208,7 +197,7 @@ def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
         max_items=as_int(settings["max-items"], name="max-items"),
         n_items=node.shared.split.n_items,
     )
-    users = node.users[_slots(message, node)]
+    users = node.users[_slots(read_slots(message.content), node)]
     total = shard_sum(node.shared.rows, users, window)
     if is_secure(message):  # the node adds its share of the noise; the server sees only the noised total
         stats: dict[str, int] = {"count": int(users.size), "refused-count": 0}

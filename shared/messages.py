@@ -109,11 +109,10 @@ class TrainInstruction:
     @classmethod
     def from_records(cls, content: RecordDict) -> TrainInstruction:
         try:
-            slots = content.array_records[SAMPLE]["slots"].numpy().astype(np.int64)
             settings = RoundSettings.from_config(content.config_records[ROUND])
         except KeyError as exc:
             raise UpdateRejectedError(f"a train message without {exc}") from exc
-        return cls(read_global_params(content), slots, settings)
+        return cls(read_global_params(content), read_slots(content), settings)
 
 
 @dataclass(frozen=True)
@@ -258,6 +257,14 @@ class PopulationReply:
 
 def global_params_record(params: np.ndarray) -> ArrayRecord:
     return ArrayRecord({"params": Array(params)})
+
+
+def read_slots(content: RecordDict) -> np.ndarray:
+    """The sampled local slots a train message or a trending query carries (int64)."""
+    try:
+        return content.array_records[SAMPLE]["slots"].numpy().astype(np.int64)
+    except KeyError as exc:
+        raise UpdateRejectedError(f"a message without its sampled slots: {exc}") from exc
 
 
 def read_global_params(content: RecordDict) -> np.ndarray:

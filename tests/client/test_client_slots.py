@@ -7,17 +7,24 @@ from typing import Any
 
 import numpy as np
 import pytest
+from flwr.app import RecordDict
 
 from client.client_app import _slots
 from shared.errors import UpdateRejectedError
+from shared.messages import RoundSettings, TrainInstruction, read_slots
 
 
-def message(slots: list[int]) -> Any:
-    array = SimpleNamespace(numpy=lambda: np.array(slots, np.int64))
-    return SimpleNamespace(content=SimpleNamespace(array_records={"sample": {"slots": array}}))
+def message(slots: list[int]) -> np.ndarray:
+    """The slots as a train message carries them (shared.messages.read_slots reads them out)."""
+    instruction = TrainInstruction(np.zeros(1, np.float32), np.array(slots, np.int64), SETTINGS)
+    return read_slots(RecordDict(instruction.to_records()))
 
 
 NODE: Any = SimpleNamespace(users=np.arange(5, dtype=np.int64))
+SETTINGS = RoundSettings(
+    round=1, run_id="r", sample_rate=0.5, noise_multiplier=1.0, delta=1e-5, participation_cap=0,
+    clip_norm=1.0, local_noise_multiplier=0.0, round_seed=1, noise_seed=-1,
+)  # fmt: skip
 
 
 def test_slots_inside_the_population_pass() -> None:
