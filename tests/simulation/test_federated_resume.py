@@ -41,7 +41,7 @@ from simulation.federated import run_federated
 
 real = round_updates.train_round
 def slow(grid, assignment, params, settings, **kwargs):
-    if settings["round"] > int(sys.argv[2]):
+    if settings.round > int(sys.argv[2]):
         time.sleep(3600)
     return real(grid, assignment, params, settings, **kwargs)
 round_updates.train_round = slow
