@@ -27,6 +27,7 @@ from server.embedding.catalogue_embedding import embed_catalogue
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator, Evaluator
 from server.rounds.messaging import discover_population, evaluate_round, poll_replies_often, wait_for_nodes
+from server.rounds.privacy_plan import noise_multiplier_summary
 from server.trending.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import load_configured
@@ -141,7 +142,7 @@ def run_training(
         "trainable": list(layout.names),
         "mode": coordinator.plan.mode,
         "trained_on_valid": config.federated.train_on_valid,  # validation figures are then not held out
-        "noise_multiplier": coordinator.plan.noise_multiplier,
+        **noise_multiplier_summary(ledger.entries(), planned=coordinator.plan.noise_multiplier),
         "delta": coordinator.plan.delta,
         "user_epsilon": json_epsilon(coordinator.epsilon()),
         "user_epsilon_rdp": json_epsilon(coordinator.accountant.spent()["rdp"])

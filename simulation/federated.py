@@ -137,9 +137,20 @@ def write_federated_results(result: FederatedResult, *, command: str) -> str:
         f"`{command}` ({result.wall_s:.0f} s wall)\n\n"
         f"| rounds | mode | z | user epsilon (PLD) | delta | {valid} | test NDCG@10 | test HR@10 |\n"
         f"|---|---|---|---|---|---|---|---|\n"
-        f"| {summary['rounds']} | {summary['mode']} | {summary['noise_multiplier']:.3f} | {epsilon} "
+        f"| {summary['rounds']} | {summary['mode']} | {_z_text(summary)} | {epsilon} "
         f"| {summary['delta']:.3g} | {result.valid.overall.ndcg_10:.4f} | {result.test.overall.ndcg_10:.4f} "
         f"| {result.test.overall.hr_10:.4f} |\n\nstopped: {summary['stop_reason']}\n"
     )
     (result.folder.root / "results.md").write_text(text)
     return text
+
+
+def _z_text(summary: dict[str, Any]) -> str:
+    """The z of the run's rounds, or each z with its rounds when it changed mid-run (server_app summary)."""
+    z = summary["noise_multiplier"]
+    if z is not None:
+        return f"{z:.3f}"
+    spans = summary.get("noise_multiplier_spans", [])
+    return "varied: " + ", ".join(
+        f"{s['noise_multiplier']:.3f} (rounds {s['first_round']}-{s['last_round']})" for s in spans
+    )

@@ -29,7 +29,7 @@ class RunPoint:
     test_ndcg_10: float
     valid_ndcg_10: float
     rounds: int
-    noise_multiplier: float
+    noise_multiplier: float | None  # None: z changed during the run (a legacy resumed run; see its summary)
     wall_s: float
 
 
@@ -43,7 +43,7 @@ def read_run(folder: Path) -> RunPoint:
         test_ndcg_10=float(results["test"]["overall"]["ndcg_10"]),
         valid_ndcg_10=float(results["valid"]["overall"]["ndcg_10"]),
         rounds=int(summary["rounds"]),
-        noise_multiplier=float(summary["noise_multiplier"]),
+        noise_multiplier=None if summary["noise_multiplier"] is None else float(summary["noise_multiplier"]),
         wall_s=float(results["wall_time_s"]),
     )
 
@@ -55,8 +55,9 @@ def markdown(points: list[RunPoint], references: dict[str, float]) -> str:
     ]
     for p in sorted(points, key=lambda p: p.epsilon):
         eps = "no noise (inf)" if math.isinf(p.epsilon) else f"{p.epsilon:.2f}"
+        z = "varied" if p.noise_multiplier is None else f"{p.noise_multiplier:.3f}"
         lines.append(
-            f"| federated ({p.folder.name}) | {eps} | {p.noise_multiplier:.3f} | {p.rounds} "
+            f"| federated ({p.folder.name}) | {eps} | {z} | {p.rounds} "
             f"| {p.valid_ndcg_10:.4f} | {p.test_ndcg_10:.4f} | {p.wall_s:.0f} |"
         )
     for name, value in references.items():

@@ -9,6 +9,7 @@ checkpoint's entry if the ledger stops one round short.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -25,18 +26,25 @@ from tqdm import tqdm
 from server.ledger import PrivacyLedger
 from server.ledger_entries import RoundEntry, is_trending
 from server.rounds.cap_fields import cap_ledger_fields
-from server.rounds.messaging import Population, TrainReplies
-from server.rounds.privacy_plan import EPSILON_SLACK, PrivacyPlan, RoundNoise, derived_seed
+from server.rounds.messaging import Population
+from server.rounds.privacy_plan import (
+    EPSILON_SLACK,
+    PrivacyPlan,
+    RoundNoise,
+    derived_seed,
+    noise_multiplier_spans,
+)
 from server.rounds.record_level_fields import record_epsilon_so_far, record_level_fields
 from server.rounds.run_hooks import MetricsFile, MetricsSink, RunHook
-from server.rounds.update_transport import RoundRequest, UpdateTransport, make_transport
+from server.rounds.update_transport import CollectedUpdates, RoundRequest, UpdateTransport, make_transport
 from server.strategy import (
+    CohortSample,
     NoisedAggregate,
     ServerOptimizer,
     UserLevelDPAggregator,
     adaptive_from_config,
     make_server_optimizer,
-    poisson_sample,
+    poisson_cohort,
 )
 from shared.config import FedhomeConfig
 from shared.errors import BudgetExhaustedError, ConfigError
@@ -88,18 +96,9 @@ class Coordinator:
             delta=self.plan.delta, participation_cap=config.privacy.participation_cap
         )
         self.noise = RoundNoise(config.privacy.seed)
-        self.transport = transport or make_transport(
-            config, mode=self.plan.mode, noise_multiplier=self.plan.noise_multiplier, noise=self.noise
-        )
-        self.aggregator = UserLevelDPAggregator(
-            population=population.n_users,
-            sample_rate=self.plan.sample_rate,
-            noise_multiplier=self.plan.noise_multiplier,
-            clip_norm=config.privacy.clip_norm,
-            mode=config.privacy.mode,
-            noise=self.noise,
-            adaptive=adaptive_from_config(config.privacy),
-        )
+        self.own_transport = transport is None  # built here from the plan (rebuilt if resume changes z)
+        self.transport = transport or self.make_transport()
+        self.aggregator = self.make_aggregator()
         self.optimizer: ServerOptimizer = make_server_optimizer(config.federated)
         # theta = scale * phi (FederatedConfig.update_scales): updates arrive in phi, the optimiser steps phi
         self.scale = scale_vector(layout, config.federated.update_scales)
@@ -107,7 +106,22 @@ class Coordinator:
         self.stop_reason = ""
         self.pending_row: dict[str, Any] | None = None  # set by resume(): a metrics row lost to a kill
 
-    # -- resume -------------------------------------------------------------------------------------
+    def make_transport(self) -> UpdateTransport:
+        return make_transport(
+            self.config, mode=self.plan.mode, noise_multiplier=self.plan.noise_multiplier, noise=self.noise
+        )
+
+    def make_aggregator(self) -> UserLevelDPAggregator:
+        return UserLevelDPAggregator(
+            population=self.population.n_users,
+            sample_rate=self.plan.sample_rate,
+            noise_multiplier=self.plan.noise_multiplier,
+            clip_norm=self.config.privacy.clip_norm,
+            mode=self.config.privacy.mode,
+            noise=self.noise,
+            adaptive=adaptive_from_config(self.config.privacy),
+        )
+
     # -- the run ----------------------------------------------------------------------------------------
     def run(self, grid: Any, *, progress: bool) -> str:
         """Rounds until `federated.rounds` are done or the budget is spent, each followed by the hooks;
@@ -216,6 +230,7 @@ class Coordinator:
             return False
         last = int(checkpoint["round"])
         self._reconcile_ledger(last, checkpoint["ledger_entry"])
+        self._keep_the_runs_noise_multiplier()
         for hook in self.hooks:
             hook.on_resume(self.ledger.entries())
         self.state = RunState(last, checkpoint["params"], checkpoint["run_id"], checkpoint["history"])
@@ -228,6 +243,28 @@ class Coordinator:
             self.pending_row = dict(self.state.history[-1])
         log.info("resumed run %s after round %d", self.state.run_id, last)
         return True
+
+    def _keep_the_runs_noise_multiplier(self) -> None:
+        """Continue with the z the run's last round used (its ledger entry), not the z PrivacyPlan.build
+        calibrated for the configured rounds: with `federated.rounds` raised on resume that would be another
+        z, the accountant would compose rounds of two z and the summary report one of them. Extra rounds run
+        at the run's z until the budget stops them."""
+        spans = noise_multiplier_spans(self.ledger.entries())
+        if not spans or spans[-1].noise_multiplier == self.plan.noise_multiplier:
+            return
+        z = spans[-1].noise_multiplier
+        log.warning(
+            "resuming with the noise multiplier z %.6g the run's rounds used, not %.6g (calibrated for %d "
+            "rounds): the added rounds run at z %.6g until the privacy budget is spent",
+            z,
+            self.plan.noise_multiplier,
+            self.config.federated.rounds,
+            z,
+        )
+        self.plan = dataclasses.replace(self.plan, noise_multiplier=z)
+        self.aggregator = self.make_aggregator()
+        if self.own_transport:
+            self.transport = self.make_transport()
 
     def _reconcile_ledger(self, last: int, entry: dict[str, Any]) -> None:
         ledger_round = self.ledger.last_round()
@@ -267,10 +304,11 @@ class Coordinator:
                 f"budget of {self.plan.target_epsilon} (delta {self.plan.delta:.3g}): {outcome}"
             )
 
-    def sample(self, round_number: int) -> np.ndarray:
+    def sample(self, round_number: int) -> CohortSample:
+        """The round's cohort, with the method and rate the sampler used (what the ledger records)."""
         seed = self.config.privacy.seed
         rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, round_number, 0))
-        return poisson_sample(self.population.n_users, sample_rate=self.plan.sample_rate, rng=rng)
+        return poisson_cohort(self.population.n_users, sample_rate=self.plan.sample_rate, rng=rng)
 
     def training_event(self) -> RoundEvent:
         """A training round for the accountant: capped when the run has a participation cap."""
@@ -306,7 +344,7 @@ class Coordinator:
         cohort = self.sample(round_number)
         request = RoundRequest(
             round_number,
-            self.population.split(cohort),
+            self.population.split(cohort.users),
             self.state.params,
             self.round_settings(round_number),
             self.aggregator.clip_norm,
@@ -324,7 +362,7 @@ class Coordinator:
         self.accountant.record(self.training_event())
         record = record_epsilon_so_far(replies, self.state.history)
         typed = RoundEntry(
-            **self.ledger_fields(round_number, cohort.size, replies, result, before, after),
+            **self.ledger_fields(round_number, cohort, collected, result, before, after),
             **record_level_fields(record, replies, record_delta=self.config.privacy.record_delta),
             **cap_ledger_fields(self.accountant, refused_users=replies.refused_users),
             secure_aggregation=None if secure is None else secure.to_json(),
@@ -363,32 +401,40 @@ class Coordinator:
     def ledger_fields(
         self,
         round_number: int,
-        cohort: int,
-        replies: TrainReplies,
+        cohort: CohortSample,
+        collected: CollectedUpdates,
         result: NoisedAggregate,
         before: np.ndarray,
         after: np.ndarray,
     ) -> dict[str, Any]:
+        """The round's entry. What was applied comes from what applied it: sampling, rate and realised cohort
+        from the sampler's CohortSample; the divisor, and the noise the server drew (on the sum and on the
+        count), from the aggregator's result; under secure aggregation the sum's noise from the protocol
+        (it arrived noised). The plan gives only what was accounted (z, delta) and the mode."""
         spent = self.spent()
+        replies = collected.replies
+        noise_std = result.noise_std
+        if collected.secure_record is not None:  # the nodes and the protocol's top-up noised the sum
+            noise_std = float(collected.noise_in_sum or 0.0)
         fields = {
             "run_id": self.state.run_id,
             "round": round_number,
             "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "mode": self.plan.mode,
             "unit_of_privacy": "user",
-            "sampling": "poisson",
-            "sample_rate": self.plan.sample_rate,
-            "population": self.population.n_users,
-            "expected_cohort": self.plan.sample_rate * self.population.n_users,
-            "realised_cohort": cohort,
+            "sampling": cohort.method,
+            "sample_rate": cohort.sample_rate,
+            "population": cohort.population,
+            "expected_cohort": cohort.sample_rate * cohort.population,
+            "realised_cohort": cohort.size,
             "aggregated_users": replies.count,
             "rejected_updates": replies.rejected_users,
-            "divisor": self.plan.sample_rate * self.population.n_users,
+            "divisor": result.divisor,
             "clip_norm": result.clip_norm,
             "next_clip_norm": result.next_clip_norm,
             "noise_multiplier": self.plan.noise_multiplier,
             "update_noise_multiplier": result.update_noise_multiplier,
-            "noise_std": result.noise_std,
+            "noise_std": noise_std,
             "count_noise_std": result.count_noise_std,
             "local_noise_multiplier": self.plan.noise_multiplier if self.plan.mode == "local" else 0.0,
             "noise_rng": self.noise.source,

@@ -1,13 +1,17 @@
 """A run's privacy settings fixed at its start (PrivacyPlan: mode, q, the accounted z, delta, the target),
-its noise source (RoundNoise) and the per-round seeds derived from a fixed seed (derived_seed)."""
+its noise source (RoundNoise), the per-round seeds derived from a fixed seed (derived_seed), and the z its
+ledger says its rounds used (noise_multiplier_spans)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from server.ledger_entries import is_trending
 from shared.config import FedhomeConfig
 from shared.privacy.accounting import RoundEvent, calibrate_noise_multiplier, default_delta
 from shared.privacy.noise import GaussianNoise
@@ -47,9 +51,51 @@ class RoundNoise:
         return self.current.discrete(shape, std=std)
 
 
+@dataclass(frozen=True)
+class NoiseSpan:
+    """Consecutive training rounds whose ledger entries accounted the same noise multiplier z."""
+
+    first_round: int
+    last_round: int
+    noise_multiplier: float
+
+
+def noise_multiplier_spans(entries: Iterable[Mapping[str, Any]]) -> list[NoiseSpan]:
+    """The z each training round's ledger entry accounted (trending releases left out), as spans of rounds
+    with one z, in round order: one span when the z never changed, none before the first round."""
+    spans: list[NoiseSpan] = []
+    for entry in entries:
+        if is_trending(entry):
+            continue
+        number, z = int(entry["round"]), float(entry["noise_multiplier"])
+        if spans and spans[-1].noise_multiplier == z:
+            spans[-1] = NoiseSpan(spans[-1].first_round, number, z)
+        else:
+            spans.append(NoiseSpan(number, number, z))
+    return spans
+
+
+def noise_multiplier_summary(entries: Iterable[Mapping[str, Any]], *, planned: float) -> dict[str, Any]:
+    """The run summary's z: the one the ledger's training rounds accounted, and the rounds of each z
+    ("noise_multiplier_spans"). When z changed mid-run (a ledger resumed by a fedhome that recalibrated z
+    for a raised round count) "noise_multiplier" is None rather than one of them; before any round it is
+    `planned`, the z the run would use."""
+    spans = noise_multiplier_spans(entries)
+    z: float | None = None
+    if not spans:
+        z = planned
+    elif len(spans) == 1:
+        z = spans[0].noise_multiplier
+    return {"noise_multiplier": z, "noise_multiplier_spans": [asdict(span) for span in spans]}
+
+
 @dataclass
 class PrivacyPlan:
-    """The run's privacy parameters, fixed when the run starts (and recorded in config.json)."""
+    """The run's privacy parameters, fixed when the run starts (and recorded in config.json).
+
+    A resumed run keeps the z its rounds used (Coordinator.resume: from its ledger), even when its round
+    count was raised: `build` calibrates z for the configured rounds, which is right only at the start.
+    """
 
     mode: str
     sample_rate: float

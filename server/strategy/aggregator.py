@@ -34,6 +34,53 @@ class NoiseSource(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One request a noise source served: how many values it drew, and their std."""
+
+    values: int
+    std: float
+
+
+class RecordedNoise:
+    """A noise source that passes every request to `inner` and records what was drawn (a Draw per request).
+
+    The aggregator draws through one and reports the noise it applied from these records: a round in which
+    nothing was drawn reports std 0, whatever the settings say.
+    """
+
+    def __init__(self, inner: NoiseSource) -> None:
+        self._inner = inner
+        self._vectors: list[Draw] = []  # sample(): noise on a vector (the update sum)
+        self._scalars: list[Draw] = []  # normal(): one value (the unclipped count)
+
+    @property
+    def source(self) -> str:
+        return self._inner.source
+
+    def sample(self, shape: tuple[int, ...], *, std: float) -> np.ndarray:
+        drawn = self._inner.sample(shape, std=std)
+        self._vectors.append(Draw(int(np.size(drawn)), float(std)))
+        return drawn
+
+    def normal(self, *, std: float) -> float:
+        drawn = self._inner.normal(std=std)
+        self._scalars.append(Draw(1, float(std)))
+        return drawn
+
+    def take(self) -> tuple[list[Draw], list[Draw]]:
+        """(vector draws, scalar draws) since the last take; the records start afresh."""
+        vectors, scalars = self._vectors, self._scalars
+        self._vectors, self._scalars = [], []
+        return vectors, scalars
+
+
+def drawn_std(draws: list[Draw], *, values: int) -> float:
+    """The std per value of the noise the draws put on a vector of `values` values: the root of the summed
+    variances of the draws that covered all of them (independent draws add); 0 when none was drawn."""
+    return math.sqrt(sum(d.std**2 for d in draws if d.values == values))
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdaptiveClipping:
     """Andrew et al. 2021 adaptive clipping: C <- C * exp(-clip_learning_rate * (b_bar - quantile)).
@@ -91,15 +138,17 @@ def update_noise_multiplier(*, noise_multiplier: float, count_stddev: float) -> 
 
 @dataclass(frozen=True, kw_only=True)
 class NoisedAggregate:
-    """One round's result. noise_std is the std actually added per coordinate to the SUM at the server."""
+    """One round's result, as applied: noise_std and count_noise_std are the stds of the noise this
+    aggregator drew (recorded by its RecordedNoise), divisor what it divided by."""
 
-    mean_update: np.ndarray  # (dim,) float32: (sum + noise) / (sample_rate * population)
-    noise_std: float
+    mean_update: np.ndarray  # (dim,) float32: (sum + noise) / divisor
+    noise_std: float  # std per coordinate of the noise drawn and added to the SUM here (0: none added)
     update_noise_multiplier: float
     clip_norm: float  # C the devices clipped to this round
     next_clip_norm: float  # C for the next round (== clip_norm without adaptive clipping)
-    count_noise_std: float  # std of the noise on the unclipped count (0 without adaptive clipping)
+    count_noise_std: float  # std of the noise drawn on the unclipped count (0 without adaptive clipping)
     noised_unclipped_fraction: float | None  # b_bar in [0, 1] (None without adaptive clipping)
+    divisor: float  # what the noised sum was divided by: the expected cohort sample_rate * population
 
 
 class UserLevelDPAggregator:
@@ -133,7 +182,8 @@ class UserLevelDPAggregator:
         if adaptive is not None and mode == "local":
             raise ConfigError("adaptive clipping needs mode 'central' (or 'none'), not 'local'")
         self._population, self._sample_rate, self._mode = population, sample_rate, mode
-        self._noise_multiplier, self._noise, self._adaptive = noise_multiplier, noise, adaptive
+        self._noise_multiplier, self._adaptive = noise_multiplier, adaptive
+        self._noise = RecordedNoise(noise)
         self._clip_norm = _positive_clip_norm(clip_norm, ConfigError)
         self._count_std = 0.0
         if adaptive is not None and mode == "central":
@@ -189,37 +239,43 @@ class UserLevelDPAggregator:
         `unclipped_count` is the number of those users whose update norm was <= C before clipping (used
         only with adaptive clipping). Raises UpdateRejectedError for a malformed or oversized sum.
         `noise_in_sum` (secure aggregation, server/secagg/secure_round.py): the sum arrives with this noise
-        std per coordinate already in it and its norm already checked; the server adds none.
+        std per coordinate already in it and its norm already checked; the server adds none (and the result's
+        noise_std, the noise drawn here, is 0: the ledger takes the sum's noise from the protocol's record).
         """
         clip_norm = self._clip_norm
+        self._noise.take()  # records start with this round
         if noise_in_sum is not None:
             if self._adaptive is not None:
                 raise ConfigError("adaptive clipping is not available with secure aggregation")
             check_update_values(update_sum, count=count, dim=update_sum.shape[0])
-            total, noise_std = update_sum.astype(np.float64), float(noise_in_sum)
+            total = update_sum.astype(np.float64)
         else:
             total = self._checked_sum(update_sum, count=count, unclipped_count=unclipped_count)
-            noise_std = self._z_update * clip_norm
-            if noise_std > 0:
-                total = total + self._noise.sample(total.shape, std=noise_std)
-        mean_update = (total / self.expected_cohort).astype(np.float32)
+            std = self._z_update * clip_norm
+            if std > 0:
+                total = total + self._noise.sample(total.shape, std=std)
+        divisor = self.expected_cohort
+        mean_update = (total / divisor).astype(np.float32)
         fraction = None
         if self._adaptive is not None:
             fraction = self._adapt_clip_norm(self._adaptive, count=count, unclipped_count=unclipped_count)
+        vectors, scalars = self._noise.take()
+        noise_std = drawn_std(vectors, values=int(total.size))
         logger.debug(
-            "aggregated a round: clip norm %.4g -> %.4g, noise std %.4g",
+            "aggregated a round: clip norm %.4g -> %.4g, noise std drawn %.4g",
             clip_norm,
             self._clip_norm,
             noise_std,
         )
         return NoisedAggregate(
             mean_update=mean_update,
-            noise_std=float(noise_std),
+            noise_std=noise_std,
             update_noise_multiplier=self._z_update,
             clip_norm=clip_norm,
             next_clip_norm=self._clip_norm,
-            count_noise_std=self._count_std,
+            count_noise_std=drawn_std(scalars, values=1),
             noised_unclipped_fraction=fraction,
+            divisor=float(divisor),
         )
 
     def _checked_sum(self, update_sum: np.ndarray, *, count: int, unclipped_count: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from shared.errors import ConfigError, UpdateRejectedError
@@ -24,6 +26,28 @@ def poisson_sample(population: int, *, sample_rate: float, rng: np.random.Genera
         raise ConfigError(f"sample_rate must be in [0, 1], got {sample_rate}")
     chosen = rng.random(int(population)) < sample_rate  # one independent coin per user
     return np.flatnonzero(chosen).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class CohortSample:
+    """A round's sampled users and how the sampler drew them: what the ledger records as the round's
+    sampling, rate, population and realised cohort (never the plan's intent: the sampler's own account)."""
+
+    users: np.ndarray  # sorted int64 user indices
+    method: str  # "poisson" here; the verifier flags any other (the accountants assume Poisson sampling)
+    sample_rate: float
+    population: int
+
+    @property
+    def size(self) -> int:
+        """The realised cohort size."""
+        return int(self.users.size)
+
+
+def poisson_cohort(population: int, *, sample_rate: float, rng: np.random.Generator) -> CohortSample:
+    """poisson_sample's users, with the method and rate that drew them."""
+    users = poisson_sample(population, sample_rate=sample_rate, rng=rng)
+    return CohortSample(users, method="poisson", sample_rate=float(sample_rate), population=int(population))
 
 
 def check_update_values(update_sum: np.ndarray, *, count: int, dim: int) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from coordinator_toy import DIM, POPULATION, FakeNodes, drop_last_lines
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
+from server.rounds.privacy_plan import PrivacyPlan, noise_multiplier_summary
+from server.rounds.run_hooks import RunAccess, RunHook
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
 from shared.model.params import ParamLayout
@@ -20,7 +24,14 @@ from shared.run_folder import RunFolder, load_latest_checkpoint
 from shared.signing import Ed25519PrivateKey, generate_private_key
 
 
-def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
+def make(
+    folder: Path,
+    key: Ed25519PrivateKey,
+    rounds: int,
+    *,
+    hooks: Sequence[RunHook] = (),
+    extra: dict[str, str] | None = None,
+) -> Coordinator:
     settings = {
         "federated.run_dir": str(folder),
         "federated.rounds": str(rounds),
@@ -29,6 +40,7 @@ def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
         "privacy.noise_multiplier": "1.0",
         "privacy.target_epsilon": "100",
         "privacy.seed": "5",
+        **(extra or {}),
     }
     config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
     run = RunFolder(folder)
@@ -45,6 +57,7 @@ def make(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
         ledger,
         evaluate=lambda p: {"valid_x": float(p.sum())},
         transport=FakeNodes(),
+        hooks=hooks,
     )
 
 
@@ -123,3 +136,80 @@ def test_a_start_killed_before_its_first_checkpoint_starts_afresh(tmp_path: Path
     assert not coordinator.resume()
     coordinator.run(None, progress=False)
     assert rounds_of(folder.metrics) == [0, 1, 2] and rounds_of(folder.ledger) == [1, 2]
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfter:
+    """A hook that kills the run (an exception out of the round loop) after round `last`."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+    def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
+        pass
+
+    def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
+        if row["round"] == self.last:
+            raise Killed
+
+    def at_end(self, run: RunAccess, grid: Any) -> None:
+        pass
+
+
+def test_a_run_resumed_with_more_rounds_keeps_and_reports_the_z_its_rounds_used(tmp_path: Path) -> None:
+    key = generate_private_key()
+    folder = RunFolder(tmp_path / "run")
+    calibrated = {
+        "privacy.noise_multiplier": "0",
+        "privacy.target_epsilon": "6",
+    }  # z calibrated for the rounds
+    first = make(folder.root, key, 4, hooks=[KillAfter(2)], extra=calibrated)
+    first.resume()
+    with pytest.raises(Killed):
+        first.run(None, progress=False)
+    z = first.plan.noise_multiplier
+    resumed = make(folder.root, key, 8, extra=calibrated)  # the same run, extended to 8 rounds
+    assert PrivacyPlan.build(resumed.config, POPULATION.n_users).noise_multiplier > z * 1.05  # 8 rounds: more
+    assert resumed.resume() and resumed.state.round == 2
+    assert resumed.plan.noise_multiplier == z  # the run's z, not one calibrated for 8 rounds
+    reason = resumed.run(None, progress=False)
+    entries = PrivacyLedger(folder.ledger).entries()
+    assert [e["noise_multiplier"] for e in entries] == [z] * len(entries) and len(entries) >= 4
+    assert all(
+        e["noise_std"] == pytest.approx(z * e["clip_norm"]) for e in entries
+    )  # applied what it accounted
+    # the budget was calibrated for 4 rounds at z: the extension stops when it is spent, not at a new z
+    assert reason.startswith("privacy budget") and resumed.epsilon() <= 6 * (1 + 1e-9)
+    event = RoundEvent(sample_rate=0.5, noise_multiplier=z)
+    assert resumed.epsilon() == pytest.approx(
+        pld_epsilon([event] * len(entries), delta=resumed.plan.delta), rel=1e-9
+    )
+    summary = noise_multiplier_summary(entries, planned=resumed.plan.noise_multiplier)
+    assert summary["noise_multiplier"] == z
+    assert summary["noise_multiplier_spans"] == [
+        {"first_round": 1, "last_round": len(entries), "noise_multiplier": z}
+    ]
+    report = verify_ledger(folder.ledger, key.public_key())
+    assert report.ok, report.problems
+
+
+def test_a_summary_of_rounds_with_two_z_names_both_and_reports_no_single_z() -> None:
+    entries: list[dict[str, Any]] = [
+        {"round": 1, "noise_multiplier": 0.347},
+        {"round": 2, "noise_multiplier": 0.347},
+        {"kind": "trending_counts", "after_round": 2, "noise_multiplier": 5.0},
+        {"round": 3, "noise_multiplier": 0.369},
+    ]
+    summary = noise_multiplier_summary(entries, planned=0.369)
+    assert summary["noise_multiplier"] is None
+    assert summary["noise_multiplier_spans"] == [
+        {"first_round": 1, "last_round": 2, "noise_multiplier": 0.347},
+        {"first_round": 3, "last_round": 3, "noise_multiplier": 0.369},
+    ]
+    assert noise_multiplier_summary([], planned=0.5) == {
+        "noise_multiplier": 0.5,
+        "noise_multiplier_spans": [],
+    }

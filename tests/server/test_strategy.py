@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from server.strategy import check_update_sum, check_update_values, poisson_sample
+from server.strategy import check_update_sum, check_update_values, poisson_cohort, poisson_sample
 from shared.errors import ConfigError, UpdateRejectedError
 
 
@@ -140,3 +140,12 @@ def test_infinite_clip_norm_skips_only_the_norm_bound() -> None:
     check_update_sum(np.array([1e6, 0.0, 0.0]), count=0, dim=3, clip_norm=float("inf"))
     with pytest.raises(UpdateRejectedError):
         check_update_sum(np.array([np.nan, 0.0, 0.0]), count=2, dim=3, clip_norm=float("inf"))
+
+
+def test_a_cohort_carries_the_method_and_rate_that_drew_it() -> None:
+    cohort = poisson_cohort(300, sample_rate=0.2, rng=np.random.default_rng(4))
+    np.testing.assert_array_equal(
+        cohort.users, poisson_sample(300, sample_rate=0.2, rng=np.random.default_rng(4))
+    )
+    assert (cohort.method, cohort.sample_rate, cohort.population) == ("poisson", 0.2, 300)
+    assert cohort.size == cohort.users.size

@@ -14,9 +14,12 @@ from hypothesis import strategies as st
 
 from server.strategy import (
     AdaptiveClipping,
+    Draw,
     NoiseSource,
+    RecordedNoise,
     UserLevelDPAggregator,
     adaptive_from_config,
+    drawn_std,
     poisson_sample,
     update_noise_multiplier,
 )
@@ -362,3 +365,36 @@ def test_adaptive_clipping_from_config() -> None:
     assert adaptive.count_std(100.0) == 4.0 and AdaptiveClipping().count_std(100.0) == 5.0
     with pytest.raises(ConfigError):
         AdaptiveClipping(target_unclipped_quantile=1.0)
+
+
+def test_the_result_reports_the_noise_drawn_and_the_divisor_used() -> None:
+    spy = SpyNoise()
+    agg = adaptive_aggregator(spy)  # central, sigma_b = 5, z_update = (1 - 1/100)^-1/2
+    result = agg.aggregate(np.zeros(4), count=100, unclipped_count=50)
+    assert result.noise_std == pytest.approx(spy.sample_stds[0]) and len(spy.sample_stds) == 1
+    assert result.count_noise_std == spy.normal_stds[0] == 5.0
+    assert result.divisor == agg.expected_cohort == 100.0
+
+
+def test_a_sum_said_to_arrive_noised_reports_no_noise_drawn_here() -> None:
+    # secure aggregation hands the sum over noised; the server draws nothing, and says so: a caller that
+    # claims noise_in_sum on a clear sum cannot make the result report noise that was never drawn
+    spy = SpyNoise()
+    agg = UserLevelDPAggregator(
+        population=100, sample_rate=0.1, noise_multiplier=1.5, clip_norm=2.0, mode="central", noise=spy
+    )
+    result = agg.aggregate(np.ones(3), count=5, unclipped_count=5, noise_in_sum=3.0)
+    assert spy.sample_stds == [] and result.noise_std == 0.0 and result.count_noise_std == 0.0
+    assert result.update_noise_multiplier == 1.5  # what was accounted is still reported, for the verifier
+    np.testing.assert_allclose(result.mean_update, np.ones(3) / 10.0)
+
+
+def test_recorded_noise_keeps_each_draw_until_taken() -> None:
+    recorded = RecordedNoise(NumpyNoise(3))
+    assert recorded.sample((5,), std=2.0).shape == (5,)
+    recorded.sample((5,), std=1.5)
+    recorded.normal(std=0.5)
+    vectors, scalars = recorded.take()
+    assert vectors == [Draw(5, 2.0), Draw(5, 1.5)] and scalars == [Draw(1, 0.5)]
+    assert drawn_std(vectors, values=5) == pytest.approx(2.5) and drawn_std(vectors, values=4) == 0.0
+    assert recorded.take() == ([], []) and recorded.source == NumpyNoise.source
