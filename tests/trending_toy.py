@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ledger_toy import DELTA, KEY, round_fields
+from ledger_toy import DELTA, KEY, poisson_cohort, round_fields
 
 from server.ledger import PrivacyLedger
 from shared import signing
@@ -21,6 +21,9 @@ def trending_fields(
     after: int, acc: UserLevelAccountant, folder: Path, *, z: float = Z_T, q_t: float = Q_T
 ) -> dict[str, Any]:
     counts = np.arange(7, dtype=np.float32) * (after + 1)
+    cohort = poisson_cohort(
+        after, q_t, stream=1
+    )  # its own Poisson sample: Binomial(N, q_t), everyone at q_t = 1
     name = f"trending/after-round-{after:05d}.npy"
     (folder / "trending").mkdir(parents=True, exist_ok=True)
     np.save(folder / name, counts)
@@ -28,8 +31,7 @@ def trending_fields(
         "kind": "trending_counts", "mechanism": "poisson_subsampled_gaussian_sum", "run_id": "run-a",
         "after_round": after, "time_utc": "2026-11-01T00:00:00+00:00", "mode": "central",
         "unit_of_privacy": "user", "sampling": "poisson", "sample_rate": q_t, "population": 2000,
-        "expected_cohort": q_t * 2000, "realised_cohort": round(q_t * 2000),
-        "aggregated_users": round(q_t * 2000),
+        "expected_cohort": q_t * 2000, "realised_cohort": cohort, "aggregated_users": cohort,
         "rejected_updates": 0, "max_items": K, "item_weight": 1 / math.sqrt(K), "sensitivity": 1.0,
         "window_days": 7.0, "as_of_s": 1_700_000_000, "n_items": 7, "noise_multiplier": z,
         "noise_std": z, "count_noise_std": z * math.sqrt(K) / q_t,

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--expect-head",
         default=None,
-        help="the ledger head hash pinned by a release (catches cut-off entries)",
+        help="the ledger head hash pinned by a release (catches cut-off entries; without it a ledger cut "
+        "off at the end still verifies, and the output says so)",
     )
     verify.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
     report = sub.add_parser("report", help="write the privacy report of a run as HTML and JSON")
@@ -84,11 +85,22 @@ def summary(report: LedgerVerification) -> str:
     if report.trending:
         after = ", ".join(str(row["after_round"]) for row in report.trending)
         lines.append(f"trending releases: {len(report.trending)} (after rounds {after}), accounted above")
+    for row in report.cohort_dispersion:
+        lines.append(
+            f"realised cohorts at q={row['sample_rate']:g}, N={row['population']}: {row['rounds']} round(s), "
+            f"mean {row['mean_cohort']:.4g} (q*N {row['expected_cohort']:.4g}), dispersion {row['verdict']}"
+        )
+    if report.local_dp is not None:
+        lines.append(report.local_dp["statement"])
     if report.ok:
-        lines.append("OK: every signature, link, round and epsilon checks out")
+        lines.append(
+            "OK: every signature, link, round and epsilon checks out"
+            + (" (notes below)" if report.notes else "")
+        )
     else:
         lines.append(f"FAILED: {len(report.problems)} problem(s)")
         lines.extend(f"  - {problem}" for problem in report.problems)
+    lines.extend(f"note: {note}" for note in report.notes)
     return "\n".join(lines)
 
 

@@ -7,7 +7,12 @@ canary_audit.json) are shown as such and never change the verdict of the ledger 
 
 The content is one JSON-safe dict (`build_report`); server/audit/report_html.py renders the same dict as a
 self-contained HTML page, so the two can never disagree. The guarantee in words is server/audit/guarantee.py,
-the mismatches between what ran and what the accountants assume server/audit/mismatches.py.
+the mismatches between what ran and what the accountants assume server/audit/mismatches.py (with the
+groups of rounds whose realised cohorts fail verify's dispersion check, server/audit/cohorts.py).
+
+Notes are what passes but must be said: a claim above the recomputed epsilon (conservative), a dispersion
+check too short to decide, and a ledger head that nothing pins (neither --expect-head nor a release bound to
+this ledger), in which case entries cut off the end of the ledger cannot be detected.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from server.audit.cohorts import dispersion_mismatches
 from server.audit.guarantee import NOT_COVERED, guarantee, safe_number
 from server.audit.mismatches import mismatches
-from server.audit.verify import LedgerVerification, verify_ledger
+from server.audit.verify import TRUNCATION_NOTE, LedgerVerification, verify_ledger
 from server.ledger_entries import is_trending
 from shared.errors import DataError, FedhomeError
 from shared.release_manifest import verify_release
@@ -45,6 +51,13 @@ def build_report(
     entries = _entries(run)
     last = entries[-1] if entries else {}
     folder = run if run.is_dir() else run.parent
+    binding = release_binding(release, entries, public_key)
+    if binding.get("ok") and TRUNCATION_NOTE in verification.notes:  # the release pins its ledger head
+        verification.notes.remove(TRUNCATION_NOTE)
+        verification.notes.append(
+            f"the ledger head is pinned by the release up to round {binding['bound_round']}: entries after "
+            "it cut off the end of the ledger cannot be detected (pin the head with --expect-head)"
+        )
     return {
         "report_version": REPORT_VERSION,
         "run_id": last.get("run_id"),
@@ -53,10 +66,10 @@ def build_report(
         "accountants": _accountants(last),
         "rounds": [_round_row(entry) for entry in entries if not is_trending(entry)],
         "trending": verification.trending,  # DP trending releases, accounted in the same epsilon
-        "mismatches": mismatches(entries),
+        "mismatches": mismatches(entries) + dispersion_mismatches(verification.cohort_dispersion),
         "not_covered": NOT_COVERED,
         "empirical_audit": _canary_audit(folder),
-        "release": release_binding(release, entries, public_key),
+        "release": binding,
         "tools": {"fedhome-audit": _version("fedhome"), "dp-accounting": _version("dp-accounting")},
     }
 
@@ -160,6 +173,9 @@ def _verification(report: LedgerVerification, entries: list[dict[str, Any]]) -> 
         "head_hash": report.head_hash,
         "problems": report.problems,
         "general_problems": general,
+        "notes": report.notes,
+        "head_pinned": report.head_pinned,
+        "cohort_dispersion": report.cohort_dispersion,
         "entry_results": [
             {"round": r, "ok": r not in by_round, "problems": by_round.get(r, [])} for r in rounds
         ],

@@ -10,7 +10,8 @@ mechanisms compose exactly to one Gaussian with noise (sum z_i^-2)^-1/2 (sensiti
 distribution is built directly (dp_accounting.pld, no sampling), then composed with the rounds the cap
 does not limit as Poisson-subsampled Gaussians, round by round. RDP: dp_accounting's RdpAccountant (not
 Opacus). Each entry's user_epsilon must then be the smaller of the two bounds, and user_epsilon_poisson /
-user_epsilon_cap must match the recomputed bounds.
+user_epsilon_cap must not be below the recomputed bounds (one-sided, as in verify.py: a larger claim is
+conservative and is listed in `overstated`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import dp_accounting
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
 from server.audit.accountant import VALUE_DISCRETIZATION_INTERVAL
-from server.audit.entry_checks import close, epsilon_value
+from server.audit.entry_checks import close, epsilon_value, overstated, understated
 
 _ADD_OR_REMOVE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 EPSILON_RTOL = 1e-3  # as in verify.py: same library, different composition
@@ -37,6 +38,7 @@ class CapCheck:
         self.uncapped_rounds: list[tuple[float, float]] = []  # (q, z) of the rounds the cap does not limit
         self._uncapped: pld_lib.PrivacyLossDistribution | None = None  # their composition
         self.last_segment = 0
+        self.overstated: list[str] = []  # "where: name" of each conservative (larger) component claim
 
     @classmethod
     def for_entries(cls, entries: list[dict[str, Any]], problems: list[str]) -> CapCheck | None:
@@ -111,10 +113,13 @@ class CapCheck:
             value = epsilon_value(claimed.get("pld")) if isinstance(claimed, dict) else None
             if value is None:
                 problems.append(f'{where}: {name} must hold a PLD epsilon (a number or "inf")')
-            elif not close(value, recomputed, EPSILON_RTOL):
+            elif understated(value, recomputed, EPSILON_RTOL):
                 problems.append(
-                    f"{where}: claimed {name} {value} but the auditor recomputes {recomputed:.6g}"
+                    f"{where}: claimed {name} {value} but the auditor recomputes {recomputed:.6g} "
+                    "(understated)"
                 )
+            elif overstated(value, recomputed, EPSILON_RTOL):
+                self.overstated.append(f"{where}: {name}")
         binding = "cap" if cap < poisson else "poisson"
         claimed = entry.get("epsilon_bound")
         if claimed not in ("cap", "poisson") or (

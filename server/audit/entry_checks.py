@@ -58,9 +58,28 @@ def check_noise(where: str, entry: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{where}: mode none must have noise_multiplier 0 and noise_std 0")
     elif mode == "central":
         _check_central_noise(where, entry, z=z, std=std, clip=clip, problems=problems)
-    elif mode != "local":  # local: each device noises its own update; the server adds none to check here
+    elif mode == "local":
+        _check_local_noise(where, entry, z=z, std=std, problems=problems)
+    else:
         problems.append(f"{where}: unknown mode {mode!r}")
     _check_divisor(where, entry, problems)
+
+
+def _check_local_noise(
+    where: str, entry: dict[str, Any], *, z: float, std: float, problems: list[str]
+) -> None:
+    """Mode local: every device adds N(0, (z_local * C)^2) to its own clipped update, the server adds none.
+    The accounted z must be the z the devices were told to apply, and the server-side noise fields zero."""
+    local = _number(entry.get("local_noise_multiplier"))
+    if local is None:
+        problems.append(f"{where}: mode local must record local_noise_multiplier (the z the devices applied)")
+    elif not close(local, z, NOISE_RTOL):
+        problems.append(f"{where}: local_noise_multiplier {local} != the accounted noise_multiplier {z}")
+    if std != 0:
+        problems.append(f"{where}: mode local adds no noise at the server, but noise_std is {std} (not 0)")
+    for name in ("update_noise_multiplier", "count_noise_std"):  # no server noise, no adaptive clipping
+        if name in entry and entry[name] != 0:
+            problems.append(f"{where}: mode local has no server-side noise, but {name} is {entry[name]!r}")
 
 
 def _check_divisor(where: str, entry: dict[str, Any], problems: list[str]) -> None:
@@ -120,6 +139,20 @@ def implied_noise_multiplier(z_update: float, count_noise_std: float) -> float:
 def epsilon_value(value: Any) -> float | None:
     """A claimed epsilon: a finite number, or the string "inf"; None for anything else."""
     return math.inf if value == "inf" else _number(value)
+
+
+def understated(claimed: float, recomputed: float, rtol: float) -> bool:
+    """A claimed epsilon below the recomputed one by more than rtol (relative): the claim does not hold."""
+    if math.isinf(recomputed):
+        return not math.isinf(claimed)
+    return claimed < recomputed * (1 - rtol) - 1e-12
+
+
+def overstated(claimed: float, recomputed: float, rtol: float) -> bool:
+    """A claimed epsilon above the recomputed one by more than rtol: conservative, so it holds."""
+    if math.isinf(claimed):
+        return not math.isinf(recomputed)
+    return claimed > recomputed * (1 + rtol) + 1e-12
 
 
 def close(a: float, b: float, rtol: float) -> bool:

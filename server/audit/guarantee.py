@@ -78,6 +78,7 @@ def guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) -
             poisson=verification.recomputed_poisson_epsilon,
             cap=verification.recomputed_cap_epsilon,
         ),
+        "local_dp": verification.local_dp,  # each local report's own epsilon (server/audit/local_dp.py)
         "record_level": (
             {
                 "epsilon": record[-1].get("record_epsilon"),

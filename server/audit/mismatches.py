@@ -1,10 +1,14 @@
 """What the accountants assume against what the ledger says ran: sampling, noise, divisor, population, and
-whether the realised cohorts look like Poisson sampling at the recorded rate (the report's mismatches)."""
+whether the realised cohorts' sum looks like Poisson sampling at the recorded rate (the report's mismatches).
+Their dispersion (a constant cohort) is checked by `verify` itself, server/audit/cohorts.py, so it fails the
+verdict rather than appearing here."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from server.audit.cohorts import cohort_check
 
 COHORT_SIGMAS = 5.0  # realised cohorts further than this from q*N*T (in binomial sds) are a mismatch
 
@@ -40,21 +44,6 @@ def mismatches(entries: list[dict[str, Any]]) -> list[str]:
             "not look like Poisson sampling with the recorded rate"
         )
     return found
-
-
-def cohort_check(entries: list[dict[str, Any]]) -> float | None:
-    """(sum of realised cohorts - sum of q*N) / its binomial sd under the recorded q and N (None: no data)."""
-    rows = [
-        (float(e["sample_rate"]), float(e["population"]), float(e["realised_cohort"]))
-        for e in entries
-        if _numbers(e.get("sample_rate"), e.get("population"), e.get("realised_cohort"))
-    ]
-    if not rows:
-        return None
-    expected = sum(q * n for q, n, _ in rows)
-    variance = sum(q * (1 - q) * n for q, n, _ in rows)
-    observed = sum(c for _, _, c in rows)
-    return 0.0 if variance == 0 else (observed - expected) / math.sqrt(variance)
 
 
 def _numbers(*values: Any) -> bool:

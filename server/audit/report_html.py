@@ -79,7 +79,37 @@ def _verdict(v: dict[str, Any]) -> str:
             f"{_fmt(v['recomputed_epsilon'])} / {_fmt(v['recomputed_rdp_epsilon'])}",
         ),
     ]
-    return status + _table(["", ""], [[k, val] for k, val in facts])
+    notes = v.get("notes", [])
+    warnings = f"<div id='notes'><p><b>Notes</b> (these pass, but must be said):</p>{_list(notes)}</div>"
+    return (
+        status + (warnings if notes else "") + _table(["", ""], [[k, val] for k, val in facts]) + _cohorts(v)
+    )
+
+
+def _cohorts(v: dict[str, Any]) -> str:
+    """verify's dispersion test of the realised cohorts, one row per (q, N) (server/audit/cohorts.py)."""
+    rows = v.get("cohort_dispersion", [])
+    if not rows:
+        return ""
+    head = ["q", "N", "rounds", "q*N", "mean cohort", "variance (binomial)", "P(this small)", "P(this large)"]
+    body = [
+        [
+            _fmt(r["sample_rate"]),
+            r["population"],
+            r["rounds"],
+            _fmt(r["expected_cohort"]),
+            _fmt(r["mean_cohort"]),
+            f"{_fmt(r['sample_variance'])} ({_fmt(r['binomial_variance'])})",
+            _fmt(r["p_too_small"]),
+            _fmt(r["p_too_large"]),
+            r["verdict"],
+        ]
+        for r in rows
+    ]
+    return (
+        "<p id='cohort-dispersion'>Realised cohorts against Binomial(N, q) (Chernoff bounds on each tail; "
+        "a group fails below 1e-6):</p>" + _table([*head, "verdict"], body)
+    )
 
 
 def _guarantee(g: dict[str, Any]) -> str:
@@ -102,6 +132,8 @@ def _guarantee(g: dict[str, Any]) -> str:
     if cap:
         bounds = f"Poisson bound {_fmt(cap['poisson_bound_pld'])}, cap bound {_fmt(cap['cap_bound_pld'])}"
         items.append(("Participation cap", f"k = {cap['cap']}: {bounds}. {cap['statement']}"))
+    if g.get("local_dp"):
+        items.append(("Local DP, each report on its own", g["local_dp"]["statement"]))
     if g["record_level"]:
         r = g["record_level"]
         items.append(

@@ -4,12 +4,19 @@ Needs only the ledger file and the public key, so it runs on a copy of the run f
 entry format (what is signed and hashed) is re-derived here from its definition in server/ledger.py's
 docstring rather than imported from the writer; the epsilon comes from server/audit/accountant.py.
 
-Tolerances. Recomputed PLD epsilons must match the claimed ones within 1e-3 relative: the writer and the
-auditor compute the same PLD with the same library but compose differently (grouped FFT self-composition
-vs round by round), and pessimistic discretisation and tail truncation make such valid computations differ
-by up to a few 1e-4 relative; a real misstatement (another noise multiplier, sample rate or round count)
-moves epsilon by more (a 101st round at q=0.05, z=1 adds 0.4%; z 0.1% lower, 0.2%). The applied noise std is
-exact arithmetic on logged floats, so it must match within 1e-9 relative.
+Tolerances. A claimed PLD epsilon must not be below the recomputed one by more than 1e-3 relative (one
+sided): the writer and the auditor compute the same PLD with the same library but compose differently
+(grouped FFT self-composition vs round by round), and pessimistic discretisation and tail truncation make
+such valid computations differ by up to a few 1e-4 relative; a real understatement (another noise
+multiplier, sample rate or round count) moves epsilon by more (a 101st round at q=0.05, z=1 adds 0.4%; z
+0.1% lower, 0.2%). A claim above the recomputed epsilon is conservative, so it holds: it passes, with a note
+saying by how much. The applied noise std is exact arithmetic on logged floats, so it must match within 1e-9
+relative.
+
+Mechanism checks beyond single entries: the realised cohorts of rounds with the same q and N must disperse
+like Binomial(N, q) draws (server/audit/cohorts.py; a fixed-size cohort fails); local-mode entries must
+record the devices' z equal to the accounted one and no server noise (server/audit/entry_checks.py), and
+each report's own epsilon, without amplification, is computed (server/audit/local_dp.py).
 
 Trending releases (kind "trending_counts", server/audit/trending_checks.py) sit in the same chain without
 a "round" of their own ("after_round" must be the last round before them); their Poisson-subsampled
@@ -18,7 +25,8 @@ beside the ledger, must match the sha256 the entry signs; a counts file in trend
 was never accounted and fails the ledger. Ledgers without such entries verify as before.
 
 Not detectable from the ledger alone: entries cut off at the END (the chain is still intact). Pin the head
-hash from a signed release manifest with `expected_head` to catch that.
+hash from a signed release manifest with `expected_head` to catch that; without it the verification carries
+a note (TRUNCATION_NOTE) saying so.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from typing import Any, NoReturn
 
 from server.audit.accountant import RoundByRoundPLD, rdp_epsilon
 from server.audit.cap_check import CapCheck
-from server.audit.entry_checks import check_fields, check_noise, close, epsilon_value
+from server.audit.cohorts import cohort_dispersion
+from server.audit.entry_checks import check_fields, check_noise, epsilon_value, overstated, understated
+from server.audit.local_dp import local_dp_section
 from server.audit.trending_checks import (
     check_counts_file,
     check_trending_fields,
@@ -45,6 +55,10 @@ from shared.signing import Ed25519PublicKey, canonical_json, key_id, verify
 
 GENESIS_HASH = "0" * 64
 EPSILON_RTOL = 1e-3
+TRUNCATION_NOTE = (
+    "no expected head hash was given (--expect-head, or a release's ledger head): entries cut off the end "
+    "of the ledger cannot be detected, since what remains is still an intact chain"
+)
 
 
 @dataclass
@@ -78,6 +92,11 @@ class LedgerVerification:
     participation_cap: int | None = None
     recomputed_poisson_epsilon: float | None = None
     recomputed_cap_epsilon: float | None = None
+    # what passes but must be said: conservative claims, undecided checks, an unpinned head
+    notes: list[str] = field(default_factory=list)
+    cohort_dispersion: list[dict[str, Any]] = field(default_factory=list)  # server/audit/cohorts.py
+    local_dp: dict[str, Any] | None = None  # each local report's own epsilon (server/audit/local_dp.py)
+    head_pinned: bool = False  # an expected head was given
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe report (an infinite epsilon is written as "inf")."""
@@ -103,8 +122,14 @@ def verify_ledger(
         else:
             check_noise(_where(line, entry), entry, problems)
     check_unsigned_counts([entry for _, entry in entries], ledger.parent, problems)
+    dispersion = cohort_dispersion([entry for _, entry in valid], problems, report.notes)
+    report.cohort_dispersion = [result.to_dict() for result in dispersion]
     _check_epsilons(valid, report)
-    if expected_head is not None and report.head_hash != expected_head:
+    report.local_dp = local_dp_section([entry for _, entry in valid], delta=report.delta)
+    report.head_pinned = expected_head is not None
+    if expected_head is None:
+        report.notes.append(TRUNCATION_NOTE)
+    elif report.head_hash != expected_head:
         problems.append(
             f"head hash {report.head_hash} is not the expected {expected_head} (entries cut off?)"
         )
@@ -209,7 +234,7 @@ def _check_epsilons(valid: list[tuple[int, dict[str, Any]]], report: LedgerVerif
     if not valid or len(deltas) != 1:
         return
     delta = report.delta = float(next(iter(deltas)))
-    pld, rounds = RoundByRoundPLD(), []
+    pld, rounds, generous = RoundByRoundPLD(), [], []
     cap = CapCheck.for_entries([entry for _, entry in valid], report.problems)
     for line, entry in valid:
         q, z = float(entry["sample_rate"]), float(entry["noise_multiplier"])
@@ -224,6 +249,15 @@ def _check_epsilons(valid: list[tuple[int, dict[str, Any]]], report: LedgerVerif
         check = _compare(_where(line, entry), entry, recomputed, report.problems)
         if check is not None:
             report.epsilons.append(check)
+            if overstated(check.claimed_pld, recomputed, EPSILON_RTOL):
+                generous.append(check)
+    if generous:
+        report.notes.append(_overstated_note(generous))
+    if cap is not None and cap.overstated:
+        report.notes.append(
+            f"{len(cap.overstated)} participation-cap bound(s) claimed above the auditor's recomputation "
+            f"(conservative, so they hold), first {cap.overstated[0]}"
+        )
     report.recomputed_epsilon = report.recomputed_poisson_epsilon = pld.epsilon(delta=delta)
     report.recomputed_rdp_epsilon = rdp_epsilon(rounds, delta=delta)
     if cap is not None:
@@ -241,13 +275,33 @@ def _compare(
     if pld is None or rdp is None:
         problems.append(f'{where}: user_epsilon must hold numbers (or "inf") for pld and rdp')
         return None
-    if not close(pld, recomputed, EPSILON_RTOL):
-        problems.append(f"{where}: claimed PLD epsilon {pld} but the auditor recomputes {recomputed:.6g}")
+    if understated(pld, recomputed, EPSILON_RTOL):
+        problems.append(
+            f"{where}: claimed PLD epsilon {pld} but the auditor recomputes {recomputed:.6g} (understated)"
+        )
     if rdp < recomputed * (1 - EPSILON_RTOL):
         problems.append(f"{where}: claimed RDP epsilon {rdp} is below the PLD epsilon {recomputed:.6g}")
     if is_trending(entry):
         return EpsilonCheck(entry["after_round"], pld, recomputed, rdp, kind="trending_counts")
     return EpsilonCheck(round=entry["round"], claimed_pld=pld, recomputed_pld=recomputed, claimed_rdp=rdp)
+
+
+def _overstated_note(generous: list[EpsilonCheck]) -> str:
+    """One note for every entry whose claim is above the recomputed epsilon (conservative: it holds)."""
+    worst = max(generous, key=lambda c: _ratio(c.claimed_pld, c.recomputed_pld))
+    kind = "trending release after round" if worst.kind == "trending_counts" else "round"
+    return (
+        f"{len(generous)} entr{'y claims' if len(generous) == 1 else 'ies claim'} a PLD epsilon above the "
+        f"auditor's recomputation by more than {EPSILON_RTOL:g} relative (conservative, so it holds); the "
+        f"most at {kind} {worst.round}: claimed {worst.claimed_pld:.6g}, "
+        f"recomputed {worst.recomputed_pld:.6g}"
+    )
+
+
+def _ratio(claimed: float, recomputed: float) -> float:
+    if math.isinf(claimed):
+        return math.inf
+    return claimed / recomputed if recomputed > 0 else math.inf
 
 
 def _where(line: int, entry: dict[str, Any]) -> str:

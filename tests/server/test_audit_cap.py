@@ -153,3 +153,15 @@ def test_a_tampered_cap_or_bound_fails_even_when_re_signed(tmp_path: Path, tweak
     report = verify_ledger(write_capped_run(tmp_path / "run", cap=2, tweak=tweak), KEY.public_key())
     assert not report.ok
     assert any(says in problem for problem in report.problems), report.problems
+
+
+def _overstated_cap_bound(r: int, fields: dict[str, Any]) -> None:
+    fields["user_epsilon_cap"]["pld"] *= 1.2  # conservative: the claimed minimum is still the Poisson one
+
+
+@pytest.mark.integration
+def test_an_overstated_cap_bound_passes_with_a_note(tmp_path: Path) -> None:
+    run = write_capped_run(tmp_path / "run", cap=6, tweak=_overstated_cap_bound)
+    report = verify_ledger(run, KEY.public_key())
+    assert report.ok, report.problems
+    assert any("participation-cap bound(s) claimed above" in note for note in report.notes), report.notes

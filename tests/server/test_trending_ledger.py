@@ -89,15 +89,21 @@ def test_subsampled_trending_releases_verify_as_poisson_sampled_gaussians(subsam
     assert report.claimed_epsilon == pytest.approx(subsampled, rel=2e-3)
 
 
+@pytest.mark.parametrize(
+    ("q_t", "says"),
+    [
+        (0.5, "claimed PLD epsilon"),  # a larger rate: the claimed epsilon is now understated
+        (0.1, "vary too much"),  # a smaller one leaves the claim conservative, but the cohort gives it away
+    ],
+)
 @pytest.mark.integration
 def test_a_resigned_sample_rate_of_a_subsampled_trending_release_fails(
-    subsampled_run: Path, tmp_path: Path
+    subsampled_run: Path, tmp_path: Path, q_t: float, says: str
 ) -> None:
-    copy = copy_of(subsampled_run, tmp_path)
-    q_t = 0.1  # a smaller rate, with every field that follows from it restated to match
+    copy = copy_of(subsampled_run, tmp_path)  # the rate restated with every field that follows from it
     rewrite(copy, 1, sample_rate=q_t, expected_cohort=q_t * 2000, count_noise_std=Z_T * K**0.5 / q_t)
     report = verify_ledger(copy, KEY.public_key())
-    assert not report.ok and any("claimed PLD epsilon" in p for p in report.problems), report.problems
+    assert not report.ok and any(says in p for p in report.problems), report.problems
 
 
 @pytest.mark.integration
@@ -140,7 +146,7 @@ def test_a_flipped_byte_in_a_trending_entry_fails(run: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"noise_multiplier": 8.0, "noise_std": 8.0}, "claimed PLD epsilon"),  # claims more noise than spent
+        ({"noise_multiplier": 2.0, "noise_std": 2.0}, "claimed PLD epsilon"),  # an epsilon too small for it
         ({"noise_std": 2.0}, "noise_std 2.0 != noise_multiplier"),
         ({"item_weight": 1.0}, "sensitivity is not 1"),
         ({"sampling": "fixed_size"}, "Poisson"),
