@@ -398,3 +398,18 @@ def test_recorded_noise_keeps_each_draw_until_taken() -> None:
     assert vectors == [Draw(5, 2.0), Draw(5, 1.5)] and scalars == [Draw(1, 0.5)]
     assert drawn_std(vectors, values=5) == pytest.approx(2.5) and drawn_std(vectors, values=4) == 0.0
     assert recorded.take() == ([], []) and recorded.source == NumpyNoise.source
+
+
+def test_each_round_adds_fresh_noise() -> None:
+    """Noise reused across rounds would cancel in differences of released models (and compose as one
+    release, not as many): two rounds of zero updates must carry independent noise."""
+    dim = 4_000
+    aggregator = UserLevelDPAggregator(
+        population=100, sample_rate=0.1, noise_multiplier=1.0, clip_norm=1.0, mode="central",
+        noise=GaussianNoise(seed=3),
+    )  # fmt: skip
+    first, second = (
+        aggregator.aggregate(np.zeros(dim), count=0, unclipped_count=0).mean_update for _ in range(2)
+    )
+    correlation = float(np.corrcoef(first, second)[0, 1])
+    assert abs(correlation) < 5 / math.sqrt(dim)  # independent draws: |r| ~ 1/sqrt(dim)
