@@ -11,9 +11,16 @@ server optimiser. Afterwards:
 - final-model statistic: cos(phi_T - phi_0, u_i), what an adversary who sees only the release can compute;
 - all-rounds statistic: max over rounds of cos(round t's noised mean update, u_i), for an adversary who
   sees every round's model.
-Each statistic gives Andrew et al.'s epsilon estimate and two rigorous lower bounds
-(server/audit/empirical.py). The audit fails when a lower bound exceeds the analytic epsilon the
-accountant claims for this run: the mechanism leaks more than it says.
+Each statistic gives Andrew et al.'s epsilon estimate, a heuristic threshold bound (Clopper-Pearson on
+per-canary trials that one run does not make independent: reported, never decisive) and the rigorous
+one-run lower bound of Steinke et al. (server/audit/empirical.py). The audit fails when the one-run bound
+exceeds the analytic epsilon the accountant claims for this run: the mechanism leaks more than it says.
+
+Power: before training, the audit computes the one-run bound its canaries would give if every inserted
+canary scored above every absent one (empirical.attainable_one_run_bound). When that does not exceed the
+claimed epsilon the audit cannot fail, so it refuses (UnderpoweredAudit, with the canary count that would
+have the power when there is one within MAX_CANARY_FLOATS), or, with `require_power=False`, runs and
+reports "CANNOT TEST", never OK. `canaries="auto"` picks the smallest count with the power.
 
 The training loop is the in-process replica of simulation/benchmarks/tune_federated.py (the product's
 LocalTrainer, Poisson sampler, aggregator and optimiser, without Flower). `--model linear` audits a small
@@ -46,6 +53,15 @@ CANARY_MAGNITUDE = 100.0  # a canary's raw update norm in units of C: only clipp
 MAX_CANARY_FLOATS = 400_000_000  # m x dim float32 directions kept in memory (1.6 GB)
 Breakage = Literal["none", "noise-off", "noise-tenth"]
 BREAKAGES: tuple[Breakage, ...] = ("none", "noise-off", "noise-tenth")
+CanaryCount = int | Literal["auto"]
+
+
+class UnderpoweredAudit(ConfigError):
+    """The canaries cannot certify a lower bound above the claimed epsilon: the audit could not fail."""
+
+    def __init__(self, message: str, *, attainable: float, claimed: float, needed: int | None) -> None:
+        super().__init__(message)
+        self.attainable, self.claimed, self.needed = attainable, claimed, needed
 
 
 class RoundTrainer(Protocol):
@@ -126,7 +142,8 @@ class StatisticResult:
 
     @property
     def lower_bound(self) -> float:
-        return max(self.threshold_lower_bound, self.one_run_lower_bound)
+        """The rigorous bound the verdict uses (the threshold bound is heuristic and only reported)."""
+        return self.one_run_lower_bound
 
 
 @dataclass
@@ -149,15 +166,28 @@ class CanaryAuditResult:
     all_rounds: StatisticResult
     wall_s: float
     canary_participations: int
+    attainable_lower_bound: float  # the one-run bound if every guess were right: the audit's power
+    canaries_needed: int | None  # the smallest count with the power (None: none within memory)
     problems: list[str] = field(default_factory=list)
+    decision_bound: str = "one-run (Steinke, Nasr & Jagielski 2023); the threshold bound is heuristic"
+
+    @property
+    def powered(self) -> bool:
+        return self.attainable_lower_bound > self.analytic_epsilon
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return self.powered and not self.problems
+
+    @property
+    def verdict(self) -> str:
+        return "FAILED" if self.problems else ("OK" if self.powered else "CANNOT TEST")
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["ok"] = self.ok
+        data["powered"] = self.powered
+        data["verdict"] = self.verdict
         return data
 
     def summary(self) -> str:
@@ -166,19 +196,31 @@ class CanaryAuditResult:
             f"z={self.noise_multiplier:.4g}, "
             f"{self.inserted} of {self.canaries} canaries inserted, breakage: {self.breakage})",
             f"analytic user-level epsilon (PLD) at delta={self.delta:.3g}: {self.analytic_epsilon:.3f}",
+            f"power: the best one-run lower bound {self.canaries} canaries can give at "
+            f"{self.confidence:.0%} confidence is {self.attainable_lower_bound:.3f}",
         ]
         for name, stat in (("final model", self.final_model), ("all rounds", self.all_rounds)):
             rows.append(
-                f"{name}: estimate {stat.epsilon_estimate:.3f}, lower bounds "
-                f"{stat.threshold_lower_bound:.3f} (threshold, Clopper-Pearson) and "
-                f"{stat.one_run_lower_bound:.3f} (one run) at "
-                f"{self.confidence:.0%} confidence"
+                f"{name}: estimate {stat.epsilon_estimate:.3f}, one-run lower bound "
+                f"{stat.one_run_lower_bound:.3f} at {self.confidence:.0%} confidence (decides); "
+                f"threshold bound {stat.threshold_lower_bound:.3f} (heuristic: Clopper-Pearson assumes "
+                "independent trials, which one run does not give; not used)"
             )
-        rows.append(
-            "OK: no lower bound exceeds the analytic epsilon"
-            if self.ok
-            else "FAILED: " + "; ".join(self.problems)
-        )
+        if self.problems:
+            rows.append("FAILED: " + "; ".join(self.problems))
+        elif self.powered:
+            rows.append("OK: the one-run lower bound does not exceed the analytic epsilon")
+        else:
+            rows.append(
+                "CANNOT TEST: "
+                + underpowered_message(
+                    canaries=self.canaries,
+                    attainable=self.attainable_lower_bound,
+                    claimed=self.analytic_epsilon,
+                    needed=self.canaries_needed,
+                    confidence=self.confidence,
+                )
+            )
         rows.append(f"wall time {self.wall_s:.1f} s")
         return "\n".join(rows)
 
@@ -194,17 +236,64 @@ class AuditSetup:
     to_params: Callable[[np.ndarray], np.ndarray] = lambda phi: phi  # phi -> what the trainer takes
 
 
+def max_canaries(dim: int) -> int:
+    """The most canary directions of `dim` parameters that MAX_CANARY_FLOATS allows."""
+    return MAX_CANARY_FLOATS // max(dim, 1)
+
+
+def canaries_needed(epsilon: float, *, n_users: int, dim: int, confidence: float = 0.95) -> int | None:
+    """The smallest canary count whose attainable one-run bound exceeds `epsilon` (half of them inserted,
+    delta = default_delta(n_users + m/2)); None when none within MAX_CANARY_FLOATS has the power."""
+    return empirical.canaries_for_power(
+        epsilon,
+        delta_for=lambda m: default_delta(n_users + m // 2),
+        confidence=confidence,
+        max_canaries=max_canaries(dim),
+    )
+
+
+def underpowered_message(
+    *,
+    canaries: int,
+    attainable: float,
+    claimed: float,
+    needed: int | None,
+    confidence: float,
+    limit: int | None = None,
+) -> str:
+    """Why an audit cannot test its claim, and what would."""
+    advice = (
+        f"about {needed} canaries would have the power (--canaries {needed} or --canaries auto)"
+        if needed is not None
+        else "no canary count within the memory limit (MAX_CANARY_FLOATS"
+        + (f": {limit} canaries" if limit else "")
+        + ") has the power, as the bound's 2 m delta term grows with m; claim a smaller epsilon or "
+        "audit a larger population (smaller delta)"
+    )
+    return (
+        f"the audit cannot test this claim with these canaries: the best one-run lower bound "
+        f"{canaries} canaries can give at {confidence:.0%} confidence (every guess right) is "
+        f"{attainable:.3f}, not above the claimed epsilon {claimed:.3f}, so no mechanism could fail "
+        f"it; {advice}"
+    )
+
+
 def run_canary_audit(
     setup: AuditSetup,
     config: FedhomeConfig,
     *,
-    canaries: int,
+    canaries: CanaryCount,
     noise_multiplier: float,
     breakage: Breakage = "none",
     confidence: float = 0.95,
     seed: int = 0,
+    require_power: bool = True,
 ) -> CanaryAuditResult:
-    """Train `config.federated.rounds` rounds with canaries and compare the audit with the accountant."""
+    """Train `config.federated.rounds` rounds with canaries and compare the audit with the accountant.
+
+    Raises UnderpoweredAudit before training when the canaries cannot certify a bound above the analytic
+    epsilon (unless `require_power` is False: then the result says CANNOT TEST). `canaries="auto"` picks the
+    smallest count that has the power."""
     if breakage not in BREAKAGES:
         raise ConfigError(f"breakage must be one of {BREAKAGES}, got {breakage!r}")
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
@@ -212,8 +301,49 @@ def run_canary_audit(
     started = time.perf_counter()
     fed, clip_norm = config.federated, config.privacy.clip_norm
     clipping = UserClipping(clip_norm)
-    canary_set = Canaries.draw(canaries, setup.start.size, seed=seed + 1)
-    population = setup.n_users + int(canary_set.inserted.sum())
+    events = [RoundEvent(fed.sample_rate, noise_multiplier)] * fed.rounds
+    dim, limit = setup.start.size, max_canaries(setup.start.size)
+    if canaries == "auto":
+        # a first guess from the epsilon at the smallest population's delta, then up until it has the power
+        count = canaries_needed(
+            pld_epsilon(events, delta=default_delta(setup.n_users)),
+            n_users=setup.n_users,
+            dim=dim,
+            confidence=confidence,
+        )
+        count = limit if count is None else count
+    else:
+        count = canaries
+    while True:
+        canary_set = Canaries.draw(count, dim, seed=seed + 1)
+        population = setup.n_users + int(canary_set.inserted.sum())
+        delta = default_delta(population)
+        analytic = pld_epsilon(events, delta=delta)
+        attainable = empirical.attainable_one_run_bound(
+            count, int(canary_set.inserted.sum()), delta=delta, confidence=confidence
+        )
+        if attainable > analytic or canaries != "auto" or count >= limit:
+            break
+        count = min(limit, int(count * 1.1) + 1)
+    needed = (
+        count
+        if attainable > analytic
+        else canaries_needed(analytic, n_users=setup.n_users, dim=dim, confidence=confidence)
+    )
+    if attainable <= analytic and require_power:
+        raise UnderpoweredAudit(
+            underpowered_message(
+                canaries=count,
+                attainable=attainable,
+                claimed=analytic,
+                needed=needed,
+                confidence=confidence,
+                limit=limit,
+            ),
+            attainable=attainable,
+            claimed=analytic,
+            needed=needed,
+        )
     applied = {"none": noise_multiplier, "noise-off": 0.0, "noise-tenth": noise_multiplier / 10}[breakage]
     aggregator = UserLevelDPAggregator(
         population=population,
@@ -226,7 +356,7 @@ def run_canary_audit(
     optimizer = make_server_optimizer(fed)
     rng = np.random.default_rng(seed + 3)
     phi = setup.start.astype(np.float32)
-    best_round_cosine = np.full(canaries, -np.inf)
+    best_round_cosine = np.full(count, -np.inf)
     participations = 0
     for round_number in range(1, fed.rounds + 1):
         cohort = poisson_sample(setup.n_users, sample_rate=fed.sample_rate, rng=rng)
@@ -242,14 +372,12 @@ def run_canary_audit(
         )
         best_round_cosine = np.maximum(best_round_cosine, canary_set.cosines(result.mean_update))
         phi = optimizer.step(phi, result.mean_update)
-    delta = default_delta(population)
-    analytic = pld_epsilon([RoundEvent(fed.sample_rate, noise_multiplier)] * fed.rounds, delta=delta)
     final = StatisticResult.of(
         canary_set.cosines(phi - setup.start), canary_set.inserted, delta=delta, confidence=confidence
     )
     every = StatisticResult.of(best_round_cosine, canary_set.inserted, delta=delta, confidence=confidence)
     problems = [
-        f"{name}: lower bound {stat.lower_bound:.3f} exceeds the analytic epsilon {analytic:.3f}"
+        f"{name}: one-run lower bound {stat.lower_bound:.3f} exceeds the analytic epsilon {analytic:.3f}"
         for name, stat in (("final model", final), ("all rounds", every))
         if stat.lower_bound > analytic
     ]
@@ -261,7 +389,7 @@ def run_canary_audit(
         applied_noise_multiplier=applied,
         breakage=breakage,
         population=population,
-        canaries=canaries,
+        canaries=count,
         inserted=int(canary_set.inserted.sum()),
         delta=delta,
         analytic_epsilon=analytic,
@@ -270,6 +398,8 @@ def run_canary_audit(
         all_rounds=every,
         wall_s=time.perf_counter() - started,
         canary_participations=participations,
+        attainable_lower_bound=attainable,
+        canaries_needed=needed,
         problems=problems,
     )
 

@@ -96,10 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     can = sub.add_parser(
         "canary",
-        help="empirical privacy audit with canary clients; exits 1 when a lower bound beats the accountant",
-        description="Trains with canary clients (Andrew et al. 2024) and compares the epsilon estimate and "
-        "lower bounds (Clopper-Pearson threshold test; Steinke, Nasr & Jagielski 2023) with the analytic "
-        "epsilon. Writes canary_audit.json into --out.",
+        help="empirical privacy audit with canary clients; exits 1 when the one-run lower bound beats the "
+        "accountant, 3 when the canaries cannot test the claim",
+        description="Trains with canary clients (Andrew et al. 2024) and compares the epsilon estimate, the "
+        "heuristic Clopper-Pearson threshold bound and the one-run lower bound (Steinke, Nasr & Jagielski "
+        "2023; the one that decides) with the analytic epsilon. Refuses (exit 3) before training when even "
+        "perfectly separated canaries could not certify a bound above the claimed epsilon. Writes "
+        "canary_audit.json into --out.",
     )
     can.add_argument("--dataset", default="synthetic", help="'synthetic' or a data folder/file")
     _add_shop_arguments(can, out_help="folder for canary_audit.json (default runs/canary-<model>)")
@@ -108,7 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     noise = can.add_mutually_exclusive_group(required=True)
     noise.add_argument("--epsilon", type=float, help="calibrate z to this user-level epsilon")
     noise.add_argument("--noise-multiplier", type=float, help="z")
-    can.add_argument("--canaries", type=int, default=1200, help="canary directions, each inserted w.p. 1/2")
+    can.add_argument(
+        "--canaries",
+        type=_canary_count,
+        default=1200,
+        help="canary directions, each inserted w.p. 1/2, or 'auto': the fewest with the power to fail",
+    )
+    can.add_argument(
+        "--allow-underpowered",
+        action="store_true",
+        help="train even when the canaries cannot test the claim (reports CANNOT TEST, still exits 3)",
+    )
     can.add_argument(
         "--break",
         dest="breakage",
@@ -217,11 +230,20 @@ def command_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _canary_count(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def command_canary(args: argparse.Namespace) -> int:
     import torch
 
     from shared.privacy.accounting import calibrate_noise_multiplier, default_delta
-    from simulation.canary_audit import run_canary_audit, write_audit
+    from simulation.canary_audit import UnderpoweredAudit, canaries_needed, run_canary_audit, write_audit
     from simulation.canary_models import linear_setup, recommender_setup
 
     config = config_from_args(argparse.Namespace(**{**vars(args), "seed": None}))
@@ -235,22 +257,34 @@ def command_canary(args: argparse.Namespace) -> int:
         setup = recommender_setup(config)
     z = args.noise_multiplier
     if z is None:
-        population = (
-            setup.n_users + args.canaries // 2
-        )  # the expected inserted count; the audit uses the real one
+        expected = args.canaries
+        if expected == "auto":
+            needed = canaries_needed(args.epsilon, n_users=setup.n_users, dim=setup.start.size)
+            expected = 1200 if needed is None else needed
+        population = setup.n_users + expected // 2  # the expected inserted count; the audit uses the real one
         z = calibrate_noise_multiplier(
             target_epsilon=args.epsilon,
             delta=default_delta(population),
             sample_rate=config.federated.sample_rate,
             rounds=config.federated.rounds,
         )
-    result = run_canary_audit(
-        setup, config, canaries=args.canaries, noise_multiplier=z, breakage=args.breakage, seed=args.seed
-    )
+    try:
+        result = run_canary_audit(
+            setup,
+            config,
+            canaries=args.canaries,
+            noise_multiplier=z,
+            breakage=args.breakage,
+            seed=args.seed,
+            require_power=not args.allow_underpowered,
+        )
+    except UnderpoweredAudit as refused:
+        print(f"CANNOT TEST: {refused}", file=sys.stderr)
+        return 3
     path = write_audit(result, args.out or Path("runs") / f"canary-{args.model}")
     print(result.summary())
     print(f"written to {path}")
-    return 0 if result.ok else 1
+    return {"OK": 0, "FAILED": 1}.get(result.verdict, 3)
 
 
 def command_generate(args: argparse.Namespace) -> int:

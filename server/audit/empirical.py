@@ -1,4 +1,4 @@
-"""Empirical privacy from canary statistics: an estimate and two rigorous lower bounds.
+"""Empirical privacy from canary statistics: an estimate, a heuristic bound and a rigorous lower bound.
 
 Inputs are per-canary scores (higher = "this canary looks like it took part") and whether each canary was
 really inserted. Nothing here knows about models or rounds (simulation/canary_audit.py makes the scores).
@@ -7,20 +7,25 @@ really inserted. Nothing here knows about models or rounds (simulation/canary_au
   (ICLR 2024). Fit one Gaussian to the scores of inserted canaries and one to those of canaries never
   inserted; the estimate is the epsilon at `delta` of the pair of fitted Gaussians (the smallest epsilon
   whose hockey-stick divergence, in either direction, is <= delta). An estimate, not a bound.
-- `threshold_lower_bound`: a membership test "score > t". Half of the canaries (half of each kind, at
-  random) pick t, the other half measure its false-positive and false-negative rates; Clopper-Pearson
-  upper confidence limits on both give a lower bound eps >= log((1 - delta - FNR) / FPR) (and
-  symmetrically) that holds with the stated confidence. Picking t on held-out canaries keeps the bound honest.
+- `threshold_lower_bound`: HEURISTIC. A membership test "score > t". Half of the canaries (half of each
+  kind, at random) pick t, the other half measure its false-positive and false-negative rates;
+  Clopper-Pearson upper confidence limits on both give eps >= log((1 - delta - FNR) / FPR) (and
+  symmetrically). Clopper-Pearson assumes independent trials, i.e. one training run per canary; all
+  canaries of one run share that run, so this is not a valid confidence bound and must not decide anything.
 - `one_run_lower_bound`: Steinke, Nasr & Jagielski, "Privacy Auditing with One (1) Training Run" (NeurIPS
   2023). Canaries are inserted independently with probability 1/2; the auditor guesses "in" for the k
   highest scores and "out" for the k lowest; under (eps, delta)-DP the number of correct guesses is
   dominated as in their Theorem (binomial tail plus a delta term); the bound is the largest eps rejected at
-  the confidence level. Several k are tried with a Bonferroni correction.
+  the confidence level. Several k are tried with a Bonferroni correction. This is the rigorous bound.
+- `attainable_one_run_bound` / `canaries_for_power`: the power of the one-run bound before any training: the
+  bound it gives when every guess is right (perfect separation). An audit whose attainable bound does not
+  exceed the claimed epsilon cannot fail, whatever the mechanism does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +33,7 @@ from scipy import optimize, stats
 
 from shared.errors import ConfigError
 
+ONE_RUN_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.5)  # guess counts k = fraction * m / 2 at each end
 EPSILON_CAP = 50.0  # estimates and bounds are reported up to this (a broken mechanism gives "infinite")
 _GRID_POINTS = 20_001
 
@@ -124,7 +130,8 @@ def threshold_lower_bound(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> float:
-    """A (confidence)-level lower bound on epsilon from a threshold test chosen on held-out canaries."""
+    """HEURISTIC: a lower bound on epsilon from a threshold test chosen on held-out canaries, with
+    Clopper-Pearson limits that assume independent trials (one run does not give them). Report only."""
     scores, inserted = _check_scores(scores, inserted)
     _check_delta(delta)
     picks = np.zeros(scores.size, dtype=bool)  # a random half of the inserted and of the absent canaries
@@ -190,7 +197,7 @@ def one_run_lower_bound(
     *,
     delta: float,
     confidence: float = 0.95,
-    fractions: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5),
+    fractions: tuple[float, ...] = ONE_RUN_FRACTIONS,
 ) -> float:
     """Steinke et al.'s one-run bound, best over guess counts (k = fraction * m at each end), Bonferroni."""
     scores, inserted = _check_scores(scores, inserted)
@@ -205,6 +212,50 @@ def one_run_lower_bound(
         correct = int(inserted[guessed_in].sum() + (~inserted[guessed_out]).sum())
         best = max(best, one_run_epsilon(m, 2 * k, correct, delta=delta, alpha=alpha))
     return best
+
+
+def attainable_one_run_bound(
+    m: int,
+    inserted: int,
+    *,
+    delta: float,
+    confidence: float = 0.95,
+    fractions: tuple[float, ...] = ONE_RUN_FRACTIONS,
+) -> float:
+    """The largest `one_run_lower_bound` m canaries (`inserted` of them inserted) can give: every inserted
+    canary scores above every absent one, so each of the k top guesses and k bottom guesses is right as far
+    as there are inserted/absent canaries."""
+    if not 0 <= inserted <= m:
+        raise ConfigError(f"need 0 <= inserted <= m, got {inserted} of {m}")
+    _check_delta(delta)
+    alpha = (1.0 - confidence) / len(fractions)
+    best = 0.0
+    for fraction in fractions:
+        k = max(1, int(fraction * m / 2))
+        if 2 * k > m:
+            continue
+        correct = min(k, inserted) + min(k, m - inserted)
+        best = max(best, one_run_epsilon(m, 2 * k, correct, delta=delta, alpha=alpha))
+    return best
+
+
+def canaries_for_power(
+    epsilon: float,
+    *,
+    delta_for: Callable[[int], float],
+    confidence: float = 0.95,
+    max_canaries: int,
+    min_canaries: int = 8,
+) -> int | None:
+    """The smallest canary count m (on a 5 % geometric grid) whose attainable one-run bound exceeds
+    `epsilon`, with m/2 canaries inserted and delta = delta_for(m); None when no m <= max_canaries has the
+    power (the 2 m delta term of the bound grows with m, so more canaries do not always help)."""
+    m = max(min_canaries, 8)
+    while m <= max_canaries:
+        if attainable_one_run_bound(m, m // 2, delta=delta_for(m), confidence=confidence) > epsilon:
+            return m
+        m = max(m + 1, int(m * 1.05))
+    return None
 
 
 def _check_scores(scores: np.ndarray, inserted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

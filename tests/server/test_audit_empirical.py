@@ -82,3 +82,26 @@ def test_bad_inputs_are_refused() -> None:
         empirical.threshold_lower_bound(np.array([np.nan, 0, 1, 2]), np.array([1, 1, 0, 0], bool), delta=1e-5)
     with pytest.raises(ConfigError):
         empirical.gaussian_pair_epsilon(GaussianFit(1, 1), GaussianFit(0, 1), delta=0.0)
+
+
+@pytest.mark.parametrize("m", [200, 1200])
+def test_attainable_bound_is_the_one_run_bound_of_perfectly_separated_canaries(m: int) -> None:
+    rng = np.random.default_rng(m)
+    inserted = rng.random(m) < 0.5
+    scores = rng.normal(size=m) + 50 * inserted
+    attainable = empirical.attainable_one_run_bound(m, int(inserted.sum()), delta=1e-5)
+    assert attainable == pytest.approx(empirical.one_run_lower_bound(scores, inserted, delta=1e-5))
+    assert attainable < 5.0  # 1,200 canaries cannot certify epsilon 8, whatever the mechanism
+
+
+def test_canaries_for_power_is_the_smallest_count_whose_attainable_bound_beats_the_claim() -> None:
+    def delta_for(m: int) -> float:
+        return 1e-6
+
+    m = empirical.canaries_for_power(3.0, delta_for=delta_for, max_canaries=100_000)
+    assert m is not None
+    assert empirical.attainable_one_run_bound(m, m // 2, delta=1e-6) > 3.0
+    smaller = int(m / 1.06)
+    assert empirical.attainable_one_run_bound(smaller, smaller // 2, delta=1e-6) <= 3.0
+    # the 2 m delta term: with a large delta no count has the power
+    assert empirical.canaries_for_power(8.0, delta_for=lambda m: 1e-3, max_canaries=100_000) is None
