@@ -114,6 +114,9 @@ class TrendingEntry:
     rejected_updates: int | None = None
     window_days: float | None = None
     as_of_s: int | None = None
+    # where as_of_s came from: set in the configuration, or the release's own wall-clock time; never a
+    # user's data. Absent in entries written before it was recorded (schema 1 and early schema 2)
+    as_of_source: Literal["configured", "release_time"] | None = None
     estimator: str | None = None
     accountant_versions: dict[str, str] | None = None
     n_items: int | None = None
@@ -139,6 +142,7 @@ OPTIONAL = {
     ),
     *("participation_cap", "cap_segment", "user_epsilon_poisson", "user_epsilon_cap", "epsilon_bound"),
     *("secure_aggregation", "n_items", "noise_rng"),
+    "as_of_source",
 }
 CHAIN_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
 

@@ -337,7 +337,7 @@ class TrendingConfig:
     max_items: int = 3  # k: most recent distinct items a user contributes
     window_days: float = 30.0  # the items of the last W days before as_of_s
     # end of the window, unix seconds; 0: the wall-clock time of the trending round (a deployment).
-    # `fedhome-sim federated` replaces 0 with the end of the simulated log (a replay of the past)
+    # `fedhome-sim federated` replaces 0 with the simulated log's public end (simulation/federated.py)
     as_of_s: int = 0
 
     def __post_init__(self) -> None:

@@ -73,14 +73,23 @@ def backend_config(config: FedhomeConfig) -> dict[str, Any]:
     }
 
 
+SECONDS_PER_DAY = 86_400
+
+
 def with_simulated_time(config: FedhomeConfig, split: Split) -> FedhomeConfig:
-    """A simulation replays a log recorded in the past: trending windows end where the training log ends
-    (its last timestamp + 1 s) unless `trending.as_of_s` is set, instead of at today's wall clock. That one
-    timestamp comes from the data (not noised); a deployment uses the round's own time."""
+    """A simulation replays a log recorded in the past: trending windows end where the log ends unless
+    `trending.as_of_s` is set, instead of at today's wall clock (a deployment uses the release's own time).
+    The end is public information, never one shopper's exact timestamp (it is signed into the ledger): the
+    synthetic shop's configured end, or for a recorded log the UTC midnight after its last training day (a
+    day's resolution, said in docs/federated.md)."""
     trending = config.trending
     if not trending.enabled or trending.as_of_s or split.train.timestamps.size == 0:
         return config
-    end = int(split.train.timestamps.max()) + 1
+    if config.data.dataset == "synthetic":
+        shop = config.data.synthetic
+        end = int(shop.start_time_s + shop.duration_days * SECONDS_PER_DAY)
+    else:
+        end = (int(split.train.timestamps.max()) // SECONDS_PER_DAY + 1) * SECONDS_PER_DAY
     return dataclasses.replace(config, trending=dataclasses.replace(trending, as_of_s=end))
 
 

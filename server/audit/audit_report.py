@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from server.audit.cohorts import dispersion_mismatches
-from server.audit.guarantee import NOT_COVERED, guarantee, safe_number
+from server.audit.guarantee import guarantee, not_covered, safe_number
 from server.audit.mismatches import mismatches
 from server.audit.verify import TRUNCATION_NOTE, LedgerVerification, verify_ledger
 from server.ledger_entries import is_trending
@@ -58,16 +58,18 @@ def build_report(
             f"the ledger head is pinned by the release up to round {binding['bound_round']}: entries after "
             "it cut off the end of the ledger cannot be detected (pin the head with --expect-head)"
         )
+    stated = guarantee(entries, verification)
+    stated["other_epsilons"].extend(_release_epsilons(binding))
     return {
         "report_version": REPORT_VERSION,
         "run_id": last.get("run_id"),
         "verification": _verification(verification, entries),
-        "guarantee": guarantee(entries, verification),
+        "guarantee": stated,
         "accountants": _accountants(last),
         "rounds": [_round_row(entry) for entry in entries if not is_trending(entry)],
-        "trending": verification.trending,  # DP trending releases, accounted in the same epsilon
+        "trending": _trending_rows(verification.trending, entries),  # accounted in the same epsilon
         "mismatches": mismatches(entries) + dispersion_mismatches(verification.cohort_dispersion),
-        "not_covered": NOT_COVERED,
+        "not_covered": not_covered(entries),
         "empirical_audit": _canary_audit(folder),
         "release": binding,
         "tools": {"fedhome-audit": _version("fedhome"), "dp-accounting": _version("dp-accounting")},
@@ -103,6 +105,42 @@ def release_binding(
         "problems": problems,
         "bound_round": bound[0].get("round") if bound else None,
     }
+
+
+def _release_epsilons(binding: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epsilons a bound release's manifest states, labelled (they are not the headline)."""
+    manifest = binding.get("manifest")
+    if not binding.get("ok") or not isinstance(manifest, dict):
+        return []
+    privacy = manifest.get("privacy") or {}
+    out = [
+        {
+            "name": "release_model",
+            "epsilon": privacy.get("epsilon"),
+            "label": f"the release's model alone, at its round {binding.get('bound_round')} (training rounds "
+            "up to it; not the trending releases nor later rounds)",
+        }
+    ]
+    if "epsilon_all" in privacy:
+        out.append(
+            {
+                "name": "release_all",
+                "epsilon": privacy["epsilon_all"],
+                "label": "the release's epsilon_all: what this release publishes (its model and its "
+                "trending counts)",
+            }
+        )
+    return out
+
+
+def _trending_rows(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """verify's trending rows with each release's window end and where it came from."""
+    by_hash = {e.get("entry_hash"): e for e in entries if is_trending(e)}
+    out = []
+    for row in rows:
+        entry = by_hash.get(row.get("entry_hash"), {})
+        out.append({**row, "as_of_s": entry.get("as_of_s"), "as_of_source": entry.get("as_of_source")})
+    return out
 
 
 def _trending_binding(manifest: dict[str, Any], entries: list[dict[str, Any]]) -> list[str]:

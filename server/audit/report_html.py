@@ -31,6 +31,7 @@ def render_html(report: dict[str, Any], *, header: str = "") -> str:
         f"<style>{STYLE}</style></head><body>",
         header,
         f"<h1>Privacy report: run <code>{escape(str(report['run_id']))}</code></h1>",
+        _headline(g),
         _verdict(v),
         "<h2>The guarantee</h2>",
         _guarantee(g),
@@ -73,9 +74,9 @@ def _verdict(v: dict[str, Any]) -> str:
         ("ledger entries", v["entries"]),
         ("signing key id", v["key_id"]),
         ("ledger head hash", v["head_hash"]),
-        ("epsilon claimed (PLD)", _fmt(v["claimed_epsilon"])),
+        ("epsilon claimed by the ledger's last entry (training server, PLD)", _fmt(v["claimed_epsilon"])),
         (
-            "epsilon recomputed by this auditor (PLD / RDP)",
+            "headline epsilon recomputed by this auditor (PLD) / RDP cross-check (looser, not the guarantee)",
             f"{_fmt(v['recomputed_epsilon'])} / {_fmt(v['recomputed_rdp_epsilon'])}",
         ),
     ]
@@ -112,6 +113,27 @@ def _cohorts(v: dict[str, Any]) -> str:
     )
 
 
+def _headline(g: dict[str, Any]) -> str:
+    """The one epsilon the page leads with; every other epsilon on the page is labelled as what it is."""
+    head = g.get("headline_epsilon")
+    if not head:
+        return ""
+    delta = "n/a" if head["delta"] is None else f"{head['delta']:.3g}"
+    return (
+        f"<p id='headline-epsilon'><b>Headline: epsilon {escape(_fmt(head['epsilon']))} at delta "
+        f"{delta}</b>, the {escape(head['label'])}.</p>"
+    )
+
+
+def _other_epsilons(g: dict[str, Any]) -> str:
+    rows = [[e["label"], _fmt(e["epsilon"])] for e in g.get("other_epsilons", [])]
+    if not rows:
+        return ""
+    return "<div id='other-epsilons'><p>Every other epsilon, labelled (none of them is the headline):</p>" + (
+        _table(["what it is", "epsilon"], rows) + "</div>"
+    )
+
+
 def _guarantee(g: dict[str, Any]) -> str:
     eps = g["epsilon"]
     items = [
@@ -121,26 +143,35 @@ def _guarantee(g: dict[str, Any]) -> str:
         ("Secure aggregation", g["secure_aggregation"]),
         ("What is released", g["released"]),
         (
-            "(epsilon, delta) spent",
-            f"({_fmt(eps['recomputed_pld'])}, {g['delta']:.3g}) after {g['rounds']} rounds"
+            "Headline (epsilon, delta): user-level, everything released",
+            f"({_fmt(eps['recomputed_pld'])}, {g['delta']:.3g}) after {g['rounds']} rounds and "
+            f"{g.get('trending_releases', 0)} trending release(s)"
             if g["delta"] is not None
             else "unknown (the ledger could not be read)",
         ),
         ("Why this delta", g["delta_reason"]),
+        ("delta times N", _fmt(g.get("delta_times_n"))),
     ]
     cap = g.get("participation_cap")
     if cap:
-        bounds = f"Poisson bound {_fmt(cap['poisson_bound_pld'])}, cap bound {_fmt(cap['cap_bound_pld'])}"
+        bounds = (
+            f"user-level Poisson-sampling bound {_fmt(cap['poisson_bound_pld'])}, user-level cap bound "
+            f"{_fmt(cap['cap_bound_pld'])}"
+        )
         items.append(("Participation cap", f"k = {cap['cap']}: {bounds}. {cap['statement']}"))
     if g.get("local_dp"):
         items.append(("Local DP, each report on its own", g["local_dp"]["statement"]))
     if g["record_level"]:
         r = g["record_level"]
         items.append(
-            ("Record-level DP-SGD", f"epsilon {_fmt(r['epsilon'])} at delta {r['delta']} ({r['note']})")
+            (
+                "Record-level DP-SGD",
+                f"record-level epsilon (per training example, not per user) {_fmt(r['epsilon'])} at delta "
+                f"{r['delta']} ({r['note']})",
+            )
         )
     body = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(val))}</dd>" for k, val in items)
-    return f"<dl id='guarantee'>{body}</dl>"
+    return f"<dl id='guarantee'>{body}</dl>" + _other_epsilons(g)
 
 
 def _canary(audit: dict[str, Any] | None) -> str:
@@ -168,8 +199,8 @@ def _canary(audit: dict[str, Any] | None) -> str:
             [
                 "statistic",
                 "estimate (Andrew et al.)",
-                "lower bound (threshold, Clopper-Pearson)",
-                "lower bound (one run, Steinke et al.)",
+                "heuristic bound (threshold, Clopper-Pearson; not the verdict's)",
+                "lower bound (one run, Steinke et al.; the verdict's)",
             ],
             rows,
         )
@@ -186,7 +217,8 @@ def _release(release: dict[str, Any]) -> str:
     privacy = manifest["privacy"]
     return (
         f"<p class='ok' id='release-verdict'>Release {manifest['version']} verifies and is bound to ledger "
-        f"entry {release['bound_round']}: epsilon {_fmt(privacy['epsilon'])} "
+        f"entry {release['bound_round']}: the release's model epsilon at its round (not the headline) "
+        f"{_fmt(privacy['epsilon'])} "
         f"at delta {privacy['delta']:.3g}, "
         f"model {escape(str(manifest['model']['sha256'])[:16])}&hellip;</p>"
     )
@@ -194,7 +226,8 @@ def _release(release: dict[str, Any]) -> str:
 
 def _rounds(report: dict[str, Any]) -> str:
     results = {r["round"]: r for r in report["verification"]["entry_results"]}
-    head = ["round", "verified", "q", "N", "q*N", "cohort", "C", "z", "noise std", "eps PLD", "eps RDP"]
+    head = ["round", "verified", "q", "N", "q*N", "cohort", "C", "z", "noise std"]
+    head += ["user eps so far, claimed (PLD)", "user eps so far, claimed (RDP cross-check)"]
     secure = any("secure_aggregation" in r for r in report["rounds"])
     if secure:
         head.append("secure aggregation")
@@ -236,7 +269,8 @@ def _trending(rows: list[dict[str, Any]]) -> str:
     composed into the epsilon above."""
     if not rows:
         return "<p id='trending'>No trending counts were released.</p>"
-    head = ["after round", "q", "z", "noise std", "k", "window (days)", "cohort", "counts file"]
+    head = ["after round", "q", "z", "noise std", "k", "window (days)", "window end (source)", "cohort"]
+    head.append("counts file")
     table = [
         [
             r["after_round"],
@@ -245,6 +279,7 @@ def _trending(rows: list[dict[str, Any]]) -> str:
             _fmt(r["noise_std"]),
             r["max_items"],
             r["window_days"],
+            f"{r.get('as_of_s')} ({r.get('as_of_source') or 'not recorded'})",
             r["realised_cohort"],
             {True: "matches", False: "DOES NOT MATCH", None: "not present"}[r["counts_file_ok"]],
         ]
@@ -270,7 +305,7 @@ def _plots(report: dict[str, Any]) -> str:
         ),
     ):
         axes[0].plot(xs, values, label=label)
-    axes[0].set(title="user-level epsilon spent", xlabel="round")
+    axes[0].set(title="user-level epsilon, model rounds (headline adds trending)", xlabel="round")
     axes[0].legend(fontsize=8)
     axes[1].plot(x, [_num(r["realised_cohort"]) for r in rounds], ".", markersize=3, label="realised")
     axes[1].plot(x, [_num(r["expected_cohort"]) for r in rounds], label="q*N (divisor)")

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def run_trending_round(
     run.check_budget_for(event, what=f"the trending release after round {after}")
     rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, after, _SAMPLE_SALT))
     cohort = poisson_sample(run.population.n_users, sample_rate=event.sample_rate, rng=rng)
-    as_of = trending.as_of_s or int(time.time())
+    as_of, as_of_source = window_end(trending.as_of_s)
     assignment, secure_record = run.population.split(cohort), None
     noise = run.round_noise if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, _NOISE_SALT))
     window_s, max_items = trending.window_days * SECONDS_PER_DAY, trending.max_items
@@ -133,8 +133,23 @@ def run_trending_round(
         run, event, cohort.size, replies, result, spent=spent, as_of=as_of, counts_file=relative
     )
     secure_fields = None if secure_record is None else secure_record.to_json()
-    typed = TrendingEntry(**fields, n_items=n_items, noise_rng=noise.source, secure_aggregation=secure_fields)
+    typed = TrendingEntry(
+        **fields,
+        as_of_source=as_of_source,
+        n_items=n_items,
+        noise_rng=noise.source,
+        secure_aggregation=secure_fields,
+    )
     return run.commit_entry(typed.to_fields())
+
+
+def window_end(configured: int) -> tuple[int, Literal["configured", "release_time"]]:
+    """The trending window's end and its source: the configured `trending.as_of_s`, else (0) the release's
+    own wall-clock time. Both are public; it is never derived from a user's data here (a caller that sets
+    the configuration from the data must not: docs/federated.md)."""
+    if configured:
+        return configured, "configured"
+    return int(time.time()), "release_time"
 
 
 def write_counts(root: Path, after_round: int, counts: np.ndarray) -> str:

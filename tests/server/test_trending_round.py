@@ -96,6 +96,10 @@ def test_releases_are_accounted_in_order_and_the_final_one_is_not_repeated(tmp_p
     assert coordinator.epsilon() == pytest.approx(expected, rel=1e-12)
     counts = np.load(tmp_path / "run" / entries[-1]["counts_file"])
     assert counts.shape == (N_ITEMS,) and entries[-1]["count_noise_std"] == pytest.approx(3 * math.sqrt(K))
+    # the window end is the configured one, and the ledger says so (issue 16 part 5)
+    assert {(e["as_of_s"], e["as_of_source"]) for e in entries if "after_round" in e} == {
+        (1000, "configured")
+    }
     report = verify_ledger(tmp_path / "run", key.public_key())
     assert report.ok and [row["counts_file_ok"] for row in report.trending] == [True, True]
 
