@@ -5,10 +5,13 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
   slots, never sees user identities or data.
 - train: global trainable parameters, the sampled slots, the round seed and clip norm -> the SUM of the
   sampled users' clipped updates (noised per user in local-DP mode), their count, and how many were
-  unclipped; clipping and local noise are shared.privacy.mechanism.UserClipping's on every path. Per-user
-  updates never leave the node. With `privacy.record_level` (one device per node) the device trains its
-  user by record-level DP-SGD (client/training/dp_sgd.py), clips that update the same way, keeps the
-  Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
+  unclipped (only with adaptive clipping; else 0). The noise multiplier and whether a fixed noise seed is
+  accepted come from the node's own configuration, never from the round's settings
+  (client/training/own_privacy.py): a round asking for less noise, or sending a fixed seed to a node not
+  configured deterministic, is refused. Clipping and local noise are shared.privacy.mechanism.UserClipping's
+  on every path. Per-user updates never leave the node. With `privacy.record_level` (one device per node)
+  the device trains its user by record-level DP-SGD (client/training/dp_sgd.py), clips that update the same
+  way, keeps the Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
 - evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
 
 Participation caps (client/training/participation_counts.py): a sampled device that has already contributed to
@@ -65,6 +68,7 @@ from shared.record_values import as_float, as_int
 
 log = logging.getLogger(__name__)
 RECORD_STATE = "record-level"  # context.state entry: the device's Opacus accountant state, as JSON
+CONTRIBUTION_BOUND = 1.0  # L2 bound of one user's trending contribution (client/trending_contribution.py)
 
 
 def _params(params: np.ndarray, node: Node) -> np.ndarray:
@@ -109,28 +113,36 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
     settings = instruction.settings
     params, slots = _params(instruction.params, node), _slots(instruction.slots, node)
     terms = round_terms(settings, secure=is_secure(message))
-    noise = GaussianNoise(seed=None if settings.noise_seed < 0 else settings.noise_seed)
+    own = node.privacy  # the node's own terms: the server's settings cannot lower them
+    noise = own.noise_source(settings)
+    local_z = own.local_noise_multiplier(settings)
     cap = own_cap(settings.participation_cap, node.device_cap)
     counts = Participation(state, run_id=settings.run_id, n_devices=node.users.size, folder=node.folder)
     slots, refused = counts.admit(slots, cap=cap)
     users = node.users[slots]
     record_epsilon = None
     if node.shared.config.privacy.record_level:
-        result, record_epsilon = record_level_sum(node, state, params, users, settings, noise)
+        result, record_epsilon = record_level_sum(node, state, params, users, settings, noise, local_z)
     else:
         result = node.shared.trainer.clipped_sum(
             params,
             users,
             round_seed=settings.round_seed,
             clip_norm=settings.clip_norm,
-            local_noise_multiplier=settings.local_noise_multiplier,
+            local_noise_multiplier=local_z,
             noise=noise,
         )
     counts.record(slots, terms, cap=cap)
-    reply = TrainReply(result.total, result.count, result.unclipped_count, refused, record_epsilon)
+    unclipped = own.unclipped_count(result.unclipped_count)
+    reply = TrainReply(result.total, result.count, unclipped, refused, record_epsilon)
     if is_secure(message):
         stats = dict(reply.stats()[STATS])
-        return Message(masked_content(message, state, result, stats, noise), reply_to=message)
+        z, population = own.secure_noise_multiplier(trending=False), own.population
+        content = masked_content(
+            message, state, result, stats, noise, noise_multiplier=z, bound=settings.clip_norm,
+            population=population,
+        )  # fmt: skip
+        return Message(content, reply_to=message)
     return Message(reply.to_records(), reply_to=message)
 
 
@@ -141,9 +153,11 @@ def record_level_sum(
     users: np.ndarray,
     settings: RoundSettings,
     noise: GaussianNoise,
+    local_noise_multiplier: float,
 ) -> tuple[UpdateSum, float]:
-    """The device's record-level DP-SGD update clipped to the round's C (and noised in local mode), as a sum
-    over its one user, and its record-level epsilon so far; the accountant lives in `state` between rounds.
+    """The device's record-level DP-SGD update clipped to the round's C (and noised with the device's
+    `local_noise_multiplier` z in local mode: client/training/own_privacy.py), as a sum over its one user,
+    and its record-level epsilon so far; the accountant lives in `state` between rounds.
     A device that refused (at its participation cap: `users` empty) sends an empty sum and its epsilon."""
     if users.size > 1 or node.users.size != 1:
         raise UpdateRejectedError("a record-level device trains exactly its one user")
@@ -170,8 +184,8 @@ def record_level_sum(
     except UpdateRejectedError:  # not finite: a zero update that still counts, as in LocalTrainer
         log.warning("a record-level update was not finite and counts as a zero update")
         clipped, norm = np.zeros(shared.layout.dim, np.float32), 0.0
-    if settings.local_noise_multiplier > 0:
-        z = settings.local_noise_multiplier
+    if local_noise_multiplier > 0:
+        z = local_noise_multiplier
         clipped = (clipped + clipping.local_noise(noise, clipped.shape, noise_multiplier=z)).astype(
             np.float32
         )
@@ -201,8 +215,13 @@ def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
     total = shard_sum(node.shared.rows, users, window)
     if is_secure(message):  # the node adds its share of the noise; the server sees only the noised total
         stats: dict[str, int] = {"count": int(users.size), "refused-count": 0}
-        result, noise = UpdateSum(total, int(users.size), 0), GaussianNoise()
-        return Message(masked_content(message, state, result, stats, noise), reply_to=message)
+        result, noise, own = UpdateSum(total, int(users.size), 0), GaussianNoise(), node.privacy
+        z = own.secure_noise_multiplier(trending=True)
+        content = masked_content(
+            message, state, result, stats, noise, noise_multiplier=z, bound=CONTRIBUTION_BOUND,
+            population=own.population,
+        )  # fmt: skip
+        return Message(content, reply_to=message)
     content = RecordDict(
         {
             "trending": ArrayRecord({"sum": Array(total)}),

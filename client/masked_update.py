@@ -45,6 +45,7 @@ from shared.secagg_primitives import (
     new_secret,
     seal,
     seal_context,
+    sensitivity,
     split_secret,
     threshold,
     unseal,
@@ -144,10 +145,18 @@ def masked_content(
     result: UpdateSum,
     stats: Mapping[str, MetricRecordValues],
     noise: GaussianNoise,
+    *,
+    noise_multiplier: float,
+    bound: float,
+    population: int,
 ) -> RecordDict:
     """The train reply under secure aggregation: the masked fixed-point sum (without the unclipped count:
     an exact count that only adaptive clipping, refused with secure aggregation, would need) and,
-    in the clear, the counts the server needs to check the round (users summed, users refused)."""
+    in the clear, the counts the server needs to check the round (users summed, users refused).
+
+    `noise_multiplier` is the z the node's own configuration requires of the released sum (0: none),
+    `bound` the L2 bound of one user's contribution (C, or 1 for trending) and `population` the N the
+    node knows: the noise share it is asked to add is checked against them (`check_noise_share`)."""
     run_id, round_number, index, settings = _header(message)
     record = _round_state(state, run_id, round_number, index)
     if record["stage"] != "shares":
@@ -158,6 +167,16 @@ def masked_content(
         raise UpdateRejectedError("secure aggregation: mask partners that took no part in the key exchange")
     step = as_float(settings["step"], name="step")
     per_user_std = as_float(settings["noise-std-per-user"], name="noise-std-per-user")
+    check_noise_share(
+        settings,
+        per_user_std,
+        step=step,
+        dim=int(result.total.size),
+        count=result.count,
+        noise_multiplier=noise_multiplier,
+        bound=bound,
+        population=population,
+    )
     inbox = message.content.config_records["inbox"]
     for sender in partners:
         record[f"inbox-{sender}"] = _bytes(inbox, f"from-{sender}")
@@ -180,6 +199,39 @@ def masked_content(
             "stats": MetricRecord(metrics),
         }
     )
+
+
+def check_noise_share(
+    settings: ConfigRecord,
+    per_user_std: float,
+    *,
+    step: float,
+    dim: int,
+    count: int,
+    noise_multiplier: float,
+    bound: float,
+    population: int,
+) -> None:
+    """Refuse a round that asks this node for less noise than its share: the released sum must carry std
+    z * C' (C' = bound + step * sqrt(dim), server/secagg/secure_round.py), of which a node summing `count`
+    users of a cohort adds z * C' * sqrt(count / cohort), i.e. std z * C' / sqrt(cohort) per user. The
+    cohort is the record's "cohort" when the server sends it (checked: count <= cohort <= N), else the
+    node's population N, the largest cohort there can be."""
+    if not (np.isfinite(per_user_std) and per_user_std >= 0 and np.isfinite(step) and step > 0):
+        raise UpdateRejectedError("secure aggregation: a bad noise std or quantisation step")
+    if noise_multiplier <= 0:
+        return
+    cohort = max(population, 1)
+    if "cohort" in settings:
+        cohort = as_int(settings["cohort"], name="cohort")
+        if not count <= cohort <= max(population, count) or cohort < 1:
+            raise UpdateRejectedError(f"secure aggregation: a cohort of {cohort} users is not possible")
+    share = noise_multiplier * sensitivity(bound, step=step, dim=dim) / np.sqrt(cohort)  # per user
+    if per_user_std * step < share * (1 - 1e-9):
+        raise UpdateRejectedError(
+            f"secure aggregation: asked for noise std {per_user_std * step:.3g} per user, below this "
+            f"node's share {share:.3g} (z {noise_multiplier}, cohort {cohort})"
+        )
 
 
 def handle_unmask(message: Message, state: RecordDict) -> Message:

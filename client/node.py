@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from flwr.app import Context
 
+from client.training.own_privacy import OwnPrivacy
 from client.training.participation_counts import DeviceFolder, device_folders
 from client.training.round_update import LocalTrainer
 from shared.config import FedhomeConfig, to_flat
@@ -42,6 +43,11 @@ class Node:
     partition_id: int
     device_cap: int = 0  # node config "participation-cap": the devices' own cap (0: only the run's)
     folder: DeviceFolder | None = None  # where each device keeps its receipts (None: node state only)
+
+    @property
+    def privacy(self) -> OwnPrivacy:
+        """The privacy terms the node's own configuration pins (noise multiplier, noise seed, counts)."""
+        return OwnPrivacy(self.shared.config, int(self.shared.split.full.n_users))
 
 
 # Per process: a Ray actor serves many rounds and many nodes; load the data and build the model once.

@@ -144,12 +144,15 @@ def masked_inputs(
     step: float,
     timeout_s: float,
     per_user_std: float,
+    cohort: int,
     on_reply: Callable[[Message], None] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Send the masked-input messages (a train message, or a trending query: `content_of(i)` gives the
     records besides the protocol's own); returns (summed, dropped): the indices whose masked input arrived
     and the ones that shared their secrets but sent none (their masks must be removed). `on_reply` sees
-    every well-formed reply first and may raise UpdateRejectedError to drop it."""
+    every well-formed reply first and may raise UpdateRejectedError to drop it. Each node is told the
+    per-user noise std and the round's cohort (its sampled users over all nodes), so it can check that
+    its share, per_user_std * sqrt(count), is what its own z asks (client/masked_update.py)."""
     contents = {}
     for i in sorted(alive):
         partners = [j for j in parts[i].live if j in alive]
@@ -158,7 +161,14 @@ def masked_inputs(
             {
                 **content_of(i),
                 "secagg": secagg_record(
-                    header, i, **{"mask-with": partners, "step": step, "noise-std-per-user": per_user_std}
+                    header,
+                    i,
+                    **{
+                        "mask-with": partners,
+                        "step": step,
+                        "noise-std-per-user": per_user_std,
+                        "cohort": cohort,
+                    },
                 ),
                 "inbox": ConfigRecord(inbox),
             }

@@ -188,7 +188,7 @@ def secure_sum(
         summed, dropped = masked_inputs(
             grid, parts, alive, header, message_type=message_type,
             content_of=lambda i: content_of(i, parts[i].sample), dim=dim, step=step, timeout_s=timeout_s,
-            per_user_std=sigma / math.sqrt(cohort) if cohort else 0.0, on_reply=on_reply,
+            per_user_std=sigma / math.sqrt(cohort) if cohort else 0.0, cohort=cohort, on_reply=on_reply,
         )  # fmt: skip
         words = unmask(grid, parts, summed, dropped, header, dim=dim, timeout_s=timeout_s)
     except ProtocolFailed as exc:

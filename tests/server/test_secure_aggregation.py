@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 
-from client.masked_update import handle_keys, handle_shares, handle_unmask, masked_content
+from client.masked_update import (
+    check_noise_share,
+    handle_keys,
+    handle_shares,
+    handle_unmask,
+    masked_content,
+)
 from client.training.round_update import UpdateSum
 from server.audit.entry_checks import check_noise
 from server.audit.trending_checks import check_trending_noise
@@ -40,6 +46,8 @@ class LoopbackGrid:
         self.states: dict[int, RecordDict] = {node: RecordDict({}) for node in sums}
         self.seen: list[tuple[str, int, Message]] = []
         self.noise = GaussianNoise(seed=5)
+        # the nodes' own configuration: the z they require of the released sum, and the N they know
+        self.node_z, self.population = 0.0, max(sum(s.count for s in sums.values()), 1)
 
     def _is_silent(self, stage: str, node: int) -> bool:
         upto = self.STAGES[: self.STAGES.index(stage) + 1]
@@ -67,7 +75,11 @@ class LoopbackGrid:
         if stage == "train":
             result = self.sums[message.metadata.dst_node_id]
             stats = {"count": result.count, "refused-count": 0, "unclipped-count": result.unclipped_count}
-            return Message(masked_content(message, state, result, stats, self.noise), reply_to=message)
+            content = masked_content(
+                message, state, result, stats, self.noise, noise_multiplier=self.node_z, bound=1.0,
+                population=self.population,
+            )  # fmt: skip
+            return Message(content, reply_to=message)
         return handle_unmask(message, state)
 
 
@@ -83,8 +95,17 @@ def node_sums(n_nodes: int, *, seed: int = 0, users: int = 2) -> dict[int, Updat
 
 
 def run(
-    grid: LoopbackGrid, *, mode: str = "none", z: float = 0.0, neighbours: int = 0, dim: int = DIM
+    grid: LoopbackGrid,
+    *,
+    mode: str = "none",
+    z: float = 0.0,
+    neighbours: int = 0,
+    dim: int = DIM,
+    node_z: float | None = None,
 ) -> SecureReplies:
+    """A secure round with the server's `mode` and z; the nodes are configured with `node_z` (by default
+    the same z in central mode, else 0)."""
+    grid.node_z = (z if mode == "central" else 0.0) if node_z is None else node_z
     assignment = {node: np.arange(s.count) for node, s in grid.sums.items()}
     settings = RoundSettings(
         round=3, run_id="r1", sample_rate=0.5, noise_multiplier=z, delta=1e-5, participation_cap=0,
@@ -293,3 +314,38 @@ def test_the_audit_checks_a_secure_trending_release_against_its_fixed_point_sens
     assert problems == []
     check_trending_noise("release", {**entry, "noise_std": 2.0, "count_noise_std": 4.0}, problems)
     assert any("noise_std" in p for p in problems)
+
+
+@pytest.mark.parametrize(("mode", "z"), [("central", 0.5), ("central", 0.0), ("none", 0.0)])
+def test_a_node_refuses_to_add_less_noise_than_its_own_z_asks(mode: str, z: float) -> None:
+    """A server asking the nodes for a share of z' < z (or no noise at all) is refused by every node
+    configured with z: nothing is summed and the round counts its users as rejected."""
+    grid = LoopbackGrid(node_sums(4))
+    out = run(grid, mode=mode, z=z, node_z=1.0)
+    trains = [reply for stage, _, reply in grid.seen if stage == "train"]
+    assert len(trains) == 4 and all(reply.has_error() for reply in trains)
+    assert "below this node's share" in str(trains[0].error.reason)
+    assert out.record.masked_inputs == 0 and out.replies.count == 0
+
+
+def test_a_node_asked_for_at_least_its_share_adds_it() -> None:
+    grid = LoopbackGrid(node_sums(4))
+    out = run(grid, mode="central", z=1.5, node_z=1.0)  # more noise than the node needs is fine
+    assert out.record.masked_inputs == 4 and out.replies.count == 8
+
+
+def test_the_noise_share_is_checked_against_the_cohort_the_server_names() -> None:
+    """With the round's cohort in the record, the exact share z C' sqrt(count / cohort) is required; a
+    cohort larger than the node's population N (or smaller than its own count) is not possible."""
+    step, dim, z = STEP, DIM, 1.0
+    per_user = z * sensitivity(1.0, step=step, dim=dim) / step  # grid units, cohort 1
+    kwargs: dict[str, Any] = {"step": step, "dim": dim, "count": 2, "noise_multiplier": z, "bound": 1.0}
+    check_noise_share(ConfigRecord({"cohort": 9}), per_user / 3, population=100, **kwargs)
+    with pytest.raises(UpdateRejectedError, match="below"):
+        check_noise_share(ConfigRecord({"cohort": 9}), per_user / 3.01, population=100, **kwargs)
+    with pytest.raises(UpdateRejectedError, match="below"):  # no cohort named: the population bounds it
+        check_noise_share(ConfigRecord({}), per_user / 10.01, population=100, **kwargs)
+    check_noise_share(ConfigRecord({}), per_user / 10, population=100, **kwargs)
+    for cohort in (1, 101):
+        with pytest.raises(UpdateRejectedError, match="not possible"):
+            check_noise_share(ConfigRecord({"cohort": cohort}), per_user, population=100, **kwargs)
