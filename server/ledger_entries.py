@@ -69,6 +69,8 @@ class RoundEntry:
     record_epsilon_round: Epsilon | None = None
     record_delta: float | None = None
     record_accountant: str | None = None
+    # "training_example" (one prefix of the user's sequence; "record" in older ledgers, the same unit): one
+    # interaction is in up to 1 + max_history examples, so per interaction the guarantee is group privacy
     record_unit_of_privacy: str | None = None
     # a participation cap (server/rounds/cap_fields.py), else absent
     participation_cap: int | None = None

@@ -1,14 +1,29 @@
-"""Record-level DP-SGD on one device with Opacus: each of the user's examples is a record.
+"""Record-level DP-SGD on one device with Opacus: each of the user's training examples is a record.
 
-The device runs `local_steps` DP-SGD steps (Poisson sampling of records at rate 1/ceil(n/8), per-record
-clipping to `record_max_grad_norm`, Gaussian noise `record_noise_multiplier` * that norm) over its n most
-recent examples, starting from the global parameters, and reports the update and the record-level epsilon
-spent so far by Opacus's RDP accountant at `record_delta`. This epsilon protects single interactions of
-this user against an observer of this device's updates; it is NOT the user-level guarantee (that comes
-from clipping the whole update, with shared.privacy.mechanism.UserClipping in client/client_app.py like every
-other update, and the server's noise) and must be reported separately, labelled record-level. Opacus's
-per-record clipping and noise are its own: they bound records, not users. The accountant's state (a
-JSON-safe history) must be kept across rounds by the caller.
+A record is one training example: one prefix of the user's sequence (its last `max_history` interactions
+and the next item as the target), not one interaction. One interaction appears in up to 1 + max_history
+examples (as the target of one, in the history of up to max_history later ones), so per interaction the
+guarantee is group privacy over k = 1 + max_history records, which this module does NOT compute or report
+(from (eps, delta) per record, the generic group bound is (k eps, k e^((k-1) eps) delta)). The ledger
+labels the unit "training_example".
+
+The device runs `local_steps` DP-SGD steps (Poisson sampling of records at the PUBLIC rate
+q = min(1, EXPECTED_BATCH / federated.max_examples_per_user), per-record clipping to
+`record_max_grad_norm`, Gaussian noise `record_noise_multiplier` * that norm, the noisy sum divided by the
+public q * max_examples_per_user) over its n <= max_examples_per_user most recent examples, starting from the
+global parameters, and reports the update and the record-level epsilon spent so far by Opacus's RDP
+accountant at `record_delta`. The rate does not depend on n (a device with fewer examples simply gets
+smaller batches and a smaller step), and a device with no example still takes its steps (noise only), so
+the epsilon is a function of public terms only: eps = RDP(q, record_noise_multiplier, local_steps x the
+rounds the device joined) at record_delta, which the server knows because it sampled the device. It does
+not reveal the device's example count.
+
+This epsilon protects single training examples of this user against an observer of this device's updates;
+it is NOT the user-level guarantee (that comes from clipping the whole update, with
+shared.privacy.mechanism.UserClipping in client/client_app.py like every other update, and the server's
+noise) and must be reported separately, labelled record-level. Opacus's per-record clipping and noise are
+its own: they bound records, not users. The accountant's state (a JSON-safe history) must be kept across
+rounds by the caller.
 
 Opacus sees one module, `RecordLoss` (the local loss of client/training/local_loss.py per record), whose
 only parameter is the flat vector of the trained parameters; its per-record gradients come from a grad
@@ -30,7 +45,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from torch.utils.data import DataLoader, TensorDataset
 
 from client.training.local_batch import Negatives, UserExamples, build_records, draw_negatives
 from client.training.local_loss import PREFIX, UserLoss, split_flat
@@ -41,8 +55,20 @@ from shared.model import TwoTower
 from shared.model.params import ParamLayout, check_flat
 
 log = logging.getLogger(__name__)
-EXPECTED_BATCH = 8  # records per DP-SGD step on average (all of them when the user has at most 8)
+EXPECTED_BATCH = 8  # records per DP-SGD step on average for a device with max_examples_per_user of them
 MECHANISM = "rdp"
+
+
+def record_sample_rate(config: FederatedConfig) -> float:
+    """The public Poisson sampling rate of records, the same on every device:
+    min(1, EXPECTED_BATCH / max_examples_per_user)."""
+    return min(1.0, EXPECTED_BATCH / config.max_examples_per_user)
+
+
+def record_divisor(config: FederatedConfig) -> int:
+    """The public divisor of a step's noisy sum: the expected batch of a device with max_examples_per_user
+    examples, q * max_examples_per_user = min(EXPECTED_BATCH, max_examples_per_user)."""
+    return min(EXPECTED_BATCH, config.max_examples_per_user)
 
 
 @dataclass(frozen=True)
@@ -52,7 +78,7 @@ class RecordLevelUpdate:
     update: np.ndarray  # (P,) float32 theta_K - theta_0 (not clipped at user level: the caller does that)
     record_epsilon: float  # record-level epsilon spent on this device so far (RDP), at record_delta
     record_delta: float
-    steps: int  # DP-SGD steps this round (0 when the user has no example)
+    steps: int  # DP-SGD steps this round (local_steps, also when the user has no example: noise only)
 
 
 class RecordLoss(nn.Module):
@@ -134,56 +160,82 @@ class RecordLevelTrainer:
     def train_round(self, params: np.ndarray, *, round_seed: int) -> RecordLevelUpdate:
         """`local_steps` DP-SGD steps from the global `params` (P,) over the user's records."""
         check_flat(params, self.layout)
-        if self.examples.count(np.array([self.user]))[0] == 0:  # nothing to learn or protect: no step
-            zero = np.zeros(self.layout.dim, np.float32)
-            return RecordLevelUpdate(zero, self.record_epsilon, self.privacy.record_delta, 0)
-        negatives = draw_negatives(self.allowed, self.config.n_negatives, round_seed=round_seed)
-        max_history = self.model.config.max_history
-        records = build_records(self.examples, self.user, negatives.items, max_history=max_history)
-        n = int(records.items.shape[0])
-        self.model.eval()  # dropout off: the loss is a deterministic function of the records
-        module = RecordLoss(self.model, self.layout, negatives, params)
+        start = torch.from_numpy(np.array(params, dtype=np.float32))
         sampling, noise = _generators(self.privacy.seed, round_seed)
-        loader = DataLoader(
-            TensorDataset(*records.tensors()), batch_size=min(EXPECTED_BATCH, n), generator=sampling
-        )
-        steps = self._dp_sgd(module, loader, noise)
-        update = (module.flat.detach() - torch.from_numpy(np.asarray(params, np.float32))).numpy()
-        return RecordLevelUpdate(update, self.record_epsilon, self.privacy.record_delta, steps)
+        if self.examples.count(np.array([self.user]))[0] == 0:
+            update = self._noise_only(start.shape[0], noise)  # no record: each step is the noise alone
+        else:
+            negatives = draw_negatives(self.allowed, self.config.n_negatives, round_seed=round_seed)
+            max_history = self.model.config.max_history
+            records = build_records(self.examples, self.user, negatives.items, max_history=max_history)
+            self.model.eval()  # dropout off: the loss is a deterministic function of the records
+            module = RecordLoss(self.model, self.layout, negatives, params)
+            self._dp_sgd(module, records.tensors(), sampling, noise)
+            update = module.flat.detach() - start
+        steps = self.config.local_steps
+        return RecordLevelUpdate(update.numpy(), self.record_epsilon, self.privacy.record_delta, steps)
 
     def _dp_sgd(
-        self, module: RecordLoss, loader: DataLoader[tuple[Tensor, ...]], noise: torch.Generator
-    ) -> int:
-        """Run local_steps DP-SGD steps with a fresh PrivacyEngine whose accountant continues the history."""
-        engine = _privacy_engine()  # warns that Opacus's own secure RNG is off: ours are OS-seeded
+        self,
+        module: RecordLoss,
+        records: tuple[Tensor, ...],
+        sampling: torch.Generator,
+        noise: torch.Generator,
+    ) -> None:
+        """local_steps DP-SGD steps, Poisson sampling at the public rate, with a fresh accountant that
+        continues the history. Built from Opacus's parts rather than make_private, which would derive the
+        rate (and the divisor) from the device's record count."""
+        engine = _privacy_engine()  # imports Opacus (quietly) and registers RecordLoss's grad sampler
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        accountant = engine.accountant
         if self.history:
-            engine.accountant.load_state_dict({"history": list(self.history), "mechanism": MECHANISM})
-        optimizer = torch.optim.SGD([module.flat], lr=self.config.local_learning_rate)
-        private, optimizer, loader = engine.make_private(
-            module=module,
-            optimizer=optimizer,
-            data_loader=loader,
+            accountant.load_state_dict({"history": list(self.history), "mechanism": MECHANISM})
+        rate = record_sample_rate(self.config)
+        private = GradSampleModule(module, batch_first=True, loss_reduction="mean")
+        optimizer = DPOptimizer(
+            torch.optim.SGD([module.flat], lr=self.config.local_learning_rate),
             noise_multiplier=self.privacy.record_noise_multiplier,
             max_grad_norm=self.privacy.record_max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise,
+            expected_batch_size=record_divisor(self.config),  # public, not q * n
+            loss_reduction="mean",
+            generator=noise,
+        )
+        optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
+        sampler = UniformWithReplacementSampler(
+            num_samples=int(records[0].shape[0]),
+            sample_rate=rate,
+            generator=sampling,
+            steps=self.config.local_steps,
         )
         private.train()
-        steps = 0
         with warnings.catch_warnings():
             # the records are inputs without gradients: torch says the full backward hook fires anyway (fine)
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            while steps < self.config.local_steps:
-                for batch in loader:
-                    optimizer.zero_grad(set_to_none=True)
-                    losses = private(*batch)  # (b,)
-                    (losses.mean() if losses.numel() else losses.sum()).backward()
-                    optimizer.step()
-                    steps += 1
-                    if steps == self.config.local_steps:
-                        break
-        self.history = [(float(z), float(q), int(k)) for z, q, k in engine.accountant.history]
-        return steps
+            for indices in sampler:  # local_steps Poisson batches, some of them empty
+                chosen = torch.as_tensor(indices, dtype=torch.long)
+                optimizer.zero_grad(set_to_none=True)
+                losses = private(*(t[chosen] for t in records))  # (b,)
+                (losses.mean() if losses.numel() else losses.sum()).backward()
+                optimizer.step()
+        self.history = [(float(z), float(q), int(k)) for z, q, k in accountant.history]
+
+    def _noise_only(self, dim: int, noise: torch.Generator) -> Tensor:
+        """The local_steps DP-SGD steps of a device without records (every batch empty): SGD on the noise
+        alone, -lr sum_k N(0, (z c)^2) / divisor, accounted like any other steps at the public rate."""
+        z, c = self.privacy.record_noise_multiplier, self.privacy.record_max_grad_norm
+        steps = self.config.local_steps
+        draws = torch.normal(0.0, z * c, size=(steps, dim), generator=noise)
+        update = -self.config.local_learning_rate * draws.sum(0) / record_divisor(self.config)
+        accountant = _privacy_engine().accountant
+        if self.history:
+            accountant.load_state_dict({"history": list(self.history), "mechanism": MECHANISM})
+        for _ in range(steps):
+            accountant.step(noise_multiplier=z, sample_rate=record_sample_rate(self.config))
+        self.history = [(float(z_), float(q), int(k)) for z_, q, k in accountant.history]
+        return update.float()
 
     def state_dict(self) -> dict[str, Any]:
         """The accountant's state, JSON-safe: {"mechanism": "rdp", "history": [[z, q, steps], ...]}."""

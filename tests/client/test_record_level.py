@@ -19,7 +19,7 @@ from shared.config import PrivacyConfig
 from shared.errors import ConfigError
 
 torch.set_num_threads(1)
-FEW, MANY = 6, 13  # users with 5 and 12 examples (at most 8: every record in every step)
+FEW, MANY = 6, 13  # users with 5 and 12 examples
 
 
 def trainer(toy: Toy, user: int, **privacy: Any) -> RecordLevelTrainer:
@@ -59,13 +59,40 @@ def test_epsilon_grows_across_rounds_and_survives_a_save_and_load() -> None:
 
 @pytest.mark.integration
 def test_epsilon_is_opacus_rdp_of_the_steps_taken() -> None:
-    toy = build(local_steps=3, max_examples_per_user=32)  # 12 records: 2 batches, sample rate 1/2
+    toy = build(local_steps=3, max_examples_per_user=32)  # the public rate 8 / 32, whatever the user has
     device = trainer(toy, MANY, record_noise_multiplier=1.2, record_delta=1e-4)
     device.train_round(toy.params, round_seed=0)
     device.train_round(toy.params, round_seed=1)
     accountant = RDPAccountant()
-    accountant.history = [(1.2, 0.5, 6)]
+    accountant.history = [(1.2, 0.25, 6)]
     assert device.record_epsilon == pytest.approx(accountant.get_epsilon(delta=1e-4))
+    assert device.state_dict()["history"] == [[1.2, 0.25, 6]]
+
+
+@pytest.mark.integration
+def test_epsilon_is_from_public_terms_not_the_example_count() -> None:
+    # users with 5 and 12 examples, and one without: the same rounds give the same record epsilon, which
+    # is Opacus's RDP of the public rate min(1, 8 / max_examples_per_user), z and the steps
+    toy = build(local_steps=2, max_examples_per_user=32)
+    devices = [trainer(toy, user, record_noise_multiplier=1.1) for user in (FEW, MANY, EMPTY_USERS[0])]
+    for round_seed in (0, 1):
+        results = [device.train_round(toy.params, round_seed=round_seed) for device in devices]
+        assert [r.steps for r in results] == [2, 2, 2]
+        assert len({r.record_epsilon for r in results}) == 1
+    assert record_level.record_sample_rate(toy.trainer.config) == 0.25
+    accountant = RDPAccountant()
+    accountant.history = [(1.1, 0.25, 4)]
+    expected = accountant.get_epsilon(delta=1e-5)
+    assert [device.record_epsilon for device in devices] == [pytest.approx(expected)] * 3
+    assert [device.state_dict() for device in devices] == [
+        {"mechanism": "rdp", "history": [[1.1, 0.25, 4]]}
+    ] * 3
+
+
+def test_the_public_rate_is_capped_at_one() -> None:
+    assert record_level.record_sample_rate(build(max_examples_per_user=5).trainer.config) == 1.0
+    assert record_level.record_divisor(build(max_examples_per_user=5).trainer.config) == 5
+    assert record_level.record_divisor(build(max_examples_per_user=32).trainer.config) == 8
 
 
 def test_without_noise_or_clipping_a_step_is_the_plain_gradient_step() -> None:
@@ -86,20 +113,24 @@ def test_each_record_is_clipped() -> None:
 
 
 def test_empty_poisson_batches_are_steps_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(record_level, "EXPECTED_BATCH", 1)  # sample rate 1/12: many empty batches
+    monkeypatch.setattr(record_level, "EXPECTED_BATCH", 1)  # sample rate 1/32: many empty batches
     toy = build(local_steps=30, max_examples_per_user=32)
     device = trainer(toy, MANY)
     result = device.train_round(toy.params, round_seed=0)
     assert result.steps == 30 and np.isfinite(result.update).all()
-    assert device.state_dict()["history"] == [[1.0, pytest.approx(1 / 12), 30]]
+    assert device.state_dict()["history"] == [[1.0, pytest.approx(1 / 32), 30]]
 
 
 @pytest.mark.parametrize("user", EMPTY_USERS)
-def test_a_user_without_examples_takes_no_step_and_spends_nothing(user: int) -> None:
-    toy = build()
+def test_a_user_without_examples_takes_noise_only_steps_and_spends_like_the_others(user: int) -> None:
+    # a zero update and epsilon 0 would tell the device's example count (none): it steps on the noise alone
+    toy = build(local_steps=2)
     result = trainer(toy, user).train_round(toy.params, round_seed=0)
-    assert (result.steps, result.record_epsilon) == (0, 0.0)
-    assert not result.update.any()
+    other = trainer(toy, FEW).train_round(toy.params, round_seed=0)
+    assert (result.steps, result.record_epsilon) == (2, other.record_epsilon) and result.record_epsilon > 0
+    assert np.isfinite(result.update).all() and result.update.any() and result.update.dtype == np.float32
+    quiet = trainer(toy, user, record_noise_multiplier=0.0).train_round(toy.params, round_seed=0)
+    assert not quiet.update.any() and quiet.record_epsilon == float("inf")
 
 
 def test_noise_is_fresh_each_round_and_seeded_only_on_request() -> None:

@@ -71,7 +71,9 @@ def test_record_level_epsilon_persists_on_each_device_across_rounds(tmp_path: Pa
     entries = read_jsonl(folder.ledger)
     assert [e["round"] for e in entries] == [1, 2, 3]
     assert result.summary["record_epsilon"] == entries[-1]["record_epsilon"]
-    assert all(e["record_delta"] == 1e-5 and e["record_unit_of_privacy"] == "record" for e in entries)
+    assert all(
+        e["record_delta"] == 1e-5 and e["record_unit_of_privacy"] == "training_example" for e in entries
+    )
     epsilons = [float(e["record_epsilon"]) for e in entries]
     assert 0 < epsilons[0] < epsilons[-1] and epsilons == sorted(epsilons)  # it grows: the state persists
     for round_number, epsilon in enumerate(epsilons, start=1):  # some device took part in k <= r rounds
