@@ -5,12 +5,15 @@ directions u_i (random unit vectors in the space devices send updates in) are dr
 client independently with probability 1/2, so the m directions double as the randomised inclusion of
 Steinke, Nasr & Jagielski (2023). An inserted canary is sampled by Poisson sampling like every user and,
 when sampled, sends a large update along u_i (`CANARY_MAGNITUDE` x C) that goes through the same clipping
-to C as everyone's (the clients' own code, shared.privacy.mechanism.UserClipping.clipped_sum); the server
-aggregates with its real UserLevelDPAggregator (the canaries are counted in the population) and its real
-server optimiser. Afterwards:
+to C as everyone's (the clients' own code, shared.privacy.mechanism.UserClipping.clipped_sum). Training is
+the product's round loop, server.rounds.coordinator.Coordinator, with the audit's devices as its update
+transport (`CanaryNodes`): the canaries are members of its population, its own Poisson sampling picks
+them, its own UserLevelDPAggregator noises the sum and divides by qN, its own server optimiser steps, and
+its ledger and checkpoints are written (to a temporary run folder). Afterwards:
 - final-model statistic: cos(phi_T - phi_0, u_i), what an adversary who sees only the release can compute;
-- all-rounds statistic: max over rounds of cos(round t's noised mean update, u_i), for an adversary who
-  sees every round's model.
+- all-rounds statistic: max over rounds of cos(phi_t - phi_{t-1}, u_i), round t's released change of the
+  model (its noised mean update times the server learning rate under FedAvg), for an adversary who sees
+  every round's model (`ReleasedModels`, the Coordinator's evaluate callable, due after every round).
 Each statistic gives Andrew et al.'s epsilon estimate, a heuristic threshold bound (Clopper-Pearson on
 per-canary trials that one run does not make independent: reported, never decisive) and the rigorous
 one-run lower bound of Steinke et al. (server/audit/empirical.py). The audit fails when the one-run bound
@@ -22,32 +25,42 @@ claimed epsilon the audit cannot fail, so it refuses (UnderpoweredAudit, with th
 have the power when there is one within MAX_CANARY_FLOATS), or, with `require_power=False`, runs and
 reports "CANNOT TEST", never OK. `canaries="auto"` picks the smallest count with the power.
 
-The training loop is the in-process replica of simulation/benchmarks/tune_federated.py (the product's
-LocalTrainer, Poisson sampler, aggregator and optimiser, without Flower). `--model linear` audits a small
-linear- regression federation instead (the calibration table of docs/results.md).
+`--break noise-off` / `--break noise-tenth` reach the Coordinator only through the privacy configuration it
+reads (mode "none", or z / 10), while the audit's claim stays the intended z: what the audit then catches
+is the Coordinator applying less noise than claimed. The local training is the product's LocalTrainer
+(simulation/benchmarks/tune_federated.py's replica, without Flower); `--model linear` audits a small linear-
+regression federation instead (the calibration table of docs/results.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
 from client.training.round_update import UpdateSum
 from server.audit import empirical
-from server.strategy import UserLevelDPAggregator, make_server_optimizer, poisson_sample
-from shared.config import FedhomeConfig
+from server.ledger import PrivacyLedger
+from server.rounds.coordinator import Coordinator
+from server.rounds.messaging import Population, TrainReplies
+from server.rounds.update_transport import CollectedUpdates, RoundRequest
+from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
+from shared.model.params import ParamLayout, scale_vector
 from shared.privacy.accounting import RoundEvent, default_delta, pld_epsilon
 from shared.privacy.mechanism import UserClipping
-from shared.privacy.noise import GaussianNoise
+from shared.run_folder import RunFolder
+from shared.signing import generate_private_key
 
 CANARY_MAGNITUDE = 100.0  # a canary's raw update norm in units of C: only clipping keeps it at C
 MAX_CANARY_FLOATS = 400_000_000  # m x dim float32 directions kept in memory (1.6 GB)
@@ -89,15 +102,12 @@ class Canaries:
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         return cls(directions, rng.random(m) < 0.5)
 
-    def round_sum(
-        self, rng: np.random.Generator, *, sample_rate: float, clipping: UserClipping
-    ) -> tuple[np.ndarray, int]:
-        """(sum of this round's sampled canaries' clipped updates (dim,) float64, how many were sampled),
-        clipped and summed by the clients' own code (UserClipping.clipped_sum, as LocalTrainer)."""
-        sampled = np.flatnonzero(self.inserted & (rng.random(self.inserted.size) < sample_rate))
-        raw = self.directions[sampled] * np.float32(CANARY_MAGNITUDE * clipping.clip_norm)  # (s, dim)
-        total, _ = clipping.clipped_sum([torch.from_numpy(raw)])
-        return total.numpy(), int(sampled.size)
+    def clipped_sum(self, rows: np.ndarray, *, clip_norm: float) -> np.ndarray:
+        """The sum (dim,) float64 of canaries `rows`' clipped updates (raw norm CANARY_MAGNITUDE x C), clipped
+        and summed by the clients' own code (UserClipping.clipped_sum, as LocalTrainer)."""
+        raw = self.directions[rows] * np.float32(CANARY_MAGNITUDE * clip_norm)  # (s, dim)
+        total, _ = UserClipping(clip_norm).clipped_sum([torch.from_numpy(raw)])
+        return np.asarray(total.numpy(), dtype=np.float64)
 
     def cosines(self, vector: np.ndarray) -> np.ndarray:
         norm = float(np.linalg.norm(vector))
@@ -227,13 +237,160 @@ class CanaryAuditResult:
 
 @dataclass(frozen=True)
 class AuditSetup:
-    """A federation to audit: its trainer, start parameters in update space, and the real-user count."""
+    """A federation to audit: its trainer, start parameters in update space, and the real-user count.
+
+    `layout` names the trained parameters (None: one group "w"); with the configuration's
+    `federated.update_scales` it gives theta = scale * phi, what the Coordinator holds and the trainer
+    takes."""
 
     trainer: RoundTrainer
     start: np.ndarray  # (dim,) float32 phi_0
     n_users: int
     name: str
-    to_params: Callable[[np.ndarray], np.ndarray] = lambda phi: phi  # phi -> what the trainer takes
+    layout: ParamLayout | None = None
+
+    def param_layout(self) -> ParamLayout:
+        return self.layout or ParamLayout(("w",), ((self.start.size,),))
+
+
+USERS_NODE, CANARY_NODE = 0, 1  # the audit's two devices: the real users, and the inserted canaries
+
+
+class CanaryNodes:
+    """The Coordinator's update transport in an audit: node USERS_NODE hosts the real users (the setup's
+    trainer, at the round's parameters and round seed), node CANARY_NODE the inserted canaries (its slot j
+    is the j-th inserted canary). Each reply is the clipped sum of the request's sampled users, as a device
+    sends it; the Coordinator does the rest."""
+
+    def __init__(self, trainer: RoundTrainer, canaries: Canaries) -> None:
+        self.trainer, self.canaries = trainer, canaries
+        self.inserted_rows = np.flatnonzero(canaries.inserted)
+        self.participations = 0  # canary updates sent over the run
+
+    def collect(self, grid: Any, request: RoundRequest) -> CollectedUpdates:
+        del grid
+        empty = np.zeros(0, dtype=np.int64)
+        users = request.assignment.get(USERS_NODE, empty)
+        slots = request.assignment.get(CANARY_NODE, empty)
+        total = np.zeros(self.canaries.directions.shape[1], dtype=np.float64)
+        count = unclipped = 0
+        if users.size:
+            update = self.trainer.clipped_sum(
+                request.params, users, round_seed=request.settings.round_seed, clip_norm=request.clip_norm
+            )
+            total += update.total.astype(np.float64)
+            count, unclipped = update.count, update.unclipped_count
+        if slots.size:
+            total += self.canaries.clipped_sum(self.inserted_rows[slots], clip_norm=request.clip_norm)
+            count += int(slots.size)  # a canary's update is always clipped: not in the unclipped count
+            self.participations += int(slots.size)
+        return CollectedUpdates(TrainReplies(total, count, unclipped, 0, 0))
+
+
+class ReleasedModels:
+    """The Coordinator's evaluate callable (due after every round, and at the start): reads each released
+    model theta, in update space phi = theta / scale, for the all-rounds statistic."""
+
+    def __init__(self, canaries: Canaries, scale: np.ndarray) -> None:
+        self.canaries, self.scale = canaries, scale
+        self.previous: np.ndarray | None = None
+        self.best_round_cosine = np.full(canaries.inserted.size, -np.inf)
+
+    def __call__(self, params: np.ndarray) -> dict[str, float]:
+        phi = params.astype(np.float64) / self.scale
+        if self.previous is not None:
+            cosines = self.canaries.cosines(phi - self.previous)
+            self.best_round_cosine = np.maximum(self.best_round_cosine, cosines)
+        self.previous = phi
+        return {}
+
+
+class DiscardedMetrics:
+    """The Coordinator's metrics sink in an audit: the rows are not needed."""
+
+    def append(self, row: dict[str, Any]) -> None:
+        del row
+
+
+def coordinator_config(
+    config: FedhomeConfig, folder: Path, *, noise_multiplier: float, delta: float, seed: int
+) -> FedhomeConfig:
+    """The configuration the audit's Coordinator runs: the audited one with the audit's z (0: mode "none",
+    no noise), delta and noise seed, an evaluation (a look at the released model) after every round, and a
+    budget that never stops the run (the audit compares with its own analytic epsilon)."""
+    return with_overrides(
+        config,
+        {
+            "federated.run_dir": str(folder),
+            "federated.eval_every": "1",
+            "privacy.mode": "central" if noise_multiplier > 0 else "none",
+            "privacy.noise_multiplier": str(noise_multiplier if noise_multiplier > 0 else 1.0),
+            "privacy.delta": repr(delta),
+            "privacy.target_epsilon": "1e12",
+            "privacy.participation_cap": "0",
+            "privacy.adaptive_clipping": "false",
+            "privacy.secure_aggregation": "false",
+            "privacy.record_level": "false",
+            "privacy.seed": str(seed),
+        },
+    )
+
+
+@contextlib.contextmanager
+def quiet_round_logs() -> Iterator[None]:
+    """The Coordinator's and the ledger's per-round INFO lines are not the audit's output."""
+    loggers = [logging.getLogger(name) for name in ("server.rounds.coordinator", "server.ledger")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def train_with_canaries(
+    setup: AuditSetup,
+    config: FedhomeConfig,
+    canaries: Canaries,
+    *,
+    noise_multiplier: float,
+    delta: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """`config.federated.rounds` rounds of the real Coordinator with the inserted canaries in its population;
+    (final phi_T, each canary's largest per-round cosine, canary participations)."""
+    layout = setup.param_layout()
+    scale = scale_vector(layout, config.federated.update_scales).astype(np.float64)
+    nodes = CanaryNodes(setup.trainer, canaries)
+    released = ReleasedModels(canaries, scale)
+    population = Population(
+        (USERS_NODE, CANARY_NODE), np.array([setup.n_users, nodes.inserted_rows.size], dtype=np.int64)
+    )
+    with tempfile.TemporaryDirectory(prefix="canary-audit-") as tmp:
+        folder = RunFolder(Path(tmp) / "run")
+        folder.create()
+        run_config = coordinator_config(
+            config, folder.root, noise_multiplier=noise_multiplier, delta=delta, seed=seed
+        )
+        coordinator = Coordinator(
+            run_config,
+            folder,
+            population,
+            (setup.start.astype(np.float64) * scale).astype(np.float32),
+            layout,
+            PrivacyLedger(folder.ledger, signing_key=generate_private_key()),
+            evaluate=released,
+            transport=nodes,
+            metrics=DiscardedMetrics(),
+        )
+        with quiet_round_logs():
+            reason = coordinator.run(None, progress=False)
+        if coordinator.completed_rounds != config.federated.rounds:
+            raise ConfigError(f"the audited run stopped early: {reason}")
+        final = coordinator.state.params.astype(np.float64) / scale
+    return final, released.best_round_cosine, nodes.participations
 
 
 def max_canaries(dim: int) -> int:
@@ -299,8 +456,7 @@ def run_canary_audit(
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ConfigError("a canary audit checks a noised mechanism: noise_multiplier must be > 0")
     started = time.perf_counter()
-    fed, clip_norm = config.federated, config.privacy.clip_norm
-    clipping = UserClipping(clip_norm)
+    fed = config.federated
     events = [RoundEvent(fed.sample_rate, noise_multiplier)] * fed.rounds
     dim, limit = setup.start.size, max_canaries(setup.start.size)
     if canaries == "auto":
@@ -345,35 +501,14 @@ def run_canary_audit(
             needed=needed,
         )
     applied = {"none": noise_multiplier, "noise-off": 0.0, "noise-tenth": noise_multiplier / 10}[breakage]
-    aggregator = UserLevelDPAggregator(
-        population=population,
-        sample_rate=fed.sample_rate,
-        noise_multiplier=applied,
-        clip_norm=clip_norm,
-        mode="central" if applied > 0 else "none",
-        noise=GaussianNoise(seed=seed + 2),
+    phi, best_round_cosine, participations = train_with_canaries(
+        setup, config, canary_set, noise_multiplier=applied, delta=delta, seed=seed + 2
     )
-    optimizer = make_server_optimizer(fed)
-    rng = np.random.default_rng(seed + 3)
-    phi = setup.start.astype(np.float32)
-    best_round_cosine = np.full(count, -np.inf)
-    participations = 0
-    for round_number in range(1, fed.rounds + 1):
-        cohort = poisson_sample(setup.n_users, sample_rate=fed.sample_rate, rng=rng)
-        update = setup.trainer.clipped_sum(
-            setup.to_params(phi), cohort, round_seed=round_number, clip_norm=clip_norm
-        )
-        canary_sum, sampled = canary_set.round_sum(rng, sample_rate=fed.sample_rate, clipping=clipping)
-        participations += sampled
-        result = aggregator.aggregate(
-            update.total.astype(np.float64) + canary_sum,
-            count=update.count + sampled,
-            unclipped_count=update.unclipped_count,
-        )
-        best_round_cosine = np.maximum(best_round_cosine, canary_set.cosines(result.mean_update))
-        phi = optimizer.step(phi, result.mean_update)
     final = StatisticResult.of(
-        canary_set.cosines(phi - setup.start), canary_set.inserted, delta=delta, confidence=confidence
+        canary_set.cosines(phi - setup.start.astype(np.float64)),
+        canary_set.inserted,
+        delta=delta,
+        confidence=confidence,
     )
     every = StatisticResult.of(best_round_cosine, canary_set.inserted, delta=delta, confidence=confidence)
     problems = [

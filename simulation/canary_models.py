@@ -59,12 +59,11 @@ def linear_setup(*, n_users: int, dim: int, seed: int) -> AuditSetup:
 def recommender_setup(config: FedhomeConfig) -> AuditSetup:
     """The two-tower model on `config.data`, trained in the update-scale parametrisation phi = theta / s."""
     replica = build_replica(config)
-    scale = replica.scale.astype(np.float32)
-    start = get_flat(replica.model, replica.layout) / scale
+    start = get_flat(replica.model, replica.layout) / replica.scale.astype(np.float32)
     return AuditSetup(
         replica.trainer,
         start.astype(np.float32),
         replica.split.full.n_users,
         f"two-tower on {config.data.dataset}",
-        to_params=lambda phi: phi * scale,
+        layout=replica.layout,  # the Coordinator's theta = scale * phi, as the replica's
     )
