@@ -101,6 +101,7 @@ def test_a_local_dp_device_noises_with_its_own_z_or_a_larger_one_asked() -> None
     assert asked_z(target) == [0.8, 1.3]
 
 
+@pytest.mark.integration
 def test_the_local_z_a_node_pins_is_the_z_the_server_plan_calibrates() -> None:
     """With privacy.noise_multiplier 0 the node calibrates z as the server's plan does (same inputs)."""
     from server.rounds.privacy_plan import PrivacyPlan

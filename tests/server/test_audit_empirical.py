@@ -94,6 +94,7 @@ def test_attainable_bound_is_the_one_run_bound_of_perfectly_separated_canaries(m
     assert attainable < 5.0  # 1,200 canaries cannot certify epsilon 8, whatever the mechanism
 
 
+@pytest.mark.integration
 def test_canaries_for_power_is_the_smallest_count_whose_attainable_bound_beats_the_claim() -> None:
     def delta_for(m: int) -> float:
         return 1e-6

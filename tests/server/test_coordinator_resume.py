@@ -159,6 +159,7 @@ class KillAfter:
         pass
 
 
+@pytest.mark.integration
 def test_a_run_resumed_with_more_rounds_keeps_and_reports_the_z_its_rounds_used(tmp_path: Path) -> None:
     key = generate_private_key()
     folder = RunFolder(tmp_path / "run")

@@ -66,6 +66,7 @@ def test_canary_audit_refuses_no_noise(tmp_path: Path, capsys: pytest.CaptureFix
     assert "noise_multiplier must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_an_audit_without_the_power_to_fail_refuses_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -78,6 +79,7 @@ def test_an_audit_without_the_power_to_fail_refuses_before_training(
     assert not (tmp_path / "canary_audit.json").exists()
 
 
+@pytest.mark.integration
 def test_an_underpowered_audit_that_runs_anyway_is_never_ok(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
