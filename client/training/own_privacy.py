@@ -17,43 +17,21 @@ configuration it was started with (`privacy`), and never from a round's settings
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 from shared.config import FedhomeConfig
 from shared.errors import UpdateRejectedError
 from shared.messages import RoundSettings
-from shared.privacy.accounting import RoundEvent, calibrate_noise_multiplier, default_delta
 from shared.privacy.noise import GaussianNoise
+from shared.privacy.planned_noise import planned_noise_multiplier
 
 RTOL = 1e-9  # a z computed from the same configuration on both sides agrees to rounding
 
 
-@functools.lru_cache(maxsize=16)
-def _calibrated(
-    target_epsilon: float, delta: float, sample_rate: float, rounds: int, trending: tuple[RoundEvent, ...]
-) -> float:
-    return calibrate_noise_multiplier(
-        target_epsilon=target_epsilon,
-        delta=delta,
-        sample_rate=sample_rate,
-        rounds=rounds,
-        fixed_events=list(trending),
-    )
-
-
 def pinned_noise_multiplier(config: FedhomeConfig, population: int) -> float:
     """The training rounds' z this configuration gives (0 in mode "none"), as the server's plan does."""
-    privacy, federated, trending = config.privacy, config.federated, config.trending
-    if privacy.mode == "none":
-        return 0.0
-    if privacy.noise_multiplier > 0:
-        return float(privacy.noise_multiplier)
-    delta = privacy.delta or default_delta(population)
-    event = RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=trending.noise_multiplier)
-    releases = (event,) * trending.releases(federated.rounds)
-    return _calibrated(privacy.target_epsilon, delta, federated.sample_rate, federated.rounds, releases)
+    return planned_noise_multiplier(config, population)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import numpy as np
 
 from server.ledger_entries import is_trending
 from shared.config import FedhomeConfig
-from shared.privacy.accounting import RoundEvent, calibrate_noise_multiplier, default_delta
 from shared.privacy.noise import GaussianNoise
+from shared.privacy.planned_noise import planned_delta, planned_noise_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +106,9 @@ class PrivacyPlan:
     @classmethod
     def build(cls, config: FedhomeConfig, population: int) -> PrivacyPlan:
         privacy, federated = config.privacy, config.federated
-        delta = privacy.delta or default_delta(population)
-        z = privacy.noise_multiplier
-        if privacy.mode == "none":
-            z = 0.0
-        elif z == 0.0:
-            trending = config.trending  # its releases are fixed events: the target covers them too
-            z = calibrate_noise_multiplier(
-                target_epsilon=privacy.target_epsilon,
-                delta=delta,
-                sample_rate=federated.sample_rate,
-                rounds=federated.rounds,
-                fixed_events=[
-                    RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=trending.noise_multiplier)
-                ]
-                * trending.releases(federated.rounds),
-            )
+        delta = planned_delta(config, population)
+        z = planned_noise_multiplier(config, population)
+        if privacy.mode != "none" and privacy.noise_multiplier == 0.0:
             log.info(
                 "noise multiplier %.4f calibrated for epsilon %.2f over %d rounds",
                 z,
