@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from shared.errors import ConfigError, UpdateRejectedError
 from shared.secagg_primitives import (
@@ -75,9 +76,11 @@ def test_masks_are_deterministic_per_seed_and_look_uniform() -> None:
     words = mask(seed, 50_000)
     assert words.dtype == np.uint64 and np.array_equal(words, mask(seed, 50_000))
     assert not np.array_equal(words, mask(new_secret(), 50_000))
-    top = (words >> np.uint64(56)).astype(np.int64)  # the top byte: uniform over 0..255
+    # the top byte is uniform over 0..255: a chi-square test on a fixed seed (a fresh seed failed ~0.7% of
+    # runs with the old +-30% per-bin bounds), refusing only below a 1e-6 tail probability
+    top = (mask(b"u" * 32, 50_000) >> np.uint64(56)).astype(np.int64)
     counts = np.bincount(top, minlength=256)
-    assert counts.min() > 50_000 / 256 * 0.7 and counts.max() < 50_000 / 256 * 1.3
+    assert scipy.stats.chisquare(counts).pvalue > 1e-6
 
 
 def test_fixed_point_sums_wrap_and_decode_exactly() -> None:
