@@ -165,18 +165,16 @@ class TrainReply:
             count,
             unclipped,
             refused,
-            read_record_epsilon(content, required=False),
+            read_record_epsilon(content) if "record-epsilon" in content.metric_records[STATS] else None,
         )
 
 
-def read_record_epsilon(content: RecordDict, *, required: bool = True) -> float | None:
-    """A reply's record-level epsilon (a device's, so far); UpdateRejectedError when it is required and
-    missing, or not a number >= 0."""
+def read_record_epsilon(content: RecordDict) -> float:
+    """A reply's record-level epsilon (a device's, so far); UpdateRejectedError when it is missing, or not a
+    number >= 0."""
     try:
         value = content.metric_records[STATS]["record-epsilon"]
     except KeyError as exc:
-        if not required:
-            return None
         raise UpdateRejectedError(f"a record-level reply without its record-level epsilon: {exc!r}") from exc
     epsilon = as_float(value, name="record-epsilon")
     if not epsilon >= 0:

@@ -29,11 +29,6 @@ from shared.privacy.planned_noise import planned_noise_multiplier
 RTOL = 1e-9  # a z computed from the same configuration on both sides agrees to rounding
 
 
-def pinned_noise_multiplier(config: FedhomeConfig, population: int) -> float:
-    """The training rounds' z this configuration gives (0 in mode "none"), as the server's plan does."""
-    return planned_noise_multiplier(config, population)
-
-
 @dataclass(frozen=True)
 class OwnPrivacy:
     """The node's own privacy terms (see the module docstring); `population` is the N the node knows."""
@@ -59,7 +54,7 @@ class OwnPrivacy:
     @property
     def noise_multiplier(self) -> float:
         """The z of the training rounds (computed once per configuration)."""
-        return pinned_noise_multiplier(self.config, self.population)
+        return planned_noise_multiplier(self.config, self.population)
 
     def local_noise_multiplier(self, settings: RoundSettings) -> float:
         """The z each device noises its clipped update with: in local-DP mode the node's own z, or a

@@ -181,9 +181,7 @@ def read_record_epsilon(reply: Message) -> float:
     """The device's record-level epsilon so far; UpdateRejectedError when the reply does not carry one."""
     if reply.has_error():
         raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
-    epsilon = read_reply_record_epsilon(reply.content)
-    assert epsilon is not None  # required=True raises instead of returning None
-    return epsilon
+    return read_reply_record_epsilon(reply.content)
 
 
 def read_train_reply(reply: Message, n_sampled: int) -> TrainReply:

@@ -15,7 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import handle_train
 from client.node import Node
-from client.training.own_privacy import OwnPrivacy, pinned_noise_multiplier
+from client.training.own_privacy import OwnPrivacy
 from client.training.round_update import UpdateSum
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import UpdateRejectedError
@@ -107,7 +107,7 @@ def test_the_local_z_a_node_pins_is_the_z_the_server_plan_calibrates() -> None:
     from server.rounds.privacy_plan import PrivacyPlan
 
     cfg = config(privacy__mode="local", privacy__noise_multiplier="0", federated__rounds="20")
-    assert pinned_noise_multiplier(cfg, 50) == PrivacyPlan.build(cfg, 50).noise_multiplier > 0
+    assert OwnPrivacy(cfg, 50).noise_multiplier == PrivacyPlan.build(cfg, 50).noise_multiplier > 0
     assert OwnPrivacy(config(privacy__mode="none"), 50).secure_noise_multiplier(trending=False) == 0.0
 
 
