@@ -241,12 +241,25 @@ def test_csv_skip_mode_counts_by_reason_keeps_order_and_logs_once(
     assert "skipped (bad timestamp: 1, missing item: 2)" in report.summary()
 
 
+def test_csv_title_only_catalogue_loads_with_empty_optional_columns(tmp_path: Path) -> None:
+    """Many real catalogues (amazon_health, amazon_clothing) hold only an id and a title."""
+    dataset, report = load_csv(write(tmp_path, items="item_id,title\n007,Lip balm\n8,Shampoo\n9,Soap\n"))
+    cat = dataset.catalogue
+    assert cat.item_ids == ["007", "8", "9"] and cat.titles == ["Lip balm", "Shampoo", "Soap"]
+    assert cat.categories == ["", "", ""] and cat.brands == ["", "", ""] and cat.descriptions == ["", "", ""]
+    assert np.isnan(cat.price).all() and (cat.created_at == UNKNOWN_TIME).all() and not cat.on_promotion.any()
+    assert len(rows(dataset)) == 5 and report.skipped == {}
+    save_csv(dataset, tmp_path / "again")  # and it writes back to a layout that reads the same
+    again, _ = load_csv(tmp_path / "again")
+    assert again.catalogue.titles == cat.titles and rows(again) == rows(dataset)
+
+
 @pytest.mark.parametrize("skip", [False, True])
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
         ("interactions.csv", "user_id,item_id,when\nu,007,1\n", "missing column(s) timestamp"),
-        ("items.csv", "item_id,title\n1,Soap\n", "missing column(s) category, brand"),
+        ("items.csv", "item_id,category\n1,Bath\n", "missing column(s) title"),
         ("items.csv", "item_id,title,category,brand,Title\n", "duplicate column names"),
         ("interactions.csv", "", "empty file"),
         ("items.csv", "item_id,title,category,brand\n", "empty file"),

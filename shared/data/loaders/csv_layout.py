@@ -1,7 +1,8 @@
 """The project's CSV layout: a folder with `items.csv` and `interactions.csv` (read and written here).
 
-items.csv: item_id,title,category,brand (required), then optional asin, description, price, created_at
-(unix seconds or ISO 8601, empty = unknown), on_promotion (1/0, true/false; empty = no).
+items.csv: item_id,title (required), then optional category (a path "A > B > C"), brand, asin, description,
+price, created_at (unix seconds or ISO 8601, empty = unknown), on_promotion (1/0, true/false; empty = no).
+Many real catalogues hold only an id and a title; an absent column reads as empty for every item.
 interactions.csv: user_id,item_id,timestamp (unix seconds) (required), then optional event (view, cart,
 purchase, favourite, rating; empty or absent = purchase, since in review data a review stands for a
 purchase) and value (a rating or amount; empty = none).
@@ -35,8 +36,9 @@ from shared.errors import DataError
 
 ITEMS_FILE: Final = "items.csv"
 INTERACTIONS_FILE: Final = "interactions.csv"
-ITEM_COLUMNS: Final = ("item_id", "title", "category", "brand")
-ITEM_OPTIONAL: Final = ("asin", "description", "price", "created_at", "on_promotion")
+ITEM_COLUMNS: Final = ("item_id", "title")
+ITEM_OPTIONAL: Final = ("category", "brand", "asin", "description", "price", "created_at", "on_promotion")
+_ITEM_WRITTEN: Final = (*ITEM_COLUMNS, *(c for c in ITEM_OPTIONAL if c != "asin"))
 INTERACTION_COLUMNS: Final = ("user_id", "item_id", "timestamp")
 INTERACTION_OPTIONAL: Final = ("event", "value")
 _PURCHASE: Final = EVENT_CODE["purchase"]
@@ -75,7 +77,7 @@ def save_csv(dataset: Dataset, folder: Path) -> None:
     cat = dataset.catalogue
     with (folder / ITEMS_FILE).open("w", encoding="utf-8", newline="") as f:
         out = csv.writer(f)
-        out.writerow((*ITEM_COLUMNS, *ITEM_OPTIONAL[1:]))
+        out.writerow(_ITEM_WRITTEN)
         for i, item_id in enumerate(cat.item_ids):
             created = int(cat.created_at[i])
             out.writerow(
@@ -175,8 +177,10 @@ def _data_rows(reader: Iterator[list[str]], lines: Lines, tally: r.FileTally, wi
 
 def _read_items(tally: r.FileTally, notes: list[str]) -> Catalogue:
     header, rows = _rows(tally, ITEM_COLUMNS, ITEM_OPTIONAL, notes)
-    col_id, col_title, col_cat, col_brand = (header[c] for c in ITEM_COLUMNS)
-    col_desc, col_price, col_created, col_promo = (header.get(c) for c in ITEM_OPTIONAL[1:])
+    col_id, col_title = (header[c] for c in ITEM_COLUMNS)
+    col_cat, col_brand, col_desc, col_price, col_created, col_promo = (
+        header.get(c) for c in ITEM_OPTIONAL if c != "asin"
+    )
     items = CatalogueBuilder()
     for line, f in rows:
         item_id = f[col_id].strip()
@@ -198,8 +202,8 @@ def _read_items(tally: r.FileTally, notes: list[str]) -> Catalogue:
         elif not items.add(
             item_id,
             title=f[col_title],
-            category=f[col_cat],
-            brand=f[col_brand],
+            category=f[col_cat] if col_cat is not None else "",
+            brand=f[col_brand] if col_brand is not None else "",
             description=f[col_desc] if col_desc is not None else "",
             price=price,
             created_at=created,
