@@ -21,6 +21,11 @@ its cap of training rounds in this run refuses and is left out of the sum; the r
 - queries "secagg_keys", "secagg_shares", "secagg_unmask" and a train message carrying "secagg": secure
   aggregation (client/masked_update.py): the train reply is then masked, and the server learns only
   the sum over the round's nodes.
+- query "start_check": the trained and the start (initial) parameters and the sampled slots -> the SUM over
+  the sampled users of g_u = NDCG@10(trained) - NDCG@10(start) on their held-out validation row, each
+  clamped to [-1, 1] (0 without such a row), and the count of sampled users
+  (client/federated_evaluation.py: start_gain_sum). Refused unless the node's own configuration runs the
+  check with the z_s the message names (client/training/own_privacy.py). Nothing per user leaves.
 - query "trending": the sampled slots and the window -> the SUM of the sampled users' trending contribution
   vectors (client/trending_contribution.py: at most k recent distinct items each, L2 norm <= 1) and their
   count, from the users' training rows (in simulation the held-out rows are never released). Nothing per user
@@ -42,7 +47,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.federated_evaluation import ranking_sums
+from client.federated_evaluation import ranking_sums, start_gain_sum
 from client.masked_update import handle_keys, handle_shares, handle_unmask, is_secure, masked_content
 from client.node import Node, load_node
 from client.training.dp_sgd import RecordLevelTrainer
@@ -57,6 +62,8 @@ from shared.messages import (
     EvaluateRequest,
     PopulationReply,
     RoundSettings,
+    StartCheckReply,
+    StartCheckRequest,
     TrainInstruction,
     TrainReply,
     read_slots,
@@ -202,6 +209,18 @@ def handle_evaluate(node: Node, message: Message) -> Message:
     return Message(EvaluateReply(ndcg, hit, n).to_records(), reply_to=message)
 
 
+def handle_start_check(node: Node, message: Message) -> Message:
+    """The start check: the sum of the sampled users' clamped NDCG@10 gains of the trained model over its
+    start, and how many users were sampled."""
+    request = StartCheckRequest.from_records(message.content)
+    node.privacy.check_start_check(request.noise_multiplier)
+    shared = node.shared
+    trained, start = _params(request.trained, node), _params(request.start, node)
+    users = node.users[_slots(request.slots, node)]
+    total = start_gain_sum(shared.model, shared.layout, shared.split, users, trained=trained, start=start)
+    return Message(StartCheckReply(total, int(users.size)).to_records(), reply_to=message)
+
+
 def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
     """A trending round: the sum of the sampled users' contribution vectors (n_items,) and their count."""
     settings = message.content.config_records["trending"]
@@ -245,6 +264,10 @@ def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
     @app.query("trending")
     def trending(message: Message, context: Context) -> Message:
         return handle_trending(node_for(context), message, context.state)
+
+    @app.query("start_check")
+    def start_check(message: Message, context: Context) -> Message:
+        return handle_start_check(node_for(context), message)
 
     @app.query("secagg_keys")
     def secagg_keys(message: Message, context: Context) -> Message:

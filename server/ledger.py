@@ -24,9 +24,11 @@ largest over this round's devices), record_delta, record_accountant ("rdp"), rec
 ("record"): a guarantee for single interactions, separate from and no substitute for the user-level one.
 Never updates, interactions, user ids or keys.
 
-Trending releases (server/trending/trending_round.py) append entries of kind "trending_counts" to the same
-chain: no "round" (they do not advance it) but "after_round", the training round they follow, which must be
-the ledger's last round. Entries without "kind" are training rounds (every ledger written before trending).
+Trending releases (server/trending/trending_round.py) append entries of kind "trending_counts", and the start
+check (server/rounds/start_check.py) one of kind "start_check", to the same chain: no "round" (they do not
+advance it) but "after_round", the training round they follow, which must be the ledger's last round. Entries
+without "kind" are training rounds (every ledger written before trending); server/ledger_entries.py types
+them all.
 
 Two steps when a checkpoint must hold the entry before the ledger does: `sign(fields)` makes the next
 entry without writing it, `append_signed(entry)` checks that it still continues the ledger and writes it;
@@ -45,7 +47,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from server.ledger_entries import TRENDING_KIND
+from server.ledger_entries import is_training_round
 from shared import signing
 from shared.errors import DataError, SignatureError
 from shared.signing import Ed25519PrivateKey, canonical_json
@@ -87,7 +89,7 @@ class PrivacyLedger:
         self._key_id = signing.key_id(signing_key.public_key()) if signing_key is not None else None
         existing = read_entries(self.path)  # fails closed on a damaged file
         self._head = existing[-1].get("entry_hash", GENESIS_HASH) if existing else GENESIS_HASH
-        rounds = [e for e in existing if e.get("kind") != TRENDING_KIND]
+        rounds = [e for e in existing if is_training_round(e)]
         self._last_round = _round_of(rounds[-1], default=len(rounds), path=self.path) if rounds else 0
 
     def append(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +121,7 @@ class PrivacyLedger:
             raise DataError("entry_hash does not match the entry", path=str(self.path))
         self._write_line(canonical_json(entry) + b"\n")
         self._head = entry["entry_hash"]
-        if entry.get("kind") != TRENDING_KIND:
+        if is_training_round(entry):
             self._last_round = _round_of(entry, default=self._last_round + 1, path=self.path)
         logger.info("ledger: entry after round %d written (head %s)", self._last_round, self._head[:16])
         return entry
@@ -140,11 +142,11 @@ class PrivacyLedger:
         clash = [name for name in RESERVED_FIELDS if name in fields]
         if clash:
             raise DataError(f"fields {clash} are set by the ledger itself", path=str(self.path))
-        if fields.get("kind") == TRENDING_KIND:
+        if not is_training_round(fields):
             if "round" in fields or fields.get("after_round") != self._last_round:
+                kind, last = fields.get("kind"), self._last_round
                 raise DataError(
-                    f"a trending entry must follow round {self._last_round} (after_round, no round)",
-                    path=str(self.path),
+                    f"a {kind} entry must follow round {last} (after_round, no round)", path=str(self.path)
                 )
         elif "round" in fields and fields["round"] != self._last_round + 1:
             raise DataError(

@@ -1,6 +1,11 @@
-"""The privacy ledger's entries, typed: a training round's (RoundEntry) and a trending release's
-(TrendingEntry). The coordinator and the trending hook write them, the verifier and the report read them back
-through `read_entry`, and the tests build them; server/ledger.py chains and signs whatever fields it is given.
+"""The privacy ledger's entries, typed: a training round's (RoundEntry), a trending release's (TrendingEntry)
+and the start check's (StartCheckEntry). The coordinator and its hooks write them, the verifier and the report
+read them back through `read_entry`, and the tests build them; server/ledger.py chains and signs whatever
+fields it is given.
+
+An entry without "kind" is a training round: it has a "round" and advances the round count. Every other
+kind (`NON_TRAINING_KINDS`) has no "round" but "after_round", the training round it follows
+(`is_training_round` tells them apart).
 
 On disk an entry is one flat JSON object: the fields below (None-valued optional ones left out), "schema",
 and the chain's own fields (prev_hash, key_id, signature, entry_hash; server/ledger.py).
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -24,6 +29,8 @@ from shared.errors import DataError
 
 SCHEMA = 2
 TRENDING_KIND: Final = "trending_counts"
+START_CHECK_KIND: Final = "start_check"
+NON_TRAINING_KINDS = (TRENDING_KIND, START_CHECK_KIND)
 Mode = Literal["central", "local", "none"]
 Epsilon = float | str  # a finite number, or "inf" when nothing was noised
 EpsilonSpent = dict[str, Epsilon]  # {"pld": ..., "rdp": ...}
@@ -129,9 +136,51 @@ class TrendingEntry:
         return _to_fields(self)
 
 
-Entry = RoundEntry | TrendingEntry
+@dataclass(frozen=True, kw_only=True)
+class StartCheckEntry:
+    """The start check after the last training round (server/rounds/start_check.py): the noised sum of the
+    sampled users' NDCG@10 gains of the trained model over its start, the decision it gave, and the models."""
+
+    kind: Literal["start_check"] = START_CHECK_KIND
+    mechanism: str
+    run_id: str
+    after_round: int  # the training round it follows; it does not advance the round count
+    time_utc: str
+    mode: Literal["central", "none"]
+    unit_of_privacy: str
+    sampling: str
+    sample_rate: float
+    population: int
+    expected_cohort: float
+    realised_cohort: int
+    aggregated_users: int
+    rejected_updates: int
+    sensitivity: float
+    noise_multiplier: float
+    noise_std: float
+    noised_gain_sum: float
+    margin: float  # in noise stds: "trained" only when noised_gain_sum > margin * noise_std
+    decision: Literal["trained", "start"]
+    model_sha256_trained: str  # the last training round's model_sha256_after
+    model_sha256_start: str  # the run's initial parameters (round 1's model_sha256_before)
+    model_sha256_shipped: str  # the one of the two the decision picked
+    delta: float
+    user_epsilon: EpsilonSpent
+    accountant_versions: dict[str, str]
+    noise_rng: str
+
+    def to_fields(self) -> dict[str, Any]:
+        return _to_fields(self)
+
+
+Entry = RoundEntry | TrendingEntry | StartCheckEntry
+ENTRY_CLASSES: dict[str | None, type[Entry]] = {
+    None: RoundEntry,
+    TRENDING_KIND: TrendingEntry,
+    START_CHECK_KIND: StartCheckEntry,
+}
 LEGACY_REQUIRED = {  # the fields without a None default: the mechanism's
-    cls: tuple(f.name for f in fields(cls) if f.default is not None) for cls in (RoundEntry, TrendingEntry)
+    cls: tuple(f.name for f in fields(cls) if f.default is not None) for cls in ENTRY_CLASSES.values()
 }
 # Optional in every schema: fields of a mode the run may not use
 OPTIONAL = {
@@ -149,9 +198,34 @@ OPTIONAL = {
 CHAIN_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
 
 
+def is_training_round(entry: Mapping[str, Any]) -> bool:
+    """Is this the entry of a training round (no "kind"), not of a release that follows one?"""
+    return entry.get("kind") is None
+
+
+def entries_after_last_round(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The entries after the ledger's last training round: the releases that followed it (all of them when
+    there is no training round)."""
+    rounds = [i for i, entry in enumerate(entries) if is_training_round(entry)]
+    return list(entries[rounds[-1] + 1 :] if rounds else entries)
+
+
+def start_check_after(entries: Sequence[Mapping[str, Any]], after: int) -> Mapping[str, Any] | None:
+    """The start check entry after training round `after` among the entries after the ledger's last
+    training round (None when there is none: no check, or training went on after it)."""
+    after_last = entries_after_last_round(entries)
+    found = [e for e in after_last if is_start_check(e) and e.get("after_round") == after]
+    return found[-1] if found else None
+
+
 def is_trending(entry: Mapping[str, Any]) -> bool:
     """Is this the entry of a trending release (not of a training round)?"""
     return entry.get("kind") == TRENDING_KIND
+
+
+def is_start_check(entry: Mapping[str, Any]) -> bool:
+    """Is this the entry of a start check (not of a training round)?"""
+    return entry.get("kind") == START_CHECK_KIND
 
 
 def read_entry(raw: Mapping[str, Any]) -> Entry:
@@ -163,9 +237,9 @@ def read_entry(raw: Mapping[str, Any]) -> Entry:
     if schema > SCHEMA:
         raise EntrySchemaError(f"entry of ledger schema {schema}; this fedhome reads schemas 1 to {SCHEMA}")
     kind = raw.get("kind")
-    if kind not in (None, TRENDING_KIND):
+    if kind is not None and kind not in NON_TRAINING_KINDS:
         raise EntrySchemaError(f"unknown entry kind {kind!r}")
-    cls: type[Entry] = TrendingEntry if kind == TRENDING_KIND else RoundEntry
+    cls = ENTRY_CLASSES[kind]
     hints = get_type_hints(cls)
     required = (
         LEGACY_REQUIRED[cls] if schema == 1 else [f.name for f in fields(cls) if f.name not in OPTIONAL]

@@ -4,8 +4,10 @@ What `main` does: embed the public catalogue and publish its text vectors into t
 them), build the model and its trainable layout, wait for the nodes and ask how many users each hosts,
 resume from the newest checkpoint if the run folder has one, then run rounds (server/rounds/coordinator.py)
 until the configured number is done or the privacy budget would be exceeded, evaluating the global model every
-`eval_every` rounds, and write the final model and summary. The same app runs under the simulation engine
-(`fedhome-sim federated`, `flwr run`) and against a real SuperLink.
+`eval_every` rounds, make the start check (server/rounds/start_check.py: does the trained model beat its
+start on the devices' held-out rows, by a DP-accounted federated evaluation?), and write the model it ships
+(the trained one, or the start when training lost) and the summary. The same app runs under the simulation
+engine (`fedhome-sim federated`, `flwr run`) and against a real SuperLink.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator, Evaluator
 from server.rounds.messaging import discover_population, evaluate_round, poll_replies_often, wait_for_nodes
 from server.rounds.privacy_plan import noise_multiplier_summary
+from server.rounds.start_check import StartCheck
 from server.trending.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import load_configured
@@ -107,15 +110,17 @@ def run_training(
         )
     )
     trending = TrendingSchedule(folder.root, n_items=model.items.n_items)
+    initial = get_flat(model, layout)  # the start: the untrained model ranks by text similarity
+    start_check = StartCheck(initial)
     coordinator = Coordinator(
         config,
         folder,
         population,
-        get_flat(model, layout),
+        initial,
         layout,
         ledger,
         evaluate=evaluate,
-        hooks=[trending],
+        hooks=[trending, start_check],  # at the end: the final trending release, then the start check
     )
     coordinator.resume()
     log.info(
@@ -131,7 +136,8 @@ def run_training(
     if config.federated.train_on_valid:
         log.warning("devices train on their validation rows too: validation NDCG@10 is not held out")
     stop_reason = coordinator.run(grid, progress=progress)
-    set_flat(model, layout, coordinator.state.params)
+    shipped = start_check.shipped_params(coordinator.state.params)
+    set_flat(model, layout, shipped)
     summary = {
         "run_id": coordinator.state.run_id,
         "rounds": coordinator.state.round,
@@ -159,10 +165,13 @@ def run_training(
         "trending": trending.summary(
             ledger.entries()
         ),  # DP trending releases (accounted in user_epsilon above)
+        # did the trained model beat its start (accounted in user_epsilon above), and which one ships
+        "start_check": start_check.summary(),
+        "shipped": start_check.shipped,
         "ledger_key_id": key_id(key.public_key()),
-        "final_eval": coordinator.evaluate(coordinator.state.params),
+        "final_eval": coordinator.evaluate(shipped),  # of the shipped model
     }
-    save_final(folder, coordinator.state.params, model.state_dict(), summary)
+    save_final(folder, shipped, model.state_dict(), summary)
     return summary
 
 

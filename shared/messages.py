@@ -1,5 +1,6 @@
 """The messages between the ServerApp and the nodes, typed: a training round's instructions and a node's
-reply, the evaluation request and reply, and the population query's reply. Each has `to_records` (the
+reply, the evaluation request and reply, the start check's request and reply, and the population query's
+reply. Each has `to_records` (the
 Flower records it travels as) and `from_records` (the typed value back, checked); the hyphenated record
 keys are written here and nowhere else.
 
@@ -11,6 +12,7 @@ client/masked_update.py, server/trending/trending_query.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -29,6 +31,10 @@ STATS: Final = "stats"  # MetricRecord: the counts (and record-level epsilon) of
 EVALUATE: Final = "evaluate"  # ConfigRecord: EvaluateRequest
 METRICS: Final = "metrics"  # MetricRecord: EvaluateReply
 POPULATION: Final = "population"  # MetricRecord: PopulationReply
+START: Final = "start"  # ArrayRecord {"params"}: the run's initial (start) parameters, flat float32
+START_CHECK: Final = "start-check"  # ConfigRecord: StartCheckRequest's noise multiplier
+GAIN: Final = "gain"  # MetricRecord: StartCheckReply
+GAIN_SLACK = 1e-9  # absolute: a sum of `count` gains in [-1, 1] lies in [-count, count]
 SEED_RANGE = 2**62  # seeds travel as integers below this (record values are 64-bit)
 
 
@@ -231,6 +237,66 @@ class EvaluateReply:
 
 
 @dataclass(frozen=True)
+class StartCheckRequest:
+    """The start check for one node (server/rounds/start_check.py): the trained and the start parameters,
+    the node's sampled slots, and the noise multiplier z_s the server will account (the node refuses any
+    other than its own configuration's: client/training/own_privacy.py)."""
+
+    trained: np.ndarray  # (dim,) float32, the global parameters after the last training round
+    start: np.ndarray  # (dim,) float32, the run's initial parameters
+    slots: np.ndarray  # (n,) int64, local slots of the node's sampled users
+    noise_multiplier: float
+
+    def to_records(self) -> RecordDict:
+        return RecordDict(
+            {
+                GLOBAL: global_params_record(self.trained),
+                START: global_params_record(self.start),
+                SAMPLE: ArrayRecord({"slots": Array(self.slots.astype(np.int64))}),
+                START_CHECK: ConfigRecord({"noise-multiplier": self.noise_multiplier}),
+            }
+        )
+
+    @classmethod
+    def from_records(cls, content: RecordDict) -> StartCheckRequest:
+        try:
+            start = content.array_records[START]["params"].numpy()
+            z = as_float(content.config_records[START_CHECK]["noise-multiplier"], name="noise-multiplier")
+        except KeyError as exc:
+            raise UpdateRejectedError(f"a start check message without {exc}") from exc
+        return cls(read_global_params(content), start, read_slots(content), z)
+
+
+@dataclass(frozen=True)
+class StartCheckReply:
+    """A node's sum of its sampled users' gains g_u = NDCG@10(trained) - NDCG@10(start), each in [-1, 1]
+    (0 for a user without a held-out validation target), and how many sampled users it covers (all of
+    them: the number with a target is not released)."""
+
+    gain_sum: float
+    count: int
+
+    def to_records(self) -> RecordDict:
+        return RecordDict({GAIN: MetricRecord({"sum": self.gain_sum, "count": self.count})})
+
+    @classmethod
+    def from_records(cls, content: RecordDict, *, n_sampled: int) -> StartCheckReply:
+        """The reply of a node that was sent `n_sampled` slots: the count must be theirs and the sum a sum
+        of that many values in [-1, 1]; UpdateRejectedError otherwise."""
+        try:
+            gain = content.metric_records[GAIN]
+            gain_sum = as_float(gain["sum"], name="sum")
+            count = as_int(gain["count"], name="count")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UpdateRejectedError(f"malformed start check reply: {exc}") from exc
+        if count != n_sampled:
+            raise UpdateRejectedError(f"start check reply counts {count} users, {n_sampled} were sampled")
+        if not (math.isfinite(gain_sum) and abs(gain_sum) <= count + GAIN_SLACK):
+            raise UpdateRejectedError(f"start check sum {gain_sum} is not a sum of {count} gains in [-1, 1]")
+        return cls(gain_sum, count)
+
+
+@dataclass(frozen=True)
 class PopulationReply:
     """A node's answer to the population query: how many users (devices) it hosts, and its partition id
     (nodes are ordered by it, so global slots follow the users' order)."""
@@ -258,7 +324,7 @@ def global_params_record(params: np.ndarray) -> ArrayRecord:
 
 
 def read_slots(content: RecordDict) -> np.ndarray:
-    """The sampled local slots a train message or a trending query carries (int64)."""
+    """The sampled local slots a train message, a trending query or a start check carries (int64)."""
     try:
         return content.array_records[SAMPLE]["slots"].numpy().astype(np.int64)
     except KeyError as exc:

@@ -2,10 +2,12 @@
 
 A release is a folder of files plus `manifest.json`:
 - "format": RELEASE_FORMAT; "version" (an increasing integer); "created_utc"; "run_id";
-- "model": {"sha256": sha256 of the trained parameters, "round": the round they come from};
+- "model": {"sha256": sha256 of the released parameters, "round": the round they come from (the trained
+  parameters after it, or the start parameters when the run's start check shipped the start)};
 - "encoder": {"name", "backend", "package"} (the item-text encoder the item vectors come from);
 - "privacy": {"unit": "user", "epsilon": user-level PLD epsilon spent, "delta", "ledger_head": the hash of
-  the ledger entry of that round, "ledger_entries", optional "record_epsilon"/"record_delta"};
+  the ledger entry of that round (or of the start check that followed it and chose the model),
+  "ledger_entries", optional "record_epsilon"/"record_delta", "start_check": the check's decision};
 - "files": {file name: {"sha256", "bytes"}} for every other file of the release;
 - "key_id" and "signature": Ed25519 over canonical_json(manifest without "signature") (shared.signing).
 Catalogue deltas (shared/catalogue_delta_format.py) use the same signed form with "kind": "catalogue-delta"; a

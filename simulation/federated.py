@@ -1,6 +1,8 @@
 """Federated training in Flower's simulation engine: the ServerApp and ClientApp of server/ and client/,
 unchanged, on simulated nodes (each a shard of virtual devices, or one device each), then the final model
-evaluated by the central harness like every other model.
+evaluated by the central harness like every other model. The final model is what the run shipped: the
+trained one, or its start when the run's start check found that training lost (server/rounds/start_check.py;
+results.md says which).
 
 The per-round progress signal is validation NDCG@10 on a fixed random subset of users (the harness, so the
 same protocol as the final figures); the final figures use every evaluated user.
@@ -144,14 +146,35 @@ def write_federated_results(result: FederatedResult, *, command: str) -> str:
     valid = "valid NDCG@10 (trained on, not held out)" if summary.get("trained_on_valid") else "valid NDCG@10"
     text = (
         f"`{command}` ({result.wall_s:.0f} s wall)\n\n"
-        f"| rounds | mode | z | user epsilon (PLD) | delta | {valid} | test NDCG@10 | test HR@10 |\n"
-        f"|---|---|---|---|---|---|---|---|\n"
+        "| rounds | mode | z | user epsilon (PLD) | delta | shipped "
+        f"| {valid} | test NDCG@10 | test HR@10 |\n"
+        f"|---|---|---|---|---|---|---|---|---|\n"
         f"| {summary['rounds']} | {summary['mode']} | {_z_text(summary)} | {epsilon} "
-        f"| {summary['delta']:.3g} | {result.valid.overall.ndcg_10:.4f} | {result.test.overall.ndcg_10:.4f} "
-        f"| {result.test.overall.hr_10:.4f} |\n\nstopped: {summary['stop_reason']}\n"
+        f"| {summary['delta']:.3g} | {_shipped_text(summary)} | {result.valid.overall.ndcg_10:.4f} "
+        f"| {result.test.overall.ndcg_10:.4f} | {result.test.overall.hr_10:.4f} |\n\n"
+        f"stopped: {summary['stop_reason']}\n\nstart check: {_start_check_text(summary)}\n"
     )
     (result.folder.root / "results.md").write_text(text)
     return text
+
+
+def _shipped_text(summary: dict[str, Any]) -> str:
+    """Which model the run shipped (server/rounds/start_check.py): the trained one, or its start."""
+    shipped = summary.get("shipped", "trained")
+    return "start (training lost)" if shipped == "start" else "trained"
+
+
+def _start_check_text(summary: dict[str, Any]) -> str:
+    """One line on the start check: its noised gain sum and decision, or why it did not run."""
+    check = summary.get("start_check") or {}
+    if check.get("ran"):
+        return (
+            f"noised NDCG@10 gain sum {check['noised_gain_sum']:.3f} (noise std {check['noise_std']:.3g}, "
+            f"margin {check['margin']:g} std) after round {check['after_round']}: ships {check['decision']}"
+        )
+    if check.get("refused"):
+        return f"refused ({check['refused'][-1]}); the trained model ships unchecked"
+    return f"not run ({check.get('note') or 'not in this summary'}); the trained model ships unchecked"
 
 
 def _z_text(summary: dict[str, Any]) -> str:

@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--trending-sample-rate", type=float, default=1.0, help="their q_t")
     cal.add_argument("--trending-noise-multiplier", type=float, default=2.0, help="their z_t")
+    cal.add_argument(
+        "--start-check-noise-multiplier",
+        type=float,
+        default=10.0,
+        help="z_s of the run's start check, which the epsilon also covers (a run's default; 0: no check)",
+    )
+    cal.add_argument("--start-check-sample-rate", type=float, default=1.0, help="its q_s")
 
     can = sub.add_parser(
         "canary",
@@ -206,17 +213,21 @@ def command_calibrate(args: argparse.Namespace) -> int:
     )
 
     delta = args.delta if args.delta is not None else default_delta(args.population)
-    trending = [
+    # fixed releases: the target covers them and the training rounds together
+    fixed = [
         RoundEvent(sample_rate=args.trending_sample_rate, noise_multiplier=args.trending_noise_multiplier)
-    ] * args.trending_releases  # fixed releases: the target covers them and the training rounds together
+    ] * args.trending_releases
+    if args.start_check_noise_multiplier > 0:  # the start check after the last round (a run's default)
+        z_s, q_s = args.start_check_noise_multiplier, args.start_check_sample_rate
+        fixed.append(RoundEvent(sample_rate=q_s, noise_multiplier=z_s))
     z = calibrate_noise_multiplier(
         target_epsilon=args.epsilon,
         delta=delta,
         sample_rate=args.sample_rate,
         rounds=args.rounds,
-        fixed_events=trending,
+        fixed_events=fixed,
     )
-    events = [RoundEvent(sample_rate=args.sample_rate, noise_multiplier=z)] * args.rounds + trending
+    events = [RoundEvent(sample_rate=args.sample_rate, noise_multiplier=z)] * args.rounds + fixed
     print(
         json.dumps(
             {

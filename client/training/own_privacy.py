@@ -13,6 +13,11 @@ configuration it was started with (`privacy`), and never from a round's settings
   reproductions), and the noise is otherwise drawn from OS entropy.
 - whether the exact unclipped count leaves the node: only with adaptive clipping (which noises it at the
   server); otherwise the reply says 0.
+- the start check (server/rounds/start_check.py): the node answers only when its own configuration runs the
+  check (not in local mode, under secure aggregation or with `federated.train_on_valid`) and only for the
+  z_s its configuration gives (`start_check.noise_multiplier`, 0 in mode "none"). The server adds that noise
+  centrally, so the node cannot see it applied; the pin keeps the z_s the server announces (and records) the
+  one the devices agreed to.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from shared.config import FedhomeConfig
 from shared.errors import UpdateRejectedError
 from shared.messages import RoundSettings
 from shared.privacy.noise import GaussianNoise
-from shared.privacy.planned_noise import planned_noise_multiplier
+from shared.privacy.planned_noise import planned_noise_multiplier, start_check_event
 
 RTOL = 1e-9  # a z computed from the same configuration on both sides agrees to rounding
 
@@ -81,6 +86,18 @@ class OwnPrivacy:
         if trending:
             return float(self.config.trending.noise_multiplier)
         return self.noise_multiplier if mode == "central" else 0.0
+
+    def check_start_check(self, asked: float) -> None:
+        """UpdateRejectedError unless the node's own configuration runs the start check with noise
+        multiplier `asked` (the server's z_s)."""
+        if not self.config.runs_start_check:
+            blocker = self.config.start_check_blocker or "start_check.enabled = 'off'"
+            raise UpdateRejectedError(f"this node does not take part in a start check: {blocker}")
+        own = start_check_event(self.config).noise_multiplier
+        if not (math.isfinite(asked) and abs(asked - own) <= RTOL * max(own, 1.0)):
+            raise UpdateRejectedError(
+                f"the start check asks for noise multiplier {asked}; this node's is {own}"
+            )
 
     def unclipped_count(self, unclipped: int) -> int:
         """What the reply says of the unclipped users: the count with adaptive clipping, else 0."""

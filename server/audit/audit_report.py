@@ -28,7 +28,7 @@ from server.audit.cohorts import dispersion_mismatches
 from server.audit.guarantee import guarantee, not_covered, safe_number
 from server.audit.mismatches import mismatches
 from server.audit.verify import TRUNCATION_NOTE, LedgerVerification, verify_ledger
-from server.ledger_entries import is_trending
+from server.ledger_entries import is_start_check, is_training_round, is_trending
 from shared.errors import DataError, FedhomeError
 from shared.release_manifest import verify_release
 from shared.signing import Ed25519PublicKey
@@ -66,8 +66,9 @@ def build_report(
         "verification": _verification(verification, entries),
         "guarantee": stated,
         "accountants": _accountants(last),
-        "rounds": [_round_row(entry) for entry in entries if not is_trending(entry)],
+        "rounds": [_round_row(entry) for entry in entries if is_training_round(entry)],
         "trending": _trending_rows(verification.trending, entries),  # accounted in the same epsilon
+        "start_check": _start_check_rows(verification),  # accounted in the same epsilon
         "mismatches": mismatches(entries) + dispersion_mismatches(verification.cohort_dispersion),
         "not_covered": not_covered(entries),
         "empirical_audit": _canary_audit(folder),
@@ -89,22 +90,37 @@ def release_binding(
         return {"manifest": None, "ok": False, "problems": [f"the release does not verify: {exc}"]}
     privacy = manifest.get("privacy", {})
     head, rounds = privacy.get("ledger_head"), privacy.get("ledger_entries")
-    bound = [e for e in entries if e.get("entry_hash") == head]
+    models = [e for e in entries if is_training_round(e) or is_start_check(e)]  # what a release binds to
+    bound = [e for e in models if e.get("entry_hash") == head]
+    round_of, model = _bound_round(bound[0]) if bound else (None, None)
     if not bound:
-        problems.append(f"the release's ledger head {head} is not an entry of this ledger")
-    elif bound[0].get("round") != rounds:
-        problems.append(f"the release says round {rounds}; its ledger head is round {bound[0].get('round')}")
+        problems.append(f"the release's ledger head {head} is not a round or start check of this ledger")
+    elif round_of != rounds:
+        problems.append(f"the release says round {rounds}; its ledger head is round {round_of}")
     elif bound[0].get("user_epsilon", {}).get("pld") != privacy.get("epsilon"):
         problems.append("the release's epsilon differs from the ledger's at its round")
-    elif bound[0].get("model_sha256_after") != manifest.get("model", {}).get("sha256"):
-        problems.append("the release's model is not the model the ledger records after its round")
+    elif model != manifest.get("model", {}).get("sha256"):
+        problems.append(
+            "the release's model is not the model the ledger records after its round (or, bound to a start "
+            "check, the model that check shipped)"
+        )
     problems.extend(_trending_binding(manifest, entries))
     return {
         "manifest": {k: manifest.get(k) for k in ("version", "created_utc", "run_id", "model", "privacy")},
         "ok": not problems,
         "problems": problems,
-        "bound_round": bound[0].get("round") if bound else None,
+        "bound_round": round_of,
+        "bound_kind": None if not bound else bound[0].get("kind", "training_round"),
     }
+
+
+def _bound_round(entry: dict[str, Any]) -> tuple[Any, Any]:
+    """(round, model sha256) a release bound to `entry` must state: a training round's own and the model
+    after it, or for a start check the round it follows and the model it shipped (the trained one, or the
+    start when training lost)."""
+    if is_start_check(entry):
+        return entry.get("after_round"), entry.get("model_sha256_shipped")
+    return entry.get("round"), entry.get("model_sha256_after")
 
 
 def _release_epsilons(binding: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,14 +129,16 @@ def _release_epsilons(binding: dict[str, Any]) -> list[dict[str, Any]]:
     if not binding.get("ok") or not isinstance(manifest, dict):
         return []
     privacy = manifest.get("privacy") or {}
-    out = [
-        {
-            "name": "release_model",
-            "epsilon": privacy.get("epsilon"),
-            "label": f"the release's model alone, at its round {binding.get('bound_round')} (training rounds "
-            "up to it; not the trending releases nor later rounds)",
-        }
-    ]
+    label = (
+        f"the release's model alone, at its round {binding.get('bound_round')} (training rounds up to it; "
+        "not the trending releases nor later rounds)"
+    )
+    if binding.get("bound_kind") == "start_check":
+        label = (
+            f"the release's model, bound to the start check after round {binding.get('bound_round')} (the "
+            "training rounds up to it and the check that chose between the trained model and its start)"
+        )
+    out = [{"name": "release_model", "epsilon": privacy.get("epsilon"), "label": label}]
     if "epsilon_all" in privacy:
         out.append(
             {
@@ -131,6 +149,23 @@ def _release_epsilons(binding: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _start_check_rows(report: LedgerVerification) -> list[dict[str, Any]]:
+    """verify's start check rows with the auditor's PLD epsilon after each check and the check's own cost
+    (that epsilon minus the one of the entry before it: what deciding trained-or-start cost)."""
+    after: dict[int, tuple[float, float]] = {}
+    previous = 0.0
+    for check in report.epsilons:
+        if check.kind == "start_check":
+            now = check.recomputed_pld
+            after[check.round] = (now, math.inf if math.isinf(now) else now - previous)
+        previous = check.recomputed_pld
+    rows = []
+    for row in report.start_checks:
+        epsilon, cost = after.get(row["after_round"], (None, None))
+        rows.append({**row, "epsilon_after": safe_number(epsilon), "epsilon_cost": safe_number(cost)})
+    return rows
 
 
 def _trending_rows(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,6 +258,7 @@ def _verification(report: LedgerVerification, entries: list[dict[str, Any]]) -> 
         "epsilon_by_round": [
             {
                 "round": c.round,
+                "kind": c.kind,
                 "claimed_pld": safe_number(c.claimed_pld),
                 "recomputed_pld": safe_number(c.recomputed_pld),
                 "claimed_rdp": safe_number(c.claimed_rdp),

@@ -32,6 +32,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 from scipy.stats import binom
 
+from server.ledger_entries import is_training_round
+
 FALSE_ALARM = 1e-6  # per tail and group of rounds: a genuine run essentially never fails
 FEW_ROUNDS = 10  # below this the lower tail has little power even where it could decide
 _LOG_FALSE_ALARM = math.log(FALSE_ALARM)
@@ -203,8 +205,10 @@ def _explain(result: CohortDispersion, problems: list[str], notes: list[str]) ->
 
 
 def _where(entry: dict[str, Any]) -> str:
-    if entry.get("kind") == "trending_counts":
-        return f"trending release after round {entry.get('after_round', '?')}"
+    if not is_training_round(entry):
+        kind = str(entry.get("kind"))
+        what = {"trending_counts": "trending release", "start_check": "start check"}.get(kind, kind)
+        return f"{what} after round {entry.get('after_round', '?')}"
     return f"round {entry.get('round', '?')}"
 
 

@@ -2,8 +2,9 @@
 released, (epsilon, delta) and why delta, caps and record-level DP; and what the guarantee does not cover.
 
 One epsilon is the headline (`headline_epsilon`): the user-level epsilon of everything the ledger released,
-model rounds and trending releases composed together (the auditor's PLD, zero-out neighbours). Every other
-epsilon the report shows is in `other_epsilons`, each with a label saying what it is: the ledger's own claim,
+model rounds, trending releases and start checks composed together (the auditor's PLD, zero-out
+neighbours). Every other epsilon the report shows is in `other_epsilons`, each with a label saying what it
+is: the ledger's own claim,
 the RDP cross-check, the replace-one epsilon, the epsilon against the server under secure aggregation (no
 amplification by sampling), the cap bounds, a release's model epsilon at its round, record-level and local.
 """
@@ -20,7 +21,7 @@ from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from server.audit.accountant import VALUE_DISCRETIZATION_INTERVAL
 from server.audit.cap_check import report_section
 from server.audit.verify import LedgerVerification
-from server.ledger_entries import is_trending
+from server.ledger_entries import is_start_check, is_training_round, is_trending
 
 NOT_COVERED = [
     "The item catalogue (titles, categories, prices) and the sentence encoder: both are public inputs, "
@@ -80,16 +81,23 @@ def guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) -
         "unit_of_privacy": entries[-1].get("unit_of_privacy", "user") if entries else "user",
         "neighbouring_relation": NEIGHBOURING_RELATION,
         "setting": [_setting(mode) for mode in modes],
-        "secure_aggregation": _secure_aggregation_words([e for e in entries if not is_trending(e)]),
+        "secure_aggregation": _secure_aggregation_words([e for e in entries if is_training_round(e)]),
         "released": "the model after every round (each entry binds model_sha256_after); the epsilon covers "
         "the whole sequence, so releasing only the final model is covered too (post-processing)"
         + (
             "; and the DP trending counts of every trending release (each entry binds counts_sha256)"
             if any(is_trending(e) for e in entries)
             else ""
+        )
+        + (
+            "; and the start check's noised gain sum and decision (the trained model or its public start, "
+            "each entry binds both sha256 and the shipped one)"
+            if any(is_start_check(e) for e in entries)
+            else ""
         ),
-        "rounds": len([e for e in entries if not is_trending(e)]),
+        "rounds": len([e for e in entries if is_training_round(e)]),
         "trending_releases": len([e for e in entries if is_trending(e)]),
+        "start_checks": len([e for e in entries if is_start_check(e)]),
         "delta": delta,
         "delta_reason": (
             f"delta = N^-1.1 with N = {population} users: below 1/N, so a mechanism that simply published "
@@ -126,16 +134,19 @@ def guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) -
 
 
 def headline_epsilon(entries: Sequence[dict[str, Any]], verification: LedgerVerification) -> dict[str, Any]:
-    """The one epsilon the report leads with: user-level, of every model round and trending release."""
-    rounds = len([e for e in entries if not is_trending(e)])
-    releases = len(entries) - rounds
+    """The one epsilon the report leads with: user-level, of every model round, trending release and start
+    check."""
+    rounds = len([e for e in entries if is_training_round(e)])
+    releases = len([e for e in entries if is_trending(e)])
+    checks = len([e for e in entries if is_start_check(e)])
+    also = f", {checks} start check(s)" if checks else ""
     return {
         "epsilon": safe_number(verification.recomputed_epsilon),
         "delta": verification.delta,
         "label": (
-            f"user-level epsilon of everything released: {rounds} model round(s) and {releases} trending "
-            "release(s) composed together (PLD, recomputed by this auditor from the signed ledger; zero-out "
-            "neighbours, against anyone who sees the releases)"
+            f"user-level epsilon of everything released: {rounds} model round(s){also} and {releases} "
+            "trending release(s) composed together (PLD, recomputed by this auditor from the signed ledger; "
+            "zero-out neighbours, against anyone who sees the releases)"
         ),
     }
 

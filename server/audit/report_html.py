@@ -56,6 +56,8 @@ def render_html(report: dict[str, Any], *, header: str = "") -> str:
         _rounds(report),
         "<h2>Trending releases</h2>",
         _trending(report.get("trending", [])),
+        "<h2>Start check: did training beat its start?</h2>",
+        _start_check(report.get("start_check", [])),
         f"<p><small>fedhome-audit {escape(report['tools']['fedhome-audit'])}, dp-accounting "
         f"{escape(report['tools']['dp-accounting'])}; report format {report['report_version']}.</small></p>",
         "</body></html>",
@@ -146,6 +148,7 @@ def _guarantee(g: dict[str, Any]) -> str:
             "Headline (epsilon, delta): user-level, everything released",
             f"({_fmt(eps['recomputed_pld'])}, {g['delta']:.3g}) after {g['rounds']} rounds and "
             f"{g.get('trending_releases', 0)} trending release(s)"
+            + (f" and {g['start_checks']} start check(s)" if g.get("start_checks") else "")
             if g["delta"] is not None
             else "unknown (the ledger could not be read)",
         ),
@@ -286,6 +289,31 @@ def _trending(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     return f"<div id='trending'>{_table(head, table)}</div>"
+
+
+def _start_check(rows: list[dict[str, Any]]) -> str:
+    """The start check after the last round: a Poisson-subsampled Gaussian sum of per-user NDCG@10 gains
+    (sensitivity 1), composed into the epsilon above, and the model it chose."""
+    if not rows:
+        return "<p id='start-check'>No start check was made (the trained model ships unchecked).</p>"
+    head = ["after round", "q", "z", "noise std", "noised gain sum", "margin", "decision", "shipped model"]
+    head += ["user eps after it (auditor)", "its epsilon cost"]
+    table = [
+        [
+            r["after_round"],
+            r["sample_rate"],
+            _fmt(r["noise_multiplier"]),
+            _fmt(r["noise_std"]),
+            _fmt(r["noised_gain_sum"]),
+            _fmt(r["margin"]),
+            "ship the trained model" if r["decision"] == "trained" else "ship the START (training lost)",
+            f"{str(r['model_sha256_shipped'])[:16]}...",
+            _fmt(r.get("epsilon_after")),
+            _fmt(r.get("epsilon_cost")),
+        ]
+        for r in rows
+    ]
+    return f"<div id='start-check'>{_table(head, table)}</div>"
 
 
 def _plots(report: dict[str, Any]) -> str:

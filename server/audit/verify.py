@@ -24,6 +24,12 @@ Gaussian is composed into the recomputed epsilon like a training round, and thei
 beside the ledger, must match the sha256 the entry signs; a counts file in trending/ that no entry names
 was never accounted and fails the ledger. Ledgers without such entries verify as before.
 
+The start check (kind "start_check", server/audit/start_check_checks.py) likewise follows the last round
+without a round of its own; its Poisson-subsampled Gaussian sum is composed into the recomputed epsilon, its
+noise must be z_s times sensitivity 1, its decision must follow from its noised sum and margin, the model it
+says it shipped must be the trained or the start one as decided, the trained one the model after the round it
+follows and the start one the model before round 1.
+
 Not detectable from the ledger alone: entries cut off at the END (the chain is still intact). Pin the head
 hash from a signed release manifest with `expected_head` to catch that; without it the verification carries
 a note (TRUNCATION_NOTE) saying so.
@@ -43,13 +49,14 @@ from server.audit.cap_check import CapCheck
 from server.audit.cohorts import cohort_dispersion
 from server.audit.entry_checks import check_fields, check_noise, epsilon_value, overstated, understated
 from server.audit.local_dp import local_dp_section
+from server.audit.start_check_checks import check_start_check, check_start_check_fields
 from server.audit.trending_checks import (
     check_counts_file,
     check_trending_fields,
     check_trending_noise,
     check_unsigned_counts,
 )
-from server.ledger_entries import is_trending
+from server.ledger_entries import NON_TRAINING_KINDS, is_start_check, is_training_round, is_trending
 from shared.errors import ConfigError, DataError, SignatureError
 from shared.signing import Ed25519PublicKey, canonical_json, key_id, verify
 
@@ -65,11 +72,11 @@ TRUNCATION_NOTE = (
 class EpsilonCheck:
     """Claimed vs recomputed user-level epsilon after one round (at the ledger's delta)."""
 
-    round: int  # the training round, or the round a trending release follows
+    round: int  # the training round, or the round a trending release or the start check follows
     claimed_pld: float
     recomputed_pld: float
     claimed_rdp: float
-    kind: str = "training_round"  # or "trending_counts"
+    kind: str = "training_round"  # or "trending_counts", "start_check"
 
 
 @dataclass
@@ -87,6 +94,7 @@ class LedgerVerification:
     recomputed_rdp_epsilon: float | None = None  # the auditor's RDP bound after the last entry
     epsilons: list[EpsilonCheck] = field(default_factory=list)
     trending: list[dict[str, Any]] = field(default_factory=list)  # one row per trending release
+    start_checks: list[dict[str, Any]] = field(default_factory=list)  # one row per start check
     # participation cap (server/audit/cap_check.py): the run's k, and the auditor's two bounds after the
     # last entry; recomputed_epsilon is then the smaller one
     participation_cap: int | None = None
@@ -115,12 +123,20 @@ def verify_ledger(
         problems.append("the ledger has no entries")
     _check_chain(entries, public_key, report)
     valid = [(line, e) for line, e in entries if _check_fields(_where(line, e), e, problems)]
+    rounds = [entry for _, entry in valid if is_training_round(entry)]
+    last_round: dict[str, Any] | None = None
     for line, entry in valid:
+        where = _where(line, entry)
         if is_trending(entry):
-            check_trending_noise(_where(line, entry), entry, problems)
-            _trending_row(_where(line, entry), entry, ledger.parent, report)
+            check_trending_noise(where, entry, problems)
+            _trending_row(where, entry, ledger.parent, report)
+        elif is_start_check(entry):
+            first = rounds[0] if rounds else None
+            check_start_check(where, entry, last_round=last_round, first_round=first, problems=problems)
+            report.start_checks.append(_start_check_row(entry))
         else:
-            check_noise(_where(line, entry), entry, problems)
+            check_noise(where, entry, problems)
+            last_round = entry
     check_unsigned_counts([entry for _, entry in entries], ledger.parent, problems)
     dispersion = cohort_dispersion([entry for _, entry in valid], problems, report.notes)
     report.cohort_dispersion = [result.to_dict() for result in dispersion]
@@ -140,7 +156,16 @@ def verify_ledger(
 def _check_fields(where: str, entry: dict[str, Any], problems: list[str]) -> bool:
     if is_trending(entry):
         return check_trending_fields(where, entry, problems)
+    if is_start_check(entry):
+        return check_start_check_fields(where, entry, problems)
     return check_fields(where, entry, problems)
+
+
+def _start_check_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the report lists about a start check (its epsilon cost comes from `epsilons`)."""
+    keys = ("after_round", "sample_rate", "noise_multiplier", "noise_std", "noised_gain_sum", "margin")
+    more = ("decision", "model_sha256_shipped", "realised_cohort", "entry_hash")
+    return {key: entry.get(key) for key in (*keys, *more)}
 
 
 def _trending_row(where: str, entry: dict[str, Any], folder: Path, report: LedgerVerification) -> None:
@@ -214,11 +239,12 @@ def _check_chain(
         if entry.get("prev_hash") != previous_hash:
             problems.append(f"{where}: prev_hash does not link to the previous entry (removed or reordered?)")
         previous_hash = str(entry.get("entry_hash"))
-        if is_trending(entry):
+        if entry.get("kind") in NON_TRAINING_KINDS:
             if "round" in entry or entry.get("after_round") != previous_round:
-                problems.append(f"{where}: a trending release must follow round {previous_round} (no round)")
+                kind = entry["kind"]
+                problems.append(f"{where}: a {kind} entry must follow round {previous_round} (no round)")
             continue
-        if entry.get("kind") is not None:
+        if not is_training_round(entry):
             problems.append(f"{where}: unknown entry kind {entry.get('kind')!r}")
         if entry.get("round") != previous_round + 1:
             problems.append(f"{where}: round {entry.get('round')!r} should be {previous_round + 1}")
@@ -281,15 +307,17 @@ def _compare(
         )
     if rdp < recomputed * (1 - EPSILON_RTOL):
         problems.append(f"{where}: claimed RDP epsilon {rdp} is below the PLD epsilon {recomputed:.6g}")
-    if is_trending(entry):
-        return EpsilonCheck(entry["after_round"], pld, recomputed, rdp, kind="trending_counts")
+    if not is_training_round(entry):
+        return EpsilonCheck(entry["after_round"], pld, recomputed, rdp, kind=str(entry["kind"]))
     return EpsilonCheck(round=entry["round"], claimed_pld=pld, recomputed_pld=recomputed, claimed_rdp=rdp)
 
 
 def _overstated_note(generous: list[EpsilonCheck]) -> str:
     """One note for every entry whose claim is above the recomputed epsilon (conservative: it holds)."""
     worst = max(generous, key=lambda c: _ratio(c.claimed_pld, c.recomputed_pld))
-    kind = "trending release after round" if worst.kind == "trending_counts" else "round"
+    kind = {"trending_counts": "trending release after round", "start_check": "start check after round"}.get(
+        worst.kind, "round"
+    )
     return (
         f"{len(generous)} entr{'y claims' if len(generous) == 1 else 'ies claim'} a PLD epsilon above the "
         f"auditor's recomputation by more than {EPSILON_RTOL:g} relative (conservative, so it holds); the "
@@ -307,6 +335,8 @@ def _ratio(claimed: float, recomputed: float) -> float:
 def _where(line: int, entry: dict[str, Any]) -> str:
     if is_trending(entry):
         return f"trending release after round {entry.get('after_round', '?')} (line {line})"
+    if is_start_check(entry):
+        return f"start check after round {entry.get('after_round', '?')} (line {line})"
     return f"round {entry.get('round', '?')} (line {line})"
 
 

@@ -16,6 +16,9 @@ A release folder (see shared/release_manifest.py for the manifest) holds:
 - `trending_counts.npy` (N,) float32 when the run made DP trending releases: the latest accounted counts
   (server/releases/release_trending.py), bound to their ledger entry in the manifest's privacy block.
 
+A release of a run's final model is bound to its start check's ledger entry when one followed the last round
+(server/rounds/start_check.py): the model is the one that check shipped, the trained one or the start.
+
 The store of releases, their history and the signed index is server/releases/release_store.py.
 """
 
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.ledger_entries import is_training_round, start_check_after
 from server.releases.release_trending import epsilon_all, latest_trending
 from shared.config import from_flat
 from shared.data.schema import UNKNOWN_TIME, Catalogue
@@ -60,6 +64,7 @@ ITEMS_META = "items.json"
 SCORING = "scoring.json"
 INDEX = "index.json"
 ONNX_OPSET = 17
+START_CHECK_FIELDS = ("decision", "noised_gain_sum", "noise_std", "margin", "model_sha256_trained")
 USER_TOWER_INPUTS = ("history", "events", "gaps", "hour", "weekday")
 
 
@@ -160,7 +165,9 @@ def load_run(
     """The model of a run (its final model, or the checkpoint of `round_number`), its catalogue, and the
     release provenance. The run's ledger must verify with `public_key`, and the parameters must be the
     ones the ledger records for that round (model_sha256_after): a release never carries an unaccounted
-    model."""
+    model. The final model of a run whose start check followed its last round is bound to that check's entry
+    instead (its epsilon covers the check): the parameters must be the model it shipped
+    (model_sha256_shipped), the trained one or, when training lost, the start."""
     from server.audit.verify import verify_ledger  # the auditor's checks, run before anything is released
 
     folder = RunFolder(Path(run_dir))
@@ -169,7 +176,8 @@ def load_run(
         raise DataError(f"the run's ledger does not verify: {report.problems[:3]}")
     config = from_flat(json.loads(folder.config.read_text()))
     ledger = [json.loads(line) for line in folder.ledger.read_text().splitlines() if line.strip()]
-    entries = [e for e in ledger if "kind" not in e]  # the training rounds, in order
+    entries = [e for e in ledger if is_training_round(e)]  # the training rounds, in order
+    final = round_number is None
     if round_number is None:
         params = np.load(folder.final_params)
         round_number = int(json.loads(folder.summary.read_text()).get("rounds", len(entries)))
@@ -180,9 +188,13 @@ def load_run(
     if not 1 <= round_number <= len(entries):
         raise DataError(f"round {round_number} is not in the ledger ({len(entries)} entries)")
     entry = entries[round_number - 1]
-    if params_sha256(params) != entry["model_sha256_after"]:
+    check = start_check_after(ledger, round_number) if final else None
+    bound = entry if check is None else dict(check)  # the entry the release is bound to
+    model_sha256 = entry["model_sha256_after"] if check is None else check["model_sha256_shipped"]
+    if params_sha256(params) != model_sha256:
         raise DataError(
             f"the run's parameters are not the model the ledger records after round {round_number}"
+            + ("" if check is None else " (the model its start check shipped)")
         )
     dataset, _ = load_configured(config.data)
     vectors = np.load(folder.item_vectors)
@@ -192,24 +204,26 @@ def load_run(
     model = TwoTower(ItemFeatures.from_catalogue(dataset.catalogue, vectors), config.model)
     set_flat(model, trainable_layout(model, config.federated.trainable), params)
     privacy: dict[str, Any] = {
-        "unit": entry.get("unit_of_privacy", "user"),
-        "epsilon": entry["user_epsilon"]["pld"],
-        "epsilon_rdp": entry["user_epsilon"]["rdp"],
-        "delta": entry["delta"],
-        "ledger_head": entry["entry_hash"],
+        "unit": bound.get("unit_of_privacy", "user"),
+        "epsilon": bound["user_epsilon"]["pld"],
+        "epsilon_rdp": bound["user_epsilon"]["rdp"],
+        "delta": bound["delta"],
+        "ledger_head": bound["entry_hash"],
         "ledger_entries": round_number,
-        "ledger_key_id": entry["key_id"],
+        "ledger_key_id": bound["key_id"],
     }
     for name in ("record_epsilon", "record_delta", "participation_cap", "epsilon_bound"):
         if name in entry:
             privacy[name] = entry[name]
+    if check is not None:  # which model the start check shipped, and why
+        privacy["start_check"] = {name: check[name] for name in START_CHECK_FIELDS}
     trending = latest_trending(ledger, round_number, folder.root)
     if trending is not None:
         privacy["trending"] = trending[1]
         privacy["epsilon_all"] = epsilon_all(privacy["epsilon"], trending[1])
     source = ReleaseSource(
         run_id=str(entry["run_id"]),
-        model_sha256=str(entry["model_sha256_after"]),
+        model_sha256=str(model_sha256),
         model_round=round_number,
         encoder={
             "name": config.encoder.model_name,

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from server.ledger import PrivacyLedger
-from server.ledger_entries import RoundEntry, is_trending
+from server.ledger_entries import RoundEntry, is_training_round
 from server.rounds.cap_fields import cap_ledger_fields
 from server.rounds.messaging import Population
 from server.rounds.privacy_plan import (
@@ -190,6 +190,10 @@ class Coordinator:
         return self.state.round
 
     @property
+    def global_params(self) -> np.ndarray:
+        return self.state.params
+
+    @property
     def round_noise(self) -> GaussianNoise:
         return self.noise.current
 
@@ -218,9 +222,11 @@ class Coordinator:
         """Load the newest checkpoint, if any, and reconcile ledger and metrics with it. True when resumed.
 
         The ledger must end at the checkpoint's round, or one round short (killed between writing the
-        checkpoint and appending its entry: the entry is appended now). Anything else is refused. Metric
-        rows after the checkpoint's round, and a torn last row, are dropped; a missing row of the checkpoint's
-        round becomes `pending_row`, for the caller to complete and append.
+        checkpoint and appending its entry: the entry is appended now); the same holds for the entry of a
+        hook's release after the round (trending counts, the start check), which the checkpoint carries
+        when it was the last thing committed. Anything else is refused. Metric rows after the checkpoint's
+        round, and a torn last row, are dropped; a missing row of the checkpoint's round becomes
+        `pending_row`, for the caller to complete and append.
         """
         checkpoint = load_latest_checkpoint(self.folder)
         if checkpoint is None:
@@ -268,9 +274,10 @@ class Coordinator:
 
     def _reconcile_ledger(self, last: int, entry: dict[str, Any]) -> None:
         ledger_round = self.ledger.last_round()
-        if is_trending(entry) and entry.get("prev_hash") == self.ledger.head_hash():
-            self.ledger.append_signed(entry)  # killed before the trending entry reached the ledger
-            log.info("ledger entry of the trending release after round %d restored from its checkpoint", last)
+        if not is_training_round(entry) and entry.get("prev_hash") == self.ledger.head_hash():
+            # killed before a hook's entry (trending, start check) reached the ledger
+            self.ledger.append_signed(entry)
+            log.info("ledger entry %s after round %d restored from its checkpoint", entry.get("kind"), last)
         elif ledger_round == last - 1:
             self.ledger.append_signed(entry)  # checks that it continues the chain
             log.info("ledger entry of round %d restored from its checkpoint", last)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from server.ledger_entries import is_trending
+from server.ledger_entries import is_training_round
 from shared.config import FedhomeConfig
 from shared.privacy.noise import GaussianNoise
 from shared.privacy.planned_noise import planned_delta, planned_noise_multiplier
@@ -61,11 +61,12 @@ class NoiseSpan:
 
 
 def noise_multiplier_spans(entries: Iterable[Mapping[str, Any]]) -> list[NoiseSpan]:
-    """The z each training round's ledger entry accounted (trending releases left out), as spans of rounds
-    with one z, in round order: one span when the z never changed, none before the first round."""
+    """The z each training round's ledger entry accounted (trending releases and start checks left out), as
+    spans of rounds with one z, in round order: one span when the z never changed, none before the first
+    round."""
     spans: list[NoiseSpan] = []
     for entry in entries:
-        if is_trending(entry):
+        if not is_training_round(entry):
             continue
         number, z = int(entry["round"]), float(entry["noise_multiplier"])
         if spans and spans[-1].noise_multiplier == z:

@@ -3,10 +3,11 @@ callbacks), and where the metrics rows go. A hook is told when the run resumes, 
 and at the end, and acts on the run only through `RunAccess`, never through the coordinator's attributes.
 
 `RunAccess` is what the Coordinator (server/rounds/coordinator.py) offers a hook: the run's identity and
-position, its privacy plan and population, the current round's noise, and one way to spend privacy: check an
-event against the budget, record it in the run's accountant, and commit a signed ledger entry (checkpointed
-with the run's state before it reaches the ledger, so a kill can never lose or double-count it). A trending
-release (server/trending/trending_round.py) is such a hook.
+position, its privacy plan and population, the current global parameters and round's noise, and one way to
+spend privacy: check an event against the budget, record it in the run's accountant, and commit a signed
+ledger entry (checkpointed with the run's state before it reaches the ledger, so a kill can never lose or
+double-count it). A trending release (server/trending/trending_round.py) and the start check
+(server/rounds/start_check.py) are such hooks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from server.rounds.messaging import Population
 from server.rounds.privacy_plan import PrivacyPlan
@@ -37,6 +40,11 @@ class RunAccess(Protocol):
     def run_id(self) -> str: ...
     @property
     def completed_rounds(self) -> int: ...
+    @property
+    def global_params(self) -> np.ndarray:
+        """The global parameters after the last completed round (read only: a copy is not made)."""
+        ...
+
     @property
     def round_noise(self) -> GaussianNoise: ...
     @property

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from server.ledger_entries import TRENDING_KIND, TrendingEntry, is_trending
+from server.ledger_entries import TRENDING_KIND, TrendingEntry, entries_after_last_round, is_trending
 from server.rounds.privacy_plan import derived_seed
 from server.rounds.run_hooks import RunAccess
 from server.rounds.update_transport import secure_settings
@@ -64,8 +64,9 @@ def trending_due(run: RunAccess, *, final: bool) -> bool:
 
 
 def released_after(entries: Sequence[dict[str, Any]], after: int) -> bool:
-    """Is the ledger's last entry the trending release after round `after`?"""
-    return bool(entries) and is_trending(entries[-1]) and entries[-1].get("after_round") == after
+    """Does the ledger hold the trending release after round `after` among the entries that follow its last
+    training round (another hook's entry, the start check, may come after it)?"""
+    return any(is_trending(e) and e.get("after_round") == after for e in entries_after_last_round(entries))
 
 
 def trending_event(run: RunAccess) -> RoundEvent:

@@ -1,7 +1,9 @@
 """The noise multiplier a run's configuration gives its training rounds: `privacy.noise_multiplier`, or the
-smallest z that keeps the configured rounds and trending releases within the target epsilon. One function
-for both sides: the server plans its rounds with it (server/rounds/privacy_plan.py) and each node pins the z
-it accepts with it (client/training/own_privacy.py), so the two agree by construction."""
+smallest z that keeps the configured rounds, the trending releases and the start check within the target
+epsilon. One function for both sides: the server plans its rounds with it (server/rounds/privacy_plan.py) and
+each node pins the z it accepts with it (client/training/own_privacy.py), so the two agree by construction.
+The start check's own event (`start_check_event`) is defined here too, so the server accounts exactly the
+event the calibration planned for."""
 
 from __future__ import annotations
 
@@ -16,19 +18,35 @@ def planned_delta(config: FedhomeConfig, population: int) -> float:
     return config.privacy.delta or default_delta(population)
 
 
+def start_check_event(config: FedhomeConfig) -> RoundEvent:
+    """RoundEvent(q_s, z_s) of the start check (server/rounds/start_check.py): a Poisson-subsampled Gaussian
+    sum of per-user gains of sensitivity 1; z_s = 0 in privacy mode "none" (no noise, no budget)."""
+    check = config.start_check
+    z = 0.0 if config.privacy.mode == "none" else check.noise_multiplier
+    return RoundEvent(sample_rate=check.sample_rate, noise_multiplier=z)
+
+
+def planned_fixed_events(config: FedhomeConfig) -> tuple[RoundEvent, ...]:
+    """The run's planned releases besides its training rounds, each with its own fixed parameters: the
+    trending releases (`TrendingConfig.releases` of them) and, when it runs, the start check."""
+    trending, rounds = config.trending, config.federated.rounds
+    release = RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=trending.noise_multiplier)
+    check = (start_check_event(config),) if config.runs_start_check else ()
+    return (release,) * trending.releases(rounds) + check
+
+
 def planned_noise_multiplier(config: FedhomeConfig, population: int) -> float:
     """z of every training round (0 in mode "none"): the configured one, or calibrated for the target
-    epsilon over `federated.rounds` rounds at `federated.sample_rate`, the trending releases included (fixed
-    events the target covers too), at `planned_delta`."""
-    privacy, federated, trending = config.privacy, config.federated, config.trending
+    epsilon over `federated.rounds` rounds at `federated.sample_rate`, the trending releases and the start
+    check included (`planned_fixed_events`: fixed events the target covers too), at `planned_delta`."""
+    privacy, federated = config.privacy, config.federated
     if privacy.mode == "none":
         return 0.0
     if privacy.noise_multiplier > 0:
         return float(privacy.noise_multiplier)
-    release = RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=trending.noise_multiplier)
-    releases = (release,) * trending.releases(federated.rounds)
     delta = planned_delta(config, population)
-    return _calibrated(privacy.target_epsilon, delta, federated.sample_rate, federated.rounds, releases)
+    fixed = planned_fixed_events(config)
+    return _calibrated(privacy.target_epsilon, delta, federated.sample_rate, federated.rounds, fixed)
 
 
 @functools.lru_cache(maxsize=16)

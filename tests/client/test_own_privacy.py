@@ -1,6 +1,7 @@
 """A node pins its privacy terms from its own configuration (client/training/own_privacy.py): a round whose
 settings ask for less local noise, or send a fixed noise seed to a node not configured deterministic, is
-refused; the devices noise with their own z; the exact unclipped count leaves only with adaptive clipping."""
+refused; the devices noise with their own z; the exact unclipped count leaves only with adaptive clipping; a
+start check is answered only for the node's own z_s, and only where its configuration runs one."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import pytest
 from flwr.app import Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import handle_train
+from client.client_app import handle_start_check, handle_train
 from client.node import Node
 from client.training.own_privacy import OwnPrivacy
 from client.training.round_update import UpdateSum
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import UpdateRejectedError
-from shared.messages import RoundSettings, TrainInstruction, TrainReply
+from shared.messages import RoundSettings, StartCheckRequest, TrainInstruction, TrainReply
 from shared.privacy.noise import GaussianNoise
 
 DIM, N_USERS = 3, 4
@@ -130,3 +131,34 @@ def test_a_deterministic_node_draws_the_same_noise_from_the_same_seed() -> None:
 def test_the_unclipped_count_is_sent_only_with_adaptive_clipping() -> None:
     assert train(node(config())).unclipped_count == 0
     assert train(node(config(privacy__adaptive_clipping="true"))).unclipped_count == 2
+
+
+def start_check(target: Node, noise_multiplier: float) -> None:
+    params = np.zeros(DIM, np.float32)
+    request = StartCheckRequest(params, params, np.array([0, 2], np.int64), noise_multiplier)
+    message = Message(request.to_records(), dst_node_id=1, message_type="query.start_check")
+    handle_start_check(target, message)
+
+
+def test_a_start_check_is_refused_unless_it_asks_for_the_nodes_own_noise_multiplier() -> None:
+    for asked in (0.0, 5.0, 10.0 * (1 + 1e-6), float("nan")):
+        with pytest.raises(UpdateRejectedError, match=r"this node's is 10\.0"):
+            start_check(node(config()), asked)
+    OwnPrivacy(config(), N_USERS).check_start_check(10.0)
+    OwnPrivacy(config(start_check__noise_multiplier="4"), N_USERS).check_start_check(4.0)
+    OwnPrivacy(config(privacy__mode="none"), N_USERS).check_start_check(0.0)  # no noise in mode none
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"federated__train_on_valid": "true"}, "validation rows"),
+        ({"privacy__mode": "local"}, "local"),
+        ({"start_check__enabled": "off"}, "off"),
+    ],
+)
+def test_a_node_whose_configuration_runs_no_start_check_refuses_one(
+    overrides: dict[str, str], why: str
+) -> None:
+    with pytest.raises(UpdateRejectedError, match=why):
+        start_check(node(config(**overrides)), 10.0)

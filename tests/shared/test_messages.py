@@ -15,6 +15,8 @@ from shared.messages import (
     EvaluateRequest,
     PopulationReply,
     RoundSettings,
+    StartCheckReply,
+    StartCheckRequest,
     TrainInstruction,
     TrainReply,
 )
@@ -89,3 +91,37 @@ def test_evaluation_and_population_messages_read_back_as_sent() -> None:
     assert EvaluateReply.from_records(reply.to_records()) == reply
     population = PopulationReply(n_users=11_166, partition_id=1)
     assert PopulationReply.from_records(population.to_records()) == population
+
+
+def test_start_check_messages_read_back_as_sent() -> None:
+    request = StartCheckRequest(np.ones(3, np.float32), np.zeros(3, np.float32), np.array([0, 4]), 10.0)
+    read = StartCheckRequest.from_records(request.to_records())
+    assert read.trained.tolist() == [1.0] * 3 and read.start.tolist() == [0.0] * 3
+    assert read.slots.tolist() == [0, 4] and read.noise_multiplier == 10.0
+    reply = StartCheckReply(-1.25, 3)
+    assert StartCheckReply.from_records(reply.to_records(), n_sampled=3) == reply
+
+
+@pytest.mark.parametrize(
+    ("reply", "n_sampled", "problem"),
+    [
+        (StartCheckReply(0.5, 2), 3, "3 were sampled"),
+        (StartCheckReply(2.5, 2), 2, "not a sum of 2 gains"),  # more than one per user
+        (StartCheckReply(-2.5, 2), 2, "not a sum of 2 gains"),
+        (StartCheckReply(float("nan"), 2), 2, "not a sum of 2 gains"),
+    ],
+)
+def test_start_check_replies_that_cannot_be_sums_of_gains_are_refused(
+    reply: StartCheckReply, n_sampled: int, problem: str
+) -> None:
+    with pytest.raises(UpdateRejectedError, match=problem):
+        StartCheckReply.from_records(reply.to_records(), n_sampled=n_sampled)
+
+
+def test_a_start_check_request_without_its_start_parameters_is_refused() -> None:
+    content = StartCheckRequest(
+        np.ones(3, np.float32), np.zeros(3, np.float32), np.array([0]), 1.0
+    ).to_records()
+    del content["start"]
+    with pytest.raises(UpdateRejectedError, match="start check message without 'start'"):
+        StartCheckRequest.from_records(content)
