@@ -40,6 +40,7 @@ from shared.model import (
     sampled_softmax_loss,
 )
 from shared.model.examples import training_rows
+from shared.model.features import popularity_from_counts, recent_item_counts
 from shared.model.losses import EXCLUDED
 from simulation.evaluate import Scorer, evaluate
 
@@ -94,6 +95,9 @@ def use_bfloat16(config: TrainConfig) -> bool:
     return bool(native()) and torch.backends.mkldnn.is_available()
 
 
+READ_OUT = "users.out_proj."  # the user tower's read-out (TrainConfig.read_out_lr_scale)
+
+
 class Trainer:
     """One training run of a TwoTower on some user sequences (see the module docstring)."""
 
@@ -107,8 +111,14 @@ class Trainer:
         self.blocked = torch.from_numpy(blocked)  # (N,) items never trained on
         counts = np.bincount(seqs.items[self.rows], minlength=blocked.shape[0])
         self.sampler = NegativeSampler(counts, alpha=config.negative_alpha, allowed=~blocked)
+        read_out = [p for n, p in model.named_parameters() if n.startswith(READ_OUT)]
+        rest = [p for n, p in model.named_parameters() if not n.startswith(READ_OUT)]
         self.optimizer = torch.optim.Adam(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            [
+                {"params": rest, "lr": config.learning_rate},
+                {"params": read_out, "lr": config.learning_rate * config.read_out_lr_scale},
+            ],
+            weight_decay=config.weight_decay,
         )
         self.rng = np.random.default_rng(config.seed)
         self.bfloat16 = use_bfloat16(config)
@@ -212,6 +222,15 @@ def select_epochs(
     return best_epoch, best_ndcg, logs
 
 
+def with_counted_popularity(features: ItemFeatures, rows: UserSequences, config: ModelConfig) -> ItemFeatures:
+    """`features` with the popularity prior counted exactly from the `rows` a central model trains on (a
+    central model reads them anyway), when the model has a popularity prior."""
+    if not config.popularity_prior:
+        return features
+    counts = recent_item_counts(rows, features.n_items, items_per_user=config.popularity_items_per_user)
+    return features.with_popularity(popularity_from_counts(counts))
+
+
 def refit(
     features: ItemFeatures,
     split: Split,
@@ -224,8 +243,9 @@ def refit(
     """A fresh model (same seed) trained on train + validation rows for exactly `epochs` epochs."""
     set_threads(config)
     torch.manual_seed(config.seed)
-    model = TwoTower(features, model_config)
-    trainer = Trainer(model, split.train_and_valid(), split.cold_items, config)
+    rows = split.train_and_valid()
+    model = TwoTower(with_counted_popularity(features, rows, model_config), model_config)
+    trainer = Trainer(model, rows, split.cold_items, config)
     logs = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -253,7 +273,7 @@ def train(
     set_threads(train_config)
     start = time.perf_counter()
     torch.manual_seed(train_config.seed)
-    model = TwoTower(features, model_config)
+    model = TwoTower(with_counted_popularity(features, split.train, model_config), model_config)
     log.info("two-tower model: %d trainable parameters", model.n_trainable())
     best_epoch, best_ndcg, logs = select_epochs(model, split, train_config, eval_config, progress=progress)
     result = TrainResult(model, best_epoch, best_ndcg, refit=False, epochs=logs)

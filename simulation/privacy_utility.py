@@ -65,7 +65,13 @@ def markdown(points: list[RunPoint], references: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def plot(points: list[RunPoint], references: dict[str, float], out: Path) -> None:
+def plot(
+    points: list[RunPoint],
+    references: dict[str, float],
+    out: Path,
+    *,
+    title: str = "amazon_beauty: privacy vs utility",
+) -> None:
     finite = sorted((p for p in points if math.isfinite(p.epsilon)), key=lambda p: p.epsilon)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if finite:
@@ -86,7 +92,7 @@ def plot(points: list[RunPoint], references: dict[str, float], out: Path) -> Non
     ax.set_xscale("log", base=2)
     ax.set_xlabel("user-level epsilon (delta = N^-1.1)")
     ax.set_ylabel("test NDCG@10")
-    ax.set_title("amazon_beauty: privacy vs utility")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -104,7 +104,7 @@ def user_loss(
     read = users.read_out(projected, events, gaps, hour, weekday)  # (M, d)
     out = _probed_linear(users.out_proj, read, probes, "out_users")  # (M, E)
     scaled = F.normalize(last + out, dim=-1, eps=1e-12) * model.temperature()  # (M, E) t u, as encode
-    positive_logit = (scaled * vectors[positive]).sum(dim=-1) + tower.bias(text[positive]).squeeze(-1)  # (M,)
+    positive_logit = (scaled * vectors[positive]).sum(dim=-1) + tower.offset(text[positive], items[positive])
     negative, code_side = _negative_scores(model, scaled, negatives, probes)  # (M, K), (M, r)
     corrected = (negative - log_count).masked_fill(exclude, EXCLUDED)  # (M, K)
     logits = torch.cat([positive_logit.unsqueeze(-1), corrected], dim=-1)  # (M, 1 + K)
@@ -137,6 +137,8 @@ def _negative_scores(
     scores = query @ tower.text[negatives].T + attribute_side @ tower.attributes[negatives].T  # (M, K)
     if tower.id_emb is not None:
         scores = scores + code_side @ tower.id_emb(negatives).T
+    if tower.popularity_weight is not None:
+        scores = scores + tower.popularity_weight * tower.popularity[negatives]
     return scores + tower.bias.bias, code_side
 
 

@@ -7,6 +7,7 @@ Integer codes reserve 0 for padding or "unknown".
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,6 +29,7 @@ class ItemFeatures:
     category: np.ndarray  # (n_items,) int64 top-level category code, 0 = unknown
     price_bucket: np.ndarray  # (n_items,) int64 in [0, N_PRICE_BUCKETS], 0 = unknown
     promotion: np.ndarray  # (n_items,) int64 0/1
+    popularity: np.ndarray | None = None  # (n_items,) float32 log(1 + count) prior (None: zeros, no prior)
 
     @property
     def n_items(self) -> int:
@@ -36,6 +38,18 @@ class ItemFeatures:
     @property
     def text_dim(self) -> int:
         return int(self.text.shape[1])
+
+    def popularity_prior(self) -> np.ndarray:
+        """(n_items,) float32 popularity prior, zeros when there is none."""
+        if self.popularity is None:
+            return np.zeros(self.n_items, dtype=np.float32)
+        if self.popularity.shape != (self.n_items,) or not np.isfinite(self.popularity).all():
+            raise DataError(f"popularity prior must be {self.n_items} finite values")
+        return np.ascontiguousarray(self.popularity, dtype=np.float32)
+
+    def with_popularity(self, popularity: np.ndarray | None) -> ItemFeatures:
+        """The same features with another popularity prior (None: none)."""
+        return dataclasses.replace(self, popularity=popularity)
 
     @property
     def n_categories(self) -> int:
@@ -67,6 +81,22 @@ class ItemFeatures:
             price_bucket=price_buckets(catalogue.price),
             promotion=catalogue.on_promotion.astype(np.int64),
         )
+
+
+def recent_item_counts(seqs: UserSequences, n_items: int, *, items_per_user: int) -> np.ndarray:
+    """(n_items,) float64: how many users have each item among their `items_per_user` most recent distinct
+    items in `seqs` (what a DP trending release with max_items = items_per_user estimates)."""
+    counts = np.zeros(n_items, dtype=np.float64)
+    for user in range(seqs.n_users):
+        recent = seqs.items[seqs.offsets[user] : seqs.offsets[user + 1]][::-1]
+        _, first = np.unique(recent, return_index=True)
+        counts[recent[np.sort(first)[:items_per_user]]] += 1.0
+    return counts
+
+
+def popularity_from_counts(counts: np.ndarray) -> np.ndarray:
+    """(n,) float32 log(1 + max(count, 0)): the prior from (possibly noised) counts."""
+    return np.log1p(np.maximum(np.asarray(counts, dtype=np.float64), 0.0)).astype(np.float32)
 
 
 def price_edges(price: np.ndarray) -> np.ndarray | None:

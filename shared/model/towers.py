@@ -31,6 +31,8 @@ class ItemTower(nn.Module):
 
     text: Tensor
     attributes: Tensor
+    popularity: Tensor
+    popularity_weight: nn.Parameter | None
 
     def __init__(self, features: ItemFeatures, config: ModelConfig) -> None:
         super().__init__()
@@ -45,6 +47,12 @@ class ItemTower(nn.Module):
         self.up = nn.Linear(rank, dim, bias=False)
         self.bias = nn.Linear(dim, 1)  # a text-based item bias: a popularity prior new items get too
         self.bias.requires_grad_(config.item_bias)  # without it the bias stays exactly zero
+        # log(1 + count) of each item among users' most recent items (ItemFeatures.popularity; zeros: none),
+        # weighted by one learned scalar: score offset = bias(text) + popularity_weight * popularity
+        self.register_buffer("popularity", torch.from_numpy(features.popularity_prior()), persistent=False)
+        self.popularity_weight = (
+            nn.Parameter(torch.tensor(float(config.popularity_weight))) if config.popularity_prior else None
+        )
         nn.init.normal_(self.embed_attributes.weight, std=0.02)
         if self.id_emb is not None:
             nn.init.zeros_(self.id_emb.weight)
@@ -58,7 +66,15 @@ class ItemTower(nn.Module):
     def forward(self, items: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(vectors (k, E), bias (k,)) of `items` (k,) int64, or of the whole catalogue when None."""
         text = self.text if items is None else self.text[items]  # (k, E)
-        return text + self.up(self.hidden(items)), self.bias(text).squeeze(-1)
+        return text + self.up(self.hidden(items)), self.offset(text, items)
+
+    def offset(self, text: Tensor, items: Tensor | None = None) -> Tensor:
+        """(k,) the score offset of `items` (None: all) whose text vectors are `text` (k, E): the text-based
+        bias plus the weighted popularity prior."""
+        bias = self.bias(text).squeeze(-1)
+        if self.popularity_weight is None:
+            return bias
+        return bias + self.popularity_weight * (self.popularity if items is None else self.popularity[items])
 
     def hidden(self, items: Tensor | None = None) -> Tensor:
         """(k, r) the low-rank code of `items` (k,) (None: all) that `up` turns into the correction."""
@@ -241,7 +257,7 @@ class TwoTower(nn.Module):
         user_factors(u) @ item_factors(code).T == scores(u, *self.items()): the same numbers from one
         matrix product, without materialising the item vectors text + up(code)."""
         text = self.items.text if items is None else self.items.text[items]  # (k, E)
-        return torch.cat([text, code, self.items.bias(text)], dim=1)
+        return torch.cat([text, code, self.items.offset(text, items).unsqueeze(-1)], dim=1)
 
     def catalogue_scores(
         self, users: Tensor, code: Tensor | None = None, *, bfloat16: bool = False

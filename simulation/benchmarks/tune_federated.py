@@ -27,6 +27,7 @@ from shared.config import FedhomeConfig, with_overrides
 from shared.data.source import configured_split
 from shared.data.split import Split
 from shared.model import ItemFeatures, TwoTower
+from shared.model.features import popularity_from_counts, recent_item_counts
 from shared.model.params import ParamLayout, get_flat, scale_vector, set_flat, trainable_layout
 from shared.privacy.noise import GaussianNoise
 from simulation.central_training import make_scorer
@@ -46,11 +47,20 @@ class Replica:
     scale: np.ndarray  # (dim,) theta = scale * phi (FederatedConfig.update_scales)
 
 
-def build_replica(config: FedhomeConfig) -> Replica:
+def build_replica(config: FedhomeConfig, *, popularity_noise: float = 0.0) -> Replica:
+    """With `model.popularity_prior`, the prior comes from the exact recent-item counts plus the noise of a
+    DP count release with noise multiplier `popularity_noise` (std popularity_noise * sqrt(k) per count, the
+    trending estimator's at q = 1); the replica draws that noise itself, nothing is accounted here."""
     split = configured_split(config.data)
     table = embed_catalogue(split.dataset.catalogue, config.encoder, progress=False)
     torch.manual_seed(config.federated.seed)
-    model = TwoTower(ItemFeatures.from_catalogue(split.dataset.catalogue, table.vectors), config.model)
+    features = ItemFeatures.from_catalogue(split.dataset.catalogue, table.vectors)
+    if config.model.popularity_prior:
+        k = config.model.popularity_items_per_user
+        counts = recent_item_counts(split.train, split.n_items, items_per_user=k)
+        noise = np.random.default_rng(2).normal(0.0, popularity_noise * np.sqrt(k), counts.shape)
+        features = features.with_popularity(popularity_from_counts(counts + noise))
+    model = TwoTower(features, config.model)
     layout = trainable_layout(model, config.federated.trainable)
     trainer = LocalTrainer(
         model, split.train, layout=layout, blocked=split.cold_items, config=config.federated
@@ -64,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--noise-multiplier", type=float, default=0.0, help="z; 0 = clipping only")
+    parser.add_argument(
+        "--popularity-noise", type=float, default=0.0, help="z of the popularity prior's count release"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     config: FedhomeConfig = with_overrides(
         FedhomeConfig(), {"data.dataset": args.dataset, "data.cold_item_fraction": "0", **overrides}
     )
-    replica = build_replica(config)
+    replica = build_replica(config, popularity_noise=args.popularity_noise)
     split, model, layout, trainer, scale = (
         replica.split,
         replica.model,

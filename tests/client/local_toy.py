@@ -27,21 +27,25 @@ ROWS: list[list[int]] = [
 EMPTY_USERS = (0, 1)
 
 
-def features(*, seed: int = 0) -> ItemFeatures:
+def features(*, seed: int = 0, popularity: bool = False) -> ItemFeatures:
+    """Random unit text vectors and codes; with `popularity`, a random popularity prior too."""
     rng = np.random.default_rng(seed)
     text = rng.normal(size=(N_ITEMS, TEXT_DIM)).astype(np.float32)
+    prior = rng.uniform(0.0, 3.0, N_ITEMS).astype(np.float32)
     return ItemFeatures(
         text=text / np.linalg.norm(text, axis=1, keepdims=True),
         category=rng.integers(0, 3, N_ITEMS),
         price_bucket=rng.integers(0, 9, N_ITEMS),
         promotion=rng.integers(0, 2, N_ITEMS),
+        popularity=prior if popularity else None,
     )
 
 
-def random_model(*, seed: int = 1, item_id_residual: bool = False) -> TwoTower:
-    """A model with every parameter drawn at random (so zero-initialised layers matter), in eval mode."""
-    config = dataclasses.replace(MODEL, item_id_residual=item_id_residual)
-    model = TwoTower(features(), config)
+def random_model(*, seed: int = 1, item_id_residual: bool = False, popularity: bool = False) -> TwoTower:
+    """A model with every parameter drawn at random (so zero-initialised layers matter), in eval mode;
+    `popularity`: with a popularity prior and its learned weight."""
+    config = dataclasses.replace(MODEL, item_id_residual=item_id_residual, popularity_prior=popularity)
+    model = TwoTower(features(popularity=popularity), config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -71,8 +75,9 @@ class Toy:
         return np.arange(self.seqs.n_users)
 
 
-def build(trainable: tuple[str, ...] = ("all",), **overrides: Any) -> Toy:
-    """The toy setup with a FederatedConfig of small defaults and the given overrides."""
+def build(trainable: tuple[str, ...] = ("all",), *, popularity: bool = False, **overrides: Any) -> Toy:
+    """The toy setup with a FederatedConfig of small defaults and the given overrides (`popularity`: a
+    model with a popularity prior)."""
     settings: dict[str, Any] = {
         "local_learning_rate": 0.5,
         "n_negatives": 16,
@@ -82,7 +87,7 @@ def build(trainable: tuple[str, ...] = ("all",), **overrides: Any) -> Toy:
         **overrides,
     }
     config = FederatedConfig(trainable=trainable, **settings)
-    model = random_model()
+    model = random_model(popularity=popularity)
     seqs = sequences(ROWS)
     blocked = np.zeros(N_ITEMS, dtype=bool)
     blocked[-N_BLOCKED:] = True

@@ -117,9 +117,9 @@ def test_chunk_plans_separate_very_active_users() -> None:
     assert [(p.start, p.stop) for p in plan] == [(0, 60), (60, 64)]
 
 
-@pytest.mark.parametrize("item_id_residual", [False, True])
-def test_negative_scores_equal_the_models_scores(item_id_residual: bool) -> None:
-    model = random_model(item_id_residual=item_id_residual)
+@pytest.mark.parametrize(("item_id_residual", "popularity"), [(False, False), (True, False), (False, True)])
+def test_negative_scores_equal_the_models_scores(item_id_residual: bool, popularity: bool) -> None:
+    model = random_model(item_id_residual=item_id_residual, popularity=popularity)
     users = torch.nn.functional.normalize(torch.randn(5, model.items.text.shape[1]), dim=-1)
     negatives = torch.tensor([3, 3, 0, 11, 25])
     vectors, bias = model.items(negatives)

@@ -24,9 +24,11 @@ def materialised(toy: Toy, chunk: ChunkBatch, negatives: Negatives) -> dict[str,
     return {n: out[PREFIX + n].reshape(size, -1) * updates.scales[PREFIX + n] for n in layout.names}
 
 
-@pytest.mark.parametrize("scales", [(), ("users.out_proj=0.25", "items.up=3")])
-def test_factored_gradients_equal_the_materialised_ones(scales: tuple[str, ...]) -> None:
-    toy = build(update_scales=scales)
+@pytest.mark.parametrize(
+    ("scales", "popularity"), [((), False), (("users.out_proj=0.25", "items.up=3"), False), ((), True)]
+)
+def test_factored_gradients_equal_the_materialised_ones(scales: tuple[str, ...], popularity: bool) -> None:
+    toy = build(update_scales=scales, popularity=popularity)
     negatives = toy.trainer.negatives(5)
     users = np.arange(2, 12)  # all with examples, of different counts (padding inside the chunk)
     chunk = build_chunk(toy.trainer.examples, users, negatives.items, max_history=MODEL.max_history)
@@ -50,10 +52,10 @@ def test_factored_gradients_equal_the_materialised_ones(scales: tuple[str, ...])
     assert seen == [n for n in toy.layout.names if n in FACTORED] and len(seen) == len(FACTORED)
 
 
-@pytest.mark.parametrize("item_id_residual", [False, True])
-def test_the_loss_with_probes_is_the_user_loss(item_id_residual: bool) -> None:
-    toy = build()
-    model = random_model(item_id_residual=item_id_residual)
+@pytest.mark.parametrize(("item_id_residual", "popularity"), [(False, False), (True, False), (False, True)])
+def test_the_loss_with_probes_is_the_user_loss(item_id_residual: bool, popularity: bool) -> None:
+    toy = build(popularity=popularity)
+    model = random_model(item_id_residual=item_id_residual, popularity=popularity)
     negatives = toy.trainer.negatives(2)
     chunk = build_chunk(toy.trainer.examples, np.array([7]), negatives.items, max_history=MODEL.max_history)
     data = [t[0] for t in chunk.tensors()]  # the one user's inputs

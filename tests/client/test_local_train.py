@@ -34,13 +34,15 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-@pytest.mark.parametrize("trainable", [("all",), SUBSET])
+@pytest.mark.parametrize(
+    ("steps", "trainable", "popularity"),
+    [(1, ("all",), False), (3, ("all",), False), (1, SUBSET, False), (3, SUBSET, False), (1, ("all",), True)],
+)
 @pytest.mark.integration
 def test_batched_path_equals_plain_autograd_clipped_and_summed(
-    steps: int, trainable: tuple[str, ...]
+    steps: int, trainable: tuple[str, ...], popularity: bool
 ) -> None:
-    toy = build(trainable, local_steps=steps)
+    toy = build(trainable, local_steps=steps, popularity=popularity)
     norms = [np.linalg.norm(toy.trainer.user_update(toy.params, u, round_seed=3)) for u in toy.users]
     clip_norm = float(np.median([n for n in norms if n > 0]))  # about half the users get clipped
     result = toy.trainer.clipped_sum(toy.params, toy.users, round_seed=3, clip_norm=clip_norm)

@@ -26,7 +26,7 @@ from shared.model import (
     gather_histories,
     sampled_softmax_loss,
 )
-from shared.model.features import price_buckets
+from shared.model.features import popularity_from_counts, price_buckets, recent_item_counts
 
 N_ITEMS, TEXT_DIM = 40, 16
 CONFIG = ModelConfig(dim=8, max_history=5, n_heads=2, n_layers=1, residual_rank=4, dropout=0.0)
@@ -400,3 +400,40 @@ def test_user_tower_exports_to_onnx_with_parity(tmp_path: Path) -> None:
     assert np.abs(got - want).max() < 1e-5
     (one,) = session.run(None, {n: t[1:2].numpy() for n, t in zip(names, inputs, strict=True)})
     assert np.abs(one - want[1:2]).max() < 1e-5
+
+
+# --- the popularity prior -----------------------------------------------------------------------------
+
+
+def test_recent_item_counts_count_each_users_most_recent_distinct_items() -> None:
+    seqs = sequences([[1, 2, 3, 3, 2], [4], [], [5, 5, 5, 6]])
+    counts = recent_item_counts(seqs, 8, items_per_user=2)  # most recent distinct: {2, 3}, {4}, {}, {6, 5}
+    assert counts.tolist() == [0, 0, 1, 1, 1, 1, 1, 0]
+    assert recent_item_counts(seqs, 8, items_per_user=1).tolist() == [0, 0, 1, 0, 1, 0, 1, 0]
+    assert popularity_from_counts(np.array([-3.0, 0.0, np.e - 1])).tolist() == pytest.approx([0, 0, 1])
+
+
+def test_popularity_prior_adds_a_weighted_offset_on_every_scoring_path() -> None:
+    prior = np.random.default_rng(4).uniform(0, 3, N_ITEMS).astype(np.float32)
+    config = ModelConfig(**{**CONFIG.__dict__, "popularity_prior": True, "popularity_weight": 0.7})
+    plain = TwoTower(features(), CONFIG).eval()
+    model = TwoTower(features().with_popularity(prior), config).eval()
+    assert model.n_trainable() == plain.n_trainable() + 1  # one learned weight; the prior is not state
+    assert set(model.state_dict()) == {name for name, _ in model.named_parameters()}
+    batch = history([[1, 2, 3], [7]])
+    with torch.no_grad():
+        _, bias = model.items()
+        assert torch.allclose(bias, 0.7 * torch.from_numpy(prior))  # the start: text similarity + prior
+        randomised(model)
+        users = model.user_vectors(batch)
+        vectors, bias = model.items()
+        expected = model.items.bias(model.items.text).squeeze(-1) + model.items.popularity_weight * prior
+        assert torch.allclose(bias, expected, atol=1e-6)
+        assert torch.allclose(model.catalogue_scores(users), model.scores(users, vectors, bias), atol=1e-4)
+        some = torch.tensor([3, 9, 30])
+        assert torch.allclose(model.items(some)[1], bias[some], atol=1e-6)
+
+
+def test_a_popularity_prior_of_the_wrong_size_is_refused() -> None:
+    with pytest.raises(DataError, match="popularity prior"):
+        features().with_popularity(np.zeros(N_ITEMS + 1, np.float32)).popularity_prior()
