@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", help="passed to every run"
     )
+    parser.add_argument(
+        "--kinds",
+        default="",
+        help="run only these kinds (comma list of central, 8, 4, 2, 1, none); all by default",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -168,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         epsilons = SWEEP_EPSILONS if name == args.sweep_set else HEADLINE_EPSILONS
         plan[name] = jobs_for(name, dataset, out=args.out, seeds=seeds, epsilons=epsilons, extra=extra)
-    todo = [job for jobs in plan.values() for job in jobs]
+    kinds = {k for k in args.kinds.split(",") if k}
+    todo = [job for jobs in plan.values() for job in jobs if not kinds or job.kind in kinds]
     if args.dry_run:
         for job in todo:
             print(("done  " if job.done else "to run ") + shlex.join(job.command))

@@ -5,6 +5,7 @@ python -m simulation.benchmarks.diagnose_start line-search --dataset ../shared/d
     NDCG@10 on 2,000 users after stepping the start along each group's part of it
 python -m simulation.benchmarks.diagnose_start central-steps --dataset ../shared/data/amazon_beauty \
         [--batch 256] [--lr 1e-3] [--out-proj-lr LR] [--steps 200] [--every 25] [--negatives N --alpha A]
+        [--set model.KEY=VALUE ...]
     validation NDCG@10 on 3,000 users every `every` centralised Adam steps (random batches), optionally
     with a separate learning rate for the user tower's read-out (users.out_proj) and other negatives
 """
@@ -23,7 +24,7 @@ from shared.data.source import configured_split
 from shared.data.split import Split
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import get_flat, set_flat, trainable_layout
-from simulation.central_training import Trainer, make_scorer
+from simulation.central_training import Trainer, make_scorer, with_counted_popularity
 from simulation.evaluate import evaluate
 
 GROUPS = {
@@ -35,18 +36,18 @@ GROUPS = {
 STEPS = (0.03, 0.1, 0.3, 1, 3, 10, 30)
 
 
-def start_model(dataset: str) -> tuple[FedhomeConfig, Split, TwoTower]:
+def start_model(
+    dataset: str, overrides: dict[str, str] | None = None
+) -> tuple[FedhomeConfig, Split, TwoTower]:
     config: FedhomeConfig = with_overrides(
-        FedhomeConfig(), {"data.dataset": dataset, "data.cold_item_fraction": "0"}
+        FedhomeConfig(), {"data.dataset": dataset, "data.cold_item_fraction": "0", **(overrides or {})}
     )
     split = configured_split(config.data)
     table = embed_catalogue(split.dataset.catalogue, config.encoder, progress=False)
     torch.manual_seed(0)
-    return (
-        config,
-        split,
-        TwoTower(ItemFeatures.from_catalogue(split.dataset.catalogue, table.vectors), config.model),
-    )
+    features = ItemFeatures.from_catalogue(split.dataset.catalogue, table.vectors)
+    features = with_counted_popularity(features, split.train, config.model)
+    return config, split, TwoTower(features, config.model)
 
 
 def valid_ndcg(model: TwoTower, split: Split, config: FedhomeConfig, users: np.ndarray) -> float:
@@ -83,7 +84,7 @@ def line_search(dataset: str) -> None:
 
 
 def central_steps(dataset: str, args: argparse.Namespace) -> None:
-    config, split, model = start_model(dataset)
+    config, split, model = start_model(dataset, dict(o.split("=", 1) for o in args.overrides))
     train = TrainConfig(batch_size=args.batch, n_negatives=args.negatives, negative_alpha=args.alpha)
     trainer = Trainer(model, split.train, split.cold_items, train)
     out_proj = [p for n, p in model.named_parameters() if n.startswith("users.out_proj")]
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", type=int, default=2048)
     parser.add_argument(
         "--alpha", type=float, default=0.75, help="negatives ~ (count + 1)^alpha; 0 = uniform"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="model settings"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

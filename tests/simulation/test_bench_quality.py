@@ -76,3 +76,10 @@ def test_quality_json_holds_means_every_seed_and_the_share_of_the_central_gain(
     assert summary["runs"]["federated_8"] == {"seed0": 0.046, "seed1": pytest.approx(0.048)}
     assert summary["eps8_share_of_central_gain"] == pytest.approx((0.047 - 0.039) / (0.055 - 0.039), abs=1e-3)
     assert (target.parent / "quality-synthetic.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_kinds_limit_what_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--sets", "synthetic", "--seeds", "3", "--kinds", "none", "--out", str(tmp_path), "--dry-run"]
+    assert main(argv) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("to run fedhome-sim federated --dataset synthetic") and "--mode none" in line
