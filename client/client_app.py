@@ -13,6 +13,10 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
   the device trains its user by record-level DP-SGD (client/training/dp_sgd.py), clips that update the same
   way, keeps the Opacus accountant in `context.state` across rounds, and also reports "record-epsilon".
 - evaluate: global parameters -> sums of NDCG@10 and HR@10 over the node's users with a validation target.
+- train, evaluate and start_check messages may carry the run's popularity prior (n_items float32: the DP count
+  release made before round 1, server/trending/popularity_release.py); the node puts it in its model
+  (`Node.use_prior`; zeros when a message carries none) and refuses one of the wrong length or with
+  non-finite values.
 
 Participation caps (client/training/participation_counts.py): a sampled device that has already contributed to
 its cap of training rounds in this run refuses and is left out of the sum; the reply says how many refused
@@ -29,7 +33,7 @@ its cap of training rounds in this run refuses and is left out of the sum; the r
 - query "trending": the sampled slots and the window -> the SUM of the sampled users' trending contribution
   vectors (client/trending_contribution.py: at most k recent distinct items each, L2 norm <= 1) and their
   count, from the users' training rows (in simulation the held-out rows are never released). Nothing per user
-  leaves.
+  leaves. The popularity prior's count release is this query too (an unbounded window: the whole history).
 
 Where a node's users come from: `node_config["partition-id"]` and `["num-partitions"]` (set by Flower's
 simulation engine, or by `flower-supernode --node-config`). With `devices_per_node = "shard"` partition p
@@ -119,6 +123,7 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
     instruction = TrainInstruction.from_records(message.content)
     settings = instruction.settings
     params, slots = _params(instruction.params, node), _slots(instruction.slots, node)
+    node.use_prior(instruction.prior)
     terms = round_terms(settings, secure=is_secure(message))
     own = node.privacy  # the node's own terms: the server's settings cannot lower them
     noise = own.noise_source(settings)
@@ -202,6 +207,7 @@ def record_level_sum(
 def handle_evaluate(node: Node, message: Message) -> Message:
     shared = node.shared
     request = EvaluateRequest.from_records(message.content)
+    node.use_prior(request.prior)
     set_flat(shared.model, shared.layout, _params(request.params, node))
     ndcg, hit, n = ranking_sums(
         shared.model, shared.split, node.users, stage=request.stage, max_users=request.max_users
@@ -217,6 +223,7 @@ def handle_start_check(node: Node, message: Message) -> Message:
     shared = node.shared
     trained, start = _params(request.trained, node), _params(request.start, node)
     users = node.users[_slots(request.slots, node)]
+    node.use_prior(request.prior)
     total = start_gain_sum(shared.model, shared.layout, shared.split, users, trained=trained, start=start)
     return Message(StartCheckReply(total, int(users.size)).to_records(), reply_to=message)
 

@@ -16,7 +16,7 @@ from client.training.round_update import LocalTrainer
 from shared.config import FedhomeConfig, to_flat
 from shared.data.source import configured_split
 from shared.data.split import Split, UserSequences
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError, UpdateRejectedError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, trainable_layout
 from shared.run_folder import RunFolder
@@ -48,6 +48,16 @@ class Node:
     def privacy(self) -> OwnPrivacy:
         """The privacy terms the node's own configuration pins (noise multiplier, noise seed, counts)."""
         return OwnPrivacy(self.shared.config, int(self.shared.split.full.n_users))
+
+    def use_prior(self, prior: np.ndarray | None) -> None:
+        """Put the run's popularity prior a message carries (None: zeros, the run has none) into the model
+        the node trains and evaluates with (its `items.popularity` buffer; the process's nodes share the
+        model, so every message sets it). UpdateRejectedError unless it is one finite value per catalogue
+        item."""
+        try:
+            self.shared.model.items.set_popularity(prior)
+        except DataError as exc:
+            raise UpdateRejectedError(f"the message's popularity prior is refused: {exc}") from exc
 
 
 # Per process: a Ray actor serves many rounds and many nodes; load the data and build the model once.

@@ -1,7 +1,7 @@
-"""The privacy ledger's entries, typed: a training round's (RoundEntry), a trending release's (TrendingEntry)
-and the start check's (StartCheckEntry). The coordinator and its hooks write them, the verifier and the report
-read them back through `read_entry`, and the tests build them; server/ledger.py chains and signs whatever
-fields it is given.
+"""The privacy ledger's entries, typed: a training round's (RoundEntry), a count release's (TrendingEntry: a
+trending release, or the popularity prior's counts, told apart by "purpose") and the start check's
+(StartCheckEntry). The coordinator and its hooks write them, the verifier and the report read them back
+through `read_entry`, and the tests build them; server/ledger.py chains and signs whatever fields it is given.
 
 An entry without "kind" is a training round: it has a "round" and advances the round count. Every other
 kind (`NON_TRAINING_KINDS`) has no "round" but "after_round", the training round it follows
@@ -29,6 +29,11 @@ from shared.errors import DataError
 
 SCHEMA = 2
 TRENDING_KIND: Final = "trending_counts"
+# what a trending_counts entry's counts are for: trending releases, or the popularity prior's one release
+# before round 1 (server/trending/popularity_release.py); entries without "purpose" are "trending"
+Purpose = Literal["trending", "popularity_prior"]
+TRENDING_PURPOSE: Final = "trending"
+POPULARITY_PURPOSE: Final = "popularity_prior"
 START_CHECK_KIND: Final = "start_check"
 NON_TRAINING_KINDS = (TRENDING_KIND, START_CHECK_KIND)
 Mode = Literal["central", "local", "none"]
@@ -95,7 +100,8 @@ class RoundEntry:
 
 @dataclass(frozen=True, kw_only=True)
 class TrendingEntry:
-    """One DP trending release (server/trending/trending_round.py)."""
+    """One DP count release by the trending mechanism (server/trending/trending_round.py): a trending release
+    after a training round, or (purpose "popularity_prior", after_round 0) the popularity prior's counts."""
 
     kind: Literal["trending_counts"] = TRENDING_KIND
     after_round: int  # the training round it follows; it does not advance the round count
@@ -131,6 +137,8 @@ class TrendingEntry:
     n_items: int | None = None
     noise_rng: str | None = None
     secure_aggregation: dict[str, Any] | None = None
+    # what the counts are for (absent in entries written before it was recorded: "trending")
+    purpose: Purpose | None = None
 
     def to_fields(self) -> dict[str, Any]:
         return _to_fields(self)
@@ -193,7 +201,7 @@ OPTIONAL = {
     ),
     *("participation_cap", "cap_segment", "user_epsilon_poisson", "user_epsilon_cap", "epsilon_bound"),
     *("secure_aggregation", "n_items", "noise_rng"),
-    "as_of_source",
+    *("as_of_source", "purpose"),
 }
 CHAIN_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
 
@@ -219,8 +227,32 @@ def start_check_after(entries: Sequence[Mapping[str, Any]], after: int) -> Mappi
 
 
 def is_trending(entry: Mapping[str, Any]) -> bool:
-    """Is this the entry of a trending release (not of a training round)?"""
+    """Is this the entry of a count release by the trending mechanism (kind "trending_counts": a trending
+    release, or the popularity prior's counts; not a training round)?"""
     return entry.get("kind") == TRENDING_KIND
+
+
+def release_purpose(entry: Mapping[str, Any]) -> str:
+    """What a trending_counts entry's counts are for: "trending", or "popularity_prior" (an entry without the
+    field is a trending release, as every such entry was before the popularity prior)."""
+    return str(entry.get("purpose", TRENDING_PURPOSE))
+
+
+def is_trending_release(entry: Mapping[str, Any]) -> bool:
+    """Is this the entry of a trending release proper (not the popularity prior's counts)?"""
+    return is_trending(entry) and release_purpose(entry) == TRENDING_PURPOSE
+
+
+def is_popularity_release(entry: Mapping[str, Any]) -> bool:
+    """Is this the entry of the popularity prior's count release?"""
+    return is_trending(entry) and release_purpose(entry) == POPULARITY_PURPOSE
+
+
+def popularity_release_entry(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The popularity prior's count release of the run (after round 0, before the first training round), or
+    None when the ledger has none."""
+    found = [e for e in entries if is_popularity_release(e) and e.get("after_round") == 0]
+    return found[0] if found else None
 
 
 def is_start_check(entry: Mapping[str, Any]) -> bool:

@@ -2,7 +2,9 @@
 
 What `main` does: embed the public catalogue and publish its text vectors into the run folder (devices read
 them), build the model and its trainable layout, wait for the nodes and ask how many users each hosts,
-resume from the newest checkpoint if the run folder has one, then run rounds (server/rounds/coordinator.py)
+resume from the newest checkpoint if the run folder has one, make the popularity prior's DP count release when
+the model has the prior (server/trending/popularity_release.py: once, before round 1; the prior then goes to
+the nodes with every message), then run rounds (server/rounds/coordinator.py)
 until the configured number is done or the privacy budget would be exceeded, evaluating the global model every
 `eval_every` rounds, make the start check (server/rounds/start_check.py: does the trained model beat its
 start on the devices' held-out rows, by a DP-accounted federated evaluation?), and write the model it ships
@@ -31,6 +33,7 @@ from server.rounds.coordinator import Coordinator, Evaluator
 from server.rounds.messaging import discover_population, evaluate_round, poll_replies_often, wait_for_nodes
 from server.rounds.privacy_plan import noise_multiplier_summary
 from server.rounds.start_check import StartCheck
+from server.trending.popularity_release import PopularityRelease
 from server.trending.trending_round import TrendingSchedule
 from shared.config import FedhomeConfig, from_flat, to_flat
 from shared.data.source import load_configured
@@ -102,11 +105,18 @@ def run_training(
     nodes = wait_for_nodes(grid, config.federated.nodes, timeout_s=config.federated.node_timeout_s)
     population = discover_population(grid, nodes, timeout_s=config.federated.node_timeout_s)
     timeout = config.federated.node_timeout_s
+    # the popularity prior's count release before round 1: it puts the prior into `model` (the evaluator's)
+    popularity = PopularityRelease(folder, n_items=model.items.n_items, model=model)
     evaluate: Evaluator = (
         evaluator(model, layout)
         if evaluator is not None
         else lambda p: evaluate_round(
-            grid, population.node_ids, p, max_users=FEDERATED_EVAL_USERS, timeout_s=timeout
+            grid,
+            population.node_ids,
+            p,
+            max_users=FEDERATED_EVAL_USERS,
+            timeout_s=timeout,
+            prior=popularity.prior,
         )
     )
     trending = TrendingSchedule(folder.root, n_items=model.items.n_items)
@@ -120,7 +130,8 @@ def run_training(
         layout,
         ledger,
         evaluate=evaluate,
-        hooks=[trending, start_check],  # at the end: the final trending release, then the start check
+        # before the rounds the popularity prior; at the end the final trending release, then the start check
+        hooks=[popularity, trending, start_check],
     )
     coordinator.resume()
     log.info(
@@ -162,6 +173,8 @@ def run_training(
         if isinstance(coordinator.accountant, CappedAccountant) and coordinator.plan.mode != "none"
         else "poisson",
         "ledger_head": ledger.head_hash(),
+        # the popularity prior's DP count release before round 1 (accounted in user_epsilon above)
+        "popularity_prior": popularity.summary(),
         "trending": trending.summary(
             ledger.entries()
         ),  # DP trending releases (accounted in user_epsilon above)

@@ -1,6 +1,8 @@
 """The messages between the ServerApp and the nodes, typed: a training round's instructions and a node's
 reply, the evaluation request and reply, the start check's request and reply, and the population query's
-reply. Each has `to_records` (the
+reply. A training instruction, an evaluation request and a start check request may carry the run's
+popularity prior (n_items float32, `PRIOR`; server/trending/popularity_release.py), which the node puts in
+its model before using it (without one the node's prior is zeros). Each has `to_records` (the
 Flower records it travels as) and `from_records` (the typed value back, checked); the hyphenated record
 keys are written here and nowhere else.
 
@@ -34,6 +36,7 @@ POPULATION: Final = "population"  # MetricRecord: PopulationReply
 START: Final = "start"  # ArrayRecord {"params"}: the run's initial (start) parameters, flat float32
 START_CHECK: Final = "start-check"  # ConfigRecord: StartCheckRequest's noise multiplier
 GAIN: Final = "gain"  # MetricRecord: StartCheckReply
+PRIOR: Final = "popularity-prior"  # ArrayRecord {"prior"}: the run's popularity prior, (n_items,) float32
 GAIN_SLACK = 1e-9  # absolute: a sum of `count` gains in [-1, 1] lies in [-count, count]
 SEED_RANGE = 2**62  # seeds travel as integers below this (record values are 64-bit)
 
@@ -98,11 +101,13 @@ class RoundSettings:
 
 @dataclass(frozen=True)
 class TrainInstruction:
-    """A training round for one node: the global parameters, its sampled slots and the round's settings."""
+    """A training round for one node: the global parameters, its sampled slots, the round's settings and the
+    run's popularity prior (None: the run has none)."""
 
     params: np.ndarray  # (dim,) float32
     slots: np.ndarray  # (n,) int64, local slots of the node's sampled users
     settings: RoundSettings
+    prior: np.ndarray | None = None  # (n_items,) float32
 
     def to_records(self) -> dict[str, ArrayRecord | MetricRecord | ConfigRecord]:
         """The content's records (secure aggregation adds its own beside them)."""
@@ -110,6 +115,7 @@ class TrainInstruction:
             GLOBAL: global_params_record(self.params),
             SAMPLE: ArrayRecord({"slots": Array(self.slots.astype(np.int64))}),
             ROUND: self.settings.to_config(),
+            **prior_records(self.prior),
         }
 
     @classmethod
@@ -118,7 +124,7 @@ class TrainInstruction:
             settings = RoundSettings.from_config(content.config_records[ROUND])
         except KeyError as exc:
             raise UpdateRejectedError(f"a train message without {exc}") from exc
-        return cls(read_global_params(content), read_slots(content), settings)
+        return cls(read_global_params(content), read_slots(content), settings, read_prior(content))
 
 
 @dataclass(frozen=True)
@@ -195,10 +201,13 @@ class EvaluateRequest:
     params: np.ndarray
     stage: str  # "valid" or "test"
     max_users: int
+    prior: np.ndarray | None = None  # (n_items,) float32, the run's popularity prior (None: none)
 
     def to_records(self) -> RecordDict:
         settings = ConfigRecord({"stage": self.stage, "max-users": self.max_users})
-        return RecordDict({GLOBAL: global_params_record(self.params), EVALUATE: settings})
+        return RecordDict(
+            {GLOBAL: global_params_record(self.params), EVALUATE: settings, **prior_records(self.prior)}
+        )
 
     @classmethod
     def from_records(cls, content: RecordDict) -> EvaluateRequest:
@@ -207,7 +216,7 @@ class EvaluateRequest:
             stage, max_users = str(settings["stage"]), as_int(settings["max-users"], name="max-users")
         except KeyError as exc:
             raise UpdateRejectedError(f"an evaluate message without {exc}") from exc
-        return cls(read_global_params(content), stage, max_users)
+        return cls(read_global_params(content), stage, max_users, read_prior(content))
 
 
 @dataclass(frozen=True)
@@ -246,6 +255,7 @@ class StartCheckRequest:
     start: np.ndarray  # (dim,) float32, the run's initial parameters
     slots: np.ndarray  # (n,) int64, local slots of the node's sampled users
     noise_multiplier: float
+    prior: np.ndarray | None = None  # (n_items,) float32, the run's popularity prior (None: none)
 
     def to_records(self) -> RecordDict:
         return RecordDict(
@@ -254,6 +264,7 @@ class StartCheckRequest:
                 START: global_params_record(self.start),
                 SAMPLE: ArrayRecord({"slots": Array(self.slots.astype(np.int64))}),
                 START_CHECK: ConfigRecord({"noise-multiplier": self.noise_multiplier}),
+                **prior_records(self.prior),
             }
         )
 
@@ -264,7 +275,7 @@ class StartCheckRequest:
             z = as_float(content.config_records[START_CHECK]["noise-multiplier"], name="noise-multiplier")
         except KeyError as exc:
             raise UpdateRejectedError(f"a start check message without {exc}") from exc
-        return cls(read_global_params(content), start, read_slots(content), z)
+        return cls(read_global_params(content), start, read_slots(content), z, read_prior(content))
 
 
 @dataclass(frozen=True)
@@ -329,6 +340,27 @@ def read_slots(content: RecordDict) -> np.ndarray:
         return content.array_records[SAMPLE]["slots"].numpy().astype(np.int64)
     except KeyError as exc:
         raise UpdateRejectedError(f"a message without its sampled slots: {exc}") from exc
+
+
+def prior_records(prior: np.ndarray | None) -> dict[str, ArrayRecord]:
+    """The popularity prior's record of a message's content ({} without a prior)."""
+    if prior is None:
+        return {}
+    return {PRIOR: ArrayRecord({"prior": Array(np.ascontiguousarray(prior, dtype=np.float32))})}
+
+
+def read_prior(content: RecordDict) -> np.ndarray | None:
+    """The popularity prior a message carries, (n,) float32, or None when it carries none; UpdateRejectedError
+    when it is not a 1-D array of finite numbers (its length is the node's to check against its catalogue)."""
+    if PRIOR not in content.array_records:
+        return None
+    try:
+        prior = content.array_records[PRIOR]["prior"].numpy()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpdateRejectedError(f"a malformed popularity prior: {exc!r}") from exc
+    if prior.ndim != 1 or prior.dtype.kind != "f" or not np.isfinite(prior).all():
+        raise UpdateRejectedError("the popularity prior is not a 1-D array of finite numbers")
+    return prior.astype(np.float32, copy=False)
 
 
 def read_global_params(content: RecordDict) -> np.ndarray:

@@ -7,7 +7,9 @@ A release is a folder of files plus `manifest.json`:
 - "encoder": {"name", "backend", "package"} (the item-text encoder the item vectors come from);
 - "privacy": {"unit": "user", "epsilon": user-level PLD epsilon spent, "delta", "ledger_head": the hash of
   the ledger entry of that round (or of the start check that followed it and chose the model),
-  "ledger_entries", optional "record_epsilon"/"record_delta", "start_check": the check's decision};
+  "ledger_entries", optional "record_epsilon"/"record_delta", "start_check": the check's decision,
+  "trending": the trending counts' entry, "popularity_prior": the count release the model's popularity prior
+  comes from (its entry hash, the counts' sha256 it signs, `popularity_prior_sha256` of the prior)};
 - "files": {file name: {"sha256", "bytes"}} for every other file of the release;
 - "key_id" and "signature": Ed25519 over canonical_json(manifest without "signature") (shared.signing).
 Catalogue deltas (shared/catalogue_delta_format.py) use the same signed form with "kind": "catalogue-delta"; a
@@ -25,6 +27,8 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from shared.errors import DataError, SignatureError
 from shared.signing import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, key_id, sign, verify
@@ -44,6 +48,12 @@ def file_digest(path: Path) -> dict[str, Any]:
             digest.update(chunk)
             size += len(chunk)
     return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def popularity_prior_sha256(prior: np.ndarray) -> str:
+    """sha256 of a popularity prior's values (float32, little-endian, item order): what a release's manifest
+    records of the prior in its model, and an auditor recomputes from the counts its ledger entry signs."""
+    return hashlib.sha256(np.ascontiguousarray(prior, dtype="<f4").tobytes()).hexdigest()
 
 
 def sign_manifest(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:

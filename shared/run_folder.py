@@ -3,8 +3,9 @@
 Layout: `config.json` (every setting, flat), `ledger.jsonl` (the signed privacy ledger),
 `ledger_public_key.pem` (the verification key; never the private one), `metrics.jsonl` (one line per round),
 `item_text_vectors.npy` (the public catalogue's text embeddings the devices read),
-`checkpoints/round-NNNNN.npz` (the state after a complete round), and at the end `final_params.npy`,
-`final_model.safetensors` and `summary.json`.
+`checkpoints/round-NNNNN.npz` (the state after a complete round), `popularity_prior.npy` (the model's
+popularity prior when the run made its DP count release: server/trending/popularity_release.py), and at the
+end `final_params.npy`, `final_model.safetensors` and `summary.json`.
 
 A checkpoint is written under a temporary name and renamed, so it is either complete or absent. It carries
 the round's ledger entry: the server writes the checkpoint first and appends the entry second, and on resume
@@ -89,6 +90,10 @@ class RunFolder:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def popularity_prior(self) -> Path:
+        return self.root / "popularity_prior.npy"
+
     def create(self) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
@@ -102,6 +107,34 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def save_popularity_prior(folder: RunFolder, prior: np.ndarray) -> None:
+    """The run's popularity prior (n_items,) float32 as popularity_prior.npy, atomically."""
+    tmp = folder.popularity_prior.with_name(folder.popularity_prior.name + ".tmp")
+    with tmp.open("wb") as out:
+        np.save(out, np.ascontiguousarray(prior, dtype=np.float32), allow_pickle=False)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, folder.popularity_prior)
+
+
+def load_popularity_prior(folder: RunFolder) -> np.ndarray | None:
+    """The popularity prior the run used, (n_items,) float32, or None when it used none (no file: the
+    model's prior is zeros). What builds a run's model afterwards (the final evaluation, a release) reads it
+    here. DataError when the file is not a 1-D array of finite float32 values."""
+    path = folder.popularity_prior
+    if not path.exists():
+        return None
+    try:
+        prior = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"popularity prior {path} cannot be read: {exc}") from exc
+    if not isinstance(prior, np.ndarray) or prior.ndim != 1 or prior.dtype != np.float32:
+        raise DataError(f"popularity prior {path} is not a 1-D float32 array")
+    if not np.isfinite(prior).all():
+        raise DataError(f"popularity prior {path} holds non-finite values")
+    return prior
 
 
 def checkpoint_path(folder: RunFolder, round_number: int) -> Path:

@@ -28,7 +28,7 @@ from shared.data.split import Split
 from shared.errors import FedhomeError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, set_flat, trainable_layout
-from shared.run_folder import RunFolder, load_final_model_state
+from shared.run_folder import RunFolder, load_final_model_state, load_popularity_prior
 from simulation.central_training import make_scorer
 from simulation.evaluate import EvalResult, evaluate
 
@@ -83,9 +83,11 @@ def with_simulated_time(config: FedhomeConfig, split: Split) -> FedhomeConfig:
     `trending.as_of_s` is set, instead of at today's wall clock (a deployment uses the release's own time).
     The end is public information, never one shopper's exact timestamp (it is signed into the ledger): the
     synthetic shop's configured end, or for a recorded log the UTC midnight after its last training day (a
-    day's resolution, said in docs/federated.md)."""
+    day's resolution, said in docs/federated.md). The popularity prior's count release ends its window there
+    too when it has one (`popularity.window_days` > 0)."""
     trending = config.trending
-    if not trending.enabled or trending.as_of_s or split.train.timestamps.size == 0:
+    windowed = config.runs_popularity_release and config.popularity.window_days > 0
+    if not (trending.enabled or windowed) or trending.as_of_s or split.train.timestamps.size == 0:
         return config
     if config.data.dataset == "synthetic":
         shop = config.data.synthetic
@@ -114,9 +116,10 @@ def run_federated(config: FedhomeConfig, split: Split, *, progress: bool) -> Fed
 
 
 def load_final_model(config: FedhomeConfig, split: Split, folder: RunFolder) -> TwoTower:
-    """The run's final global model, rebuilt from the run folder alone."""
+    """The run's final global model, rebuilt from the run folder alone (with the popularity prior the run
+    used, when it made its count release)."""
     features = ItemFeatures.from_catalogue(split.dataset.catalogue, np.load(folder.item_vectors))
-    model = TwoTower(features, config.model)
+    model = TwoTower(features.with_popularity(load_popularity_prior(folder)), config.model)
     model.load_state_dict(load_final_model_state(folder))
     layout = trainable_layout(model, config.federated.trainable)
     set_flat(model, layout, np.load(folder.final_params))

@@ -4,8 +4,9 @@ The server is not trusted to set the noise that protects a user against it. A no
 configuration it was started with (`privacy`), and never from a round's settings:
 
 - the noise multiplier z: `privacy.noise_multiplier`, or when that is 0 the z calibrated exactly as the
-  server's privacy plan does (server/rounds/privacy_plan.py: the target epsilon over the configured rounds
-  and trending releases, delta = privacy.delta or N^-1.1 for the node's population N). In local-DP mode a
+  server's privacy plan does (server/rounds/privacy_plan.py: the target epsilon over the configured rounds,
+  the popularity prior's count release, the trending releases and the start check, delta = privacy.delta or
+  N^-1.1 for the node's population N). In local-DP mode a
   round asking for a smaller local z is refused and each device noises with z, never less; in central mode
   under secure aggregation the node checks the noise share it is asked to add (client/masked_update.py).
 - the noise seed: a fixed seed sent by the server (noise_seed >= 0) would let it subtract the noise; it is

@@ -17,6 +17,7 @@ this ledger), in which case entries cut off the end of the ledger cannot be dete
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -24,13 +25,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from server.audit.cohorts import dispersion_mismatches
 from server.audit.guarantee import guarantee, not_covered, safe_number
 from server.audit.mismatches import mismatches
 from server.audit.verify import TRUNCATION_NOTE, LedgerVerification, verify_ledger
-from server.ledger_entries import is_start_check, is_training_round, is_trending
+from server.ledger_entries import is_start_check, is_training_round, is_trending, popularity_release_entry
 from shared.errors import DataError, FedhomeError
-from shared.release_manifest import verify_release
+from shared.release_manifest import popularity_prior_sha256, verify_release
 from shared.signing import Ed25519PublicKey
 
 REPORT_VERSION = 1
@@ -51,7 +54,7 @@ def build_report(
     entries = _entries(run)
     last = entries[-1] if entries else {}
     folder = run if run.is_dir() else run.parent
-    binding = release_binding(release, entries, public_key)
+    binding = release_binding(release, entries, public_key, folder=folder)
     if binding.get("ok") and TRUNCATION_NOTE in verification.notes:  # the release pins its ledger head
         verification.notes.remove(TRUNCATION_NOTE)
         verification.notes.append(
@@ -78,9 +81,14 @@ def build_report(
 
 
 def release_binding(
-    release: Path | None, entries: list[dict[str, Any]], public_key: Ed25519PublicKey
+    release: Path | None,
+    entries: list[dict[str, Any]],
+    public_key: Ed25519PublicKey,
+    *,
+    folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Does the release verify, and does its manifest name an entry of this ledger with the same epsilon?"""
+    """Does the release verify, and does its manifest name an entry of this ledger with the same epsilon?
+    `folder`: the run folder (where the popularity prior's counts file may be)."""
     if release is None:
         return {"manifest": None, "note": "no release was given; the ledger head is reported above"}
     problems: list[str] = []
@@ -105,6 +113,7 @@ def release_binding(
             "check, the model that check shipped)"
         )
     problems.extend(_trending_binding(manifest, entries))
+    problems.extend(_popularity_binding(manifest, entries, folder))
     return {
         "manifest": {k: manifest.get(k) for k in ("version", "created_utc", "run_id", "model", "privacy")},
         "ok": not problems,
@@ -199,6 +208,35 @@ def _trending_binding(manifest: dict[str, Any], entries: list[dict[str, Any]]) -
             f"the release's epsilon_all {privacy.get('epsilon_all')!r} is not the larger of its model's and "
             f"its trending counts' epsilon ({larger!r}): it must cover both"
         ]
+    return []
+
+
+def _popularity_binding(
+    manifest: dict[str, Any], entries: list[dict[str, Any]], folder: Path | None
+) -> list[str]:
+    """A release's popularity prior (in its item bias) must come from this ledger's popularity count release:
+    the entry its block names, the counts sha256 and epsilon that entry signs, and, when the counts file is
+    beside the ledger and matches the entry, the prior log(1 + max(count, 0)) those counts give. A run with
+    such a release must name it."""
+    block = manifest.get("privacy", {}).get("popularity_prior")
+    entry = popularity_release_entry(entries)
+    if block is None:
+        return [] if entry is None else ["the release does not name the run's popularity prior count release"]
+    if entry is None or entry.get("entry_hash") != block.get("ledger_entry_hash"):
+        return ["the release's popularity prior names no popularity count release of this ledger"]
+    if block.get("counts_sha256") != entry.get("counts_sha256"):
+        return ["the release's popularity counts are not the ones its ledger entry signs"]
+    if block.get("epsilon") != entry.get("user_epsilon", {}).get("pld"):
+        return ["the release's popularity prior epsilon differs from its ledger entry's"]
+    counts_file = None if folder is None else folder / str(entry.get("counts_file"))
+    if counts_file is None or not counts_file.is_file():
+        return []  # a ledger audited without its counts: the prior's sha256 is not recomputed
+    if hashlib.sha256(counts_file.read_bytes()).hexdigest() != entry.get("counts_sha256"):
+        return []  # verify reports the mismatched counts file
+    counts = np.load(counts_file, allow_pickle=False).astype(np.float64)
+    prior = np.log1p(np.maximum(counts, 0.0)).astype(np.float32)  # the prior's definition, re-derived
+    if popularity_prior_sha256(prior) != block.get("prior_sha256"):
+        return ["the release's popularity prior is not log(1 + count) of the counts its ledger entry signs"]
     return []
 
 

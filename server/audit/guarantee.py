@@ -21,7 +21,13 @@ from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from server.audit.accountant import VALUE_DISCRETIZATION_INTERVAL
 from server.audit.cap_check import report_section
 from server.audit.verify import LedgerVerification
-from server.ledger_entries import is_start_check, is_training_round, is_trending
+from server.ledger_entries import (
+    is_popularity_release,
+    is_start_check,
+    is_training_round,
+    is_trending,
+    is_trending_release,
+)
 
 NOT_COVERED = [
     "The item catalogue (titles, categories, prices) and the sentence encoder: both are public inputs, "
@@ -86,7 +92,13 @@ def guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) -
         "the whole sequence, so releasing only the final model is covered too (post-processing)"
         + (
             "; and the DP trending counts of every trending release (each entry binds counts_sha256)"
-            if any(is_trending(e) for e in entries)
+            if any(is_trending_release(e) for e in entries)
+            else ""
+        )
+        + (
+            "; and the DP counts of the popularity prior's release before round 1 (its entry binds "
+            "counts_sha256; the prior log(1 + count) is in every later model)"
+            if any(is_popularity_release(e) for e in entries)
             else ""
         )
         + (
@@ -96,7 +108,8 @@ def guarantee(entries: list[dict[str, Any]], verification: LedgerVerification) -
             else ""
         ),
         "rounds": len([e for e in entries if is_training_round(e)]),
-        "trending_releases": len([e for e in entries if is_trending(e)]),
+        "trending_releases": len([e for e in entries if is_trending_release(e)]),
+        "popularity_releases": len([e for e in entries if is_popularity_release(e)]),
         "start_checks": len([e for e in entries if is_start_check(e)]),
         "delta": delta,
         "delta_reason": (
@@ -137,9 +150,11 @@ def headline_epsilon(entries: Sequence[dict[str, Any]], verification: LedgerVeri
     """The one epsilon the report leads with: user-level, of every model round, trending release and start
     check."""
     rounds = len([e for e in entries if is_training_round(e)])
-    releases = len([e for e in entries if is_trending(e)])
+    releases = len([e for e in entries if is_trending_release(e)])
     checks = len([e for e in entries if is_start_check(e)])
+    priors = len([e for e in entries if is_popularity_release(e)])
     also = f", {checks} start check(s)" if checks else ""
+    also += f", {priors} popularity prior count release(s)" if priors else ""
     return {
         "epsilon": safe_number(verification.recomputed_epsilon),
         "delta": verification.delta,
@@ -307,8 +322,13 @@ def not_covered(entries: Sequence[dict[str, Any]]) -> list[str]:
     for entry in entries:
         if is_trending(entry) and "as_of_s" in entry:
             source = entry.get("as_of_source", "not recorded")
+            release = (
+                "The popularity prior's count release before round 1"
+                if is_popularity_release(entry)
+                else f"The trending release after round {entry.get('after_round')}"
+            )
             items.append(
-                f"The trending release after round {entry.get('after_round')}: its window end as_of_s = "
+                f"{release}: its window end as_of_s = "
                 f"{entry['as_of_s']} (source: {source}), published exactly. It is covered only when it is "
                 "public (configured, or the release's own time); one derived from users' data (a replay's "
                 "last timestamp) moves every user's window and is not covered."

@@ -272,11 +272,12 @@ def _trending(rows: list[dict[str, Any]]) -> str:
     composed into the epsilon above."""
     if not rows:
         return "<p id='trending'>No trending counts were released.</p>"
-    head = ["after round", "q", "z", "noise std", "k", "window (days)", "window end (source)", "cohort"]
-    head.append("counts file")
+    head = ["after round", "purpose", "q", "z", "noise std", "k", "window (days)", "window end (source)"]
+    head += ["cohort", "counts file"]
     table = [
         [
             r["after_round"],
+            r.get("purpose") or "trending",
             r["sample_rate"],
             _fmt(r["noise_multiplier"]),
             _fmt(r["noise_std"]),

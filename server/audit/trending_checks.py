@@ -1,4 +1,5 @@
-"""Checks of a trending-release ledger entry (kind "trending_counts"): fields, ranges, noise, counts file.
+"""Checks of a trending-release ledger entry (kind "trending_counts": a trending release, or the popularity
+prior's count release before round 1): fields, ranges, noise, counts file.
 
 The mechanism the entry must describe (server/trending/trending_query.py): Poisson sampling with rate q_t,
 each user's contribution vector weighted 1/sqrt(max_items) per item so its L2 norm is <= 1 (sensitivity 1),
@@ -27,6 +28,11 @@ def check_trending_fields(where: str, entry: dict[str, Any], problems: list[str]
         ("noise_multiplier >= 0", typed.noise_multiplier >= 0),
         ("max_items >= 1", typed.max_items >= 1),
         ("delta in (0, 1)", 0 < typed.delta < 1),
+        # the popularity prior's counts are released once, before round 1 (its models all use them)
+        (
+            "after_round 0 for purpose popularity_prior",
+            typed.purpose != "popularity_prior" or not typed.after_round,
+        ),
     ]
     out_of_range = [rule for rule, holds in ranges if not holds]
     if out_of_range:

@@ -22,7 +22,9 @@ Trending releases (kind "trending_counts", server/audit/trending_checks.py) sit 
 a "round" of their own ("after_round" must be the last round before them); their Poisson-subsampled
 Gaussian is composed into the recomputed epsilon like a training round, and their counts file, when it is
 beside the ledger, must match the sha256 the entry signs; a counts file in trending/ that no entry names
-was never accounted and fails the ledger. Ledgers without such entries verify as before.
+was never accounted and fails the ledger. Ledgers without such entries verify as before. The popularity
+prior's count release is such an entry too ("purpose": "popularity_prior"), checked the same way; it must
+come before the first round (after_round 0).
 
 The start check (kind "start_check", server/audit/start_check_checks.py) likewise follows the last round
 without a round of its own; its Poisson-subsampled Gaussian sum is composed into the recomputed epsilon, its
@@ -56,7 +58,13 @@ from server.audit.trending_checks import (
     check_trending_noise,
     check_unsigned_counts,
 )
-from server.ledger_entries import NON_TRAINING_KINDS, is_start_check, is_training_round, is_trending
+from server.ledger_entries import (
+    NON_TRAINING_KINDS,
+    is_start_check,
+    is_training_round,
+    is_trending,
+    release_purpose,
+)
 from shared.errors import ConfigError, DataError, SignatureError
 from shared.signing import Ed25519PublicKey, canonical_json, key_id, verify
 
@@ -172,6 +180,7 @@ def _trending_row(where: str, entry: dict[str, Any], folder: Path, report: Ledge
     """What the report lists about a trending release, with the check of its counts file."""
     keys = ("after_round", "sample_rate", "noise_multiplier", "noise_std", "max_items", "window_days")
     row: dict[str, Any] = {key: entry.get(key) for key in (*keys, "realised_cohort", "counts_sha256")}
+    row["purpose"] = release_purpose(entry)  # "trending", or "popularity_prior" (before round 1)
     row["counts_file_ok"] = check_counts_file(where, entry, folder, report.problems)
     row["entry_hash"] = entry.get("entry_hash")
     report.trending.append(row)

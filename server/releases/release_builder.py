@@ -16,6 +16,10 @@ A release folder (see shared/release_manifest.py for the manifest) holds:
 - `trending_counts.npy` (N,) float32 when the run made DP trending releases: the latest accounted counts
   (server/releases/release_trending.py), bound to their ledger entry in the manifest's privacy block.
 
+A run with a popularity prior (server/trending/popularity_release.py) is rebuilt with the prior it used
+(the run folder's popularity_prior.npy), so `item_bias.npy` includes it; the manifest's privacy block binds
+the prior to its count release's ledger entry ("popularity_prior").
+
 A release of a run's final model is bound to its start check's ledger entry when one followed the last round
 (server/rounds/start_check.py): the model is the one that check shipped, the trained one or the start.
 
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 
 from server.ledger_entries import is_training_round, start_check_after
-from server.releases.release_trending import epsilon_all, latest_trending
+from server.releases.release_trending import epsilon_all, latest_trending, popularity_prior_block
 from shared.config import from_flat
 from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.source import load_configured
@@ -201,7 +205,9 @@ def load_run(
     torch.manual_seed(
         config.federated.seed
     )  # parameters outside the trained layout keep their initial values
-    model = TwoTower(ItemFeatures.from_catalogue(dataset.catalogue, vectors), config.model)
+    popularity = popularity_prior_block(ledger, folder.root)  # the prior the run used, bound to its entry
+    features = ItemFeatures.from_catalogue(dataset.catalogue, vectors)
+    model = TwoTower(features.with_popularity(None if popularity is None else popularity[0]), config.model)
     set_flat(model, trainable_layout(model, config.federated.trainable), params)
     privacy: dict[str, Any] = {
         "unit": bound.get("unit_of_privacy", "user"),
@@ -217,6 +223,8 @@ def load_run(
             privacy[name] = entry[name]
     if check is not None:  # which model the start check shipped, and why
         privacy["start_check"] = {name: check[name] for name in START_CHECK_FIELDS}
+    if popularity is not None:  # in the model's item bias; its epsilon is in every later entry's
+        privacy["popularity_prior"] = popularity[1]
     trending = latest_trending(ledger, round_number, folder.root)
     if trending is not None:
         privacy["trending"] = trending[1]

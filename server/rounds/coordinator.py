@@ -105,6 +105,7 @@ class Coordinator:
         self.state = RunState(0, initial_params.astype(np.float32), uuid.uuid4().hex[:12])
         self.stop_reason = ""
         self.pending_row: dict[str, Any] | None = None  # set by resume(): a metrics row lost to a kill
+        self.prior: np.ndarray | None = None  # the popularity prior sent to the nodes (a hook sets it)
 
     def make_transport(self) -> UpdateTransport:
         return make_transport(
@@ -124,9 +125,12 @@ class Coordinator:
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self, grid: Any, *, progress: bool) -> str:
-        """Rounds until `federated.rounds` are done or the budget is spent, each followed by the hooks;
-        returns why it stopped."""
+        """The hooks' steps before the rounds (the popularity prior's release), then rounds until
+        `federated.rounds` are done or the budget is spent, each followed by the hooks; returns why it
+        stopped."""
         federated = self.config.federated
+        for hook in self.hooks:
+            hook.before_rounds(self, grid)
         bar = tqdm(
             total=federated.rounds,
             initial=self.state.round,
@@ -136,7 +140,8 @@ class Coordinator:
         )
         reason = "completed all rounds"
         if federated.eval_every and self.state.round == 0:  # the starting point, for the curves
-            start = {"round": 0, "user_epsilon": 0.0, **self.evaluate(self.state.params)}
+            spent = 0.0 if self.plan.mode == "none" else self.epsilon()  # a release before round 1 spends
+            start = {"round": 0, "user_epsilon": spent, **self.evaluate(self.state.params)}
             self.metrics.append(start)
             log.info("round 0: valid NDCG@10 %s", start.get("valid_ndcg_10", "-"))
         if self.pending_row is not None:  # resumed after a kill that lost the last round's metrics row
@@ -217,6 +222,13 @@ class Coordinator:
         self.ledger.append_signed(entry)
         return entry
 
+    @property
+    def popularity_prior(self) -> np.ndarray | None:
+        return self.prior
+
+    def use_popularity_prior(self, prior: np.ndarray) -> None:
+        self.prior = np.ascontiguousarray(prior, dtype=np.float32)
+
     # -- resume -------------------------------------------------------------------------------------
     def resume(self) -> bool:
         """Load the newest checkpoint, if any, and reconcile ledger and metrics with it. True when resumed.
@@ -226,11 +238,13 @@ class Coordinator:
         hook's release after the round (trending counts, the start check), which the checkpoint carries
         when it was the last thing committed. Anything else is refused. Metric rows after the checkpoint's
         round, and a torn last row, are dropped; a missing row of the checkpoint's round becomes
-        `pending_row`, for the caller to complete and append.
+        `pending_row`, for the caller to complete and append. A checkpoint of round 0 holds a release made
+        before the first round (the popularity prior's counts); its round-0 metrics row is dropped and
+        written again by `run`.
         """
         checkpoint = load_latest_checkpoint(self.folder)
         if checkpoint is None:
-            if self.ledger.last_round() > 0:
+            if self.ledger.entries():  # a release before round 1 is checkpointed too
                 raise ConfigError(f"{self.folder.ledger} has entries but the run has no checkpoint")
             trim_metrics(self.folder, -1)  # a start killed before its first round completed (its round 0)
             return False
@@ -245,7 +259,8 @@ class Coordinator:
         self.accountant = accountant_from_dict(checkpoint["accountant"])
         if isinstance(self.accountant, CappedAccountant):
             self.accountant.new_segment()  # the nodes' participation counts may start from zero again
-        if trim_metrics(self.folder, last) < last:
+        kept = trim_metrics(self.folder, last if last > 0 else -1)  # round 0's row: written again by run
+        if last > 0 and kept < last:
             self.pending_row = dict(self.state.history[-1])
         log.info("resumed run %s after round %d", self.state.run_id, last)
         return True
@@ -355,6 +370,7 @@ class Coordinator:
             self.state.params,
             self.round_settings(round_number),
             self.aggregator.clip_norm,
+            self.prior,
         )
         collected = self.transport.collect(grid, request)
         replies, secure = collected.replies, collected.secure_record

@@ -125,14 +125,16 @@ def train_round(
     check_norm: bool,
     timeout_s: float,
     record_level: bool = False,
+    prior: np.ndarray | None = None,
 ) -> TrainReplies:
     """Send the round to every node with sampled users; sum the replies that pass the checks.
 
     With `record_level`, every reply must carry the device's record-level epsilon ("record-epsilon"); the
-    largest one over the replies (rejected ones included: their device spent it) is returned."""
+    largest one over the replies (rejected ones included: their device spent it) is returned. `prior`: the
+    run's popularity prior, which the nodes' models use (None: the run has none)."""
     messages = []
     for position, (node, slots) in enumerate(assignment.items()):
-        instruction = TrainInstruction(params, slots, settings.for_node(position))
+        instruction = TrainInstruction(params, slots, settings.for_node(position), prior)
         content = RecordDict(instruction.to_records())
         messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
     total = np.zeros(params.shape[0], dtype=np.float64)
@@ -193,10 +195,17 @@ def read_train_reply(reply: Message, n_sampled: int) -> TrainReply:
 
 
 def evaluate_round(
-    grid: Grid, node_ids: tuple[int, ...], params: np.ndarray, *, max_users: int, timeout_s: float
+    grid: Grid,
+    node_ids: tuple[int, ...],
+    params: np.ndarray,
+    *,
+    max_users: int,
+    timeout_s: float,
+    prior: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Federated evaluation on the validation stage: mean NDCG@10 and HR@10 over the nodes' users."""
-    content = EvaluateRequest(params, "valid", max_users).to_records()
+    """Federated evaluation on the validation stage: mean NDCG@10 and HR@10 over the nodes' users, of the
+    model with `params` and the run's popularity prior `prior` (None: none)."""
+    content = EvaluateRequest(params, "valid", max_users, prior).to_records()
     messages = [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in node_ids]
     ndcg = hits = n = 0.0
     for reply in grid.send_and_receive(messages, timeout=timeout_s):

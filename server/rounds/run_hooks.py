@@ -1,13 +1,16 @@
 """The typed interface between the round loop and what runs beside it (in the manner of pfl-research's
-callbacks), and where the metrics rows go. A hook is told when the run resumes, after each training round,
-and at the end, and acts on the run only through `RunAccess`, never through the coordinator's attributes.
+callbacks), and where the metrics rows go. A hook is told when the run resumes, before the run's rounds
+(also when a resumed run goes on), after each training round, and at the end, and acts on the run only
+through `RunAccess`, never through the coordinator's attributes.
 
 `RunAccess` is what the Coordinator (server/rounds/coordinator.py) offers a hook: the run's identity and
 position, its privacy plan and population, the current global parameters and round's noise, and one way to
 spend privacy: check an event against the budget, record it in the run's accountant, and commit a signed
 ledger entry (checkpointed with the run's state before it reaches the ledger, so a kill can never lose or
-double-count it). A trending release (server/trending/trending_round.py) and the start check
-(server/rounds/start_check.py) are such hooks.
+double-count it). It also holds the run's popularity prior, which goes to the nodes with every training,
+evaluation and start check message. The popularity prior's count release
+(server/trending/popularity_release.py), a trending release (server/trending/trending_round.py) and the start
+check (server/rounds/start_check.py) are such hooks.
 """
 
 from __future__ import annotations
@@ -66,11 +69,25 @@ class RunAccess(Protocol):
         """Sign `fields`, checkpoint the run's state with the entry, append it to the ledger; the entry."""
         ...
 
+    @property
+    def popularity_prior(self) -> np.ndarray | None:
+        """The popularity prior the nodes' models use, (n_items,) float32 (None: none, zeros)."""
+        ...
+
+    def use_popularity_prior(self, prior: np.ndarray) -> None:
+        """Send `prior` to the nodes with every later training, evaluation and start check message."""
+        ...
+
 
 class RunHook(Protocol):
     def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
         """The run resumed from a checkpoint whose ledger holds `entries`: clean up what they do not
         account for."""
+        ...
+
+    def before_rounds(self, run: RunAccess, grid: Any) -> None:
+        """The run is about to run its training rounds (before the starting point's evaluation): at the
+        start (run.completed_rounds == 0, nothing trained yet), or going on after a resume."""
         ...
 
     def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ The release is a Poisson-subsampled Gaussian sum: RoundEvent(q_s, z_s) in the ru
 the training rounds and trending releases, and planned for when the training z is calibrated
 (shared/privacy/planned_noise.py), so the target epsilon covers it. Only the noised sum and the decision are
 published (and the realised cohort and replying users, exactly, as for the other releases); nothing per user
-or per node. The central harness of simulation/ is never consulted: it reads private rows in the clear.
+or per node. The central harness of simulation/ is never consulted: it reads private rows in the clear. Both
+models rank with the run's popularity prior when it has one (server/trending/popularity_release.py).
 
 When (StartCheckConfig, shared/config.py): "auto" (default) in privacy mode "central" (and "none", without
 noise or cost); off, with a note in the summary, in mode "local", under secure aggregation (the server would
@@ -90,6 +91,7 @@ class GainQuery(Protocol):
         start: np.ndarray,
         noise_multiplier: float,
         timeout_s: float,
+        prior: np.ndarray | None,
     ) -> GainReplies: ...
 
 
@@ -101,12 +103,14 @@ def start_check_query(
     start: np.ndarray,
     noise_multiplier: float,
     timeout_s: float,
+    prior: np.ndarray | None = None,
 ) -> GainReplies:
     """Send the start check to every node with sampled users; sum the replies that pass the checks (one
-    reply per queried node, its count the node's sampled users, its sum within [-count, count])."""
+    reply per queried node, its count the node's sampled users, its sum within [-count, count]). Both models
+    rank with the run's popularity prior `prior` (None: none)."""
     messages = [
         Message(
-            StartCheckRequest(trained, start, slots, noise_multiplier).to_records(),
+            StartCheckRequest(trained, start, slots, noise_multiplier, prior).to_records(),
             dst_node_id=node,
             message_type=START_CHECK_MESSAGE,
         )
@@ -165,6 +169,7 @@ def run_start_check(
         start=start,
         noise_multiplier=event.noise_multiplier,
         timeout_s=config.federated.node_timeout_s,
+        prior=run.popularity_prior,
     )
     noised = noised_gain(replies.total, noise=noise, noise_multiplier=event.noise_multiplier)
     decision = decide(noised.noised_sum, margin=config.start_check.margin, noise_std=noised.noise_std)
@@ -201,6 +206,9 @@ class StartCheck:
 
     def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
         """Nothing to clean up: a check's entry is in the ledger, or it was never accounted."""
+
+    def before_rounds(self, run: RunAccess, grid: Any) -> None:
+        """The check runs once, at the end."""
 
     def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
         """The check runs once, at the end."""

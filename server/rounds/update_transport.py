@@ -22,13 +22,15 @@ from shared.messages import RoundSettings
 @dataclass(frozen=True)
 class RoundRequest:
     """What the nodes of a training round are sent: the cohort's slots per node, the global parameters
-    (phi, flat), the round's settings (see Coordinator.round_settings) and the clip norm C."""
+    (phi, flat), the round's settings (see Coordinator.round_settings), the clip norm C and the run's
+    popularity prior."""
 
     round_number: int
     assignment: dict[int, np.ndarray]  # node id -> sorted local slots of its sampled users
     params: np.ndarray
     settings: RoundSettings
     clip_norm: float
+    prior: np.ndarray | None = None  # the run's popularity prior (n_items,) float32; None: none
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class ClearTransport:
             check_norm=self.check_norm,
             timeout_s=self.timeout_s,
             record_level=self.record_level,
+            prior=request.prior,
         )
         return CollectedUpdates(replies)
 
@@ -84,6 +87,7 @@ class SecureTransport:
             clip_norm=request.clip_norm,
             secure=self.settings,
             record_level=self.record_level,
+            prior=request.prior,
         )
         return CollectedUpdates(secure.replies, noise_in_sum=secure.noise_std, secure_record=secure.record)
 

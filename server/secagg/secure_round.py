@@ -125,11 +125,13 @@ def secure_train_round(
     clip_norm: float,
     secure: SecureSettings,
     record_level: bool = False,
+    prior: np.ndarray | None = None,
 ) -> SecureReplies:
-    """Secure aggregation of one training round; the returned sum is noised in central mode."""
+    """Secure aggregation of one training round; the returned sum is noised in central mode. `prior`: the
+    run's popularity prior, which the nodes' models use (None: none)."""
 
     def content_of(i: int, slots: np.ndarray) -> dict[str, Record]:
-        return dict(TrainInstruction(params, slots, settings.for_node(i)).to_records())
+        return dict(TrainInstruction(params, slots, settings.for_node(i), prior).to_records())
 
     record_epsilons: list[float] = []
 

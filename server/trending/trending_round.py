@@ -12,9 +12,11 @@ entry never reached a checkpoint was not accounted and is deleted on resume (`re
 kill between a training round and its periodic release skips that release; the final one is made on resume if
 missing.
 
-The entry (kind "trending_counts", no "round": "after_round" is the training round it follows) records the
-mechanism's parameters, the realised cohort, the noise std applied, the sha256 of the counts file and the
-epsilon spent so far, under the same chain and signature as the training rounds (server/ledger.py).
+The entry (kind "trending_counts", no "round": "after_round" is the training round it follows; "purpose":
+"trending") records the mechanism's parameters, the realised cohort, the noise std applied, the sha256 of the
+counts file and the epsilon spent so far, under the same chain and signature as the training rounds
+(server/ledger.py). The popularity prior's one count release before round 1 is made by the same code
+(`run_count_release` with its own `CountRelease`: server/trending/popularity_release.py).
 """
 
 from __future__ import annotations
@@ -24,13 +26,22 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from server.ledger_entries import TRENDING_KIND, TrendingEntry, entries_after_last_round, is_trending
+from server.ledger_entries import (
+    TRENDING_KIND,
+    TRENDING_PURPOSE,
+    Purpose,
+    TrendingEntry,
+    entries_after_last_round,
+    is_trending,
+    is_trending_release,
+)
 from server.rounds.privacy_plan import derived_seed
 from server.rounds.run_hooks import RunAccess
 from server.rounds.update_transport import secure_settings
@@ -66,7 +77,8 @@ def trending_due(run: RunAccess, *, final: bool) -> bool:
 def released_after(entries: Sequence[dict[str, Any]], after: int) -> bool:
     """Does the ledger hold the trending release after round `after` among the entries that follow its last
     training round (another hook's entry, the start check, may come after it)?"""
-    return any(is_trending(e) and e.get("after_round") == after for e in entries_after_last_round(entries))
+    after_last = entries_after_last_round(entries)
+    return any(is_trending_release(e) and e.get("after_round") == after for e in after_last)
 
 
 def trending_event(run: RunAccess) -> RoundEvent:
@@ -74,6 +86,40 @@ def trending_event(run: RunAccess) -> RoundEvent:
     trending = run.config.trending
     z = 0.0 if run.plan.mode == "none" else trending.noise_multiplier
     return RoundEvent(sample_rate=trending.sample_rate, noise_multiplier=z)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CountRelease:
+    """One accounted count release by the trending mechanism: what it is for, its event, its k and window,
+    where its counts go, and the salts of its seeds when privacy.seed is fixed."""
+
+    purpose: Purpose
+    event: RoundEvent  # (q, z): z = 0 in privacy mode "none"
+    max_items: int  # k
+    window_days: float  # 0: the whole history before the window end
+    as_of_s: int  # the window end as configured; 0: the release's own time
+    counts_file: str  # relative to the run folder, under trending/
+    what: str  # for messages: "the trending release after round 3"
+    salts: tuple[int, int] = (_SAMPLE_SALT, _NOISE_SALT)  # (sample, noise)
+
+    @property
+    def window_s(self) -> float:
+        """The window's length in seconds (inf: the whole history)."""
+        return self.window_days * SECONDS_PER_DAY if self.window_days > 0 else math.inf
+
+
+def trending_release(run: RunAccess) -> CountRelease:
+    """The trending release due after the current training round (TrendingConfig)."""
+    trending, after = run.config.trending, run.completed_rounds
+    return CountRelease(
+        purpose=TRENDING_PURPOSE,
+        event=trending_event(run),
+        max_items=trending.max_items,
+        window_days=trending.window_days,
+        as_of_s=trending.as_of_s,
+        counts_file=f"trending/after-round-{after:05d}.npy",
+        what=f"the trending release after round {after}",
+    )
 
 
 class TrendingQuery(Protocol):
@@ -97,17 +143,25 @@ def run_trending_round(
 ) -> dict[str, Any]:
     """One accounted trending release over a catalogue of `n_items` after the current training round;
     returns its ledger entry. `query` asks the nodes in the clear (secure aggregation has its own)."""
+    return run_count_release(run, grid, trending_release(run), n_items=n_items, query=query)
+
+
+def run_count_release(
+    run: RunAccess, grid: Any, release: CountRelease, *, n_items: int, query: TrendingQuery = trending_query
+) -> dict[str, Any]:
+    """One accounted count release (`release`) over a catalogue of `n_items` after the current training
+    round (0: before the first); returns its ledger entry. BudgetExhaustedError (nothing sampled, queried or
+    written) when it would take the user epsilon past the budget."""
     config, seed = run.config, run.config.privacy.seed
-    trending = config.trending
-    event = trending_event(run)
-    after = run.completed_rounds
-    run.check_budget_for(event, what=f"the trending release after round {after}")
-    rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, after, _SAMPLE_SALT))
+    event, after = release.event, run.completed_rounds
+    run.check_budget_for(event, what=release.what)
+    sample_salt, noise_salt = release.salts
+    rng = np.random.default_rng(None if seed < 0 else derived_seed(seed, after, sample_salt))
     cohort = poisson_sample(run.population.n_users, sample_rate=event.sample_rate, rng=rng)
-    as_of, as_of_source = window_end(trending.as_of_s)
+    as_of, as_of_source = window_end(release.as_of_s)
     assignment, secure_record = run.population.split(cohort), None
-    noise = run.round_noise if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, _NOISE_SALT))
-    window_s, max_items = trending.window_days * SECONDS_PER_DAY, trending.max_items
+    noise = run.round_noise if seed < 0 else GaussianNoise(seed=derived_seed(seed, after, noise_salt))
+    window_s, max_items = release.window_s, release.max_items
     if config.privacy.secure_aggregation:
         mode = "none" if run.plan.mode == "none" else "central"
         secure = secure_settings(config, mode=mode, noise_multiplier=event.noise_multiplier, noise=noise)
@@ -126,12 +180,12 @@ def run_trending_round(
             noise=noise,
             noise_multiplier=event.noise_multiplier,
             sample_rate=event.sample_rate,
-            max_items=trending.max_items,
+            max_items=max_items,
         )
     spent = run.record_event(event)
-    relative = write_counts(run.run_root, after, result.counts)
+    relative = write_counts(run.run_root, release.counts_file, result.counts)
     fields = trending_fields(
-        run, event, cohort.size, replies, result, spent=spent, as_of=as_of, counts_file=relative
+        run, release, cohort.size, replies, result, spent=spent, as_of=as_of, counts_file=relative
     )
     secure_fields = None if secure_record is None else secure_record.to_json()
     typed = TrendingEntry(
@@ -140,6 +194,7 @@ def run_trending_round(
         n_items=n_items,
         noise_rng=noise.source,
         secure_aggregation=secure_fields,
+        purpose=release.purpose,
     )
     return run.commit_entry(typed.to_fields())
 
@@ -153,9 +208,9 @@ def window_end(configured: int) -> tuple[int, Literal["configured", "release_tim
     return int(time.time()), "release_time"
 
 
-def write_counts(root: Path, after_round: int, counts: np.ndarray) -> str:
-    """The published counts as trending/after-round-NNNNN.npy (float32, atomic); its path under root."""
-    relative = f"trending/after-round-{after_round:05d}.npy"
+def write_counts(root: Path, relative: str, counts: np.ndarray) -> str:
+    """The published counts as `relative` under root (float32, atomic: trending/after-round-NNNNN.npy for a
+    trending release); `relative`."""
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -183,7 +238,7 @@ def remove_unaccounted_counts(root: Path, entries: Sequence[dict[str, Any]]) -> 
 
 def trending_fields(
     run: RunAccess,
-    event: RoundEvent,
+    release: CountRelease,
     cohort: int,
     replies: TrendingReplies,
     result: NoisedCounts,
@@ -192,8 +247,8 @@ def trending_fields(
     as_of: int,
     counts_file: str,
 ) -> dict[str, Any]:
-    """The ledger fields of one trending release (everything an auditor needs to recompute its cost)."""
-    trending, plan, n = run.config.trending, run.plan, run.population.n_users
+    """The ledger fields of one count release (everything an auditor needs to recompute its cost)."""
+    event, plan, n, k = release.event, run.plan, run.population.n_users, release.max_items
     return {
         "kind": TRENDING_KIND,
         "mechanism": "poisson_subsampled_gaussian_sum",
@@ -209,10 +264,10 @@ def trending_fields(
         "realised_cohort": cohort,
         "aggregated_users": replies.count,
         "rejected_updates": replies.rejected_users,
-        "max_items": trending.max_items,
-        "item_weight": 1.0 / math.sqrt(trending.max_items),
+        "max_items": k,
+        "item_weight": 1.0 / math.sqrt(k),
         "sensitivity": SENSITIVITY,
-        "window_days": trending.window_days,
+        "window_days": release.window_days,
         "as_of_s": as_of,
         "noise_multiplier": event.noise_multiplier,
         "noise_std": result.noise_std,
@@ -237,6 +292,9 @@ class TrendingSchedule:
 
     def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
         remove_unaccounted_counts(self.run_root, entries)
+
+    def before_rounds(self, run: RunAccess, grid: Any) -> None:
+        """Trending releases follow training rounds, never precede the first."""
 
     def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
         if trending_due(run, final=False):
@@ -263,5 +321,5 @@ class TrendingSchedule:
     def summary(self, entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The releases in the ledger `entries` (file, entry hash, epsilon so far) and the refused ones."""
         keys = ("after_round", "counts_file", "counts_sha256", "entry_hash", "user_epsilon")
-        releases = [{k: e[k] for k in keys} for e in entries if is_trending(e)]
+        releases = [{k: e[k] for k in keys} for e in entries if is_trending_release(e)]
         return {"releases": releases, "refused": self.refused}

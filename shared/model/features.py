@@ -41,11 +41,16 @@ class ItemFeatures:
 
     def popularity_prior(self) -> np.ndarray:
         """(n_items,) float32 popularity prior, zeros when there is none."""
-        if self.popularity is None:
-            return np.zeros(self.n_items, dtype=np.float32)
-        if self.popularity.shape != (self.n_items,) or not np.isfinite(self.popularity).all():
-            raise DataError(f"popularity prior must be {self.n_items} finite values")
-        return np.ascontiguousarray(self.popularity, dtype=np.float32)
+        return self.check_popularity(self.popularity, self.n_items)
+
+    @staticmethod
+    def check_popularity(popularity: np.ndarray | None, n_items: int) -> np.ndarray:
+        """`popularity` as (n_items,) float32 (None: zeros); DataError unless it is n_items finite values."""
+        if popularity is None:
+            return np.zeros(n_items, dtype=np.float32)
+        if popularity.shape != (n_items,) or not np.isfinite(popularity).all():
+            raise DataError(f"popularity prior must be {n_items} finite values, got shape {popularity.shape}")
+        return np.ascontiguousarray(popularity, dtype=np.float32)
 
     def with_popularity(self, popularity: np.ndarray | None) -> ItemFeatures:
         """The same features with another popularity prior (None: none)."""

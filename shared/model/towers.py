@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -62,6 +63,14 @@ class ItemTower(nn.Module):
     @property
     def n_items(self) -> int:
         return int(self.text.shape[0])
+
+    def set_popularity(self, prior: np.ndarray | None) -> None:
+        """Replace the popularity prior (n_items,) in place (None: zeros): a federated run's prior arrives
+        after the model is built (server/trending/popularity_release.py). DataError unless it is one finite
+        value per item."""
+        values = ItemFeatures.check_popularity(prior, self.n_items)
+        with torch.no_grad():
+            self.popularity.copy_(torch.from_numpy(values))
 
     def forward(self, items: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(vectors (k, E), bias (k,)) of `items` (k,) int64, or of the whole catalogue when None."""

@@ -70,6 +70,7 @@ def node(cfg: FedhomeConfig) -> Node:
         split=SimpleNamespace(full=SimpleNamespace(n_users=N_USERS)),
         layout=SimpleNamespace(dim=DIM),
         trainer=RecordingTrainer(),
+        model=SimpleNamespace(items=SimpleNamespace(set_popularity=lambda prior: None)),  # no prior here
     )
     return Node(shared, np.arange(N_USERS, dtype=np.int64), 0)
 

@@ -151,6 +151,9 @@ class KillAfter:
     def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
         pass
 
+    def before_rounds(self, run: RunAccess, grid: Any) -> None:
+        pass
+
     def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
         if row["round"] == self.last:
             raise Killed

@@ -8,9 +8,21 @@ from typing import Any
 
 import pytest
 from ledger_toy import KEY, round_fields, write_run
+from trending_toy import trending_fields
 
 from server.audit.verify import verify_ledger
-from server.ledger_entries import SCHEMA, EntrySchemaError, RoundEntry, TrendingEntry, read_entry
+from server.ledger import PrivacyLedger
+from server.ledger_entries import (
+    SCHEMA,
+    EntrySchemaError,
+    RoundEntry,
+    TrendingEntry,
+    is_popularity_release,
+    is_trending_release,
+    popularity_release_entry,
+    read_entry,
+    release_purpose,
+)
 from shared.privacy.accounting import RoundEvent, UserLevelAccountant
 
 
@@ -89,3 +101,41 @@ def test_trending_entries_are_typed_too() -> None:
     del fields["window_days"]
     with pytest.raises(EntrySchemaError, match=r"missing fields \['window_days'\]"):
         read_entry(fields)
+
+
+def test_a_count_release_names_its_purpose_and_one_without_the_field_is_a_trending_release(
+    tmp_path: Path,
+) -> None:
+    """The popularity prior's count release is a trending_counts entry with "purpose": "popularity_prior";
+    entries written before the field read as trending releases, and an unknown purpose is malformed."""
+    fields = trending_fields(0, UserLevelAccountant(delta=1e-5), tmp_path)
+    fields["schema"] = SCHEMA
+    assert release_purpose(fields) == "trending" and is_trending_release(fields)
+    assert isinstance(read_entry(fields), TrendingEntry) and read_entry(fields).to_fields() == fields
+    prior = {**fields, "purpose": "popularity_prior"}
+    typed = read_entry(prior)
+    assert isinstance(typed, TrendingEntry) and typed.purpose == "popularity_prior"
+    assert is_popularity_release(prior) and not is_trending_release(prior)
+    assert popularity_release_entry([fields, prior]) == prior and popularity_release_entry([fields]) is None
+    with pytest.raises(EntrySchemaError, match=r"malformed fields \['purpose'\]"):
+        read_entry({**fields, "purpose": "advertising"})
+
+
+@pytest.mark.parametrize(("after", "ok"), [(0, True), (1, False)])
+def test_the_popularity_prior_release_verifies_only_before_the_first_round(
+    tmp_path: Path, after: int, ok: bool
+) -> None:
+    folder = tmp_path
+    acc, ledger = UserLevelAccountant(delta=1e-5), PrivacyLedger(folder / "ledger.jsonl", signing_key=KEY)
+    for r in range(1, 3):
+        if r == after + 1:
+            acc.record(RoundEvent(sample_rate=1.0, noise_multiplier=4.0))
+            ledger.append({**trending_fields(after, acc, folder), "purpose": "popularity_prior"})
+        acc.record(RoundEvent(sample_rate=0.05, noise_multiplier=1.0))
+        ledger.append(round_fields(r, acc, q=0.05, z=1.0, mode="central"))
+    report = verify_ledger(folder, KEY.public_key())
+    assert report.ok is ok, report.problems
+    if ok:
+        assert [row["purpose"] for row in report.trending] == ["popularity_prior"]
+    else:
+        assert any("after_round 0 for purpose popularity_prior" in problem for problem in report.problems)

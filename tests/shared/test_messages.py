@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,14 +31,57 @@ SETTINGS = RoundSettings(
     slots=st.lists(st.integers(0, 10**6), max_size=20, unique=True),
     dim=st.integers(1, 50),
     seed=st.integers(-1, 2**62 - 1),
+    n_prior=st.one_of(st.none(), st.integers(0, 30)),
 )
-def test_a_train_instruction_reads_back_as_sent(slots: list[int], dim: int, seed: int) -> None:
+def test_a_train_instruction_reads_back_as_sent(
+    slots: list[int], dim: int, seed: int, n_prior: int | None
+) -> None:
     settings = RoundSettings(**{**SETTINGS.__dict__, "noise_seed": seed})
-    sent = TrainInstruction(np.linspace(-1, 1, dim, dtype=np.float32), np.array(slots, np.int64), settings)
+    prior = None if n_prior is None else np.log1p(np.arange(n_prior, dtype=np.float32))
+    params = np.linspace(-1, 1, dim, dtype=np.float32)
+    sent = TrainInstruction(params, np.array(slots, np.int64), settings, prior)
     read = TrainInstruction.from_records(RecordDict(sent.to_records()))
     assert read.settings == settings
     np.testing.assert_array_equal(read.params, sent.params)
     np.testing.assert_array_equal(read.slots, sent.slots)
+    if prior is None:
+        assert read.prior is None
+    else:
+        assert read.prior is not None and read.prior.dtype == np.float32
+        np.testing.assert_array_equal(read.prior, prior)
+
+
+PRIOR = np.array([0.0, 0.69314718, 2.5], np.float32)
+
+
+def test_evaluate_and_start_check_requests_carry_the_popularity_prior() -> None:
+    evaluate = EvaluateRequest.from_records(
+        EvaluateRequest(np.ones(3, np.float32), "valid", 5, PRIOR).to_records()
+    )
+    check = StartCheckRequest(np.ones(3, np.float32), np.zeros(3, np.float32), np.array([1]), 10.0, PRIOR)
+    for read in (evaluate, StartCheckRequest.from_records(check.to_records())):
+        assert read.prior is not None
+        np.testing.assert_array_equal(read.prior, PRIOR)
+    assert (
+        EvaluateRequest.from_records(EvaluateRequest(np.ones(3, np.float32), "valid", 5).to_records()).prior
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        np.array([0.0, np.nan, 1.0], np.float32),
+        np.array([0.0, np.inf], np.float32),
+        np.ones((2, 2), np.float32),
+        np.array([1, 2, 3], np.int64),
+    ],
+)
+def test_a_prior_that_is_not_finite_numbers_in_a_row_is_refused(prior: np.ndarray) -> None:
+    content = RecordDict(TrainInstruction(np.zeros(2, np.float32), np.array([0]), SETTINGS).to_records())
+    content["popularity-prior"] = ArrayRecord({"prior": Array(prior)})
+    with pytest.raises(UpdateRejectedError, match="popularity prior"):
+        TrainInstruction.from_records(content)
 
 
 @pytest.mark.parametrize("record_epsilon", [None, 0.0, 3.25])
