@@ -110,7 +110,7 @@ class ModelConfig:
     # A popularity prior: score += w * log(1 + n_i), n_i the number of users with item i among their
     # `popularity_items_per_user` most recent distinct items (counted from training rows centrally; a DP
     # count release in federated runs), w one learned scalar starting at `popularity_weight`
-    popularity_prior: bool = False
+    popularity_prior: bool = True
     popularity_items_per_user: int = 3
     popularity_weight: float = 1.0
     init_temperature: float = 20.0

@@ -26,9 +26,11 @@ TINY = {
     "federated.local_learning_rate": "0.5",
     "privacy.clip_norm": "0.5",
     "privacy.seed": "11",
-    # the start check (on by default in central mode) has its own runs (test_start_check_federated.py); the
-    # others keep their ledgers to the training rounds they are about
+    # the start check and the popularity prior's count release (both on by default in central mode) have their
+    # own runs (test_start_check_federated.py, test_popularity_federated.py); the others keep their ledgers
+    # to the training rounds they are about
     "start_check.enabled": "off",
+    "popularity.enabled": "off",
 }
 
 

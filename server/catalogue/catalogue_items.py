@@ -169,11 +169,13 @@ def item_rows(
 
 @contextmanager
 def _inputs(model: TwoTower, text: torch.Tensor, attributes: torch.Tensor) -> Iterator[None]:
-    """The item tower's frozen inputs swapped for the given items' for the duration (callers hold a lock)."""
+    """The item tower's frozen inputs swapped for the given items' for the duration (callers hold a lock).
+    Items added after training have no count in the popularity prior: theirs is zero."""
     tower = model.items
-    saved = tower.text, tower.attributes
+    saved = tower.text, tower.attributes, tower.popularity
     tower.text, tower.attributes = text, attributes
+    tower.popularity = torch.zeros(text.shape[0], dtype=saved[2].dtype)
     try:
         yield
     finally:
-        tower.text, tower.attributes = saved
+        tower.text, tower.attributes, tower.popularity = saved

@@ -107,7 +107,7 @@ def test_a_new_item_is_ranked_and_shown_in_new_for_you(published: Published, dev
 
 def test_changed_and_removed_items(published: Published, device: ReleaseCache) -> None:
     no_history: list[Event] = []
-    wide = HomepageRules(section_size=100)
+    wide = HomepageRules(section_size=100, per_category=100)  # every promoted item is in "deals"
     assert published.deal not in page(open_ranker(device), no_history, wide)["deals"]
     DeltaCache(device).install(copy_from(published.second))
     ranker = open_ranker(device, precision="float32")

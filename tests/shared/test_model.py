@@ -416,7 +416,7 @@ def test_recent_item_counts_count_each_users_most_recent_distinct_items() -> Non
 def test_popularity_prior_adds_a_weighted_offset_on_every_scoring_path() -> None:
     prior = np.random.default_rng(4).uniform(0, 3, N_ITEMS).astype(np.float32)
     config = ModelConfig(**{**CONFIG.__dict__, "popularity_prior": True, "popularity_weight": 0.7})
-    plain = TwoTower(features(), CONFIG).eval()
+    plain = TwoTower(features(), ModelConfig(**{**CONFIG.__dict__, "popularity_prior": False})).eval()
     model = TwoTower(features().with_popularity(prior), config).eval()
     assert model.n_trainable() == plain.n_trainable() + 1  # one learned weight; the prior is not state
     assert set(model.state_dict()) == {name for name, _ in model.named_parameters()}

@@ -62,7 +62,7 @@ def test_auto_leaves_it_off_with_a_note_where_it_cannot_run(overrides: dict[str,
 def test_without_the_models_prior_there_is_no_release_and_no_note() -> None:
     cfg = config(model__popularity_prior="false")
     assert not cfg.runs_popularity_release and cfg.popularity_release_note == ""
-    assert not FedhomeConfig().runs_popularity_release  # the default model has no prior
+    assert FedhomeConfig().runs_popularity_release  # the default: a prior, central DP at epsilon 8
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ def prior_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[FedhomeConfig, 
         tmp, tmp / "cache", federated__rounds="2", privacy__target_epsilon="500",
         privacy__noise_multiplier="1.0", model__popularity_prior="true",
         model__popularity_items_per_user=str(K), popularity__noise_multiplier=str(Z_P),
-        start_check__enabled="auto",
+        popularity__enabled="auto", start_check__enabled="auto",
     )  # fmt: skip
     split = configured_split(config.data)
     return config, split, run_federated(config, split, progress=False)
