@@ -21,9 +21,11 @@ ROUNDS, Q, TARGET, N = 20, 0.1, 6.0, 1000
 
 
 def config(**overrides: str) -> FedhomeConfig:
-    """A run with the model's popularity prior on, the start check off; "__" for "." in keys."""
+    """A run with the model's popularity prior on, its release on "auto", the start check off; "__" for "."
+    in keys."""
     base = {
         "model.popularity_prior": "true",
+        "popularity.enabled": "auto",
         "federated.rounds": str(ROUNDS),
         "federated.sample_rate": str(Q),
         "privacy.target_epsilon": str(TARGET),
@@ -62,7 +64,9 @@ def test_auto_leaves_it_off_with_a_note_where_it_cannot_run(overrides: dict[str,
 def test_without_the_models_prior_there_is_no_release_and_no_note() -> None:
     cfg = config(model__popularity_prior="false")
     assert not cfg.runs_popularity_release and cfg.popularity_release_note == ""
-    assert FedhomeConfig().runs_popularity_release  # the default: a prior, central DP at epsilon 8
+    # the default: the model has a prior (central runs count it) but federated runs make no release
+    assert not FedhomeConfig().runs_popularity_release
+    assert "popularity.enabled = 'off'" in FedhomeConfig().popularity_release_note
 
 
 @pytest.mark.parametrize(
