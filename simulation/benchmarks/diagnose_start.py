@@ -13,6 +13,7 @@ python -m simulation.benchmarks.diagnose_start central-steps --dataset ../shared
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,9 +24,12 @@ from shared.config import FedhomeConfig, TrainConfig, with_overrides
 from shared.data.source import configured_split
 from shared.data.split import Split
 from shared.model import ItemFeatures, TwoTower
+from shared.model.features import popularity_from_counts, recent_item_counts
 from shared.model.params import get_flat, set_flat, trainable_layout
+from shared.run_folder import RunFolder
 from simulation.central_training import Trainer, make_scorer, with_counted_popularity
 from simulation.evaluate import evaluate
+from simulation.federated import load_final_model
 
 GROUPS = {
     "temperature": ("log_temperature",),
@@ -104,9 +108,37 @@ def central_steps(dataset: str, args: argparse.Namespace) -> None:
     print(curve)
 
 
+def prior_swap(dataset: str, run: Path, noise_multiplier: float) -> None:
+    config: FedhomeConfig = with_overrides(
+        FedhomeConfig(), {"data.dataset": dataset, "data.cold_item_fraction": "0"}
+    )
+    split = configured_split(config.data)
+    model = load_final_model(config, split, RunFolder(run))
+    k = config.model.popularity_items_per_user
+    counts = recent_item_counts(split.train_and_valid(), split.n_items, items_per_user=k)
+    noise = np.random.default_rng(5).normal(0.0, noise_multiplier * np.sqrt(k), counts.shape)
+    priors = {
+        "the run's prior": model.items.popularity.numpy().copy(),
+        "zero prior": np.zeros(split.n_items, np.float32),
+        f"train + valid counts, z {noise_multiplier}": popularity_from_counts(counts + noise),
+    }
+    for name, prior in priors.items():
+        model.items.set_popularity(prior)
+        scorer = make_scorer(model, split)
+        figures = [
+            round(evaluate(split, scorer, stage=stage, config=config.eval).overall.ndcg_10, 4)
+            for stage in ("valid", "test")
+        ]
+        print(f"{name}: valid {figures[0]}, test {figures[1]}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["line-search", "central-steps"])
+    parser.add_argument("what", choices=["line-search", "central-steps", "prior-swap"])
+    parser.add_argument("--run", type=Path, default=None, help="prior-swap: the federated run folder")
+    parser.add_argument(
+        "--prior-noise", type=float, default=2.0, help="prior-swap: z of the refreshed counts"
+    )
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -124,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     if args.what == "line-search":
         line_search(args.dataset)
+    elif args.what == "prior-swap":
+        if args.run is None:
+            parser.error("prior-swap needs --run")
+        prior_swap(args.dataset, args.run, args.prior_noise)
     else:
         central_steps(args.dataset, args)
     return 0
