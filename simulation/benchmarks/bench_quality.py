@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these kinds (comma list of central, 8, 4, 2, 1, none); all by default",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--no-run", action="store_true", help="run nothing: write quality.json from the runs already there"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     extra = [item for pair in args.extra for item in ("--set", pair)]
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             print(("done  " if job.done else "to run ") + shlex.join(job.command))
         return 0
     start = time.perf_counter()
+    if args.no_run:
+        todo = [job for job in todo if job.done]
     for index, job in enumerate(todo, 1):
         seconds = run_job(job)
         if job.kind == "central":

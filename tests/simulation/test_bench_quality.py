@@ -83,3 +83,15 @@ def test_kinds_limit_what_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(argv) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("to run fedhome-sim federated --dataset synthetic") and "--mode none" in line
+
+
+def test_no_run_writes_from_the_runs_already_there(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    fake_central(out / "synthetic" / "central-seed0", 0.0)
+    target = tmp_path / "quality.json"
+    assert (
+        main(["--sets", "synthetic", "--seeds", "0", "--out", str(out), "--json", str(target), "--no-run"])
+        == 0
+    )
+    (summary,) = json.loads(target.read_text())
+    assert summary["central"] == pytest.approx(0.054) and summary["federated"] == {}
