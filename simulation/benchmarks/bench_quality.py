@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         state = "already there" if seconds == 0 else f"{seconds:.0f} s"
         what = f"[{index}/{len(todo)}] {job.dataset} {job.kind} seed {job.seed}"
         print(f"{what}: test NDCG@10 {figure:.4f} ({state})", flush=True)
-    summaries = [set_summary(name, jobs) for name, jobs in plan.items()]
+    summaries = [set_summary(name, jobs) for name, jobs in plan.items() if any(job.done for job in jobs)]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summaries, indent=1) + "\n")
     for summary in summaries:
