@@ -427,7 +427,9 @@ def test_popularity_prior_adds_a_weighted_offset_on_every_scoring_path() -> None
         randomised(model)
         users = model.user_vectors(batch)
         vectors, bias = model.items()
-        expected = model.items.bias(model.items.text).squeeze(-1) + model.items.popularity_weight * prior
+        weight = model.items.popularity_weight
+        assert weight is not None
+        expected = model.items.bias(model.items.text).squeeze(-1) + weight * torch.from_numpy(prior)
         assert torch.allclose(bias, expected, atol=1e-6)
         assert torch.allclose(model.catalogue_scores(users), model.scores(users, vectors, bias), atol=1e-4)
         some = torch.tensor([3, 9, 30])
