@@ -98,6 +98,7 @@ def config_of(folder: Path, rounds: int, **settings: str) -> FedhomeConfig:
         "privacy.target_epsilon": "100",
         "privacy.seed": "5",
         "model.popularity_prior": "true",
+        "popularity.enabled": "auto",
         "model.popularity_items_per_user": str(K),
         "popularity.noise_multiplier": str(Z_P),
         "start_check.noise_multiplier": str(Z_S),

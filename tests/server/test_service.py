@@ -278,4 +278,4 @@ def test_auditor_dashboard_in_a_real_browser(service: tuple[str, ReleaseStore, P
     assert "data:image/png;base64," in dom and (shots / "dashboard.png").stat().st_size > 10_000
     # the toy releases name a ledger head that is not in this run's ledger: the release page says so
     dom = browse(f"{base}/dashboard/releases/1", shots / "dashboard-release-1.png")
-    assert "RELEASE FAILED" in dom and "not an entry of this ledger" in dom
+    assert "RELEASE FAILED" in dom and "not a round or start check of this ledger" in dom
