@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import handle_start_check, handle_train
 from client.node import Node
@@ -30,12 +29,7 @@ SETTINGS = RoundSettings(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower's Message needs a run id (as in tests/server/conftest.py)."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")  # tests/conftest.py
 
 
 class RecordingTrainer:
