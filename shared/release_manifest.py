@@ -18,6 +18,10 @@ manifest of one kind never verifies as the other.
 `verify_release` is what a device (or anyone) runs: the signature against a PINNED public key, the key id,
 then every listed file's size and sha256. One flipped byte anywhere fails it. File names are plain names
 (no folders), so a manifest cannot point outside its release.
+
+Limits for readers that download a release: a manifest is at most MAX_MANIFEST_BYTES, and each listed file
+exactly its "bytes" (`listed_sizes`), so a downloader stops reading at those sizes instead of writing whatever
+a mirror sends.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -34,6 +38,8 @@ from shared.errors import DataError, SignatureError
 from shared.signing import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, key_id, sign, verify
 
 MANIFEST_NAME = "manifest.json"
+# the largest manifest a reader downloads: one lists a release's files (about 2 KB for 10 files)
+MAX_MANIFEST_BYTES: Final = 1 << 20
 RELEASE_FORMAT = 1
 RELEASE_KIND = "release"  # manifests of another kind (e.g. "catalogue-delta") carry a "kind" field
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -121,3 +127,17 @@ def check_file_name(name: object) -> None:
     """DataError unless `name` is a plain file name a manifest may list (check it before any fetch)."""
     if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or name == MANIFEST_NAME:
         raise DataError(f"release file name {name!r} is not a plain file name")
+
+
+def listed_sizes(manifest: dict[str, Any]) -> dict[str, int]:
+    """{file name: size in bytes} of every file a manifest lists (read before anything else is fetched, to
+    stop each download at its size); DataError when a name is not a plain file name or a size is not an
+    int >= 0."""
+    sizes = {}
+    for name, listed in manifest["files"].items():
+        check_file_name(name)
+        size = listed.get("bytes") if isinstance(listed, dict) else None
+        if type(size) is not int or size < 0:
+            raise DataError(f"release file {name} has no size in bytes in its manifest")
+        sizes[name] = size
+    return sizes

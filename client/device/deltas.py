@@ -2,13 +2,15 @@
 
 Layout under the release cache's root: `deltas/<release>/<sequence>/` (the applied delta of a release),
 `deltas/state.json` ({"applied": {release: sequence}}, replaced by atomic rename) and `deltas/incoming/`
-(a download in progress). An install downloads into `incoming/`, verifies it there (the pinned key's
-signature, every file's sha256, that it was made for exactly the release in use, array shapes), renames it
-into place, then switches `state.json`. Anything that does not verify is refused and the delta in use, if
-any, stays; a delta older than (or as old as) the one applied is refused too (a replay), except the applied
-one itself when its copy on the device no longer verifies (a repair: open_ranker refuses an altered copy,
-so without one the device could never rank again). Deltas are cumulative (shared/catalogue_delta_format.py),
-so only the newest is fetched and kept.
+(a download in progress). An install downloads into `incoming/` as a release is downloaded
+(client/device/release_cache.py: the manifest, at most MAX_MANIFEST_BYTES, is checked against the pinned key
+before any other file is fetched, and each file is read no further than the size the signed manifest lists),
+verifies it there (every file's sha256, that it was made for exactly the release in use, array shapes),
+renames it into place (`replace_folder`), then switches `state.json`. Anything that does not verify is
+refused and the delta in use, if any, stays; a delta older than (or as old as) the one applied is refused
+too (a replay), except the applied one itself when its copy on the device no longer verifies (a repair, as
+for the release in use: open_ranker refuses an altered copy, so without one the device could never rank
+again). Deltas are cumulative (shared/catalogue_delta_format.py), so only the newest is fetched and kept.
 """
 
 from __future__ import annotations
@@ -23,14 +25,20 @@ from typing import Any
 
 from client.device.item_index import Precision
 from client.device.ranker import DeviceRanker
-from client.device.release_cache import Fetch, ReleaseCache, download, read_state
-from shared.catalogue_delta_format import DeltaRows, manifest_sha256, verify_delta
+from client.device.release_cache import (
+    Fetch,
+    ReleaseCache,
+    copy_bounded,
+    download,
+    read_state,
+    replace_folder,
+)
+from shared.catalogue_delta_format import DELTA_KIND, DeltaRows, manifest_sha256, verify_delta
 from shared.errors import DataError, SignatureError
 from shared.release_index import delta_head
 from shared.release_manifest import read_manifest
 
 TIMEOUT_S = 30
-_CHUNK = 1 << 20
 
 
 class DeltaCache:
@@ -55,7 +63,7 @@ class DeltaCache:
         newer than the one applied, or is not the manifest the signed index names (`listed_sha256`)."""
         release, base = self.release()
         try:
-            download(fetch, self.incoming)
+            download(fetch, self.incoming, self.cache.public_key, kind=DELTA_KIND)
             rows = verify_delta(self.incoming, self.cache.public_key, base)
             if listed_sha256 is not None and manifest_sha256(rows.manifest) != listed_sha256:
                 raise SignatureError(
@@ -70,9 +78,8 @@ class DeltaCache:
             shutil.rmtree(self.incoming, ignore_errors=True)
             raise
         target = self._folder(release, sequence)
-        shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.incoming, target)
+        replace_folder(self.incoming, target)
         self._set_applied(release, sequence)
         return sequence
 
@@ -169,11 +176,14 @@ def sync_deltas(cache: ReleaseCache, base_url: str, index: dict[str, Any]) -> in
 
 
 def _http_fetch(base: str) -> Fetch:
-    def fetch(name: str, destination: Path) -> None:
+    """A Fetch from `base`/<name> that reads at most max_bytes + 1 bytes (DataError naming the file when
+    there are more)."""
+
+    def fetch(name: str, destination: Path, max_bytes: int) -> None:
         url = f"{base}/{name}"
         try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, destination.open("wb") as out:
-                shutil.copyfileobj(response, out, _CHUNK)
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+                copy_bounded(response, destination, max_bytes=max_bytes, name=name)
         except (urllib.error.URLError, OSError) as exc:
             raise DataError(f"{url}: {exc}") from exc
 

@@ -1,9 +1,12 @@
 """`fedhome-client`: the device SDK from the command line.
 
-- `install --from RELEASE_DIR --cache DIR --public-key KEY`: verify a release against the pinned key and
-  switch the device's cache to it (refused, cache unchanged, when anything does not verify);
+- `install --from RELEASE_DIR [--version N] --cache DIR --public-key KEY`: verify a release against the
+  pinned key and switch the device's cache to it (refused, cache unchanged, when anything does not verify,
+  or when it is not release N). Installing the version in use again repairs the device's copy when that no
+  longer verifies (the output then says `"repaired": true`);
 - `recommend --cache DIR --public-key KEY --history FILE [--k 10]`: the top items for a history file
-  (JSON lines of {"item_id", "event", "timestamp"}), ranked on the device from the verified release;
+  (UTF-8 JSON lines of {"item_id", "event", "timestamp"}, events as the device's event store takes them:
+  client/device/event_store.py), ranked on the device from the verified release;
 - `homepage --cache DIR --public-key KEY --history FILE`: the whole personalised homepage (sections with
   reasons and copy), composed on the device; its Trending section uses the release's DP trending counts
   when the release has them (and says which ledger entry and epsilon they come from).
@@ -11,7 +14,8 @@
   in, the release each ended up in, the run's epsilon and the device's own bound
   (client/device/receipts_cli.py).
 
-Exit status: 0 on success, 2 on bad input or a release that does not verify.
+Exit status: 0 on success, 2 on bad input (a missing or malformed history file, a missing data folder) or a
+release that does not verify.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from client.device import receipts_cli
 from client.device.deltas import open_ranker
+from client.device.event_store import check_event
 from client.device.homepage import Homepage
 from client.device.ranker import Event
 from client.device.release_cache import ReleaseCache, copy_from
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     install = sub.add_parser("install", help="verify a release and switch the device's cache to it")
     install.add_argument("--from", dest="source", type=Path, required=True, help="a release folder")
     install.add_argument("--data", type=Path, help="the device's data folder: mark its receipts")
+    install.add_argument("--version", type=int, help="the release version expected (another is refused)")
     recommend = sub.add_parser("recommend", help="rank the catalogue for a history file on the device")
     recommend.add_argument(
         "--history", type=Path, required=True, help="JSON lines: item_id, event, timestamp"
@@ -59,16 +65,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_history(path: Path) -> list[Event]:
+    """The events of a history file (UTF-8 JSON lines of item_id, event, timestamp); DataError naming the
+    file (and line) when it is missing, not UTF-8 text, or a line is not such an event (the same check as
+    EventStore.add: client/device/event_store.py's check_event)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError("the history file is not UTF-8 text", path=str(path)) from exc
+    except OSError as exc:  # missing, a folder, unreadable
+        raise DataError(f"cannot read the history file ({type(exc).__name__})", path=str(path)) from exc
     events = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            events.append(Event(str(row["item_id"]), str(row["event"]), int(row["timestamp"])))
+            event = Event(str(row["item_id"]), str(row["event"]), int(row["timestamp"]))
         except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{path} line {number}: expected item_id, event, timestamp ({exc})") from exc
+            raise DataError(
+                f"expected item_id, event, timestamp ({type(exc).__name__})", path=str(path), line=number
+            ) from exc
+        try:
+            check_event(event.item_id, event.event)
+        except DataError as exc:
+            raise DataError(str(exc), path=str(path), line=number) from exc
+        events.append(event)
     return events
+
+
+def install(cache: ReleaseCache, args: argparse.Namespace) -> int:
+    """The install command: prints {"installed": version}, with "repaired": true when the device's copy of
+    that version did not verify and was replaced, and "receipts_marked" with --data."""
+    if args.data is not None:
+        receipts_cli.check_data_folder(args.data)  # before anything is installed
+    before = cache.state()["current"]
+    broken = not cache.intact()
+    installed = cache.install(copy_from(args.source), expected_version=args.version)
+    out: dict[str, int | bool] = {"installed": installed}
+    if broken and installed == before:
+        out["repaired"] = True
+    if args.data is not None:
+        out["receipts_marked"] = receipts_cli.bind(args.data, cache.verify_current())
+    print(json.dumps(out))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             return receipts_cli.run(args)
         cache = ReleaseCache(args.cache, load_public_key(args.public_key))
         if args.command == "install":
-            installed = cache.install(copy_from(args.source))
-            marked = receipts_cli.bind(args.data, cache.verify_current()) if args.data else None
-            print(json.dumps({"installed": installed, **({"receipts_marked": marked} if args.data else {})}))
-            return 0
+            return install(cache, args)
         manifest = cache.verify_current()
         precision = getattr(args, "precision", "int8")
         ranker = open_ranker(cache, precision=precision)  # type: ignore[arg-type]  # + its delta

@@ -3,7 +3,8 @@
 `fedhome-client install --data DIR` marks the receipts a newly installed release includes. With
 `--cache DIR --public-key KEY` the release in use is verified first and the receipts it includes are
 marked with its version (client/device/receipts.py), and the run's published epsilon is read from its signed
-manifest. `--json` prints the same content as JSON.
+manifest. `--json` prints the same content as JSON. DIR must be an existing folder (a DataError, exit 2,
+otherwise: a mistyped path creates nothing); the device app creates it when it first trains.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from client.device.receipts import ReceiptStore, summary
 from client.device.release_cache import ReleaseCache
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DataError
 from shared.signing import load_public_key
 
 EXPLANATION = (
@@ -40,8 +41,15 @@ def add_parser(sub: Any) -> None:
     receipts.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def check_data_folder(data: Path) -> None:
+    """DataError unless `data` is an existing folder (a device's data folder is never created here)."""
+    if not Path(data).is_dir():
+        raise DataError("no such data folder (the device's data folder must exist)", path=str(data))
+
+
 def run(args: argparse.Namespace) -> int:
     """The receipts command (FedhomeError propagates to fedhome-client's handler)."""
+    check_data_folder(args.data)
     store = ReceiptStore(args.data)
     try:
         manifest = None
@@ -93,6 +101,7 @@ def _number(value: float | str) -> str:
 def bind(data: Path, manifest: dict[str, Any]) -> int:
     """Mark the receipts in the device's data folder that the verified release `manifest` includes
     (`fedhome-client install --data DIR` calls this after installing); returns how many were marked."""
+    check_data_folder(data)
     store = ReceiptStore(data)
     try:
         return store.bind_release(manifest)

@@ -2,13 +2,23 @@
 
 Layout under `root`: `releases/<version>/` (verified releases), `state.json` ({"current", "previous"}),
 written by atomic rename, `index_state.json` ({"serial"} of the newest release index accepted), and
-`incoming/` (a download in progress). An install copies the files into `incoming/`, verifies them there
-against the PINNED public key (signature and every sha256), moves the folder into `releases/`, then switches
-`state.json`. A crash or an interrupted download at any point leaves the current release in use; a leftover
-`incoming/` is discarded on the next install. A release that does not verify is refused and the cache is
-unchanged. `withdraw_current()` falls back to the previous release. A corrupt `state.json` is refused
-(DataError naming it), never guessed at: nothing is installed, switched or pruned until a person or the app
-removes it (the next install then starts afresh).
+`incoming/` (a download in progress). An install fetches the manifest into `incoming/` (at most
+MAX_MANIFEST_BYTES) and checks it before fetching anything else: its signature against the PINNED public
+key, every listed name and size, and its version: the one the caller expects (`expected_version`: `sync`
+passes the version the verified index names, so a mirror cannot serve another there), not one the verified
+index withdraws (`withdrawn`), not older than the one in use (a replay). Then each listed file is fetched,
+reading no more than the size the signed manifest lists (a longer one is refused, naming it, before more
+than that reaches the disk), every sha256 is verified, the folder is moved into `releases/` and
+`state.json` switched. A crash or an interrupted download at any point leaves the current release in use; a
+leftover `incoming/` is discarded on the next install. A release that does not verify is refused and the
+cache is unchanged.
+
+An install of the version in use checks the copy on the device again (`intact()`): an intact copy is kept
+(nothing changes); one that no longer verifies (a flipped byte, a missing file or folder) is a repair: the
+verified download replaces it (`replace_folder`) and `state.json` stays as it is. `withdraw_current()` falls
+back to the previous release. A corrupt `state.json` is refused (DataError naming it), never guessed at:
+nothing is installed, switched or pruned until a person or the app removes it (the next install then starts
+afresh).
 """
 
 from __future__ import annotations
@@ -16,29 +26,91 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from shared.errors import DataError
-from shared.release_manifest import MANIFEST_NAME, check_file_name, read_manifest, verify_release
+from shared.errors import DataError, SignatureError
+from shared.release_manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    RELEASE_KIND,
+    listed_sizes,
+    read_manifest,
+    verify_manifest,
+    verify_release,
+)
 from shared.signing import Ed25519PublicKey
 
 INDEX_STATE = "index_state.json"  # {"serial"}: the newest release index this device accepted
+_CHUNK = 1 << 20
 
-# (file name, destination path) -> None: writes one file of the release being installed
-Fetch = Callable[[str, Path], None]
+# (file name, destination path, max_bytes) -> None: writes one file of the release being installed, reading
+# no more than max_bytes + 1 bytes of it (copy_bounded: DataError naming the file when there are more)
+Fetch = Callable[[str, Path, int], None]
 
 
-def download(fetch: Fetch, folder: Path) -> None:
-    """Fetch a manifest and every file it lists into an emptied `folder` (nothing verified yet: the caller
-    verifies before using anything). Each listed name is checked before it becomes a path or a URL."""
+def copy_bounded(source: IO[bytes], destination: Path, *, max_bytes: int, name: str) -> None:
+    """Copy `source` into the file `destination`, reading at most max_bytes + 1 bytes: DataError naming
+    `name` when there are more than `max_bytes` (no more than `max_bytes` are ever written)."""
+    left = max_bytes
+    with destination.open("wb") as out:
+        while chunk := source.read(min(_CHUNK, left + 1)):
+            if len(chunk) > left:
+                raise DataError(f"{name} is longer than the {max_bytes} bytes expected; refused")
+            out.write(chunk)
+            left -= len(chunk)
+
+
+def fetch_manifest(
+    fetch: Fetch, folder: Path, public_key: Ed25519PublicKey, *, kind: str = RELEASE_KIND
+) -> dict[str, Any]:
+    """Fetch a manifest (at most MAX_MANIFEST_BYTES) into an emptied `folder`; returns it once its listed
+    names and sizes are well formed and it is signed by the pinned `public_key` as a manifest of `kind`, so
+    that the sizes the files are fetched with are the signed ones. Nothing else is fetched yet."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    fetch(MANIFEST_NAME, folder / MANIFEST_NAME)
-    for name in read_manifest(folder)["files"]:
-        check_file_name(name)
-        fetch(name, folder / name)
+    _fetch_file(fetch, MANIFEST_NAME, folder, MAX_MANIFEST_BYTES)
+    manifest = read_manifest(folder)
+    listed_sizes(manifest)  # each name is checked before it becomes a path or a URL
+    verify_manifest(manifest, public_key, kind=kind)
+    return manifest
+
+
+def fetch_files(fetch: Fetch, folder: Path, manifest: dict[str, Any]) -> None:
+    """Fetch every file the (signed) `manifest` lists into `folder`, each stopped at its listed size (the
+    sha256s are not verified yet: the caller verifies before using anything)."""
+    for name, size in listed_sizes(manifest).items():
+        _fetch_file(fetch, name, folder, size)
+
+
+def download(
+    fetch: Fetch, folder: Path, public_key: Ed25519PublicKey, *, kind: str = RELEASE_KIND
+) -> dict[str, Any]:
+    """fetch_manifest, then fetch_files: a release (or catalogue delta, `kind`) in `folder`; returns its
+    manifest (files not verified yet)."""
+    manifest = fetch_manifest(fetch, folder, public_key, kind=kind)
+    fetch_files(fetch, folder, manifest)
+    return manifest
+
+
+def _fetch_file(fetch: Fetch, name: str, folder: Path, max_bytes: int) -> None:
+    destination = folder / name
+    fetch(name, destination, max_bytes)
+    if destination.is_file() and destination.stat().st_size > max_bytes:  # a fetch that did not stop
+        raise DataError(f"{name} is longer than the {max_bytes} bytes expected; refused")
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Move the folder `source` to `target`, replacing any folder there: the old one is renamed aside first
+    and removed after, so `target` is never half written; a crash between the two renames leaves it missing,
+    which the next install (or sync) repairs."""
+    aside = target.with_name(f"{target.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(source, target)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_state(path: Path, kind: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
@@ -56,10 +128,14 @@ def read_state(path: Path, kind: str, keys: tuple[str, ...]) -> dict[str, Any] |
 
 
 def copy_from(folder: Path) -> Fetch:
-    """A Fetch that copies from a local release folder (the HTTP fetcher comes with the model service)."""
+    """A Fetch that copies from a local release folder (the HTTP fetcher is client/device/sync.py's)."""
 
-    def fetch(name: str, destination: Path) -> None:
-        shutil.copyfile(Path(folder) / name, destination)
+    def fetch(name: str, destination: Path, max_bytes: int) -> None:
+        try:
+            with (Path(folder) / name).open("rb") as source:
+                copy_bounded(source, destination, max_bytes=max_bytes, name=name)
+        except OSError as exc:  # no such file, a folder, unreadable
+            raise DataError(f"cannot read {name} ({type(exc).__name__})", path=str(folder)) from exc
 
     return fetch
 
@@ -89,32 +165,53 @@ class ReleaseCache:
         version = self.state()["current"]
         return None if version is None else self._folder(version)
 
-    def install(self, fetch: Fetch, *, allow_older: bool = False) -> int:
+    def install(
+        self,
+        fetch: Fetch,
+        *,
+        expected_version: int | None = None,
+        withdrawn: Collection[int] = (),
+        allow_older: bool = False,
+    ) -> int:
         """Download (via `fetch`), verify and switch to a release; returns its version. Raises
-        SignatureError/DataError (cache unchanged) when it does not verify, and refuses a release older than
-        the one in use unless `allow_older` (an old, validly signed release must not be replayed). A corrupt
-        state.json is a DataError before anything is fetched: the releases on disk are neither replaced
-        nor pruned (which ones to keep is what the file says)."""
+        SignatureError/DataError (cache unchanged) when it does not verify, is not `expected_version` (when
+        given), is one of the `withdrawn` versions, or is older than the one in use unless `allow_older`
+        (an old, validly signed release must not be replayed); the version is checked on the signed
+        manifest, before any other file is fetched. The version in use again: kept when its copy verifies,
+        replaced by the verified download when it does not (a repair; see `intact`). A corrupt state.json
+        is a DataError before anything is fetched: the releases on disk are neither replaced nor pruned
+        (which ones to keep is what the file says)."""
         current = self.state()["current"]
         try:
-            download(fetch, self.incoming)
-            manifest = verify_release(self.incoming, self.public_key)
+            manifest = fetch_manifest(fetch, self.incoming, self.public_key)
+            version = manifest.get("version")
+            if type(version) is not int or version < 1:
+                raise DataError(f"release version {version!r} is not an int >= 1")
+            _check_version(version, current, expected_version, withdrawn, allow_older=allow_older)
+            fetch_files(fetch, self.incoming, manifest)
+            verify_release(self.incoming, self.public_key)
+            if version == current and self.intact():
+                shutil.rmtree(self.incoming, ignore_errors=True)
+                return version
         except Exception:
             shutil.rmtree(self.incoming, ignore_errors=True)
             raise
-        version = int(manifest["version"])
-        if current is not None and version < current and not allow_older:
-            shutil.rmtree(self.incoming, ignore_errors=True)
-            raise DataError(f"release {version} is older than the one in use ({current}); refused")
-        if version == current:
-            shutil.rmtree(self.incoming, ignore_errors=True)
-            return version
-        target = self._folder(version)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(self.incoming, target)
-        self._write_state({"current": version, "previous": current})
+        replace_folder(self.incoming, self._folder(version))
+        if version != current:  # a repair switches nothing
+            self._write_state({"current": version, "previous": current})
         self._prune()
         return version
+
+    def intact(self) -> bool:
+        """Whether the copy of the release in use still verifies (True when none is installed): False means
+        installing its version again repairs it. A corrupt state.json is a DataError, not False."""
+        if self.state()["current"] is None:
+            return True
+        try:
+            self.verify_current()
+        except (SignatureError, DataError):
+            return False
+        return True
 
     def index_serial(self) -> int:
         """The highest release-index serial this device accepted (0: none yet); a lower one is a replay."""
@@ -163,3 +260,20 @@ class ReleaseCache:
         for folder in (self.root / "releases").iterdir():
             if folder.name not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_version(
+    version: int,
+    current: int | None,
+    expected: int | None,
+    withdrawn: Collection[int],
+    *,
+    allow_older: bool,
+) -> None:
+    """DataError unless release `version` (from a signed manifest) may be installed over `current`."""
+    if expected is not None and version != expected:
+        raise DataError(f"release {version} was served where release {expected} was expected; refused")
+    if version in withdrawn:
+        raise DataError(f"release {version} is withdrawn; refused")
+    if current is not None and version < current and not allow_older:
+        raise DataError(f"release {version} is older than the one in use ({current}); refused")

@@ -2,17 +2,21 @@
 
 `sync(cache, base_url)` reads the service's signed release index (refused when it is not signed by the pinned
 key, older than one the device accepted before, or expired: shared/release_index.py), falls back when the
-release in use was withdrawn, and installs the latest release when it is newer. Files are fetched with
-If-None-Match set to the sha256 of the same file in the release in use, so unchanged files (a 304) are copied
-locally instead of downloaded. Everything fetched still goes through ReleaseCache.install, which verifies
-before switching. Then the catalogue delta that the index names as the head of the release in use is
-applied when it is newer (client/device/deltas.py).
+release in use was withdrawn, and installs the latest release when it is newer; when it is not, and the
+copy of the release in use no longer verifies (a flipped byte, a missing file or folder), it downloads that
+version again and installs it in place (`SyncResult.repaired`). Files are fetched with If-None-Match set to
+the sha256 of the same file in the release in use, so unchanged files (a 304) are copied locally instead of
+downloaded. Everything fetched still goes through ReleaseCache.install, which verifies before switching and
+is told the version the verified index names and the versions it withdraws: a mirror that serves another
+release (say a withdrawn one, validly signed) at that address is refused, every time. Each download stops
+at the size the signed manifest lists (the manifest itself at MAX_MANIFEST_BYTES). Then the catalogue delta
+that the index names as the head of the release in use is applied when it is newer
+(client/device/deltas.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -21,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from client.device.deltas import sync_deltas
-from client.device.release_cache import Fetch, ReleaseCache
+from client.device.release_cache import Fetch, ReleaseCache, copy_bounded
 from shared.errors import DataError
 from shared.release_index import verify_index
 from shared.release_manifest import file_digest
 
 TIMEOUT_S = 30
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SyncResult:
     downloaded: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     delta: int | None = None  # the catalogue delta applied by this sync (client/device/deltas.py)
+    repaired: bool = False  # the release in use did not verify and was downloaded again (same version)
 
 
 def get_json(url: str) -> Any:
@@ -51,9 +55,10 @@ def get_json(url: str) -> Any:
 
 
 def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResult) -> Fetch:
-    """A Fetch for release `version`, reusing files of the folder `reuse` that the server says are equal."""
+    """A Fetch for release `version`, reusing files of the folder `reuse` that the server says are equal;
+    it reads at most max_bytes + 1 bytes of each file (DataError naming it when there are more)."""
 
-    def fetch(name: str, destination: Path) -> None:
+    def fetch(name: str, destination: Path, max_bytes: int) -> None:
         url = f"{base_url}/v1/releases/{version}/files/{name}"
         local = reuse / name if reuse is not None else None
         headers = {}
@@ -61,25 +66,27 @@ def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResu
             headers["If-None-Match"] = f'"{file_digest(local)["sha256"]}"'
         try:
             request = urllib.request.Request(url, headers=headers)
-            with (
-                urllib.request.urlopen(request, timeout=TIMEOUT_S) as response,
-                destination.open("wb") as out,
-            ):
-                shutil.copyfileobj(response, out, _CHUNK)
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                copy_bounded(response, destination, max_bytes=max_bytes, name=name)
             result.downloaded.append(name)
         except urllib.error.HTTPError as exc:
             if exc.code == 304 and local is not None:
-                shutil.copyfile(local, destination)
+                with local.open("rb") as source:
+                    copy_bounded(source, destination, max_bytes=max_bytes, name=name)
                 result.reused.append(name)
                 return
             raise DataError(f"{url}: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError) as exc:  # no connection, a timeout, a reset mid-file
+            raise DataError(f"{url}: {exc}") from exc
 
     return fetch
 
 
 def sync(cache: ReleaseCache, base_url: str, *, now_s: float | None = None) -> SyncResult:
-    """Bring the cache to the service's latest release (see the module docstring); `now_s`: the time the
-    index's expiry is checked against (default: now)."""
+    """Bring the cache to the service's latest release, or repair the release in use (see the module
+    docstring); `now_s`: the time the index's expiry is checked against (default: now). Raises
+    SignatureError/DataError, with the release in use unchanged, when what the service sends does not
+    verify."""
     base_url = base_url.rstrip("/")
     index = get_json(f"{base_url}/v1/releases")
     if not isinstance(index, dict):
@@ -95,8 +102,13 @@ def sync(cache: ReleaseCache, base_url: str, *, now_s: float | None = None) -> S
         result.fell_back = True
     latest = max(live, default=None)
     if latest is not None and (result.current is None or latest > result.current):
-        result.installed = cache.install(http_fetch(base_url, latest, cache.current(), result))
+        fetch = http_fetch(base_url, latest, cache.current(), result)
+        result.installed = cache.install(fetch, expected_version=latest, withdrawn=withdrawn)
         result.current = result.installed
+    elif result.current is not None and not cache.intact():  # the copy on the device was altered
+        fetch = http_fetch(base_url, result.current, cache.current(), result)
+        cache.install(fetch, expected_version=result.current, withdrawn=withdrawn)
+        result.repaired = True
     if result.current is not None:
         result.delta = sync_deltas(cache, base_url, signed)
     return result

@@ -220,7 +220,7 @@ def test_a_listed_file_name_that_is_not_plain_is_refused_before_anything_is_fetc
 ) -> None:
     fetched: list[str] = []
 
-    def fetch(what: str, destination: Path) -> None:  # an unsigned manifest naming `name`
+    def fetch(what: str, destination: Path, max_bytes: int) -> None:  # an unsigned manifest naming `name`
         fetched.append(what)
         destination.write_text(json.dumps({"files": {name: {"sha256": "0" * 64, "bytes": 1}}}))
 

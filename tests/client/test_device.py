@@ -138,7 +138,7 @@ def test_an_interrupted_download_leaves_the_current_release_in_use(
     cache.install(copy_from(store.folder(1)))
     seen: list[str] = []
 
-    def dies_midway(name: str, destination: Path) -> None:
+    def dies_midway(name: str, destination: Path, max_bytes: int) -> None:
         if len(seen) == 3:
             destination.write_bytes(b"partial")
             raise ConnectionError("network gone")
