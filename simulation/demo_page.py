@@ -20,12 +20,13 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, Playwright, Route, sync_playwright
 
 from client.device.homepage import Homepage
 from client.device.ranker import DeviceRanker, Event
@@ -53,10 +54,25 @@ def launch_chromium(playwright: Playwright) -> Browser:
     )
 
 
-def open_demo(browser: Browser, url: str, screenshot: Path) -> tuple[dict[str, Any], int]:
-    """The page's state once it has ranked (or refused) and how many cards it shows; keeps a screenshot."""
+def served(body: bytes) -> Callable[[Route], None]:
+    """A Playwright route handler that answers with `body`."""
+
+    def fulfil(route: Route) -> None:
+        route.fulfill(status=200, body=body)
+
+    return fulfil
+
+
+def open_demo(
+    browser: Browser, url: str, screenshot: Path, *, in_transit: dict[str, bytes] | None = None
+) -> tuple[dict[str, Any], int]:
+    """The page's state once it has ranked (or refused) and how many cards it shows; keeps a screenshot.
+    `in_transit`: URL paths whose responses the browser gets with these bytes instead (a hostile network or
+    mirror between a correct service and the page: the service itself refuses files that do not verify)."""
     context = browser.new_context(viewport={"width": 1200, "height": 900})  # a fresh cache every time
     try:
+        for path, body in (in_transit or {}).items():
+            context.route(f"**{path}", served(body))
         page = context.new_page()
         response = page.goto(url)
         if response is None or "script-src 'self'" not in response.headers.get("content-security-policy", ""):

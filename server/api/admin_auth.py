@@ -1,6 +1,6 @@
-"""The admin routes' bearer token: checked before the body is read (`AdminFirst`) against the token the
-service read once when it started (ServiceSecrets), and documented in the OpenAPI schema
-(`ADMIN_SECURITY`)."""
+"""The admin routes' bearer token: checked before the body is read or its length checked (`AdminFirst`)
+against the token the service read once when it started (ServiceSecrets), and documented in the OpenAPI
+schema (`ADMIN_SECURITY`) with the errors every admin route can answer (`ADMIN_ERRORS`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from server.api.service_state import service_state
 from shared.config import ServiceSecrets
 
 MIN_TOKEN_CHARS: Final[int] = 16  # a shorter (or no) admin token turns admin routes off
+ADMIN_ERRORS: Final = (400, 401, 411, 413, 422)  # the token, then the body's length, size and content
 
 # Documents admin routes' bearer token in the OpenAPI schema (a security scheme on each admin route); the
 # check itself is AdminFirst's, before the body is read, so this dependency never refuses anything
@@ -43,9 +44,9 @@ def require_admin(secrets: ServiceSecrets, authorization: str | None) -> None:
 
 class AdminFirst(APIRoute):
     """The route class of admin routes (`route_class_override=`): it checks the admin token before FastAPI
-    reads and validates the body, so a caller without the token gets 401 whatever it sent (the body's size
-    was checked before, by BodyLimit). Only the handler is wrapped: the OpenAPI schema still documents the
-    body model."""
+    reads and validates the body, so a caller without the token gets 401 whatever it sent, a body without
+    a Content-Length or over the limit included (BodyLimit refuses those when the body is read, after this
+    check: 411, 413). Only the handler is wrapped: the OpenAPI schema still documents the body model."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -1,20 +1,25 @@
 """The model service's catalogue routes: the paged catalogue, admin writes that publish a signed delta, and
 devices' reads of the deltas.
 
-- GET /v1/catalogue?offset=&limit=: the latest release's item metadata with its newest catalogue delta
-  applied, paged (at most ServiceConfig.max_page_size items a page);
+- GET /v1/catalogue?offset=&limit=: the latest release's item metadata with the catalogue delta the signed
+  release index names as its head applied (a delta published but not yet named is not shown), paged (at
+  most ServiceConfig.max_page_size items a page);
 - POST /v1/admin/catalogue/items {"items": [...]} (bearer token, server/api/admin_auth.py): add or change up
   to ServiceConfig.max_catalogue_batch items (server/catalogue/catalogue_items.py:CatalogueItem).
   Synchronous: the texts are embedded (cached; only new texts are encoded) and the latest release's item
   tower run within the request, then the next cumulative delta of the latest release is signed and
   published. Answers DeltaResult. The first write after start loads the served run's model (it must be the
   release's run).
-- GET /v1/releases/{version}/deltas: the signed list of that release's deltas (an empty, unsigned list
-  when it has none), for people and the demo page; devices follow the head the signed release index
-  names (shared/release_index.py), whose serial and expiry the list does not have;
+- GET /v1/releases/{version}/deltas: the signed list of that release's deltas kept (old ones are pruned:
+  server/catalogue/delta_publisher.py; an empty, unsigned list when it has none), for people and the demo
+  page; devices follow the head the signed release index names (shared/release_index.py), whose serial
+  and expiry the list does not have;
 - GET /v1/releases/{version}/deltas/{sequence}: a delta's signed manifest (ETag = its manifest_sha256, as
   the signed list names it);
 - GET /v1/releases/{version}/deltas/{sequence}/files/{name}: one of its files (ETag = its signed sha256).
+
+A delta's manifest and files, and the release and delta items the catalogue is made of, are served only
+while they verify (server/api/verified_files.py).
 """
 
 from __future__ import annotations
@@ -27,14 +32,23 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
-from server.api.admin_auth import ADMIN_SECURITY, AdminFirst
-from server.api.http_errors import NotFoundError, PayloadTooLargeError, UnavailableError
-from server.api.release_routes import IfNoneMatch
-from server.api.service_state import DeltasDep, PublicKeyDep, ServiceState, StateDep, StoreDep
+from server.api.admin_auth import ADMIN_ERRORS, ADMIN_SECURITY, AdminFirst
+from server.api.http_errors import NotFoundError, PayloadTooLargeError, UnavailableError, errors
+from server.api.release_routes import FILE, IF_NONE_MATCH, IfNoneMatch, known_release
+from server.api.service_state import (
+    DeltasDep,
+    PublicKeyDep,
+    ServiceState,
+    StateDep,
+    StoreDep,
+    VerifiedDep,
+)
+from server.api.verified_files import VerifiedFiles
 from server.catalogue.catalogue_items import CatalogueItem
 from server.catalogue.delta_publisher import DeltaBase, DeltaResult, DeltaStore, load_base
+from server.releases.release_builder import ITEMS_META
 from server.releases.release_store import ReleaseStore
-from shared.catalogue_delta_format import manifest_sha256
+from shared.catalogue_delta_format import DELTA_ITEMS, DELTA_KIND, manifest_sha256
 from shared.config import ServiceConfig
 from shared.errors import ConfigError, DataError, EncoderError, SignatureError
 from shared.release_manifest import MANIFEST_NAME
@@ -71,18 +85,15 @@ class DeltaList(BaseModel):
     signature: str | None = None
 
 
-def known_release(store: ReleaseStore, version: int) -> int:
-    if version not in store.versions():
-        raise NotFoundError(f"no release {version}")
-    return version
-
-
-def listed(store: ReleaseStore, deltas: DeltaStore, version: int, sequence: int) -> dict[str, Any]:
-    """The signed manifest of delta `sequence` of release `version`; NotFoundError when either is unknown."""
+def listed(
+    store: ReleaseStore, deltas: DeltaStore, verified: VerifiedFiles, version: int, sequence: int
+) -> dict[str, Any]:
+    """The signed manifest of delta `sequence` of release `version`, verified with its files; NotFoundError
+    when either is unknown (or the delta was pruned)."""
     known_release(store, version)
     if sequence not in deltas.sequences(version):
         raise NotFoundError(f"release {version} has no delta {sequence}")
-    return deltas.manifest(version, sequence)
+    return verified.manifest(deltas.folder(version, sequence), kind=DELTA_KIND)
 
 
 def base_of(state: ServiceState, version: int) -> DeltaBase:
@@ -99,11 +110,17 @@ def base_of(state: ServiceState, version: int) -> DeltaBase:
         return bases[version]
 
 
-def catalogue_page(store: ReleaseStore, deltas: DeltaStore, *, offset: int, limit: int) -> CataloguePage:
+def catalogue_page(
+    store: ReleaseStore, deltas: DeltaStore, verified: VerifiedFiles, *, offset: int, limit: int
+) -> CataloguePage:
     version = store.latest()
     if version is None:
         raise NotFoundError("no release has been published")
-    items = deltas.catalogue(version)  # the release's items with its newest delta applied
+    verified.file(store.folder(version), ITEMS_META)  # the files the page is made of, as they were signed
+    head = deltas.head(version)
+    if head is not None:
+        verified.file(deltas.folder(version, head), DELTA_ITEMS, kind=DELTA_KIND)
+    items = deltas.catalogue(version, head)  # the release's items with the head the index names applied
     return CataloguePage(
         release=version, offset=offset, limit=limit, total=len(items), items=items[offset : offset + limit]
     )
@@ -113,6 +130,8 @@ router = APIRouter()  # the admin write and the delta reads; catalogue_router ad
 
 
 def write_items(body: CatalogueWrite, state: StateDep) -> DeltaResult:
+    """Add or change items (synchronous: embedded, the latest release's item tower run, then the next
+    cumulative delta of the latest release signed and published, and named in the release index)."""
     config = state.config
     if len(body.items) > config.max_catalogue_batch:
         raise PayloadTooLargeError(f"{len(body.items)} items; at most {config.max_catalogue_batch} a write")
@@ -124,6 +143,7 @@ def write_items(body: CatalogueWrite, state: StateDep) -> DeltaResult:
     latest = state.store.latest()
     if latest is None:
         raise NotFoundError("no release has been published")
+    state.verified.manifest(state.store.folder(latest))  # no delta for a release that does not verify
     try:
         key = load_private_key(Path(config.signing_key))
     except (ConfigError, SignatureError) as exc:  # a missing or bad key file: the service's setup
@@ -139,13 +159,22 @@ router.add_api_route(  # the admin token is checked before the body is read (401
     write_items,
     methods=["POST"],
     response_model=DeltaResult,
+    summary="Add or change catalogue items (admin)",
+    responses=errors(*ADMIN_ERRORS, 404, 500, 503),
     dependencies=ADMIN_SECURITY,
     route_class_override=AdminFirst,
 )
 
 
-@router.get("/v1/releases/{version}/deltas", response_model=DeltaList)
+@router.get(
+    "/v1/releases/{version}/deltas",
+    response_model=DeltaList,
+    summary="The signed list of a release's catalogue deltas",
+    responses=errors(404, 422, 500, 503),
+)
 def delta_list(version: int, store: StoreDep, deltas: DeltasDep, public_key: PublicKeyDep) -> DeltaList:
+    """The deltas of release `version` that are kept (an empty, unsigned list when it has none); devices
+    follow the head the signed release index names instead."""
     listing = deltas.listing(known_release(store, version), public_key)
     sequences = [int(entry["sequence"]) for entry in listing["deltas"]]
     return DeltaList(latest=max(sequences, default=None), **listing)
@@ -153,12 +182,21 @@ def delta_list(version: int, store: StoreDep, deltas: DeltasDep, public_key: Pub
 
 @router.get(
     "/v1/releases/{version}/deltas/{sequence}",
-    responses={200: {"description": "the signed delta manifest"}, 304: {}},
+    summary="A catalogue delta's signed manifest",
+    responses={200: {"description": "the signed delta manifest"}, 304: {}, **errors(404, 422, 500, 503)},
+    openapi_extra=IF_NONE_MATCH,
 )
 def delta_manifest(
-    version: int, sequence: int, store: StoreDep, deltas: DeltasDep, if_none_match: IfNoneMatch = None
+    version: int,
+    sequence: int,
+    store: StoreDep,
+    deltas: DeltasDep,
+    verified: VerifiedDep,
+    if_none_match: IfNoneMatch,
 ) -> Response:
-    manifest = listed(store, deltas, version, sequence)
+    """Delta `sequence` of release `version` (ETag = the manifest_sha256 the signed list names; 304 when
+    If-None-Match has it); 500 when the delta does not verify."""
+    manifest = listed(store, deltas, verified, version, sequence)
     body = json.dumps(manifest, sort_keys=True).encode()
     etag = f'"{manifest_sha256(manifest)}"'  # the manifest_sha256 the signed delta list names
     if if_none_match == etag:
@@ -168,7 +206,9 @@ def delta_manifest(
 
 @router.get(
     "/v1/releases/{version}/deltas/{sequence}/files/{name}",
-    responses={200: {"description": "the file"}, 304: {}},
+    summary="One file of a catalogue delta",
+    responses={**FILE, **errors(404, 422, 500, 503)},
+    openapi_extra=IF_NONE_MATCH,
 )
 def delta_file(
     version: int,
@@ -176,18 +216,23 @@ def delta_file(
     name: str,
     store: StoreDep,
     deltas: DeltasDep,
-    if_none_match: IfNoneMatch = None,
+    verified: VerifiedDep,
+    if_none_match: IfNoneMatch,
 ) -> Response:
-    files = listed(store, deltas, version, sequence)["files"]
+    """A file the delta's manifest lists, or manifest.json itself (ETag = its signed sha256; 304 when
+    If-None-Match has it); 500, never the file, when the delta no longer verifies."""
+    files = listed(store, deltas, verified, version, sequence)["files"]
     folder = deltas.folder(version, sequence)
     if name == MANIFEST_NAME:
-        return FileResponse(folder / MANIFEST_NAME, media_type="application/json")
+        path = verified.file(folder, MANIFEST_NAME, kind=DELTA_KIND)
+        return FileResponse(path, media_type="application/json")
     if name not in files:
         raise NotFoundError(f"delta {sequence} of release {version} has no file {name!r}")
+    path = verified.file(folder, name, kind=DELTA_KIND)
     etag = f'"{files[name]["sha256"]}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    return FileResponse(folder / name, headers={"ETag": etag})
+    return FileResponse(path, headers={"ETag": etag})
 
 
 def catalogue_router(config: ServiceConfig) -> APIRouter:
@@ -195,14 +240,22 @@ def catalogue_router(config: ServiceConfig) -> APIRouter:
     config.max_page_size, is part of the page route's declared (OpenAPI) parameters."""
     routes = APIRouter()
 
-    @routes.get("/v1/catalogue", response_model=CataloguePage)
+    @routes.get(
+        "/v1/catalogue",
+        response_model=CataloguePage,
+        summary="The catalogue, paged",
+        responses=errors(404, 422, 500, 503),
+    )
     def catalogue(
         store: StoreDep,
         deltas: DeltasDep,
+        verified: VerifiedDep,
         offset: int = Query(0, ge=0),
         limit: int = Query(100, ge=1, le=config.max_page_size),
     ) -> CataloguePage:
-        return catalogue_page(store, deltas, offset=offset, limit=limit)
+        """The latest release's items with the catalogue delta the signed release index names applied,
+        each with its status (only "active" items are shown to shoppers)."""
+        return catalogue_page(store, deltas, verified, offset=offset, limit=limit)
 
     routes.include_router(router)
     return routes

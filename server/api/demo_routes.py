@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from server.api import demo_site as site_files
 from server.api.demo_site import ORT_DIST, ORT_FILES, SOURCES, DemoSite
-from server.api.http_errors import NotFoundError, UnavailableError
+from server.api.http_errors import NotFoundError, UnavailableError, errors
 from server.api.service_state import StateDep
 
 
@@ -48,8 +48,15 @@ DemoDep = Annotated[DemoSite, Depends(demo_site)]
 router = APIRouter()
 
 
-@router.get("/demo", response_class=HTMLResponse)
+@router.get(
+    "/demo",
+    response_class=HTMLResponse,
+    summary="The demo homepage page",
+    responses={200: {"content": {"text/html": {}}}, **errors(503)},
+)
 def demo_page(site: DemoDep) -> HTMLResponse:
+    """A simulated shopper's homepage, ranked in the browser from the latest release, which the page
+    verifies with the service's public key pinned in it."""
     if not site.page:
         raise UnavailableError(f"the demo page's sources are not installed ({site.template})")
     return HTMLResponse(site.page, headers=site.headers)
@@ -71,8 +78,15 @@ def demo_ort(name: str) -> FileResponse:
     return FileResponse(ORT_DIST / name, media_type=ORT_FILES[name])
 
 
-@router.get("/v1/demo/shoppers", response_model=DemoShoppers)
+@router.get(
+    "/v1/demo/shoppers",
+    response_model=DemoShoppers,
+    summary="The demo page's synthetic shoppers",
+    responses=errors(503),
+)
 def demo_shoppers(site: DemoDep) -> DemoShoppers:
+    """Each synthetic shopper's history and the time the page ranks at (503 when the service was started
+    without demo shoppers)."""
     if site.shoppers is None:
         raise UnavailableError("the service was started without demo shoppers (--demo-shoppers)")
     return DemoShoppers.model_validate({"shoppers": site.shoppers})

@@ -1,5 +1,6 @@
 """The model service's Prometheus metrics: requests by route template and status, latency by route template,
-recorded by a middleware around every request and exposed by /metrics (server/api/ops_routes.py)."""
+recorded by a middleware around every request, and builds of the privacy report and dashboard pages by page
+(each a cache miss: server/api/report_cache.py); exposed by /metrics (server/api/ops_routes.py)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,19 @@ class ServiceMetrics:
         self.latency = Histogram(
             "fedhome_request_seconds", "request latency", ["route"], registry=self.registry
         )
+        self.report_builds = Counter(
+            "fedhome_report_builds",
+            "builds of the privacy report and dashboard pages (cache misses)",
+            ["page"],
+            registry=self.registry,
+        )
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.latency.labels(route).observe(seconds)
         self.requests.labels(route, str(status)).inc()
+
+    def count_report_build(self, page: str) -> None:
+        self.report_builds.labels(page).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -10,8 +10,15 @@ One publication at a time (an exclusive lock file), each step atomic: the delta 
 folder and renamed into place, then the record, then the signed list is replaced, and last the release
 index names the new delta as the release's head (server/releases/release_store.py; devices follow the index's
 head, whose serial and expiry stop a replayed or frozen view). A crash before the index is re-signed
-leaves the previous delta served to devices; the record then already holds the interrupted write, whose
-items appear in the next delta.
+leaves the previous delta served to devices and in the catalogue (`catalogue` applies the head the index
+names, not the newest listed); the record then already holds the interrupted write, whose items appear in
+the next delta.
+
+Old deltas are pruned by each publication, after the index names the new head: since deltas are cumulative
+a device needs only the head, so a release keeps its newest KEEP_DELTAS deltas and the head the index named
+before (a device may be downloading it); the signed list drops the others first, then their folders go.
+Staging folders that a publication killed mid-write left behind are removed when the store is opened and
+no publication holds the lock.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from pydantic import BaseModel
@@ -39,7 +46,12 @@ from server.catalogue.catalogue_items import (
     merge,
 )
 from server.releases.release_builder import ITEMS_META, catalogue_metadata, load_run, quantize_rows
-from server.releases.release_store import ReleaseStore
+from server.releases.release_store import (
+    STAGING_PREFIX,
+    ReleaseStore,
+    StoreError,
+    remove_staging_leftovers,
+)
 from shared.catalogue_delta_format import (
     DELTA_BIAS,
     DELTA_F32,
@@ -55,17 +67,20 @@ from shared.config import from_flat
 from shared.data.schema import Catalogue
 from shared.errors import ConfigError, DataError
 from shared.model import TwoTower
+from shared.release_index import delta_head
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
 from shared.run_folder import RunFolder, write_json_atomic
 from shared.signing import Ed25519PrivateKey, Ed25519PublicKey
 
 LIST_NAME = "index.json"
 RECORD_NAME = "catalogue.json"
+LOCK_NAME = ".lock"
+KEEP_DELTAS: Final = 2  # a release's newest deltas kept by each publication (with the previous head)
 
 
-class CorruptStoreError(DataError):
+class CorruptStoreError(StoreError, DataError):
     """A file of the service's own delta store (list, record, a delta's files) is malformed: the
-    service's fault, never the caller's (server/api/service.py maps it to 500)."""
+    service's fault, never the caller's (server/api/http_errors.py maps it to 500)."""
 
 
 @dataclass
@@ -110,9 +125,20 @@ class DeltaStore:
     def __init__(self, store: ReleaseStore) -> None:
         self.store = store
         self.root = store.root / "deltas"
+        releases = self.root.iterdir() if self.root.is_dir() else iter(())
+        remove_staging_leftovers([p for p in releases if p.is_dir()], lock=self.root / LOCK_NAME)
 
     def folder(self, release: int, sequence: int) -> Path:
         return self.root / f"{release:06d}" / f"{sequence:06d}"
+
+    def head(self, release: int) -> int | None:
+        """The sequence of the delta the release index (verified, when the store has a key) names as
+        `release`'s head; None when it names none."""
+        try:
+            head = delta_head(self.store.index(), release)
+        except DataError as exc:  # the release is not in our own index, or its head is malformed
+            raise CorruptStoreError(str(exc)) from exc
+        return None if head is None else head[0]
 
     def listing(self, release: int, public_key: Ed25519PublicKey | None = None) -> dict[str, Any]:
         """The signed list of `release`'s deltas ({"release", "deltas": []} unsigned when it has none)."""
@@ -145,15 +171,15 @@ class DeltaStore:
         except DataError as exc:
             raise CorruptStoreError(str(exc)) from exc
 
-    def catalogue(self, release: int) -> list[dict[str, Any]]:
-        """The release's item metadata with its newest delta applied: changed items replaced in place, new
-        ones appended; every item carries its "status" (what GET /v1/catalogue pages through)."""
+    def catalogue(self, release: int, head: int | None) -> list[dict[str, Any]]:
+        """The release's item metadata with delta `head` applied (the one the release index names:
+        `head(release)`; a delta published but not named yet is not shown): changed items replaced in
+        place, new ones appended; every item carries its "status" (what GET /v1/catalogue pages through)."""
         items = [{**item, "status": "active"} for item in _read_json(self.store.folder(release) / ITEMS_META)]
-        sequences = self.sequences(release)
-        if not sequences:
+        if head is None:
             return items
         rows = {item["id"]: row for row, item in enumerate(items)}
-        path = self.folder(release, sequences[-1]) / DELTA_ITEMS
+        path = self.folder(release, head) / DELTA_ITEMS
         written = _read_json(path)
         if not isinstance(written, list) or not all(isinstance(i, dict) and "id" in i for i in written):
             raise CorruptStoreError("not a list of items with ids", path=str(path))
@@ -184,10 +210,12 @@ class DeltaStore:
             record, added, changed = merge(self.record(), items, base.catalogue, int(time.time()))
             states = list(record.values())
             sequence = max(self.sequences(base.version), default=0) + 1
+            previous = self.head(base.version)
             encoded = self._build(base, states, sequence, key)
             write_json_atomic(self.root / RECORD_NAME, {"items": record})
             listed_sha256 = self._list(base.version, sequence, len(states), key)
             self.store.set_delta_head(base.version, sequence, listed_sha256, key)  # what devices follow
+            self._prune(base.version, {sequence} if previous is None else {sequence, previous}, key)
         return DeltaResult(
             release=base.version,
             sequence=sequence,
@@ -204,7 +232,7 @@ class DeltaStore:
     ) -> int:
         """Write delta `sequence` of `base` for `states`; returns how many texts were encoded."""
         target = self.folder(base.version, sequence)
-        staging = target.with_name(f".staging-{sequence:06d}-{os.getpid()}")
+        staging = target.with_name(f"{STAGING_PREFIX}{sequence:06d}-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
@@ -225,7 +253,7 @@ class DeltaStore:
         dim = int(base.model.items.text.shape[1])
         encoded = 0
         if items.n_items:
-            text, encoded = embed_items(items, base.encoder)
+            text, encoded = self._embed(base, items)
             vectors, bias = item_rows(base.model, base.catalogue, items, text)
         else:
             vectors, bias = np.zeros((0, dim), np.float32), np.zeros(0, np.float32)
@@ -238,6 +266,10 @@ class DeltaStore:
         for name, array in ((DELTA_F32, vectors), (DELTA_INT8, q), (DELTA_SCALES, scale), (DELTA_BIAS, bias)):
             np.save(folder / name, array)
         return encoded
+
+    def _embed(self, base: DeltaBase, items: Catalogue) -> tuple[np.ndarray, int]:
+        """((k, E) unit text vectors of `items`, how many texts had to be encoded): the encoder's, cached."""
+        return embed_items(items, base.encoder)
 
     def _fields(
         self, base: DeltaBase, sequence: int, states: list[dict[str, Any]], files: dict[str, Any]
@@ -269,9 +301,23 @@ class DeltaStore:
         write_json_atomic(self.root / f"{release:06d}" / LIST_NAME, listing)
         return str(entry["manifest_sha256"])
 
+    def _prune(self, release: int, heads: set[int], key: Ed25519PrivateKey) -> None:
+        """Drop `release`'s deltas that devices no longer need: all but the newest KEEP_DELTAS and `heads`
+        (the index's head now and before this publication). The signed list drops them first, then their
+        folders go, with any folder below the newest kept one that an earlier crash left unlisted."""
+        entries = self.listing(release)["deltas"]
+        keep = set(sorted(int(e["sequence"]) for e in entries)[-KEEP_DELTAS:]) | heads
+        kept = [entry for entry in entries if entry["sequence"] in keep]
+        if len(kept) < len(entries):
+            write_json_atomic(self.root / f"{release:06d}" / LIST_NAME, sign_delta_list(release, kept, key))
+        for folder in (self.root / f"{release:06d}").iterdir():
+            stale = folder.name.isdigit() and int(folder.name) < max(keep) and int(folder.name) not in keep
+            if stale and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        with (self.root / ".lock").open("w") as handle:
+        with (self.root / LOCK_NAME).open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -366,8 +366,10 @@ def test_a_delta_that_is_not_the_head_the_index_names_is_refused(service: Servic
     assert DeltaCache(device).applied(release) is None and not (device.root / "deltas" / "incoming").exists()
     entry["delta"] = head
     assert sync_deltas(device, service.url, index) == head["sequence"]
-    older = DeltaStore(service.store).manifest(release, 1)
-    entry["delta"] = {"sequence": 1, "manifest_sha256": manifest_sha256(older)}
+    oldest = DeltaStore(service.store).sequences(release)[0]  # the oldest kept (older ones are pruned)
+    assert oldest < head["sequence"]
+    older = DeltaStore(service.store).manifest(release, oldest)
+    entry["delta"] = {"sequence": oldest, "manifest_sha256": manifest_sha256(older)}
     assert sync_deltas(device, service.url, index) is None  # older than the applied one: nothing done
     del entry["delta"]
     assert sync_deltas(device, service.url, index) is None  # no head named

@@ -225,6 +225,19 @@ def flip_byte(name: str) -> Any:
     return tamper
 
 
+def changed_files(original: Path, altered: Path, route: str) -> dict[str, bytes]:
+    """{URL path: altered bytes} for each file of `altered` that differs from `original` (served under
+    `route`; the manifest is served at the route itself)."""
+    changed = {}
+    for path in sorted(altered.iterdir()):
+        data = path.read_bytes()
+        if data != (original / path.name).read_bytes():
+            url = route if path.name == MANIFEST_NAME else f"{route}/files/{path.name}"
+            changed[url] = data
+    assert changed, "the tamper changed nothing"
+    return changed
+
+
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
@@ -239,13 +252,17 @@ def flip_byte(name: str) -> Any:
 def test_tampered_release_is_refused_in_the_browser(
     site: dict[str, Any], browser: Browser, tmp_path: Path, tamper: Any, message: str
 ) -> None:
-    store = ReleaseStore(tmp_path / "store")
-    shutil.copytree(site["store"].root, store.root)
-    tamper(store.folder(1))
-    config = ServiceConfig(**{**asdict(site["config"]), "release_store": store.root})
-    with running(config) as base:
+    # the service refuses files that do not verify (tests/server/test_service_hardening.py), so the bytes are
+    # altered in transit, between a correct service and the page
+    altered = tmp_path / "altered"
+    shutil.copytree(site["store"].folder(1), altered)
+    tamper(altered)
+    with running(site["config"]) as base:
         state, cards = open_demo(
-            browser, f"{base}/demo", shots(tmp_path) / f"demo-refused-{tmp_path.name}.png"
+            browser,
+            f"{base}/demo",
+            shots(tmp_path) / f"demo-refused-{tmp_path.name}.png",
+            in_transit=changed_files(site["store"].folder(1), altered, "/v1/releases/1"),
         )
     assert state["status"] == "refused" and message in state["error"]
     assert "Release refused" in state["shown_error"] and cards == 0 and "ranking" not in state
@@ -255,14 +272,18 @@ def test_tampered_release_is_refused_in_the_browser(
 def test_a_tampered_catalogue_delta_is_not_used(
     site: dict[str, Any], browser: Browser, tmp_path: Path
 ) -> None:
-    store = ReleaseStore(tmp_path / "store")
-    shutil.copytree(site["store"].root, store.root)
-    flip_byte("item_vectors_f32.npy")(DeltaStore(store).folder(1, 1))
-    config = ServiceConfig(**{**asdict(site["config"]), "release_store": store.root})
+    store = site["store"]
+    delta = DeltaStore(store).folder(1, 1)
+    altered = tmp_path / "altered-delta"
+    shutil.copytree(delta, altered)
+    flip_byte("item_vectors_f32.npy")(altered)
     shopper = site["shoppers"][0]
-    with running(config) as base:
+    with running(site["config"]) as base:
         state, _ = open_demo(
-            browser, f"{base}/demo?shopper={shopper['id']}", shots(tmp_path) / "demo-bad-delta.png"
+            browser,
+            f"{base}/demo?shopper={shopper['id']}",
+            shots(tmp_path) / "demo-bad-delta.png",
+            in_transit=changed_files(delta, altered, "/v1/releases/1/deltas/1"),
         )
     # as on a device: the verified release is used, the delta that does not verify is not
     assert state["status"] == "ready" and "delta" not in state

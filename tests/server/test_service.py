@@ -62,7 +62,8 @@ def tokenless(config: ServiceConfig) -> Iterator[str]:
 
 def test_health_index_and_latest_manifest_with_etag(service: tuple[str, ReleaseStore, Path]) -> None:
     base, store, _ = service
-    assert httpx.get(f"{base}/health").json() == {"status": "ok", "latest_release": store.latest()}
+    health, latest = httpx.get(f"{base}/health").json(), store.latest()
+    assert health == {"status": "ok", "latest_release": latest, "refused_releases": [], "problem": None}
     index = httpx.get(f"{base}/v1/releases").json()
     assert [r["version"] for r in index["releases"]] == store.versions() and index["signature"]
     first = httpx.get(f"{base}/v1/releases/latest")
