@@ -5,7 +5,9 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
   slots, never sees user identities or data.
 - train: global trainable parameters, the sampled slots, the round seed and clip norm -> the SUM of the
   sampled users' clipped updates (noised per user in local-DP mode), their count, and how many were
-  unclipped (only with adaptive clipping; else 0). The noise multiplier and whether a fixed noise seed is
+  unclipped (only with adaptive clipping; else 0), with the message's reply check (run, round, nonce)
+  echoed unchanged so that the server can tell a replayed or stale reply (shared/messages.py:
+  ReplyCheck). The noise multiplier and whether a fixed noise seed is
   accepted come from the node's own configuration, never from the round's settings
   (client/training/own_privacy.py): a round asking for less noise, or sending a fixed seed to a node not
   configured deterministic, is refused. Clipping and local noise are shared.privacy.mechanism.UserClipping's
@@ -70,6 +72,7 @@ from shared.messages import (
     StartCheckRequest,
     TrainInstruction,
     TrainReply,
+    echo_reply_check,
     read_slots,
 )
 from shared.model.params import check_flat, set_flat
@@ -154,8 +157,8 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
             message, state, result, stats, noise, noise_multiplier=z, bound=settings.clip_norm,
             population=population,
         )  # fmt: skip
-        return Message(content, reply_to=message)
-    return Message(reply.to_records(), reply_to=message)
+        return Message(echo_reply_check(message.content, content), reply_to=message)
+    return Message(echo_reply_check(message.content, reply.to_records()), reply_to=message)
 
 
 def record_level_sum(

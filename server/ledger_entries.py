@@ -76,6 +76,10 @@ class RoundEntry:
     model_sha256_after: str | None = None
     accountant_versions: dict[str, str] | None = None
     refused_users: int | None = None
+    # replies rejected this round (nodes) and by reason (server/rounds/messaging.py: TrainReplies.rejections);
+    # absent in entries written before they were recorded
+    rejected_nodes: int | None = None
+    rejection_reasons: dict[str, int] | None = None
     # record-level DP-SGD on the devices (server/rounds/record_level_fields.py), else absent
     record_epsilon: Epsilon | None = None
     record_epsilon_round: Epsilon | None = None
@@ -202,6 +206,7 @@ OPTIONAL = {
     *("participation_cap", "cap_segment", "user_epsilon_poisson", "user_epsilon_cap", "epsilon_bound"),
     *("secure_aggregation", "n_items", "noise_rng"),
     *("as_of_source", "purpose"),
+    *("rejected_nodes", "rejection_reasons"),  # recorded since the fault measurements (issue 17)
 }
 CHAIN_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
 

@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 FEDERATED_EVAL_USERS = 2_000  # per node, for the per-round progress signal when no evaluator is given
 # model, layout -> (params -> validation metrics): the simulation's harness; None: federated evaluation
 EvaluatorFactory = Callable[[TwoTower, ParamLayout], Evaluator]
+# settings a resumed run may change: its length, and how long it waits (a folder from before
+# connect_timeout_s existed has none)
+MAY_CHANGE_ON_RESUME = frozenset(
+    {"federated.rounds", "federated.node_timeout_s", "federated.connect_timeout_s"}
+)
 
 
 def build_model(config: FedhomeConfig, folder: RunFolder, *, progress: bool) -> TwoTower:
@@ -84,7 +89,7 @@ def write_config(config: FedhomeConfig, folder: RunFolder) -> None:
     flat = to_flat(config)
     if folder.config.exists():
         previous = json.loads(folder.config.read_text())
-        changed = sorted(k for k in flat if previous.get(k) != flat[k] and k != "federated.rounds")
+        changed = sorted(k for k in flat if previous.get(k) != flat[k] and k not in MAY_CHANGE_ON_RESUME)
         if changed:
             raise ConfigError(f"{folder.root} was started with other settings ({', '.join(changed)})")
     write_json_atomic(folder.config, flat)
@@ -97,12 +102,13 @@ def run_training(
     folder = RunFolder(config.federated.run_dir)
     folder.create()
     write_config(config, folder)
+    poll_replies_often(grid)
+    # first, and with its own short timeout: too few SuperNodes is the likeliest mistake of a first deployment
+    nodes = wait_for_nodes(grid, config.federated.nodes, timeout_s=config.federated.connect_timeout_s)
     model = build_model(config, folder, progress=progress)
     layout = trainable_layout(model, config.federated.trainable)
     key = signing_key_for(config, folder)
     ledger = PrivacyLedger(folder.ledger, signing_key=key)
-    poll_replies_often(grid)
-    nodes = wait_for_nodes(grid, config.federated.nodes, timeout_s=config.federated.node_timeout_s)
     population = discover_population(grid, nodes, timeout_s=config.federated.node_timeout_s)
     timeout = config.federated.node_timeout_s
     # the popularity prior's count release before round 1: it puts the prior into `model` (the evaluator's)
@@ -173,6 +179,7 @@ def run_training(
         if isinstance(coordinator.accountant, CappedAccountant) and coordinator.plan.mode != "none"
         else "poisson",
         "ledger_head": ledger.head_hash(),
+        "rejections": coordinator.rejections(),  # replies not summed, by reason (server/rounds/messaging.py)
         # the popularity prior's DP count release before round 1 (accounted in user_epsilon above)
         "popularity_prior": popularity.summary(),
         "trending": trending.summary(

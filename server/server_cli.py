@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ from pathlib import Path
 from server.catalogue import catalogue_command
 from server.embedding.catalogue_embedding import embed_catalogue
 from shared import signing
-from shared.config import EncoderConfig, with_overrides
+from shared.config import EncoderConfig, ServiceConfig, ServiceSecrets, with_overrides
 from shared.data.loaders import load_dataset
-from shared.errors import ConfigError, FedhomeError
+from shared.errors import ConfigError, FedhomeError, SignatureError
 from shared.release_index import INDEX_LIFETIME_S
+from shared.run_folder import RunFolder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,10 +109,10 @@ def command_release(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
+    """Check the run and the key (refusing before anything binds), bind, print where to look, serve."""
     import uvicorn
 
     from server.api.service import make_app
-    from shared.config import ServiceConfig, ServiceSecrets
 
     config = ServiceConfig(
         release_store=args.store,
@@ -121,9 +123,69 @@ def command_serve(args: argparse.Namespace) -> int:
         port=args.port,
         demo_shoppers=args.demo_shoppers,
     )
+    check_serve_inputs(config)
     secrets = ServiceSecrets.from_environment(config)  # the admin token, read once, here
-    uvicorn.run(make_app(config, secrets), host=config.host, port=config.port, log_level="warning")
+    app = make_app(config, secrets)
+    listener = bind(config.host, config.port)
+    print(serve_banner(config.host, config.port), flush=True)
+    # log_config None: uvicorn's records go through the handler main() configured, at info level
+    uvicorn_config = uvicorn.Config(
+        app, host=config.host, port=config.port, log_config=None, log_level="info"
+    )
+    server = uvicorn.Server(uvicorn_config)
+    server.run(sockets=[listener])
     return 0
+
+
+def check_serve_inputs(config: ServiceConfig) -> None:
+    """Refuse to serve a folder that is not a run with a ledger (ConfigError), or with a public key that did
+    not sign the run's ledger head or the release store's index (SignatureError); each in one line."""
+    from server.ledger import read_entries, signed_bytes
+    from server.releases.release_store import ReleaseStore
+
+    folder = RunFolder(config.run_dir)
+    if not folder.root.is_dir():
+        raise ConfigError(f"--run {folder.root}: no such run folder")
+    entries = read_entries(folder.ledger)  # DataError on a damaged ledger
+    if not entries:
+        raise ConfigError(f"--run {folder.root}: no privacy ledger ({folder.ledger.name}) with entries")
+    key = signing.load_public_key(config.public_key)  # ConfigError missing, SignatureError malformed
+    given = f"--public-key {config.public_key} (key id {signing.key_id(key)})"
+    head = entries[-1]
+    try:
+        signing.verify(key, signed_bytes(head), str(head.get("signature", "")))
+    except SignatureError as exc:
+        raise SignatureError(
+            f"{given} did not sign the run's ledger (its last entry names key id {head.get('key_id')}); "
+            f"use the run's {folder.public_key.name}"
+        ) from exc
+    try:
+        ReleaseStore(config.release_store).index(key)
+    except SignatureError as exc:
+        raise SignatureError(
+            f"{given} does not verify the release index of {config.release_store}: {exc}"
+        ) from exc
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (ConfigError when it cannot listen there, e.g. the port is taken)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def serve_banner(host: str, port: int) -> str:
+    """Where the service answers, and the pages a person opens first."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # all interfaces
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"  # an IPv6 address in brackets
+    return (
+        f"fedhome-server: serving on {url}\n"
+        f"  demo:      {url}/demo\n"
+        f"  dashboard: {url}/dashboard\n"
+        f"  API docs:  {url}/docs"
+    )
 
 
 def command_demo_shoppers(args: argparse.Namespace) -> int:
@@ -212,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting RDP order warnings: noise here
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin INFO lines when Flower imports it
     try:
         return COMMANDS[args.command](args)
     except FedhomeError as exc:

@@ -7,6 +7,7 @@ with `with_overrides`. Nothing else in fedhome reads environment variables or ra
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -300,6 +301,8 @@ class FederatedConfig:
     # Empty: a fresh key for this run only, kept outside the run folder (its public half goes into it).
     signing_key: str = ""
     node_timeout_s: float = 600.0  # how long a round waits for the nodes' replies
+    # how long the run waits, before anything else, for `nodes` SuperNodes to connect; fewer: a clear error
+    connect_timeout_s: float = 60.0
     # Simulation: a folder in which each virtual device keeps its receipts (<dir>/device-<user index>/), as a
     # real device does in its own folder (node config "device-dir"); empty: in the node's state only
     receipts_dir: str = ""
@@ -307,7 +310,7 @@ class FederatedConfig:
     def __post_init__(self) -> None:
         for name in ("rounds", "local_steps", "local_learning_rate", "max_examples_per_user", "n_negatives"):
             _positive(name, getattr(self, name))
-        for name in ("server_learning_rate", "nodes", "chunk_size"):
+        for name in ("server_learning_rate", "nodes", "chunk_size", "node_timeout_s", "connect_timeout_s"):
             _positive(name, getattr(self, name))
         if not 0.0 < self.sample_rate <= 1.0:
             raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
@@ -626,24 +629,39 @@ def to_flat(config: Any, prefix: str = "") -> dict[str, Any]:
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
     """A copy of a config dataclass with dotted-key overrides ("train.epochs": 3), validated again.
 
-    String values are converted to the field's type, so values straight from a command line work.
+    String values are converted to the field's type, so values straight from a command line work. An
+    unknown key is a ConfigError naming the full key and the nearest known one.
     """
+    return _with_overrides(config, overrides, prefix="")
+
+
+def _with_overrides(config: Any, overrides: dict[str, Any], *, prefix: str) -> Any:
+    """`with_overrides` on the section of the root config at `prefix` ("" for the root, else "federated.")."""
     nested: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
-        if head not in {f.name for f in dataclasses.fields(config)}:
-            raise ConfigError(f"unknown config key {key!r}")
+        known = head in {f.name for f in dataclasses.fields(config)}
+        if not known or (rest and not dataclasses.is_dataclass(getattr(config, head))):
+            raise _unknown_key(config, key, prefix=prefix)
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
             direct[head] = _convert(config, head, value)
     for head, sub in nested.items():
-        direct[head] = with_overrides(getattr(config, head), sub)
+        direct[head] = _with_overrides(getattr(config, head), sub, prefix=f"{prefix}{head}.")
     try:
         return dataclasses.replace(config, **direct)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _unknown_key(config: Any, key: str, *, prefix: str) -> ConfigError:
+    """The error for `key` in the section at `prefix`: the full dotted key, and the nearest key of that
+    section when one is close (compared within the section, so a shared "federated." does not count)."""
+    nearest = difflib.get_close_matches(key, to_flat(config), n=1)
+    hint = f"; did you mean {prefix}{nearest[0]}?" if nearest else ""
+    return ConfigError(f"unknown config key {prefix + key!r}{hint}")
 
 
 def _convert(config: Any, name: str, value: Any) -> Any:

@@ -36,4 +36,10 @@ class SignatureError(FedhomeError):
 
 
 class UpdateRejectedError(FedhomeError):
-    """A device update was malformed or oversized and was not aggregated."""
+    """A device update was malformed or oversized and was not aggregated. `reason` is a short public label the
+    ledger counts rejections by ("non_finite", "wrong_shape", "oversized", "stale_round", "replayed",
+    "duplicate", "unqueried", "node_error", "malformed")."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        self.reason = reason
+        super().__init__(message)

@@ -37,6 +37,8 @@ START: Final = "start"  # ArrayRecord {"params"}: the run's initial (start) para
 START_CHECK: Final = "start-check"  # ConfigRecord: StartCheckRequest's noise multiplier
 GAIN: Final = "gain"  # MetricRecord: StartCheckReply
 PRIOR: Final = "popularity-prior"  # ArrayRecord {"prior"}: the run's popularity prior, (n_items,) float32
+# ConfigRecord {"run-id", "round", "nonce"}: sent with each train message, echoed unchanged in its reply
+REPLY_CHECK: Final = "reply-check"
 GAIN_SLACK = 1e-9  # absolute: a sum of `count` gains in [-1, 1] lies in [-count, count]
 SEED_RANGE = 2**62  # seeds travel as integers below this (record values are 64-bit)
 
@@ -158,7 +160,9 @@ class TrainReply:
 
     @classmethod
     def from_records(cls, content: RecordDict, *, n_sampled: int) -> TrainReply:
-        """The reply of a node that was sent `n_sampled` slots: its counts must add up to them."""
+        """The reply of a node that was sent `n_sampled` slots: its counts add up to at most them (a sampled
+        device that dropped before training is left out of the sum and of both counts; the server counts it
+        as rejected)."""
         try:
             update_sum = content.array_records[UPDATE]["sum"].numpy()
             stats = content.metric_records[STATS]
@@ -167,7 +171,7 @@ class TrainReply:
             refused = as_int(stats.get("refused-count", 0), name="refused-count")
         except (KeyError, TypeError, ValueError) as exc:
             raise UpdateRejectedError(f"malformed train reply: {exc}") from exc
-        if refused < 0 or count + refused != n_sampled or not 0 <= unclipped <= count:
+        if refused < 0 or count + refused > n_sampled or not 0 <= unclipped <= count:
             raise UpdateRejectedError(
                 f"reply counts {count} users ({unclipped} unclipped) and {refused} refused, "
                 f"{n_sampled} were sampled"
@@ -368,3 +372,35 @@ def read_global_params(content: RecordDict) -> np.ndarray:
         return content.array_records[GLOBAL]["params"].numpy()
     except KeyError as exc:
         raise UpdateRejectedError(f"a message without the global parameters: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ReplyCheck:
+    """What binds a train reply to the one message it answers: the run, the round and a fresh random nonce
+    per node and round. The node echoes the record unchanged; a reply carrying another round's record (a
+    straggler's answer to an old round) or a record of this round with another nonce (a replayed reply) is
+    rejected before its sum is looked at."""
+
+    run_id: str
+    round: int
+    nonce: str
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord({"run-id": self.run_id, "round": self.round, "nonce": self.nonce})
+
+    def check(self, content: RecordDict) -> None:
+        """UpdateRejectedError (reason "stale_round" or "replayed") unless `content` echoes this check."""
+        echoed = content.config_records.get(REPLY_CHECK)
+        if echoed is None:
+            raise UpdateRejectedError("a train reply without its round's reply check", reason="malformed")
+        if echoed.get("run-id") != self.run_id or echoed.get("round") != self.round:
+            raise UpdateRejectedError("a reply to another run or round", reason="stale_round")
+        if echoed.get("nonce") != self.nonce:
+            raise UpdateRejectedError("a replayed reply: its nonce is not this round's", reason="replayed")
+
+
+def echo_reply_check(request: RecordDict, reply: RecordDict) -> RecordDict:
+    """`reply` with the reply check of the train message `request` copied in (none when it carries none)."""
+    if REPLY_CHECK in request.config_records:
+        reply[REPLY_CHECK] = ConfigRecord(dict(request.config_records[REPLY_CHECK]))
+    return reply

@@ -15,10 +15,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from client.client_app import make_client_app
@@ -33,6 +36,8 @@ from simulation.central_training import make_scorer
 from simulation.evaluate import EvalResult, evaluate
 
 log = logging.getLogger(__name__)
+
+AppWrapper = Callable[[ServerApp, ClientApp], tuple[ServerApp, ClientApp]]
 
 PROGRESS_USERS = 3_000  # validation users evaluated every `eval_every` rounds (fixed subset)
 
@@ -97,8 +102,11 @@ def with_simulated_time(config: FedhomeConfig, split: Split) -> FedhomeConfig:
     return dataclasses.replace(config, trending=dataclasses.replace(trending, as_of_s=end))
 
 
-def run_federated(config: FedhomeConfig, split: Split, *, progress: bool) -> FederatedResult:
-    """Train in the simulation engine, then evaluate the final global model on validation and test."""
+def run_federated(
+    config: FedhomeConfig, split: Split, *, progress: bool, wrap: AppWrapper | None = None
+) -> FederatedResult:
+    """Train in the simulation engine, then evaluate the final global model on validation and test. `wrap`
+    (simulation/fault_injection.py) replaces the two apps by wrappers around them (injected faults)."""
     start = time.perf_counter()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(config.train.threads, 1)))
@@ -107,6 +115,8 @@ def run_federated(config: FedhomeConfig, split: Split, *, progress: bool) -> Fed
     config = with_simulated_time(config, split)
     server_app = make_server_app(config, evaluator=progress_evaluator(split, config), progress=progress)
     client_app = make_client_app(config)
+    if wrap is not None:
+        server_app, client_app = wrap(server_app, client_app)
     folder = RunFolder(config.federated.run_dir)
     folder.summary.unlink(missing_ok=True)  # rewritten when the run ends; a stale one must not pass for it
     run_simulation(server_app, client_app, num_supernodes=n_nodes, backend_config=backend_config(config))
@@ -152,13 +162,21 @@ def write_federated_results(result: FederatedResult, *, command: str) -> str:
         "| rounds | mode | z | user epsilon (PLD) | delta | shipped "
         f"| {valid} | test NDCG@10 | test HR@10 |\n"
         f"|---|---|---|---|---|---|---|---|---|\n"
-        f"| {summary['rounds']} | {summary['mode']} | {_z_text(summary)} | {epsilon} "
+        f"| {summary['rounds']} | {summary['mode']} | {_z_text(summary)} | {readable(epsilon)} "
         f"| {summary['delta']:.3g} | {_shipped_text(summary)} | {result.valid.overall.ndcg_10:.4f} "
         f"| {result.test.overall.ndcg_10:.4f} | {result.test.overall.hr_10:.4f} |\n\n"
         f"stopped: {summary['stop_reason']}\n\nstart check: {_start_check_text(summary)}\n"
     )
     (result.folder.root / "results.md").write_text(text)
     return text
+
+
+def readable(value: Any) -> str:
+    """A number as a person reads it in a summary: 4 significant digits (0.3089, 49.99, 1.2e-05); anything
+    else (an infinite epsilon's "inf") as it is. results.json keeps the full values."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _shipped_text(summary: dict[str, Any]) -> str:

@@ -8,8 +8,11 @@ import logging
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import FedhomeError
@@ -53,11 +56,19 @@ def _add_shop_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> No
         help="override any config value, e.g. --set train.epochs=3 --set federated.sample_rate=0.02",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--skip-bad-rows", action="store_true", help="skip and count malformed rows (data.skip_bad_rows)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedhome-sim", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages, with Flower's, alembic's and Ray's notices and warnings",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="fit and evaluate models on a shop; write a results folder")
@@ -66,7 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_shop_arguments(run, out_help="results folder (default runs/<dataset>-<time>)")
     run.add_argument("--model", type=_parse_models, default=list(MODEL_NAMES), help="comma list or 'all'")
-    run.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
 
     fed = sub.add_parser(
         "federated",
@@ -307,21 +317,56 @@ def command_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+QUIET_LOGGERS = {
+    "flwr": logging.WARNING,  # its DEBUG lines (the logger is set to DEBUG at import) and INFO notices
+    "alembic": logging.WARNING,  # its plugin and migration INFO lines when Flower imports it
+    "absl": logging.ERROR,  # dp-accounting's RDP order warnings
+}
+
+
+def configure_logging(*, verbose: bool) -> None:
+    """The root handler at INFO (DEBUG with `verbose`), every record printed once through it; without
+    `verbose`, the QUIET_LOGGERS levels, no notice of Flower's deprecated `run_simulation` (fedhome uses it
+    on purpose) and no FutureWarning from Ray. Warnings are logged, so they too pass the progress bars."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.captureWarnings(True)
+    flwr = logging.getLogger("flwr")
+    # Flower's own console handler prints what also reaches the root handler: each line twice (matched by
+    # its class name, flwr.supercore.logger.ConsoleHandler: importing Flower here would slow every command)
+    for handler in [h for h in flwr.handlers if type(h).__name__ == "ConsoleHandler"]:
+        flwr.removeHandler(handler)
+    if verbose:
+        for name in QUIET_LOGGERS:  # whatever quieted them before (an earlier main() in this process)
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        flwr.removeFilter(_not_deprecation_notice)
+        flwr.setLevel(logging.DEBUG)
+        return
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    flwr.addFilter(_not_deprecation_notice)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray\.")
+
+
+def _not_deprecation_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("DEPRECATED FEATURE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    commands = {
+        "run": command_run,
+        "federated": command_federated,
+        "calibrate": command_calibrate,
+        "canary": command_canary,
+        "generate": command_generate,
+    }
     try:
-        commands = {
-            "run": command_run,
-            "federated": command_federated,
-            "calibrate": command_calibrate,
-            "canary": command_canary,
-            "generate": command_generate,
-        }
-        return commands[args.command](args)
+        with logging_redirect_tqdm():  # log lines are written above a progress bar, not through it
+            return commands[args.command](args)
     except FedhomeError as exc:
         print(f"fedhome-sim: error: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@
   words, the verification of every entry, the mismatches between what ran and what the accountants assume,
   what the guarantee does not cover, plots, and the run's canary audit if it has one.
 
-Exit status: 0 when every check passes, 1 when any check fails (tampering, a mismatch, a damaged ledger),
-2 on a usage error or a missing/unreadable ledger or key file. `report` writes its files in both cases.
+Exit status: 0 when every check passes, 1 when any check fails (tampering, a mismatch, a damaged ledger, a
+public key that signed none of the entries: `verify` then prints that in one line), 2 on a usage error or a
+missing/unreadable ledger or key file. `report` writes its files in both cases.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 def command_verify(args: argparse.Namespace) -> int:
     public_key = load_public_key(args.public_key)
     report = verify_ledger(args.run_dir, public_key, expected_head=args.expect_head)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else summary(report))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif report.key_mismatch:  # every entry would fail twice over the same fact: say it once
+        print(f"FAILED: {wrong_key_line(report, args.public_key)}")
+    else:
+        print(summary(report))
     return 0 if report.ok else 1
 
 
@@ -102,6 +108,17 @@ def summary(report: LedgerVerification) -> str:
         lines.extend(f"  - {problem}" for problem in report.problems)
     lines.extend(f"note: {note}" for note in report.notes)
     return "\n".join(lines)
+
+
+def wrong_key_line(report: LedgerVerification, key_path: Path) -> str:
+    """One line for a ledger the given key signed none of (`report.key_mismatch`): the key file and its id,
+    the key id(s) the entries name."""
+    named = ", ".join(report.ledger_key_ids)
+    return (
+        f"the public key {key_path} (key id {report.key_id}) does not match the ledger's signatures (its "
+        f"entries name key id {named}): none of its {report.entries} entries verifies with it; is it the "
+        "run's ledger_public_key.pem?"
+    )
 
 
 def _eps(value: float | None) -> str:

@@ -59,6 +59,8 @@ EXACT_FIELDS = {
     "refused_users": "how many sampled devices refused to train (participation cap reached)",
     "rejected_updates": "how many users' updates (or trending contributions) the server rejected",
     "aggregated_users": "how many users' updates went into the sum",
+    "rejected_nodes": "how many nodes' replies the server rejected in a round",
+    "rejection_reasons": "the rejected replies of a round counted by reason (non-finite, wrong shape, ...)",
     "secure_aggregation": "secure aggregation's counts of participating, masked and dropped nodes",
     "time_utc": "the wall-clock time of each round and release",
 }

@@ -113,6 +113,10 @@ class LedgerVerification:
     cohort_dispersion: list[dict[str, Any]] = field(default_factory=list)  # server/audit/cohorts.py
     local_dp: dict[str, Any] | None = None  # each local report's own epsilon (server/audit/local_dp.py)
     head_pinned: bool = False  # an expected head was given
+    # the given key signed none of the entries and none names it: the wrong key file, not tampering (the
+    # per-entry problems are still listed; `fedhome-audit verify` says only this, audit_cli.wrong_key_line)
+    key_mismatch: bool = False
+    ledger_key_ids: list[str] = field(default_factory=list)  # the key ids the entries name, on a mismatch
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe report (an infinite epsilon is written as "inf")."""
@@ -233,15 +237,20 @@ def _check_chain(
     """Key id, signature, entry hash, link to the previous entry, and rounds 1, 2, 3, ... in order."""
     problems: list[str] = report.problems
     previous_hash, previous_round = GENESIS_HASH, 0
+    matches = 0  # entries that name the given key or whose signature verifies with it
     for line, entry in entries:
         where = _where(line, entry)
-        if entry.get("key_id") != report.key_id:
+        named = entry.get("key_id") == report.key_id
+        if not named:
             problems.append(f"{where}: key_id {entry.get('key_id')!r} is not the given key's {report.key_id}")
         try:
             signed = canonical_json({k: v for k, v in entry.items() if k not in ("signature", "entry_hash")})
             verify(public_key, signed, entry.get("signature", ""))
+            verified = True
         except SignatureError:
             problems.append(f"{where}: signature does not verify with the given public key")
+            verified = False
+        matches += named or verified
         recomputed = hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "entry_hash"}))
         if entry.get("entry_hash") != recomputed.hexdigest():
             problems.append(f"{where}: entry_hash does not match the entry's content")
@@ -259,6 +268,9 @@ def _check_chain(
             problems.append(f"{where}: round {entry.get('round')!r} should be {previous_round + 1}")
         previous_round = entry["round"] if isinstance(entry.get("round"), int) else previous_round + 1
     report.head_hash = previous_hash
+    report.key_mismatch = bool(entries) and matches == 0
+    if report.key_mismatch:
+        report.ledger_key_ids = sorted({str(entry.get("key_id")) for _, entry in entries})
 
 
 def _check_epsilons(valid: list[tuple[int, dict[str, Any]]], report: LedgerVerification) -> None:

@@ -60,6 +60,21 @@ log = logging.getLogger(__name__)
 Evaluator = Callable[[np.ndarray], dict[str, float]]
 
 
+def progress_postfix(row: dict[str, Any], *, last_ndcg: float | None) -> dict[str, str]:
+    """The round bar's postfix after `row`: user epsilon, the newest validation NDCG@10 (`last_ndcg`, this
+    round's or an earlier evaluation's; left out before the first) and the cohort."""
+    postfix = {"eps": f"{row['user_epsilon']:.2f}"}
+    if last_ndcg is not None:
+        postfix["ndcg"] = f"{last_ndcg:.4f}"
+    postfix["cohort"] = str(row["cohort"])
+    return postfix
+
+
+def _metric_text(value: float | None) -> str:
+    """A metric for a log line: 4 decimals, "-" when the round was not evaluated."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 @dataclass
 class RunState:
     round: int
@@ -139,11 +154,13 @@ class Coordinator:
             desc="rounds",
         )
         reason = "completed all rounds"
+        last_ndcg: float | None = None  # the newest evaluation's, for the bar between evaluations
         if federated.eval_every and self.state.round == 0:  # the starting point, for the curves
             spent = 0.0 if self.plan.mode == "none" else self.epsilon()  # a release before round 1 spends
             start = {"round": 0, "user_epsilon": spent, **self.evaluate(self.state.params)}
             self.metrics.append(start)
-            log.info("round 0: valid NDCG@10 %s", start.get("valid_ndcg_10", "-"))
+            last_ndcg = start.get("valid_ndcg_10")
+            log.info("round 0: valid NDCG@10 %s", _metric_text(last_ndcg))
         if self.pending_row is not None:  # resumed after a kill that lost the last round's metrics row
             self.finish_row(self.pending_row)
             self.pending_row = None
@@ -157,19 +174,15 @@ class Coordinator:
             self.finish_row(row)
             for hook in self.hooks:
                 hook.after_round(self, grid, row)
+            last_ndcg = row.get("valid_ndcg_10", last_ndcg)
             bar.update(1)
-            bar.set_postfix(
-                eps=f"{row['user_epsilon']:.2f}",
-                ndcg=f"{row.get('valid_ndcg_10', math.nan):.4f}",
-                cohort=row["cohort"],
-                refresh=False,
-            )
+            bar.set_postfix(progress_postfix(row, last_ndcg=last_ndcg), refresh=False)
             log.info(
                 "round %d: cohort %d, user epsilon %.3f, valid NDCG@10 %s (%.2f s)",
                 row["round"],
                 row["cohort"],
                 row["user_epsilon"],
-                row.get("valid_ndcg_10", "-"),
+                _metric_text(row.get("valid_ndcg_10")),
                 row["seconds"],
             )
         bar.close()
@@ -395,6 +408,8 @@ class Coordinator:
             "round": round_number,
             "cohort": int(cohort.size),
             "rejected_users": replies.rejected_users,
+            "rejected_nodes": replies.rejected_nodes,
+            "rejections": dict(replies.rejections),
             "refused_users": replies.refused_users,
             "clip_norm": result.clip_norm,
             # only the noised fraction (adaptive clipping) is published: the exact one is not private
@@ -409,6 +424,19 @@ class Coordinator:
         self.checkpoint(entry)
         self.ledger.append_signed(entry)
         return row
+
+    def rejections(self) -> dict[str, Any]:
+        """The run's rejected replies so far, from its rounds' rows (what the summary reports): nodes and
+        sampled users whose updates were not summed, and nodes by reason (TrainReplies.rejections)."""
+        reasons: dict[str, int] = {}
+        for row in self.state.history:
+            for reason, n in row.get("rejections", {}).items():
+                reasons[reason] = reasons.get(reason, 0) + int(n)
+        return {
+            "rejected_nodes": sum(int(row.get("rejected_nodes", 0)) for row in self.state.history),
+            "rejected_users": sum(int(row.get("rejected_users", 0)) for row in self.state.history),
+            "by_reason": dict(sorted(reasons.items())),
+        }
 
     def epsilon(self) -> float:
         if self.plan.mode == "none":
@@ -452,6 +480,8 @@ class Coordinator:
             "realised_cohort": cohort.size,
             "aggregated_users": replies.count,
             "rejected_updates": replies.rejected_users,
+            "rejected_nodes": replies.rejected_nodes,
+            "rejection_reasons": dict(replies.rejections),
             "divisor": result.divisor,
             "clip_norm": result.clip_norm,
             "next_clip_norm": result.next_clip_norm,

@@ -3,15 +3,20 @@
 The nodes' replies are checked here before anything is aggregated: a reply that is an error, has the wrong
 shape, non-finite values, or a sum longer than its count of clipped updates allows is rejected and counted;
 so is a second reply from the same node or one from a node that was not queried (it would be summed twice,
-or summed without its users being sampled).
+or summed without its users being sampled), and a reply that does not echo the reply check (run, round and
+a fresh nonce, shared/messages.py: ReplyCheck) its node was sent: a straggler's reply to an old round, or a
+replayed one. Rejections are counted by reason (`TrainReplies.rejections`, the ledger's
+`rejection_reasons`).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Message, MessageType, RecordDict
@@ -21,9 +26,11 @@ from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from server.strategy import check_update_sum
 from shared.errors import ConfigError, UpdateRejectedError
 from shared.messages import (
+    REPLY_CHECK,
     EvaluateReply,
     EvaluateRequest,
     PopulationReply,
+    ReplyCheck,
     RoundSettings,
     TrainInstruction,
     TrainReply,
@@ -66,16 +73,26 @@ class Population:
         }
 
 
+class NodesNotConnectedError(ConfigError):
+    """Fewer SuperNodes than `federated.nodes` connected within `federated.connect_timeout_s`."""
+
+
 def wait_for_nodes(grid: Grid, expected: int, *, timeout_s: float) -> list[int]:
-    """The node ids once at least `expected` nodes are connected; ConfigError after `timeout_s`."""
+    """The node ids once at least `expected` nodes are connected; NodesNotConnectedError, saying how many
+    connected and what to do, when fewer did within `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= expected:
             return nodes
-        if time.monotonic() > deadline:
-            raise ConfigError(f"only {len(nodes)} of {expected} nodes connected after {timeout_s:.0f} s")
-        time.sleep(POLL_S)
+        if time.monotonic() >= deadline:
+            lower = f", or lower federated.nodes to {len(nodes)}" if nodes else ""
+            raise NodesNotConnectedError(
+                f"{len(nodes)} of the {expected} SuperNodes this run needs (federated.nodes) connected "
+                f"within {timeout_s:g} s (federated.connect_timeout_s): start {expected - len(nodes)} more "
+                f"SuperNode(s) on this SuperLink, each with its own --node-config partition-id{lower}"
+            )
+        time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
 
 
 def discover_population(grid: Grid, node_ids: list[int], *, timeout_s: float) -> Population:
@@ -113,6 +130,13 @@ class TrainReplies:
     # record-level mode: the largest record-level epsilon a replying device reported (None otherwise)
     record_epsilon: float | None = None
     refused_users: int = 0  # sampled users whose device refused to train: it had reached its cap
+    # rejected replies by reason (UpdateRejectedError.reason; "no_reply" for a node that never answered)
+    rejections: dict[str, int] = field(default_factory=dict)
+
+
+def reply_check(settings: RoundSettings) -> ReplyCheck:
+    """A fresh reply check for one node's train message of the round (128 random bits of nonce)."""
+    return ReplyCheck(settings.run_id, settings.round, secrets.token_hex(16))
 
 
 def train_round(
@@ -132,19 +156,23 @@ def train_round(
     With `record_level`, every reply must carry the device's record-level epsilon ("record-epsilon"); the
     largest one over the replies (rejected ones included: their device spent it) is returned. `prior`: the
     run's popularity prior, which the nodes' models use (None: the run has none)."""
-    messages = []
+    messages, checks = [], {}
     for position, (node, slots) in enumerate(assignment.items()):
         instruction = TrainInstruction(params, slots, settings.for_node(position), prior)
-        content = RecordDict(instruction.to_records())
+        checks[node] = reply_check(settings)
+        content = RecordDict({**instruction.to_records(), REPLY_CHECK: checks[node].to_config()})
         messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
     total = np.zeros(params.shape[0], dtype=np.float64)
     count = unclipped = rejected_nodes = refused = 0
     answered: set[int] = set()
     record_epsilons: list[float] = []
+    reasons: Counter[str] = Counter()
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         node = reply.metadata.src_node_id
         try:
             check_reply_source(node, assignment, answered)
+            if not reply.has_error():
+                checks[node].check(reply.content)
             if record_level:
                 record_epsilons.append(read_record_epsilon(reply))
             answer = read_train_reply(reply, len(assignment.get(node, [])))
@@ -157,6 +185,7 @@ def train_round(
         except UpdateRejectedError as exc:
             log.warning("round reply from a node rejected: %s", exc)
             rejected_nodes += 1
+            reasons[exc.reason] += 1
             continue
         total += answer.update_sum
         count += answer.count
@@ -164,25 +193,29 @@ def train_round(
         refused += answer.refused_count
     missing = [n for n in assignment if n not in answered]
     rejected_nodes += len(missing)
+    if missing:
+        reasons["no_reply"] += len(missing)
     sampled = sum(len(s) for s in assignment.values())
     record = max(record_epsilons, default=0.0) if record_level else None
-    return TrainReplies(total, count, unclipped, rejected_nodes, sampled - count - refused, record, refused)
+    return TrainReplies(
+        total, count, unclipped, rejected_nodes, sampled - count - refused, record, refused, dict(reasons)
+    )
 
 
 def check_reply_source(node: int, assignment: Mapping[int, object], answered: set[int]) -> None:
     """Mark `node` as answered; UpdateRejectedError when it was not queried or has already answered (the
     first reply is the one that counts, accepted or not)."""
     if node not in assignment:
-        raise UpdateRejectedError("a reply from a node that was not queried")
+        raise UpdateRejectedError("a reply from a node that was not queried", reason="unqueried")
     if node in answered:
-        raise UpdateRejectedError("a second reply from the same node")
+        raise UpdateRejectedError("a second reply from the same node", reason="duplicate")
     answered.add(node)
 
 
 def read_record_epsilon(reply: Message) -> float:
     """The device's record-level epsilon so far; UpdateRejectedError when the reply does not carry one."""
     if reply.has_error():
-        raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
+        raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}", reason="node_error")
     return read_reply_record_epsilon(reply.content)
 
 
@@ -190,7 +223,7 @@ def read_train_reply(reply: Message, n_sampled: int) -> TrainReply:
     """The node's typed reply; UpdateRejectedError when it is an error or malformed, or when its counts do
     not add up to the `n_sampled` users it was sent."""
     if reply.has_error():
-        raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}")
+        raise UpdateRejectedError(f"the node reported an error: {reply.error.reason}", reason="node_error")
     return TrainReply.from_records(reply.content, n_sampled=n_sampled)
 
 

@@ -188,7 +188,7 @@ def masked_inputs(
         if masked.dtype != np.uint64 or masked.shape != (dim,) or count < 0 or refused < 0:
             log.warning("secure aggregation: a masked input of the wrong shape or type is dropped")
             continue
-        if count + refused != len(parts[i].sample):
+        if count + refused > len(parts[i].sample):  # fewer: sampled devices that dropped before training
             log.warning("secure aggregation: a masked input with wrong counts is dropped")
             continue
         parts[i].masked, parts[i].count, parts[i].refused = masked, count, refused

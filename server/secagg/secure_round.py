@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -46,7 +47,7 @@ import numpy as np
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from server.rounds.messaging import TrainReplies, read_record_epsilon
+from server.rounds.messaging import TrainReplies, read_record_epsilon, reply_check
 from server.secagg.secagg_stages import (
     Participant,
     ProtocolFailed,
@@ -58,7 +59,7 @@ from server.secagg.secagg_stages import (
 )
 from server.strategy import check_update_sum, check_update_values
 from shared.errors import UpdateRejectedError
-from shared.messages import RoundSettings, TrainInstruction
+from shared.messages import REPLY_CHECK, RoundSettings, TrainInstruction
 from shared.secagg_primitives import decode, neighbours, sensitivity
 
 log = logging.getLogger(__name__)
@@ -130,20 +131,33 @@ def secure_train_round(
     """Secure aggregation of one training round; the returned sum is noised in central mode. `prior`: the
     run's popularity prior, which the nodes' models use (None: none)."""
 
+    checks = {i: reply_check(settings) for i in range(len(assignment))}
+    check_of = {node: checks[i] for i, node in enumerate(assignment)}
+
     def content_of(i: int, slots: np.ndarray) -> dict[str, Record]:
-        return dict(TrainInstruction(params, slots, settings.for_node(i), prior).to_records())
+        instruction = TrainInstruction(params, slots, settings.for_node(i), prior)
+        return {**instruction.to_records(), REPLY_CHECK: checks[i].to_config()}
 
     record_epsilons: list[float] = []
+    reasons: Counter[str] = Counter()
 
     def on_reply(reply: Message) -> None:
-        if record_level:
-            record_epsilons.append(read_record_epsilon(reply))
+        try:  # a straggler's reply to an old round, or a replayed one, is dropped before it is summed
+            check_of[reply.metadata.src_node_id].check(reply.content)
+            if record_level:
+                record_epsilons.append(read_record_epsilon(reply))
+        except UpdateRejectedError as exc:
+            reasons[exc.reason] += 1
+            raise
 
     header = {"run-id": settings.run_id, "round": settings.round}
     out = secure_sum(
         grid, assignment, header, MessageType.TRAIN, content_of, dim=params.shape[0], bound=clip_norm,
         secure=secure, on_reply=on_reply,
     )  # fmt: skip
+    rest = out.rejected_nodes - sum(reasons.values())  # out at a protocol stage, or the whole round failed
+    if rest > 0:
+        reasons["round_failed" if out.record.failed else "dropped"] += rest
     cohort = sum(len(s) for s in assignment.values())
     replies = TrainReplies(
         update_sum=out.total,
@@ -153,6 +167,7 @@ def secure_train_round(
         rejected_users=cohort - out.count - out.refused,
         record_epsilon=max(record_epsilons, default=0.0) if record_level else None,
         refused_users=out.refused,
+        rejections=dict(reasons),
     )
     return SecureReplies(replies, out.noise_std, out.record)
 

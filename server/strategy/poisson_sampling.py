@@ -56,11 +56,13 @@ def check_update_values(update_sum: np.ndarray, *, count: int, dim: int) -> None
     if count < 0:
         raise UpdateRejectedError(f"update sum reports a negative user count ({count})")
     if not isinstance(update_sum, np.ndarray) or update_sum.dtype.kind not in "fiu":
-        raise UpdateRejectedError("update sum is not a real-valued numpy array")
+        raise UpdateRejectedError("update sum is not a real-valued numpy array", reason="wrong_shape")
     if update_sum.shape != (dim,):
-        raise UpdateRejectedError(f"update sum has shape {update_sum.shape}, expected ({dim},)")
+        raise UpdateRejectedError(
+            f"update sum has shape {update_sum.shape}, expected ({dim},)", reason="wrong_shape"
+        )
     if not np.isfinite(update_sum).all():
-        raise UpdateRejectedError("update sum contains NaN or infinite values")
+        raise UpdateRejectedError("update sum contains NaN or infinite values", reason="non_finite")
 
 
 def check_update_sum(update_sum: np.ndarray, *, count: int, dim: int, clip_norm: float) -> None:
@@ -80,5 +82,6 @@ def check_update_sum(update_sum: np.ndarray, *, count: int, dim: int, clip_norm:
     if norm > count * clip_norm * (1.0 + NORM_SLACK):
         raise UpdateRejectedError(
             f"update sum is longer than {count} updates clipped to L2 norm {clip_norm:g} can be "
-            "(oversized or unclipped reply)"
+            "(oversized or unclipped reply)",
+            reason="oversized",
         )

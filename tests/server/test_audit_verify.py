@@ -234,6 +234,35 @@ def test_cli_exit_codes_and_reports(
     assert usage.value.code == 2
 
 
+def test_cli_says_a_wrong_public_key_in_one_line(
+    good_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.pem"
+    signing.save_public_key(signing.generate_private_key().public_key(), other)
+    assert audit_cli.main(["verify", str(good_run), "--public-key", str(other)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1, out
+    assert out[0].startswith(f"FAILED: the public key {other} (key id ")
+    assert "does not match the ledger's signatures" in out[0]
+    assert f"name key id {signing.key_id(KEY.public_key())}" in out[0]  # where to find the right key
+    report = verify_ledger(good_run, signing.load_public_key(other))
+    assert report.key_mismatch and report.ledger_key_ids == [signing.key_id(KEY.public_key())]
+
+
+def test_cli_lists_each_problem_when_only_some_entries_verify(
+    good_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = lines_of(good_run)
+    lines[1] = lines[1].replace(b'"noise_std":0.5', b'"noise_std":0.25')  # real tampering: one entry
+    bad = tampered_copy(good_run, tmp_path, lines)
+    assert not verify_ledger(bad, KEY.public_key()).key_mismatch
+    key = str(good_run / "ledger_public_key.pem")
+    assert audit_cli.main(["verify", str(bad), "--public-key", key]) == 1
+    out = capsys.readouterr().out
+    assert "round 2 (line 2): signature does not verify with the given public key" in out
+    assert "does not match the ledger's signatures" not in out
+
+
 def test_keygen_writes_a_key_pair_and_prints_only_the_key_id(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

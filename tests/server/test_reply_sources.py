@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from server.rounds.messaging import train_round
 from server.trending.trending_query import trending_query
-from shared.messages import RoundSettings, TrainReply
+from shared.messages import REPLY_CHECK, RoundSettings, TrainReply, echo_reply_check
 
 N_ITEMS, K = 4, 2
 
@@ -22,12 +22,17 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class FakeGrid:
-    """Answers every query with the prepared replies, whoever they claim to come from."""
+    """Answers every query with the prepared replies, whoever they claim to come from; a train reply without
+    a reply check echoes the one its node was sent (a reply from a node not sent one carries none)."""
 
     def __init__(self, replies: list[Any]) -> None:
         self.replies = replies
 
     def send_and_receive(self, messages: list[Any], *, timeout: float) -> list[Any]:
+        sent = {m.metadata.dst_node_id: m.content for m in messages}
+        for reply in self.replies:
+            if reply.metadata.src_node_id in sent and REPLY_CHECK not in reply.content.config_records:
+                echo_reply_check(sent[reply.metadata.src_node_id], reply.content)
         return self.replies
 
 
@@ -90,3 +95,32 @@ def test_train_second_reply_from_a_node_is_refused_and_counted() -> None:
 def test_train_reply_from_a_node_not_queried_is_refused_and_counted() -> None:
     out = train([train_reply(1, 2), train_reply(9, 0), train_reply(2, 1)])
     assert out.count == 3 and out.rejected_nodes == 1
+
+
+def stale_reply(node: int, count: int, **echo: Any) -> SimpleNamespace:
+    """A train reply carrying its own reply check (run "r", round 1, nonce "n" unless `echo` says)."""
+    out = train_reply(node, count)
+    out.content[REPLY_CHECK] = ConfigRecord({"run-id": "r", "round": 1, "nonce": "n", **echo})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("echo", "reason"),
+    [({"round": 0}, "stale_round"), ({"run-id": "old"}, "stale_round"), ({}, "replayed")],
+)
+def test_a_reply_to_another_round_or_a_replayed_one_is_refused_and_counted(
+    echo: dict[str, Any], reason: str
+) -> None:
+    out = train([stale_reply(1, 2, **echo), train_reply(2, 1)])  # node 1's nonce is never "n"
+    assert out.count == 1 and out.rejected_nodes == 1 and out.rejected_users == 2
+    assert out.rejections == {reason: 1}
+
+
+def test_a_duplicate_and_a_missing_reply_are_counted_by_reason() -> None:
+    out = train([train_reply(1, 2), train_reply(1, 2)])
+    assert out.count == 2 and out.rejections == {"duplicate": 1, "no_reply": 1} and out.rejected_users == 1
+
+
+def test_a_node_summing_fewer_devices_than_sampled_is_kept_and_the_rest_rejected() -> None:
+    out = train([train_reply(1, 1), train_reply(2, 1)])  # node 1 was sent 2 slots: one device dropped
+    assert out.count == 2 and out.rejected_nodes == 0 and out.rejected_users == 1

@@ -24,7 +24,7 @@ from server.audit.entry_checks import check_noise
 from server.audit.trending_checks import check_trending_noise
 from server.secagg.secure_round import SecureReplies, SecureSettings, secure_train_round
 from shared.errors import UpdateRejectedError
-from shared.messages import RoundSettings
+from shared.messages import RoundSettings, echo_reply_check
 from shared.privacy.noise import GaussianNoise
 from shared.secagg_primitives import sensitivity
 
@@ -79,7 +79,7 @@ class LoopbackGrid:
                 message, state, result, stats, self.noise, noise_multiplier=self.node_z, bound=1.0,
                 population=self.population,
             )  # fmt: skip
-            return Message(content, reply_to=message)
+            return Message(echo_reply_check(message.content, content), reply_to=message)
         return handle_unmask(message, state)
 
 

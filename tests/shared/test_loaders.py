@@ -205,6 +205,15 @@ def test_csv_bad_row_names_file_and_line(
     assert "u1" not in str(err.value) and "u2" not in str(err.value)  # no user ids in messages
 
 
+def test_a_bad_row_says_how_to_skip_it_with_the_flag_and_the_config_key(tmp_path: Path) -> None:
+    write(tmp_path, interactions=INTERACTIONS + "u3,9\n")
+    with pytest.raises(DataError) as err:
+        load_dataset(tmp_path)
+    message = str(err.value)
+    assert "--skip-bad-rows" in message and "data.skip_bad_rows" in message
+    assert "skip_bad_rows=True" not in message  # the Python keyword means nothing on a command line
+
+
 @pytest.mark.parametrize(("name", "content", "line", "reason"), BAD_ROWS)
 def test_csv_skip_mode_counts_the_bad_row(
     tmp_path: Path, name: str, content: str | bytes, line: int, reason: str

@@ -96,7 +96,7 @@ def test_a_train_reply_reads_back_as_sent(record_epsilon: float | None) -> None:
 @pytest.mark.parametrize(
     ("reply", "n_sampled", "problem"),
     [
-        (TrainReply(np.zeros(2), 3, 2, 1), 5, "5 were sampled"),  # counts do not add up
+        (TrainReply(np.zeros(2), 3, 2, 2), 4, "4 were sampled"),  # more users than were sampled
         (TrainReply(np.zeros(2), 3, 4, 0), 3, "4 unclipped"),  # more unclipped than summed
         (TrainReply(np.zeros(2), 2, 0, -1), 1, "-1 refused"),
         (TrainReply(np.zeros(2), 1, 0, 0, -0.5), 1, "not >= 0"),

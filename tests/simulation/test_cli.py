@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulation.sim_cli import main
+from simulation.sim_cli import build_parser, config_from_args, main
 
 SMALL = ["--users", "300", "--items", "200", "--no-progress"]
 
@@ -75,6 +75,15 @@ def test_bad_override_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as refused:
         main(["run", "--model", "nonsense"])
     assert refused.value.code == 2 and "'nonsense'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "federated", "canary"])
+def test_every_command_that_loads_a_shop_takes_skip_bad_rows(command: str) -> None:
+    # the loaders' bad-row error tells a person to rerun with --skip-bad-rows, whichever command they ran
+    extra = ["--epsilon", "8"] if command == "canary" else []
+    args = build_parser().parse_args([command, "--skip-bad-rows", *extra])
+    assert config_from_args(args).data.skip_bad_rows
+    assert not config_from_args(build_parser().parse_args([command, *extra])).data.skip_bad_rows
 
 
 def test_generate_writes_the_csv_layout(tmp_path: Path) -> None:

@@ -29,7 +29,10 @@ BAD_FLAG: Final = "bad flag"
 MISSING_ITEM: Final = "missing item"
 DUPLICATE_ITEM: Final = "duplicate item"
 
-_SKIP_HINT: Final = "(load with skip_bad_rows=True to skip and count such rows)"
+# what a person reading the error can do: the command-line flag and the config key (not the Python keyword)
+_SKIP_HINT: Final = (
+    "(to skip and count such rows, rerun with --skip-bad-rows or --set data.skip_bad_rows=true)"
+)
 
 
 @dataclass(frozen=True)
