@@ -22,8 +22,11 @@ Messages it answers (the ServerApp in server/server_app.py sends them):
 
 Participation caps (client/training/participation_counts.py): a sampled device that has already contributed to
 its cap of training rounds in this run refuses and is left out of the sum; the reply says how many refused
-("refused-count"). Node config "participation-cap" gives the node's devices their own (lower) cap, and
-"device-dir" the folder where the node's one device keeps its receipts (client/device/receipts.py).
+("refused-count"). Node config "participation-cap" gives the node's devices their own (lower) cap,
+"device-dir" the folder where the node's one device keeps its receipts (client/device/receipts.py), and
+"counts-dir" a folder where any node (a shard too) keeps its devices' counts. Outside Flower's simulation
+engine a node asked for a cap without either folder refuses to train: a restarted SuperNode would otherwise
+start its devices' counts from zero.
 - queries "secagg_keys", "secagg_shares", "secagg_unmask" and a train message carrying "secagg": secure
   aggregation (client/masked_update.py): the train reply is then masked, and the server learns only
   the sum over the round's nodes.
@@ -57,7 +60,12 @@ from client.federated_evaluation import ranking_sums, start_gain_sum
 from client.masked_update import handle_keys, handle_shares, handle_unmask, is_secure, masked_content
 from client.node import Node, load_node
 from client.training.dp_sgd import RecordLevelTrainer
-from client.training.participation_counts import Participation, RoundTerms, own_cap
+from client.training.participation_counts import (
+    Participation,
+    RoundTerms,
+    own_cap,
+    require_lasting_counts,
+)
 from client.training.round_update import UpdateSum
 from client.trending_contribution import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat
@@ -132,7 +140,14 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
     noise = own.noise_source(settings)
     local_z = own.local_noise_multiplier(settings)
     cap = own_cap(settings.participation_cap, node.device_cap)
-    counts = Participation(state, run_id=settings.run_id, n_devices=node.users.size, folder=node.folder)
+    require_lasting_counts(cap, folder=node.folder, counts_dir=node.counts_dir, simulated=node.simulated)
+    counts = Participation(
+        state,
+        run_id=settings.run_id,
+        n_devices=node.users.size,
+        folder=node.folder,
+        counts_dir=node.counts_dir,
+    )
     slots, refused = counts.admit(slots, cap=cap)
     users = node.users[slots]
     record_epsilon = None

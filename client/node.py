@@ -4,7 +4,9 @@ hosts (`node_config["partition-id"]` and `["num-partitions"]`; see client/client
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +45,8 @@ class Node:
     partition_id: int
     device_cap: int = 0  # node config "participation-cap": the devices' own cap (0: only the run's)
     folder: DeviceFolder | None = None  # where each device keeps its receipts (None: node state only)
+    counts_dir: Path | None = None  # node config "counts-dir": the devices' participation counts, on disk
+    simulated: bool = False  # in Flower's simulation engine: a node cannot restart without its whole run
 
     @property
     def privacy(self) -> OwnPrivacy:
@@ -94,6 +98,17 @@ def node_model(config: FedhomeConfig) -> NodeModel:
     return _MODELS[key]
 
 
+def in_simulation_engine() -> bool:
+    """Whether this ClientApp runs in Flower's simulation engine: inside a Ray actor (its only backend in
+    1.42). A deployed SuperNode runs its ClientApp in a `flwr-clientapp` process that never starts Ray, so a
+    deployment is never taken for a simulation; should Flower's engine change, the answer becomes False and
+    capped nodes without a folder refuse (client/training/participation_counts.py), the safe side."""
+    ray = sys.modules.get("ray")  # never imported here: a process that has not imported Ray is no Ray actor
+    if ray is None or not ray.is_initialized():
+        return False
+    return ray.get_runtime_context().get_actor_id() is not None
+
+
 def load_node(config: FedhomeConfig, context: Context) -> Node:
     """The node for this context: its users, and the model shared by the process's nodes."""
     shared = node_model(config)
@@ -110,4 +125,13 @@ def load_node(config: FedhomeConfig, context: Context) -> Node:
         receipts_dir=config.federated.receipts_dir,
         users=users,
     )
-    return Node(shared, users, partition_id, int(context.node_config.get("participation-cap", 0)), folder)
+    counts_dir = str(context.node_config.get("counts-dir", ""))
+    return Node(
+        shared,
+        users,
+        partition_id,
+        int(context.node_config.get("participation-cap", 0)),
+        folder,
+        counts_dir=Path(counts_dir) if counts_dir else None,
+        simulated=in_simulation_engine(),
+    )
