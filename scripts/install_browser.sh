@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium (headless browser of the web-page tests) unless it is already there.
+# Installs Debian's chromium (headless browser of the web-page tests), and openssl and ssh-keygen (the
+# certificates and SuperNode keys of scripts/flower_deploy.sh, tests/test_secured_deployment.py), unless
+# they are already there.
 set -euo pipefail
-if command -v chromium >/dev/null 2>&1; then
+if command -v chromium >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 \
+  && command -v ssh-keygen >/dev/null 2>&1; then
   exit 0
 fi
 SUDO=""
@@ -10,5 +13,5 @@ if [ "$(id -u)" != "0" ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq chromium >/dev/null
-command -v chromium
+$SUDO apt-get install -y -qq chromium openssl openssh-client >/dev/null
+command -v chromium openssl ssh-keygen
