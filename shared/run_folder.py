@@ -4,8 +4,10 @@ Layout: `config.json` (every setting, flat), `ledger.jsonl` (the signed privacy 
 `ledger_public_key.pem` (the verification key; never the private one), `metrics.jsonl` (one line per round),
 `item_text_vectors.npy` (the public catalogue's text embeddings the devices read),
 `checkpoints/round-NNNNN.npz` (the state after a complete round), `popularity_prior.npy` (the model's
-popularity prior when the run made its DP count release: server/trending/popularity_release.py), and at the
-end `final_params.npy`, `final_model.safetensors` and `summary.json`.
+popularity prior when the run made its DP count release: server/trending/popularity_release.py),
+`round_in_flight.json` (the run id and round number of a training round whose messages may have gone out
+but whose ledger entry is not yet committed; absent between rounds), and at the end `final_params.npy`,
+`final_model.safetensors` and `summary.json`.
 
 A checkpoint is written under a temporary name and renamed, so it is either complete or absent. It carries
 the round's ledger entry: the server writes the checkpoint first and appends the entry second, and on resume
@@ -94,6 +96,10 @@ class RunFolder:
     def popularity_prior(self) -> Path:
         return self.root / "popularity_prior.npy"
 
+    @property
+    def round_in_flight(self) -> Path:
+        return self.root / "round_in_flight.json"
+
     def create(self) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
@@ -107,6 +113,35 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def mark_round_in_flight(folder: RunFolder, *, run_id: str, round_number: int) -> None:
+    """Record, atomically, that training round `round_number` of run `run_id` is about to query devices."""
+    write_json_atomic(folder.round_in_flight, {"run_id": run_id, "round": round_number})
+
+
+def read_round_in_flight(folder: RunFolder) -> tuple[str, int] | None:
+    """The (run id, round) of the round in flight when the run stopped, or None when none was. ConfigError
+    naming the file when it is not such a record."""
+    path = folder.round_in_flight
+    if not path.exists():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"round-in-flight marker {path} cannot be read: {exc}") from exc
+    if (
+        not isinstance(marker, dict)
+        or not isinstance(marker.get("run_id"), str)
+        or type(marker.get("round")) is not int
+    ):
+        raise ConfigError(f"round-in-flight marker {path} is not a {{run_id, round}} record")
+    return marker["run_id"], marker["round"]
+
+
+def clear_round_in_flight(folder: RunFolder) -> None:
+    """Remove the round-in-flight marker (the round's ledger entry is committed, or it is redone)."""
+    folder.round_in_flight.unlink(missing_ok=True)
 
 
 def save_popularity_prior(folder: RunFolder, prior: np.ndarray) -> None:

@@ -5,6 +5,13 @@ Order within a round (what makes a kill at any point safe, see shared/run_folder
 parameters, write the checkpoint (it carries the round's signed ledger entry), append the entry to the
 ledger, append the metrics row. A resumed run starts from the newest checkpoint and first appends that
 checkpoint's entry if the ledger stops one round short.
+
+Before a training round's first message goes out, the run folder gets a marker naming the round
+(`round_in_flight.json`); it is removed once the round's ledger entry is appended. A resume that finds it
+for the next round knows the devices may have answered a round the ledger never accounted: in central mode
+nothing of it was released and the round is redone; in local mode and under secure aggregation the server
+already holds noised replies of that round's devices, and redoing it would give it a second view the ledger
+does not account, so the run is not resumed (fail closed).
 """
 
 from __future__ import annotations
@@ -53,7 +60,15 @@ from shared.model.params import ParamLayout, params_sha256, scale_vector
 from shared.privacy.accounting import RoundEvent, json_epsilon
 from shared.privacy.capped_accounting import CappedAccountant, accountant_from_dict, make_accountant
 from shared.privacy.noise import GaussianNoise
-from shared.run_folder import RunFolder, load_latest_checkpoint, save_checkpoint, trim_metrics
+from shared.run_folder import (
+    RunFolder,
+    clear_round_in_flight,
+    load_latest_checkpoint,
+    mark_round_in_flight,
+    read_round_in_flight,
+    save_checkpoint,
+    trim_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,14 +269,21 @@ class Coordinator:
         `pending_row`, for the caller to complete and append. A checkpoint of round 0 holds a release made
         before the first round (the popularity prior's counts); its round-0 metrics row is dropped and
         written again by `run`.
+
+        A training round that was in flight when the run stopped (`round_in_flight.json`) is redone in
+        central mode and refused (ConfigError) in local mode and under secure aggregation: see
+        `_check_round_in_flight`.
         """
         checkpoint = load_latest_checkpoint(self.folder)
         if checkpoint is None:
             if self.ledger.entries():  # a release before round 1 is checkpointed too
                 raise ConfigError(f"{self.folder.ledger} has entries but the run has no checkpoint")
+            self._check_round_in_flight(0, None)
             trim_metrics(self.folder, -1)  # a start killed before its first round completed (its round 0)
+            clear_round_in_flight(self.folder)
             return False
         last = int(checkpoint["round"])
+        self._check_round_in_flight(last, checkpoint["run_id"])
         self._reconcile_ledger(last, checkpoint["ledger_entry"])
         self._keep_the_runs_noise_multiplier()
         for hook in self.hooks:
@@ -275,8 +297,42 @@ class Coordinator:
         kept = trim_metrics(self.folder, last if last > 0 else -1)  # round 0's row: written again by run
         if last > 0 and kept < last:
             self.pending_row = dict(self.state.history[-1])
+        clear_round_in_flight(self.folder)
         log.info("resumed run %s after round %d", self.state.run_id, last)
         return True
+
+    def _check_round_in_flight(self, last: int, run_id: str | None) -> None:
+        """Refuse to resume after round `last` of run `run_id` (None: no checkpoint, so any id) when a
+        training round was in flight and the server is not trusted with its replies: local mode, or secure
+        aggregation. Writes nothing; the caller removes the marker once the resume succeeded. A marker of
+        round `last` (killed after its ledger entry, before the marker's removal) is left over and harmless;
+        one of another run or round is refused."""
+        marker = read_round_in_flight(self.folder)
+        if marker is None:
+            return
+        marker_run, marker_round = marker
+        path = self.folder.round_in_flight
+        if (run_id is not None and marker_run != run_id) or marker_round not in (last, last + 1):
+            raise ConfigError(
+                f"cannot resume {self.folder.root}: {path} names round {marker_round} of run {marker_run}, "
+                f"but the run's last committed round is {last} (of run {run_id}); a stale marker from "
+                "another run? Check the folder, or start a new run in an empty run_dir"
+            )
+        if marker_round == last:
+            return
+        if self.plan.mode == "local" or self.config.privacy.secure_aggregation:
+            raise ConfigError(
+                f"cannot resume {self.folder.root}: round {marker_round} was in flight when the run stopped "
+                f"({path}): its devices may already have sent the server their noised replies, and redoing "
+                "the round would give the server a second view of that round's devices that the ledger does "
+                "not account (the server is not trusted in privacy mode 'local' or under secure "
+                "aggregation). Start a new run in an empty run_dir; the budget this run spent is in "
+                f"{self.folder.ledger}"
+            )
+        log.info(
+            "round %d was in flight when the run stopped: it is redone (nothing of it was released)",
+            marker_round,
+        )
 
     def _keep_the_runs_noise_multiplier(self) -> None:
         """Continue with the z the run's last round used (its ledger entry), not the z PrivacyPlan.build
@@ -377,6 +433,8 @@ class Coordinator:
         start = time.perf_counter()
         self.noise.for_round(round_number)
         cohort = self.sample(round_number)
+        # from the first message on, a resume must know the round's devices may have answered
+        mark_round_in_flight(self.folder, run_id=self.state.run_id, round_number=round_number)
         request = RoundRequest(
             round_number,
             self.population.split(cohort.users),
@@ -423,6 +481,7 @@ class Coordinator:
         self.state = RunState(round_number, after, self.state.run_id, [*self.state.history, row])
         self.checkpoint(entry)
         self.ledger.append_signed(entry)
+        clear_round_in_flight(self.folder)  # the round is accounted
         return row
 
     def rejections(self) -> dict[str, Any]:
