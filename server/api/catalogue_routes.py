@@ -50,7 +50,7 @@ from server.releases.release_builder import ITEMS_META
 from server.releases.release_store import ReleaseStore
 from shared.catalogue_delta_format import DELTA_ITEMS, DELTA_KIND, manifest_sha256
 from shared.config import ServiceConfig
-from shared.errors import ConfigError, DataError, EncoderError, SignatureError
+from shared.errors import ConfigError, DataError, EncoderError, SignatureError, UpdateRejectedError
 from shared.release_manifest import MANIFEST_NAME
 from shared.signing import load_private_key
 
@@ -105,7 +105,9 @@ def base_of(state: ServiceState, version: int) -> DeltaBase:
             bases.clear()
             try:
                 bases[version] = load_base(state.store, version, Path(state.config.run_dir), state.public_key)
-            except (ConfigError, DataError, OSError) as exc:  # the service's setup is at fault
+            # the service's setup is at fault (UpdateRejectedError: the run's parameters do not fit this
+            # code's model layout, e.g. a run made by an older version)
+            except (ConfigError, DataError, OSError, UpdateRejectedError) as exc:
                 raise UnavailableError(f"catalogue writes are unavailable: {exc}") from exc
         return bases[version]
 

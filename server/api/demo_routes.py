@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from server.api import demo_site as site_files
 from server.api.demo_site import ORT_DIST, ORT_FILES, SOURCES, DemoSite
-from server.api.http_errors import NotFoundError, UnavailableError, errors
+from server.api.http_errors import NotFoundError, UnavailableError, errors, html_route_errors
 from server.api.service_state import StateDep
 
 
@@ -52,7 +52,7 @@ router = APIRouter()
     "/demo",
     response_class=HTMLResponse,
     summary="The demo homepage page",
-    responses={200: {"content": {"text/html": {}}}, **errors(503)},
+    responses={200: {"content": {"text/html": {}}}, **html_route_errors(503)},
 )
 def demo_page(site: DemoDep) -> HTMLResponse:
     """A simulated shopper's homepage, ranked in the browser from the latest release, which the page

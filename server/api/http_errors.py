@@ -93,6 +93,17 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in sorted(codes)}
 
 
+def html_route_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`errors(...)` for a route whose success is HTML: its errors are still the one JSON body, which the
+    schema must say (FastAPI would document an additional response's model under the route's own media
+    type). The schema reference resolves because the JSON routes register ErrorResponse through `errors`."""
+    reference = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
+    return {
+        code: {"description": ERROR_MEANINGS[code], "content": {"application/json": {"schema": reference}}}
+        for code in sorted(codes)
+    }
+
+
 def status_of(exc: FedhomeError) -> int:
     """The HTTP status of `exc`: that of its most specific type in STATUS (500 when none is)."""
     return next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)

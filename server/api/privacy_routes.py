@@ -24,7 +24,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, ConfigDict
 
-from server.api.http_errors import NotFoundError, UnavailableError, errors
+from server.api.http_errors import NotFoundError, UnavailableError, errors, html_route_errors
 from server.api.release_routes import known_release
 from server.api.report_cache import folder_state, run_state
 from server.api.service_state import ConfigDep, ReportsDep, StateDep
@@ -135,7 +135,7 @@ def report(state: StateDep) -> Response:
     "/dashboard",
     response_class=HTMLResponse,
     summary="The auditor's dashboard of the served run",
-    responses={**HTML, **errors(404, 500, 503)},
+    responses={**HTML, **html_route_errors(404, 500, 503)},
 )
 def dashboard(state: StateDep, reports: ReportsDep) -> HTMLResponse:
     """The privacy report as HTML, headed by the list of releases."""
@@ -152,7 +152,7 @@ def dashboard(state: StateDep, reports: ReportsDep) -> HTMLResponse:
     "/dashboard/releases/{version}",
     response_class=HTMLResponse,
     summary="The auditor's page of one release",
-    responses={**HTML, **errors(404, 422, 500, 503)},
+    responses={**HTML, **html_route_errors(404, 422, 500, 503)},
 )
 def dashboard_release(version: int, state: StateDep, reports: ReportsDep) -> HTMLResponse:
     """The privacy report with whether release `version` verifies and is bound to its ledger entry."""
