@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from server.rounds.messaging import Population, TrainReplies
+from server.rounds.run_hooks import RunAccess
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from shared.privacy.mechanism import UserClipping
 
@@ -31,3 +33,27 @@ class FakeNodes:
 def drop_last_lines(path: Path, n: int) -> None:
     lines = path.read_bytes().split(b"\n")[:-1]
     path.write_bytes(b"".join(line + b"\n" for line in lines[:-n]))
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfter:
+    """A hook that kills the run (an exception out of the round loop) after round `last` is committed."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+    def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
+        pass
+
+    def before_rounds(self, run: RunAccess, grid: Any) -> None:
+        pass
+
+    def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
+        if row["round"] == self.last:
+            raise Killed
+
+    def at_end(self, run: RunAccess, grid: Any) -> None:
+        pass

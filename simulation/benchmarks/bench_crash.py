@@ -32,30 +32,10 @@ from shared.errors import FedhomeError
 from shared.privacy.accounting import RoundEvent
 from shared.privacy.capped_accounting import make_accountant
 from shared.signing import load_public_key
+from simulation.federated import TINY_RUN
 
-# a 40-user shop on two nodes, as tests/federated_toy.py's TINY; no evaluation rounds, so rounds are short
-TINY = {
-    "data.synthetic.n_users": "40",
-    "data.synthetic.n_items": "60",
-    "data.synthetic.n_categories": "4",
-    "data.cold_item_fraction": "0",
-    "encoder.backend": "torch",
-    "encoder.device": "cpu",
-    "model.dim": "16",
-    "model.residual_rank": "8",
-    "model.max_history": "8",
-    "federated.sample_rate": "0.5",
-    "federated.n_negatives": "16",
-    "federated.max_examples_per_user": "4",
-    "federated.nodes": "2",
-    "federated.eval_every": "0",
-    "federated.local_learning_rate": "0.5",
-    "privacy.clip_norm": "0.5",
-    "privacy.seed": "11",
-    "privacy.target_epsilon": "20",
-    "start_check.enabled": "off",
-    "popularity.enabled": "off",
-}
+# the tests' tiny run (simulation/federated.py: TINY_RUN) without evaluation rounds: short rounds
+TINY = {**TINY_RUN, "federated.eval_every": "0"}
 POLL_S = 0.02
 RUN_TIMEOUT_S = 300.0
 

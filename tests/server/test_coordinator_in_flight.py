@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from coordinator_toy import DIM, POPULATION, FakeNodes
+from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
-from server.rounds.run_hooks import RunAccess
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
@@ -33,10 +31,6 @@ MODES = {
 UNTRUSTED = ["local", "secure_aggregation"]
 
 
-class Killed(Exception):
-    pass
-
-
 class KillingNodes(FakeNodes):
     """The fake nodes; the server is killed after the replies of round `kill_in` arrived (-1: never). Each
     round checks that the in-flight marker names it while the devices are queried."""
@@ -51,26 +45,6 @@ class KillingNodes(FakeNodes):
         if request.settings.round == self.kill_in:
             raise Killed
         return collected
-
-
-class KillAfterRound:
-    """A hook that kills the run between rounds, after round `last` is committed."""
-
-    def __init__(self, last: int) -> None:
-        self.last = last
-
-    def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
-        pass
-
-    def before_rounds(self, run: RunAccess, grid: Any) -> None:
-        pass
-
-    def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
-        if row["round"] == self.last:
-            raise Killed
-
-    def at_end(self, run: RunAccess, grid: Any) -> None:
-        pass
 
 
 def make(
@@ -103,7 +77,7 @@ def make(
         PrivacyLedger(folder.ledger, signing_key=key),
         evaluate=lambda p: {"valid_x": float(p.sum())},
         transport=KillingNodes(folder, kill_in),
-        hooks=[KillAfterRound(kill_after)] if kill_after > 0 else [],
+        hooks=[KillAfter(kill_after)] if kill_after > 0 else [],
     )
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from coordinator_toy import DIM, POPULATION, FakeNodes, drop_last_lines
+from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed, drop_last_lines
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
 from server.rounds.privacy_plan import PrivacyPlan, noise_multiplier_summary
-from server.rounds.run_hooks import RunAccess, RunHook
+from server.rounds.run_hooks import RunHook
 from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
 from shared.model.params import ParamLayout
@@ -136,30 +136,6 @@ def test_a_start_killed_before_its_first_checkpoint_starts_afresh(tmp_path: Path
     assert not coordinator.resume()
     coordinator.run(None, progress=False)
     assert rounds_of(folder.metrics) == [0, 1, 2] and rounds_of(folder.ledger) == [1, 2]
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAfter:
-    """A hook that kills the run (an exception out of the round loop) after round `last`."""
-
-    def __init__(self, last: int) -> None:
-        self.last = last
-
-    def on_resume(self, entries: Sequence[dict[str, Any]]) -> None:
-        pass
-
-    def before_rounds(self, run: RunAccess, grid: Any) -> None:
-        pass
-
-    def after_round(self, run: RunAccess, grid: Any, row: dict[str, Any]) -> None:
-        if row["round"] == self.last:
-            raise Killed
-
-    def at_end(self, run: RunAccess, grid: Any) -> None:
-        pass
 
 
 @pytest.mark.integration

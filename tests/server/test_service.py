@@ -13,13 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from ledger_toy import KEY, write_run
-from release_toy import random_model, source
+from release_toy import two_releases
 
 from client.device.release_cache import ReleaseCache, copy_from
 from client.device.sync import sync
 from server.releases.release_store import ReleaseStore
 from shared.config import ServiceConfig, ServiceSecrets
-from shared.signing import save_private_key, save_public_key
 from simulation.local_service import running
 
 pytestmark = pytest.mark.integration
@@ -30,12 +29,7 @@ TOKEN = "s3cret-admin-token-for-tests"
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> ServiceConfig:
     tmp = tmp_path_factory.mktemp("service")
-    store = ReleaseStore(tmp / "store")
-    for seed in (0, 1):  # two releases whose model files differ
-        model, catalogue = random_model(seed)
-        store.publish(model, catalogue, source(str(seed)), KEY)
-    save_public_key(KEY.public_key(), tmp / "public.pem")
-    save_private_key(KEY, tmp / "private.pem")
+    store = two_releases(tmp, KEY)
     return ServiceConfig(
         release_store=store.root,
         run_dir=write_run(tmp / "run", rounds=3),

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from catalogue_toy import new_item
 from ledger_toy import KEY, write_run
-from release_toy import random_model, source
+from release_toy import random_model, two_releases
 
 from client.device.deltas import open_ranker
 from client.device.release_cache import ReleaseCache
@@ -32,7 +32,6 @@ from shared.catalogue_delta_format import verify_delta_list
 from shared.config import EncoderConfig, ServiceConfig, ServiceSecrets
 from shared.data.schema import Catalogue
 from shared.errors import SignatureError
-from shared.signing import save_private_key, save_public_key
 from simulation.local_service import running
 
 pytestmark = pytest.mark.integration
@@ -54,12 +53,7 @@ class Site:
 def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two releases signed with ledger_toy.KEY, the keys and a 3-round run beside them (copied per test)."""
     tmp = tmp_path_factory.mktemp("hardening")
-    store = ReleaseStore(tmp / "store")
-    for seed in (0, 1):  # two releases whose model files differ
-        model, catalogue = random_model(seed)
-        store.publish(model, catalogue, source(str(seed)), KEY)
-    save_public_key(KEY.public_key(), tmp / "public.pem")
-    save_private_key(KEY, tmp / "private.pem")
+    two_releases(tmp, KEY)
     write_run(tmp / "run", rounds=3)
     return tmp
 
