@@ -35,7 +35,7 @@ from shared.signing import load_public_key
 from simulation.federated import TINY_RUN
 
 # the tests' tiny run (simulation/federated.py: TINY_RUN) without evaluation rounds: short rounds
-TINY = {**TINY_RUN, "federated.eval_every": "0"}
+TINY = {**TINY_RUN, "federated.eval_every": "0", "privacy.target_epsilon": "20"}
 POLL_S = 0.02
 RUN_TIMEOUT_S = 300.0
 
