@@ -1,21 +1,33 @@
 """`fedhome-client`: the device SDK from the command line.
 
-- `install --from RELEASE_DIR [--version N] --cache DIR --public-key KEY`: verify a release against the
-  pinned key and switch the device's cache to it (refused, cache unchanged, when anything does not verify,
-  or when it is not release N). Installing the version in use again repairs the device's copy when that no
-  longer verifies (the output then says `"repaired": true`);
-- `recommend --cache DIR --public-key KEY --history FILE [--k 10]`: the top items for a history file
-  (UTF-8 JSON lines of {"item_id", "event", "timestamp"}, events as the device's event store takes them:
-  client/device/event_store.py), ranked on the device from the verified release;
-- `homepage --cache DIR --public-key KEY --history FILE`: the whole personalised homepage (sections with
-  reasons and copy), composed on the device; its Trending section uses the release's DP trending counts
-  when the release has them (and says which ledger entry and epsilon they come from).
+A device is one folder (`--device DIR`, laid out as client/device/device_folder.py says: its event store,
+release cache and receipts; the same folder the Python SDK's `Device` keeps, client/device/device.py).
+- `sync --url URL --device DIR --public-key KEY`: bring the device to the service's latest live release
+  (the signed index, a fallback from a withdrawn release, a repair, the catalogue delta:
+  client/device/sync.py) and mark the receipts it includes; prints the SyncResult as JSON;
+- `record --device DIR --item ID --event view|cart|purchase|favourite [--timestamp S]`: record one event of
+  the shopper in the device's event store (unix seconds, default now); prints how many events it holds;
+- `homepage (--device DIR | --cache DIR) --public-key KEY [--history FILE]`: the whole personalised homepage
+  (sections with reasons and copy), composed on the device. With `--device` the history is the device's own
+  events unless `--history` names a file; with `--cache` (a bare release cache, no event store) `--history`
+  is needed. Its Trending section uses the release's DP trending counts when the release has them (and
+  says which ledger entry and epsilon they come from);
+- `recommend (--device DIR | --cache DIR) --public-key KEY [--history FILE] [--k 10]`: the top items,
+  ranked on the device from the verified release, history as for `homepage`;
+- `install --from RELEASE_DIR [--version N] --cache DIR --public-key KEY [--data DIR]`: verify a release
+  folder against the pinned key and switch the cache to it (refused, cache unchanged, when anything does not
+  verify, or when it is not release N). Installing the version in use again repairs the device's copy when
+  that no longer verifies (the output then says `"repaired": true`). A device folder's cache is DIR/releases;
 - `receipts --data DIR [--cache DIR --public-key KEY] [--json]`: the training rounds this device took part
   in, the release each ended up in, the run's epsilon and the device's own bound
   (client/device/receipts_cli.py).
 
-Exit status: 0 on success, 2 on bad input (a missing or malformed history file, a missing data folder) or a
-release that does not verify.
+A history file is UTF-8 JSON lines of {"item_id", "event", "timestamp"}, events as the device's event store
+takes them (client/device/event_store.py).
+
+Exit status: 0 on success, 2 with one line on stderr on bad input (a missing or malformed history file, an
+unknown event, a missing device or data folder, no release installed yet) or a release that does not
+verify.
 """
 
 from __future__ import annotations
@@ -26,48 +38,123 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from client.device import receipts_cli
-from client.device.deltas import open_ranker
-from client.device.event_store import check_event
-from client.device.homepage import Homepage
+from client.device.device import Device, ReleaseInUse, check_timestamp, purchases
+from client.device.device_folder import events_path
+from client.device.event_store import DEVICE_EVENTS, EventStore, check_event
+from client.device.homepage import Section
 from client.device.ranker import Event
 from client.device.release_cache import ReleaseCache, copy_from
-from client.device.trending_counts import release_trending
-from shared.errors import DataError, FedhomeError
-from shared.signing import load_public_key
+from shared.errors import ConfigError, DataError, FedhomeError
+from shared.signing import Ed25519PublicKey, load_public_key
+
+HISTORY_HELP = "JSON lines of item_id, event, timestamp (with --device: instead of the device's own events)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedhome-client", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedhome-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    install = sub.add_parser("install", help="verify a release and switch the device's cache to it")
+    sync = verb(
+        sub,
+        "sync",
+        "fetch the latest live release from the model service and install it",
+        "Read the service's signed release index (refused unless signed by the pinned key, not replayed "
+        "and not expired), fall back when the release in use was withdrawn, install the latest live "
+        "release after verifying it (or repair an altered copy of the one in use), apply its catalogue "
+        "delta, and mark the device's receipts with the release in use. Prints the SyncResult as JSON.",
+    )
+    sync.add_argument(
+        "--url", required=True, metavar="URL", help="the model service, e.g. http://127.0.0.1:8000"
+    )
+    sync.add_argument(
+        "--device", type=Path, required=True, metavar="DIR", help="the device folder (created when missing)"
+    )
+    sync.add_argument(
+        "--public-key", type=Path, required=True, metavar="KEY", help="the pinned release key (PEM)"
+    )
+    record = verb(
+        sub,
+        "record",
+        "record one event of the shopper in the device's event store",
+        "Record one event in the device's event store (it never leaves the device). An unknown event, an "
+        "empty item id or a timestamp that is not unix seconds is refused (exit 2) and nothing is "
+        "written.",
+    )
+    record.add_argument(
+        "--device", type=Path, required=True, metavar="DIR", help="the device folder (created when missing)"
+    )
+    record.add_argument("--item", required=True, metavar="ID", help="the item's catalogue id")
+    record.add_argument("--event", required=True, help=f"one of {', '.join(DEVICE_EVENTS)}")
+    record.add_argument("--timestamp", type=int, default=None, metavar="S", help="unix seconds (default now)")
+    homepage = verb(
+        sub,
+        "homepage",
+        "compose the personalised homepage on the device",
+        "Compose the homepage (sections, cards, reasons, copy) from the verified release in use: with "
+        "--device from the device's own events (or --history FILE instead), with --cache from --history "
+        "FILE. Prints JSON with the release version and where the Trending counts come from.",
+    )
+    recommend = verb(
+        sub,
+        "recommend",
+        "rank the catalogue for the shopper on the device",
+        "The top --k items for the shopper from the verified release in use, history items left out: with"
+        " --device from the device's own events (or --history FILE instead), with --cache from --history "
+        "FILE.",
+    )
+    recommend.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    for command in (homepage, recommend):
+        where = command.add_mutually_exclusive_group(required=True)
+        where.add_argument(
+            "--device", type=Path, metavar="DIR", help="the device folder: its release and its own events"
+        )
+        where.add_argument(
+            "--cache", type=Path, metavar="DIR", help="a release cache alone (then --history is needed)"
+        )
+        command.add_argument(
+            "--public-key", type=Path, required=True, metavar="KEY", help="the pinned release key (PEM)"
+        )
+        command.add_argument("--history", type=Path, metavar="FILE", help=HISTORY_HELP)
+        command.add_argument(
+            "--now", type=int, default=None, metavar="S", help="request time, unix seconds (default now)"
+        )
+        command.add_argument(
+            "--precision",
+            choices=["int8", "float32"],
+            default="int8",
+            help="int8 (two-stage, fast) or float32 (exact)",
+        )
+    install = verb(
+        sub,
+        "install",
+        "verify a release folder and switch a release cache to it",
+        "Verify a release folder against the pinned key and switch the release cache to it (refused, cache "
+        "unchanged, when anything does not verify or it is not release --version); --data DIR marks the "
+        "receipts it includes. A device folder's release cache is DIR/releases.",
+    )
     install.add_argument("--from", dest="source", type=Path, required=True, help="a release folder")
+    install.add_argument("--cache", type=Path, required=True, help="the device's release cache folder")
+    install.add_argument("--public-key", type=Path, required=True, help="the pinned release key (PEM)")
     install.add_argument("--data", type=Path, help="the device's data folder: mark its receipts")
     install.add_argument("--version", type=int, help="the release version expected (another is refused)")
-    recommend = sub.add_parser("recommend", help="rank the catalogue for a history file on the device")
-    recommend.add_argument(
-        "--history", type=Path, required=True, help="JSON lines: item_id, event, timestamp"
-    )
-    recommend.add_argument("--k", type=int, default=10)
-    recommend.add_argument("--now", type=int, default=None, help="request time, unix seconds (default now)")
-    recommend.add_argument("--precision", choices=["int8", "float32"], default="int8")
-    homepage = sub.add_parser("homepage", help="compose the personalised homepage for a history file")
-    homepage.add_argument("--history", type=Path, required=True, help="JSON lines: item_id, event, timestamp")
-    homepage.add_argument("--now", type=int, default=None, help="request time, unix seconds (default now)")
-    for command in (install, recommend, homepage):
-        command.add_argument("--cache", type=Path, required=True, help="the device's release cache folder")
-        command.add_argument("--public-key", type=Path, required=True, help="the pinned release key (PEM)")
     receipts_cli.add_parser(sub)
+    return parser
+
+
+def verb(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand: `summary` in fedhome-client --help, `description` in its own --help."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description)
     return parser
 
 
 def read_history(path: Path) -> list[Event]:
     """The events of a history file (UTF-8 JSON lines of item_id, event, timestamp); DataError naming the
-    file (and line) when it is missing, not UTF-8 text, or a line is not such an event (the same check as
-    EventStore.add: client/device/event_store.py's check_event)."""
+    file (and line) when it is missing, not UTF-8 text, or a line is not such an event (the same checks as
+    Device.record: check_event, client/device/event_store.py; check_timestamp, client/device/device.py)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -87,6 +174,7 @@ def read_history(path: Path) -> list[Event]:
             ) from exc
         try:
             check_event(event.item_id, event.event)
+            check_timestamp(event.timestamp)
         except DataError as exc:
             raise DataError(str(exc), path=str(path), line=number) from exc
         events.append(event)
@@ -110,42 +198,72 @@ def install(cache: ReleaseCache, args: argparse.Namespace) -> int:
     return 0
 
 
+def sync_device(args: argparse.Namespace, key: Ed25519PublicKey) -> int:
+    """The sync command: prints the SyncResult (client/device/sync.py) as JSON."""
+    with Device(args.device, key) as device:
+        result = device.sync(args.url)
+    print(json.dumps(asdict(result)))
+    return 0
+
+
+def record(args: argparse.Namespace) -> int:
+    """The record command: checked before the device folder is touched, so bad input writes nothing."""
+    check_event(args.item, args.event)
+    check_timestamp(args.timestamp)
+    args.device.mkdir(parents=True, exist_ok=True)
+    store = EventStore(events_path(args.device))
+    try:
+        store.add(args.item, args.event, args.timestamp)
+        print(json.dumps({"recorded": args.event, "events": store.count()}))
+    finally:
+        store.close()
+    return 0
+
+
+def rank(args: argparse.Namespace, key: Ed25519PublicKey) -> int:
+    """The homepage and recommend commands, over a device folder or a bare release cache."""
+    now = int(time.time()) if args.now is None else args.now
+    history = None if args.history is None else read_history(args.history)
+    if args.device is not None:
+        with Device(args.device, key, precision=args.precision, create=False) as device:
+            if args.command == "homepage":
+                return show_page(device.release(), device.homepage(now, history=history))
+            return show_top(device.release(), device.recommend(args.k, now, history=history))
+    if history is None:
+        raise ConfigError("--cache needs --history FILE (with --device DIR the device's own events are used)")
+    release = ReleaseInUse(ReleaseCache(args.cache, key), precision=args.precision)
+    if args.command == "homepage":
+        return show_page(release, release.homepage(history, now, purchased=purchases(history)))
+    return show_top(release, release.recommend(history, now, k=args.k))
+
+
+def show_page(release: ReleaseInUse, page: list[Section]) -> int:
+    sections = [{"title": s.title, "cards": [asdict(c) for c in s.cards]} for s in page]
+    trending = None if release.trending is None else release.trending.describe()
+    out = {"release": release.version, "sections": sections, "trending": trending}
+    print(json.dumps(out, ensure_ascii=False))
+    return 0
+
+
+def show_top(release: ReleaseInUse, items: list[str]) -> int:
+    top = [{"id": i, "title": t} for i, t in zip(items, release.titles(items), strict=True)]
+    print(json.dumps({"release": release.version, "for_you": top}, ensure_ascii=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "receipts":
             return receipts_cli.run(args)
-        cache = ReleaseCache(args.cache, load_public_key(args.public_key))
+        if args.command == "record":
+            return record(args)
+        key = load_public_key(args.public_key)
         if args.command == "install":
-            return install(cache, args)
-        manifest = cache.verify_current()
-        precision = getattr(args, "precision", "int8")
-        ranker = open_ranker(cache, precision=precision)  # type: ignore[arg-type]  # + its delta
-        now = int(time.time()) if args.now is None else args.now
-        if args.command == "homepage":
-            history = read_history(args.history)
-            purchased = {e.item_id for e in history if e.event == "purchase"}
-            folder = cache.current()
-            if folder is None:
-                raise DataError("no release installed")
-            trending = release_trending(folder, manifest, n_items=ranker.release_items)
-            added = ranker.n_items - ranker.release_items  # items of a catalogue delta: no count yet
-            counts = None if trending is None else np.pad(trending.counts, (0, added))
-            homepage = Homepage(ranker, trending=counts)
-            page = homepage.compose(history, now, purchased=purchased)
-            sections = [{"title": s.title, "cards": [asdict(c) for c in s.cards]} for s in page]
-            out = {"release": manifest["version"], "sections": sections}
-            out["trending"] = None if trending is None else trending.describe()
-            print(json.dumps(out, ensure_ascii=False))
-            return 0
-        items = ranker.recommend(read_history(args.history), now, k=args.k)
-        titles = {item["id"]: item["title"] for item in ranker.items}
-        print(
-            json.dumps(
-                {"release": manifest["version"], "for_you": [{"id": i, "title": titles[i]} for i in items]}
-            )
-        )
-        return 0
+            return install(ReleaseCache(args.cache, key), args)
+        if args.command == "sync":
+            return sync_device(args, key)
+        return rank(args, key)
     except FedhomeError as exc:
         print(f"fedhome-client: error: {exc}", file=sys.stderr)
         return 2
