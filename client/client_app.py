@@ -40,11 +40,27 @@ start its devices' counts from zero.
   count, from the users' training rows (in simulation the held-out rows are never released). Nothing per user
   leaves. The popularity prior's count release is this query too (an unbounded window: the whole history).
 
-Where a node's users come from: `node_config["partition-id"]` and `["num-partitions"]` (set by Flower's
-simulation engine, or by `flower-supernode --node-config`). With `devices_per_node = "shard"` partition p
-hosts the p-th of num_partitions contiguous blocks of users; with "one" it hosts exactly user p. Either
-way, nodes ordered by partition id list the users in index order, so the server's slot numbering (and hence
-its Poisson sample for a given seed) is the same whichever way the population is spread over nodes.
+Where a node's users come from, node config "train-from" (client/node.py):
+- "partition" (the default): users of the simulation data set, by `node_config["partition-id"]` and
+  `["num-partitions"]` (set by Flower's simulation engine, or by `flower-supernode --node-config`). With
+  `devices_per_node = "shard"` partition p hosts the p-th of num_partitions contiguous blocks of users; with
+  "one" it hosts exactly user p. Either way, nodes ordered by partition id list the users in index order, so
+  the server's slot numbering (and hence its Poisson sample for a given seed) is the same whichever way the
+  population is spread over nodes.
+- "device-store": a real device's SuperNode (`flower-supernode --node-config "train-from='device-store'
+  device-dir='/path/to/device'"`). It hosts one user, its shopper (slot 0; describe says n_users 1, so the
+  server's N is the number of such nodes), whose rows are the device folder's SQLite event store, the one
+  the SDK writes (client/device/event_store.py), read afresh for every train and trending message and turned
+  into training sequences by the example builder the simulation's rows also feed
+  (client/training/device_store.py, shared/data/device_rows.py). Its receipts, participation counts and a
+  local training log (round, events and examples trained on: client/training/device_store.py) stay in that
+  folder. The catalogue and item text vectors are the run's public ones (`data.*`, the run folder), as for
+  a partition node. A device trains on every event it holds, so the run must say
+  `federated.train_on_valid = true` (else every message is refused with a ConfigError, describe included):
+  the start check is then off (a start_check query is refused as well), and evaluate answers with no users
+  (no held-out row; one shopper's metric would be one user's value in the clear). A folder without a
+  readable store refuses the round (DataError naming the folder); an empty store sends a zero update that
+  counts. "device-dir" alone keeps its old meaning (receipts of a partition node's one device).
 """
 
 from __future__ import annotations
@@ -66,7 +82,7 @@ from client.training.participation_counts import (
     own_cap,
     require_lasting_counts,
 )
-from client.training.round_update import UpdateSum
+from client.training.round_update import LocalTrainer, UpdateSum
 from client.trending_contribution import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat
 from shared.errors import UpdateRejectedError
@@ -141,6 +157,7 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
     local_z = own.local_noise_multiplier(settings)
     cap = own_cap(settings.participation_cap, node.device_cap)
     require_lasting_counts(cap, folder=node.folder, counts_dir=node.counts_dir, simulated=node.simulated)
+    trainer = node.local_trainer()  # a device that trains from its store reads it now, or refuses the round
     counts = Participation(
         state,
         run_id=settings.run_id,
@@ -152,9 +169,11 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
     users = node.users[slots]
     record_epsilon = None
     if node.shared.config.privacy.record_level:
-        result, record_epsilon = record_level_sum(node, state, params, users, settings, noise, local_z)
+        result, record_epsilon = record_level_sum(
+            node, trainer, state, params, users, settings, noise, local_z
+        )
     else:
-        result = node.shared.trainer.clipped_sum(
+        result = trainer.clipped_sum(
             params,
             users,
             round_seed=settings.round_seed,
@@ -163,6 +182,13 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
             noise=noise,
         )
     counts.record(slots, terms, cap=cap)
+    if node.store is not None and users.size:  # the device's own log of what it trained on: never sent
+        node.store.log_round(
+            run_id=settings.run_id,
+            round_number=settings.round,
+            events=int(trainer.seqs.lengths()[users].sum()),
+            examples=int(trainer.examples.count(users).sum()),
+        )
     unclipped = own.unclipped_count(result.unclipped_count)
     reply = TrainReply(result.total, result.count, unclipped, refused, record_epsilon)
     if is_secure(message):
@@ -178,6 +204,7 @@ def handle_train(node: Node, message: Message, state: RecordDict) -> Message:
 
 def record_level_sum(
     node: Node,
+    local: LocalTrainer,
     state: RecordDict,
     params: np.ndarray,
     users: np.ndarray,
@@ -186,21 +213,22 @@ def record_level_sum(
     local_noise_multiplier: float,
 ) -> tuple[UpdateSum, float]:
     """The device's record-level DP-SGD update clipped to the round's C (and noised with the device's
-    `local_noise_multiplier` z in local mode: client/training/own_privacy.py), as a sum over its one user,
-    and its record-level epsilon so far; the accountant lives in `state` between rounds.
+    `local_noise_multiplier` z in local mode: client/training/own_privacy.py), as a sum over its one user
+    (its rows and examples those of `local`, the node's LocalTrainer), and its record-level epsilon so far;
+    the accountant lives in `state` between rounds.
     A device that refused (at its participation cap: `users` empty) sends an empty sum and its epsilon."""
     if users.size > 1 or node.users.size != 1:
         raise UpdateRejectedError("a record-level device trains exactly its one user")
     shared = node.shared
     trainer = RecordLevelTrainer(
         shared.model,
-        shared.rows,
+        local.seqs,
         int(node.users[0]),
         layout=shared.layout,
         blocked=shared.split.cold_items,
         config=shared.config.federated,
         privacy=shared.config.privacy,
-        examples=shared.trainer.examples,
+        examples=local.examples,
     )
     if RECORD_STATE in state.config_records:
         trainer.load_state_dict(json.loads(str(state.config_records[RECORD_STATE]["accountant"])))
@@ -223,8 +251,13 @@ def record_level_sum(
 
 
 def handle_evaluate(node: Node, message: Message) -> Message:
+    """Sums of NDCG@10 and HR@10 over the node's users with a validation target. A device that trains from
+    its store has none (it trains on every event it holds) and answers with no users: its one shopper's
+    metric would also be a value of one user in the clear."""
     shared = node.shared
     request = EvaluateRequest.from_records(message.content)
+    if node.store is not None:
+        return Message(EvaluateReply(0.0, 0.0, 0).to_records(), reply_to=message)
     node.use_prior(request.prior)
     set_flat(shared.model, shared.layout, _params(request.params, node))
     ndcg, hit, n = ranking_sums(
@@ -237,6 +270,11 @@ def handle_start_check(node: Node, message: Message) -> Message:
     """The start check: the sum of the sampled users' clamped NDCG@10 gains of the trained model over its
     start, and how many users were sampled."""
     request = StartCheckRequest.from_records(message.content)
+    if node.store is not None:
+        raise UpdateRejectedError(
+            "this device trains from its own store on every event it holds: no held-out row is left for a "
+            "start check (its run has federated.train_on_valid = true, which turns the check off)"
+        )
     node.privacy.check_start_check(request.noise_multiplier)
     shared = node.shared
     trained, start = _params(request.trained, node), _params(request.start, node)
@@ -256,7 +294,7 @@ def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
         n_items=node.shared.split.n_items,
     )
     users = node.users[_slots(read_slots(message.content), node)]
-    total = shard_sum(node.shared.rows, users, window)
+    total = shard_sum(node.local_rows(), users, window)
     if is_secure(message):  # the node adds its share of the noise; the server sees only the noised total
         stats: dict[str, int] = {"count": int(users.size), "refused-count": 0}
         result, noise, own = UpdateSum(total, int(users.size), 0), GaussianNoise(), node.privacy

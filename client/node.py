@@ -1,17 +1,21 @@
-"""A Flower node's local side: the data and model a process's nodes share, and which users (devices) a node
-hosts (`node_config["partition-id"]` and `["num-partitions"]`; see client/client_app.py)."""
+"""A Flower node's local side: the data and model a process's nodes share, which users (devices) a node hosts
+(`node_config["partition-id"]` and `["num-partitions"]`), and where their training rows come from: the
+simulation data set, or a device's own event store (node config "train-from"; see client/client_app.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from flwr.app import Context
 
+from client.training.device_store import DeviceStore
 from client.training.own_privacy import OwnPrivacy
 from client.training.participation_counts import DeviceFolder, device_folders
 from client.training.round_update import LocalTrainer
@@ -22,6 +26,9 @@ from shared.errors import ConfigError, DataError, UpdateRejectedError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, trainable_layout
 from shared.run_folder import RunFolder
+
+# Node config "train-from": the simulation data set's users (a partition of them), or the device's own store
+TrainFrom = Literal["partition", "device-store"]
 
 
 @dataclass
@@ -47,11 +54,45 @@ class Node:
     folder: DeviceFolder | None = None  # where each device keeps its receipts (None: node state only)
     counts_dir: Path | None = None  # node config "counts-dir": the devices' participation counts, on disk
     simulated: bool = False  # in Flower's simulation engine: a node cannot restart without its whole run
+    store: DeviceStore | None = None  # "train-from" = "device-store": the device's own events (one user)
+
+    @property
+    def population(self) -> int:
+        """The N the node's own privacy terms assume: the data set's users; for a device that trains from its
+        store `federated.nodes`, the SuperNodes the run waits for, each one device: the server's N (the
+        sum of the nodes' describe replies) is at least that, so it can only ask for more noise than the
+        device's own floor (client/training/own_privacy.py), never less."""
+        if self.store is not None:
+            return self.shared.config.federated.nodes
+        return int(self.shared.split.full.n_users)
 
     @property
     def privacy(self) -> OwnPrivacy:
         """The privacy terms the node's own configuration pins (noise multiplier, noise seed, counts)."""
-        return OwnPrivacy(self.shared.config, int(self.shared.split.full.n_users))
+        return OwnPrivacy(self.shared.config, self.population)
+
+    def local_rows(self) -> UserSequences:
+        """The rows the node's users train (and count trending) on, indexed by the global user index of its
+        slots: the simulation data set's, or the device's store read now (DataError naming the device folder
+        when it cannot be read)."""
+        if self.store is None:
+            return self.shared.rows
+        split = self.shared.split
+        return self.store.rows(split.dataset.catalogue, blocked=split.cold_items)
+
+    def local_trainer(self) -> LocalTrainer:
+        """The trainer over `local_rows` (its `seqs`): the process's shared one, or for a device that trains
+        from its store one over the rows read now (a LocalTrainer is cheap to build; the model is shared)."""
+        shared = self.shared
+        if self.store is None:
+            return shared.trainer
+        return LocalTrainer(
+            shared.model,
+            self.local_rows(),
+            layout=shared.layout,
+            blocked=shared.split.cold_items,
+            config=shared.config.federated,
+        )
 
     def use_prior(self, prior: np.ndarray | None) -> None:
         """Put the run's popularity prior a message carries (None: zeros, the run has none) into the model
@@ -109,9 +150,23 @@ def in_simulation_engine() -> bool:
     return ray.get_runtime_context().get_actor_id() is not None
 
 
+def train_from(node_config: Mapping[str, object]) -> TrainFrom:
+    """Node config "train-from": "partition" (the default: users of the simulation data set) or
+    "device-store" (the device folder's own events); ConfigError for anything else. Stated, never inferred
+    from a store merely existing in "device-dir", which simulation nodes use for receipts alone."""
+    value = node_config.get("train-from", "partition")
+    if value == "partition":
+        return "partition"
+    if value == "device-store":
+        return "device-store"
+    raise ConfigError(f'node config "train-from" must be one of {get_args(TrainFrom)}, got {value!r}')
+
+
 def load_node(config: FedhomeConfig, context: Context) -> Node:
     """The node for this context: its users, and the model shared by the process's nodes."""
     shared = node_model(config)
+    if train_from(context.node_config) == "device-store":
+        return store_node(shared, context)
     partition_id = int(context.node_config.get("partition-id", 0))
     num_partitions = int(context.node_config.get("num-partitions", 1))
     users = hosted_users(
@@ -125,13 +180,44 @@ def load_node(config: FedhomeConfig, context: Context) -> Node:
         receipts_dir=config.federated.receipts_dir,
         users=users,
     )
-    counts_dir = str(context.node_config.get("counts-dir", ""))
     return Node(
         shared,
         users,
         partition_id,
         int(context.node_config.get("participation-cap", 0)),
         folder,
-        counts_dir=Path(counts_dir) if counts_dir else None,
+        counts_dir=_counts_dir(context),
         simulated=in_simulation_engine(),
     )
+
+
+def store_node(shared: NodeModel, context: Context) -> Node:
+    """A device's SuperNode that trains from its own store: one user (slot 0), its receipts, participation
+    counts and training log in node config "device-dir". ConfigError without a device folder, and unless the
+    run says that devices train on every row they hold (`federated.train_on_valid`): the server then knows
+    that no row is held out (it runs no start check and reports validation as not held out)."""
+    device_dir = str(context.node_config.get("device-dir", ""))
+    if not device_dir:
+        raise ConfigError('node config "train-from" = "device-store" needs "device-dir", the device folder')
+    if not shared.config.federated.train_on_valid:
+        raise ConfigError(
+            'node config "train-from" = "device-store": a device trains on every event it holds, which the '
+            "run must state with federated.train_on_valid = true (no row is held out: the start check is "
+            "off and validation figures are not held out)"
+        )
+    users = np.zeros(1, dtype=np.int64)  # slot 0: the device's one shopper, user 0 of its own rows
+    return Node(
+        shared,
+        users,
+        int(context.node_config.get("partition-id", 0)),  # only orders the nodes' slots at the server
+        int(context.node_config.get("participation-cap", 0)),
+        device_folders(node_device_dir=device_dir, receipts_dir="", users=users),
+        counts_dir=_counts_dir(context),
+        simulated=in_simulation_engine(),
+        store=DeviceStore(Path(device_dir)),
+    )
+
+
+def _counts_dir(context: Context) -> Path | None:
+    counts_dir = str(context.node_config.get("counts-dir", ""))
+    return Path(counts_dir) if counts_dir else None

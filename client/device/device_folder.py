@@ -5,7 +5,9 @@
 - `receipts.sqlite`: the training rounds the device joined (client/device/receipts.py), in the folder itself,
   as the ClientApp's node config "device-dir" has always kept them;
 - participation counts, when the node keeps them on disk, also in the folder itself
-  (client/training/participation_counts.py).
+  (client/training/participation_counts.py);
+- `training-log.jsonl`: the rounds a device SuperNode that trains from this store trained in, and on how many
+  events and examples (client/training/device_store.py); like the receipts, it never leaves the device.
 """
 
 from __future__ import annotations

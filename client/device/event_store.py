@@ -86,6 +86,15 @@ class EventStore:
             ).fetchall()
         return [Event(item, event, ts) for item, event, ts in reversed(rows)]
 
+    def events(self) -> list[Event]:
+        """Every event the store holds, oldest first (events of the same second in the order recorded): what
+        a device SuperNode trains on (client/training/device_store.py)."""
+        with self._database():
+            rows = self.db.execute(
+                "SELECT item_id, event, timestamp FROM events ORDER BY timestamp, id"
+            ).fetchall()
+        return [Event(item, event, ts) for item, event, ts in rows]
+
     def purchased(self) -> set[str]:
         with self._database():
             rows = self.db.execute("SELECT DISTINCT item_id FROM events WHERE event = 'purchase'").fetchall()
