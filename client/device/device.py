@@ -23,7 +23,7 @@ import numpy as np
 from client.device import receipts_cli
 from client.device.deltas import open_ranker
 from client.device.device_folder import events_path, releases_path
-from client.device.event_store import EventStore
+from client.device.event_store import EventStore, check_timestamp
 from client.device.homepage import Homepage, Section
 from client.device.item_index import Precision
 from client.device.ranker import DeviceRanker, Event
@@ -37,21 +37,7 @@ from shared.signing import Ed25519PublicKey, load_public_key
 # The most recent events a page is composed from: the user tower reads the last `max_history` of them
 # (scoring.json); all of them keep items the shopper has already seen off the page and name their tastes.
 HISTORY_EVENTS: Final = 200
-# Event times are unix seconds up to 2100-01-01 (the bound of catalogue times, server/catalogue/): a time
-# in milliseconds (an app's clock read in ms) is refused, not recorded, since the event store's retention
-# would then drop every older event as a year stale.
-MAX_TIMESTAMP_S: Final = 4_102_444_800
 NO_RELEASE: Final = "no release installed on this device: run sync (or install) first"
-
-
-def check_timestamp(timestamp: object) -> None:
-    """DataError unless `timestamp` is None (now) or whole unix seconds in [0, MAX_TIMESTAMP_S]."""
-    if timestamp is None:
-        return
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int | np.integer):
-        raise DataError(f"timestamp must be whole unix seconds, got {type(timestamp).__name__}")
-    if not 0 <= int(timestamp) <= MAX_TIMESTAMP_S:
-        raise DataError(f"timestamp {int(timestamp)} is not unix seconds before 2100 (milliseconds?)")
 
 
 def purchases(history: Sequence[Event]) -> set[str]:

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from client.device import receipts_cli
-from client.device.device import Device, ReleaseInUse, check_timestamp, purchases
+from client.device.device import Device, ReleaseInUse, purchases
 from client.device.device_folder import events_path
-from client.device.event_store import DEVICE_EVENTS, EventStore, check_event
+from client.device.event_store import DEVICE_EVENTS, EventStore, check_event, check_timestamp
 from client.device.homepage import Section
 from client.device.ranker import Event
 from client.device.release_cache import ReleaseCache, copy_from
@@ -154,7 +154,7 @@ def verb(sub: Any, name: str, summary: str, description: str) -> argparse.Argume
 def read_history(path: Path) -> list[Event]:
     """The events of a history file (UTF-8 JSON lines of item_id, event, timestamp); DataError naming the
     file (and line) when it is missing, not UTF-8 text, or a line is not such an event (the same checks as
-    Device.record: check_event, client/device/event_store.py; check_timestamp, client/device/device.py)."""
+    EventStore.add: check_event and check_timestamp, client/device/event_store.py)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -8,8 +8,8 @@ A store that cannot be read is refused, never silently started afresh (that woul
 history without a word): opening runs `PRAGMA quick_check`, a file that exists but is empty or not a
 SQLite database is a DataError naming it, and every SQLite error on the way (sqlite3.DatabaseError) becomes
 a DataError naming the file (messages carry no events). A file that does not exist is a new, empty store.
-`check_event` is the one check of an event's shape, used by `add` and by the history files of
-`fedhome-client` (client/device/device_cli.py).
+`check_event` and `check_timestamp` are the one check of an event's shape, used by `add` and by the history
+files of `fedhome-client` (client/device/device_cli.py).
 """
 
 from __future__ import annotations
@@ -20,11 +20,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from client.device.ranker import Event
 from shared.errors import DataError
 
 DEVICE_EVENTS = ("view", "cart", "purchase", "favourite")
 SECONDS_PER_DAY = 86_400
+# Event times are unix seconds up to 2100-01-01 (the bound of catalogue times, server/catalogue/): a time
+# in milliseconds (an app's clock read in ms) is refused, not recorded, since the store's retention would
+# then drop every older event as a year stale.
+MAX_TIMESTAMP_S = 4_102_444_800
 
 
 def check_event(item_id: object, event: object) -> None:
@@ -34,6 +40,16 @@ def check_event(item_id: object, event: object) -> None:
         raise DataError(f"unknown event {event!r}; expected one of {DEVICE_EVENTS}")
     if not isinstance(item_id, str) or not item_id or len(item_id) > 256:
         raise DataError("item_id must be a non-empty string of at most 256 characters")
+
+
+def check_timestamp(timestamp: object) -> None:
+    """DataError unless `timestamp` is None (now) or whole unix seconds in [0, MAX_TIMESTAMP_S]."""
+    if timestamp is None:
+        return
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | np.integer):
+        raise DataError(f"timestamp must be whole unix seconds, got {type(timestamp).__name__}")
+    if not 0 <= int(timestamp) <= MAX_TIMESTAMP_S:
+        raise DataError(f"timestamp {int(timestamp)} is not unix seconds before 2100 (milliseconds?)")
 
 
 class EventStore:
@@ -71,6 +87,7 @@ class EventStore:
     def add(self, item_id: str, event: str, timestamp: int | None = None) -> None:
         """Record one event (refused with DataError when malformed; nothing is written then)."""
         check_event(item_id, event)
+        check_timestamp(timestamp)
         now = int(time.time()) if timestamp is None else int(timestamp)
         with self._database(), self.db:
             self.db.execute(

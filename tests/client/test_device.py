@@ -203,6 +203,8 @@ def test_event_store_retention_wipe_and_bad_input(tmp_path: Path) -> None:
         store.add("x", "teleport", NOW)
     with pytest.raises(DataError):
         store.add("", "view", NOW)
+    with pytest.raises(DataError, match="milliseconds"):  # an app's clock read in ms: refused, not a purge
+        store.add("x", "view", NOW * 1000)
     assert store.count() == 5
     store.wipe()
     assert store.count() == 0 and store.recent() == []
