@@ -74,8 +74,12 @@ def history_near(ranker: DeviceRanker, item_id: str, n: int = 3) -> list[Event]:
 
 
 def page(ranker: DeviceRanker, history: list[Event], rules: HomepageRules) -> dict[str, list[str]]:
-    sections = Homepage(ranker, rules).compose(history, NOW)
-    return {s.key: [c.item_id for c in s.cards] for s in sections}
+    """The page's item ids by section key (the items of sections sharing a key, such as two "because"
+    sections, together)."""
+    out: dict[str, list[str]] = {}
+    for section in Homepage(ranker, rules).compose(history, NOW):
+        out.setdefault(section.key, []).extend(c.item_id for c in section.cards)
+    return out
 
 
 @pytest.mark.integration

@@ -1,25 +1,30 @@
 """The demo homepage page in real headless Debian chromium (Playwright driving /usr/bin/chromium) against a
 real uvicorn server on loopback: the page verifies the release with WebCrypto, ranks with onnxruntime-web,
-and its ranking and sections equal the Python SDK's for the same histories; tampered releases are refused."""
+and its ranking and sections equal the Python SDK's for the same histories; tampered releases are refused.
+The page's homepage rules (server/web/src/homepage.js, run in Node) compose the very pages Python's
+Homepage does, rule for rule, on a structured release with and without categories, purchases included."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from ledger_toy import KEY, write_run
 from playwright.sync_api import Browser, sync_playwright
-from release_toy import random_model, source
+from release_toy import CONFIG, random_model, source
 
+from client.device.homepage import Homepage, HomepageRules
 from client.device.ranker import DeviceRanker, Event
 from server import server_cli
 from server.api import demo_site
@@ -30,8 +35,11 @@ from server.releases.release_store import ReleaseStore
 from shared import signing
 from shared.catalogue_delta_format import DELTA_KIND, manifest_sha256, sign_delta_list
 from shared.config import FedhomeConfig, ServiceConfig, SyntheticShopConfig, to_flat
+from shared.data.schema import EVENT_TYPES
 from shared.data.synthetic.shop import generate_shop
 from shared.errors import DataError
+from shared.history import N_GAP_BUCKETS
+from shared.model import ItemFeatures, TwoTower
 from shared.release_index import sign_index
 from shared.release_manifest import MANIFEST_NAME, file_digest, read_manifest, sign_manifest
 from simulation.demo_page import launch_chromium, open_demo, sdk_page, sdk_ranker
@@ -193,8 +201,13 @@ def test_page_ranks_like_the_python_sdk(site: dict[str, Any], browser: Browser, 
         differences.extend(np.abs(browser_scores - scores))
         assert state["sections"] == sections
         assert cards == sum(len(s["cards"]) for s in sections) > 0
-        expected_keys = {"new", "deals", "trending"} | ({"for_you", "because"} if top else set())
-        assert {s["key"] for s in sections} == expected_keys
+        keys = {s["key"] for s in sections}  # reason sections only where their rules admit items
+        assert (
+            {"new", "deals", "trending"}
+            <= keys
+            <= {"new", "deals", "trending", "for_you", "because", "bought"}
+        )
+        assert ("for_you" in keys) == bool(top) and (keys & {"because", "bought"} == set() or bool(top))
         shown |= {card["item_id"] for section in state["sections"] for card in section["cards"]}
         shown |= {r["id"] for r in state["ranking"]}
     assert max(differences) < SCORE_TOLERANCE
@@ -407,3 +420,142 @@ def test_a_service_without_the_page_sources_still_serves_the_rest(
         page = httpx.get(f"{base}/demo")
         assert page.status_code == 503 and page.json()["error"]["type"] == "UnavailableError"
         assert httpx.get(f"{base}/health").status_code == 200
+
+
+WEB_SRC = Path(__file__).resolve().parents[2] / "server" / "web" / "src"
+HOMEPAGE_SCRIPT = f"""
+import {{ Homepage }} from {json.dumps((WEB_SRC / "homepage.js").as_uri())};
+import {{ Ranker }} from {json.dumps((WEB_SRC / "ranker.js").as_uri())};
+let input = "";
+process.stdin.setEncoding("utf8");
+for await (const chunk of process.stdin) input += chunk;
+const {{ release, cases }} = JSON.parse(input);
+const pages = [];
+for (const c of cases) {{
+  const ranker = new Ranker({{ ...release, ort: null, session: null, items: c.items,
+    vectors: Float32Array.from(release.vectors), bias: Float32Array.from(release.bias) }});
+  ranker.hidden = new Set(c.hidden);
+  ranker.userVector = async () => (c.user === null ? null : Float32Array.from(c.user)); // the SDK's
+  const trendingCounts = c.trending === null ? null : Float64Array.from(c.trending);
+  const options = {{ purchased: new Set(c.purchased), trendingCounts }};
+  pages.push(await new Homepage(ranker, c.rules).compose(c.history, c.now, options));
+}}
+process.stdout.write(JSON.stringify(pages));
+"""
+
+
+def camel(rules: HomepageRules) -> dict[str, Any]:
+    """HomepageRules as homepage.js names its fields (section_size: sectionSize)."""
+    words = {f.name: f.name.split("_") for f in fields(rules)}
+    value = {name: list(v) if isinstance(v := getattr(rules, name), tuple) else v for name in words}
+    return {w[0] + "".join(p.title() for p in w[1:]): value[name] for name, w in words.items()}
+
+
+@pytest.fixture(scope="module")
+def structured_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A release of a 300-item synthetic shop whose text vectors cluster by leaf category (so that every
+    section has items its rules admit), the model's parameters perturbed as in release_toy (item vectors of
+    unequal norms, non-zero biases, a user tower that reads the history)."""
+    shop = generate_shop(SyntheticShopConfig(n_users=30, n_items=300, n_categories=5))
+    leaves = np.unique(shop.catalogue.categories, return_inverse=True)[1]
+    rng = np.random.default_rng(4)
+    text = rng.normal(size=(leaves.max() + 1, 24))[leaves] + 0.6 * rng.normal(size=(300, 24))
+    torch.manual_seed(4)
+    model = TwoTower(ItemFeatures.from_catalogue(shop.catalogue, text.astype(np.float32)), CONFIG)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    store = ReleaseStore(tmp_path_factory.mktemp("structured"))
+    store.publish(model, shop.catalogue, source("s"), KEY)
+    return store.folder(1)
+
+
+def parity_cases(ranker: DeviceRanker) -> list[dict[str, Any]]:
+    """Histories (with and without purchases, a hidden item, nothing known), items (as released and
+    title-only: no category, brand or description), and rules (defaults, no diversity, only diversity,
+    looser closeness, a re-buyable category), as inputs of both implementations."""
+    ids = [item["id"] for item in ranker.items]
+    vectors = ranker.item_vectors(np.arange(ranker.n_items))
+    nearest = [int(r) for r in np.argsort(-(vectors @ vectors[7]), kind="stable")]  # 7 and its neighbours
+    now = max(int(item["created_at"] or 0) for item in ranker.items) + 86_400
+
+    def events(*pattern: tuple[int, str]) -> list[dict[str, Any]]:
+        return [
+            {"item_id": ids[i] if i >= 0 else "no-such-item", "event": e, "timestamp": now - 5_400 * (9 - k)}
+            for k, (i, e) in enumerate(pattern)
+        ]
+
+    near, view = nearest, "view"
+    histories = [  # (history, purchased passed by the caller, hidden rows)
+        (events((near[0], view), (near[3], view), (near[5], view), (150, view), (151, view)), [], []),
+        (events((11, view), (11, "cart"), (11, "purchase"), (near[2], view), (200, "favourite")), [], []),
+        (events((60, view), (61, "purchase"), (near[1], view)), [ids[60], ids[99]], [near[4], 61]),
+        (events((-1, view)), [], []),
+    ]
+    top = ranker.items[11]["category"].split(">")[0].strip()
+    rules = [
+        HomepageRules(),
+        HomepageRules(diversity=0.0),
+        HomepageRules(diversity=1.0, section_size=5, per_category=2, because_sections=3, bought_sections=2),
+        HomepageRules(similar_z=0.5, similar_share=0.3, rebuyable_categories=(top,)),
+    ]
+    counts = np.random.default_rng(3).integers(0, 4, size=ranker.n_items).astype(float).tolist()
+    released = [dict(item) for item in ranker.items]
+    title_only = [{**item, "category": "", "brand": "", "description": ""} for item in ranker.items]
+    cases: list[dict[str, Any]] = []
+    for n, (history, purchased, hidden) in enumerate(histories):
+        for items in (released, title_only):
+            for r, rule in enumerate(rules):
+                case = {"items": items, "history": history, "now": now, "purchased": purchased}
+                cases.append(
+                    {**case, "hidden": hidden, "rules": rule, "trending": counts if (n + r) % 2 else None}
+                )
+    return cases
+
+
+def test_the_page_composes_the_python_homepage_rule_for_rule(structured_release: Path) -> None:
+    node = shutil.which("node")
+    assert node, "the demo page's tests need node (scripts/install_web.sh installs it)"
+    ranker = DeviceRanker(structured_release, precision="float32")
+    released = [dict(item) for item in ranker.items]
+    cases, python_pages = parity_cases(ranker), list[list[dict[str, Any]]]()
+    for case in cases:
+        ranker.items[:] = [dict(item) for item in case["items"]]
+        ranker.hidden = np.array(case["hidden"], dtype=np.int64)
+        history = [Event(e["item_id"], e["event"], e["timestamp"]) for e in case["history"]]
+        counts = None if case["trending"] is None else np.array(case["trending"])
+        page = Homepage(ranker, case["rules"]).compose(
+            history, case["now"], purchased=set(case["purchased"]), trending_counts=counts
+        )
+        python_pages.append(
+            [{"key": s.key, "title": s.title, "cards": [asdict(c) for c in s.cards]} for s in page]
+        )
+        user = ranker.user_vector(history, case["now"])
+        case.update(user=None if user is None else user.tolist(), rules=camel(case["rules"]))
+    ranker.items[:] = released
+    scoring = json.loads((structured_release / "scoring.json").read_text())
+    release = {
+        "vectors": ranker.item_vectors(np.arange(ranker.n_items)).ravel().tolist(),
+        "dim": int(ranker.item_vectors(np.arange(1)).shape[1]),
+        "bias": ranker.bias.tolist(),
+        "temperature": scoring["temperature"],
+        "maxHistory": scoring["max_history"],
+        "eventTypes": list(EVENT_TYPES),
+        "nGapBuckets": N_GAP_BUCKETS,
+    }
+    run = subprocess.run(
+        [node, "--input-type=module", "-e", HOMEPAGE_SCRIPT],
+        input=json.dumps({"release": release, "cases": cases}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    browser_pages = json.loads(run.stdout)
+    for case, python, browser in zip(cases, python_pages, browser_pages, strict=True):
+        assert browser == python, (case["rules"], case["history"])
+    keys = [s["key"] for page in python_pages for s in page]  # every rule had something to do
+    assert {"for_you", "because", "bought", "new", "deals", "trending"} <= set(keys)
+    copies = {c["copy"].split(" ")[0] for page in python_pages for s in page for c in s["cards"]}
+    assert {"Similar", "Goes", "Picked", "Something", "New", "On", "Popular"} <= copies
+    for_you = [next((s["cards"] for s in page if s["key"] == "for_you"), None) for page in python_pages]
+    assert any(for_you[i] != for_you[i + 1] for i in range(0, len(cases), 4))  # diversity 0.3 against 0
