@@ -467,6 +467,84 @@ class PopularityReleaseConfig:
             raise ConfigError(f"popularity.window_days must be >= 0 (0: all), got {self.window_days}")
 
 
+OnlineArmBase = Literal["popularity", "text", "federated", "central"]
+ONLINE_ARM_BASES: tuple[OnlineArmBase, ...] = ("popularity", "text", "federated", "central")
+DIVERSE_SUFFIX = "+diverse"  # an arm whose homepage diversifies For you (online.diversity)
+OnlineEventStore = Literal["memory", "sqlite"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnlineConfig:
+    """The online loop, simulated (`fedhome-sim online`, simulation/online_loop.py): shoppers of the synthetic
+    shop open a homepage composed on their device each day, click by a taste-driven click model, and the
+    arms learn from the events overnight. Not part of a Flower run's config: the loop builds the federated
+    arm's run config from the FedhomeConfig it is given (model, federated, privacy) and the plan here.
+
+    Arms: "popularity" (the shop's event counts so far), "text" (the untrained model start: text
+    similarity), "federated" (`rounds_per_day` federated rounds a night under user-level DP, by the server's
+    Coordinator), "central" (non-private retraining on every shopper's events, warm-started day to day),
+    each also as "<arm>+diverse" (For you diversified with HomepageRules.diversity = `diversity`; the
+    plain arms' For you is not diversified, HomepageRules.diversity = 0).
+
+    Privacy: the federated arm's `epsilon` is a LIFETIME user-level budget over the whole horizon: its noise
+    multiplier is calibrated for days * rounds_per_day rounds at `sample_rate`, and a round past it is not
+    run (the ledger's entries state the epsilon spent so far).
+    """
+
+    days: int = 30
+    shoppers: int = 3_000
+    items: int = 2_000
+    rounds_per_day: int = 2  # K federated rounds each night
+    epsilon: float = 8.0  # user-level, over all days * rounds_per_day rounds (PLD)
+    delta: float = 0.0  # 0: shoppers ** -1.1
+    # q of the federated arm's Poisson sampling (overrides federated.sample_rate, whose default 0.05 is for
+    # shops of tens of thousands: at 3,000 shoppers it samples 150 a round and the noise drowns them)
+    sample_rate: float = 0.2
+    arms: tuple[str, ...] = ("popularity", "text", "federated", "central")
+    seed: int = 0  # visits, intents, clicks, organic browsing, the federated arm's sampling and noise
+    visit_rate: float = 0.2  # mean daily P(a shopper opens the app), scaled by their session rate
+    organic_rate: float = 0.3  # P(a visiting shopper also browses the shop outside the homepage first)
+    central_steps_per_day: int = 50  # Adam steps of 256 examples a night for the central arm
+    # ... and on the first night this many epochs over every example first: the upper reference starts from
+    # a model trained on the shop's whole log (the non-private shop has had it all along)
+    central_warmup_epochs: int = 2
+    event_store: OnlineEventStore = "memory"  # "sqlite": one SDK EventStore file per shopper and arm
+    history_events: int = 50  # most recent events the homepage reads (EventStore.recent's default)
+    # HomepageRules overrides
+    section_size: int = 8
+    per_category: int = 3
+    because_sections: int = 2
+    diversity: float = 0.3  # HomepageRules.diversity of the "+diverse" arms (its default; MMR, in (0, 1])
+
+    def __post_init__(self) -> None:
+        for name in ("days", "shoppers", "items", "rounds_per_day", "epsilon", "central_steps_per_day"):
+            _positive(f"online.{name}", getattr(self, name))
+        for name in ("section_size", "per_category", "history_events"):
+            _positive(f"online.{name}", getattr(self, name))
+        _fraction("online.delta", self.delta)
+        for name in ("visit_rate", "organic_rate"):
+            _fraction(f"online.{name}", getattr(self, name), upper_open=False)
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError(f"online.sample_rate must be in (0, 1], got {self.sample_rate}")
+        if not 0.0 < self.diversity <= 1.0:
+            raise ConfigError(f"online.diversity must be in (0, 1], got {self.diversity}")
+        if self.because_sections < 0 or self.seed < 0 or self.central_warmup_epochs < 0:
+            raise ConfigError("online.because_sections, seed and central_warmup_epochs must be >= 0")
+        if self.event_store not in ("memory", "sqlite"):
+            raise ConfigError(f"online.event_store must be 'memory' or 'sqlite', got {self.event_store!r}")
+        known = [*ONLINE_ARM_BASES, *(a + DIVERSE_SUFFIX for a in ONLINE_ARM_BASES)]
+        unknown = [a for a in self.arms if a not in known]
+        if unknown or not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"online.arms must be distinct names of {known}, got {list(self.arms)}")
+
+
+def online_with_overrides(config: OnlineConfig, overrides: dict[str, Any]) -> OnlineConfig:
+    """`with_overrides` for the online section, whose keys are given without their "online." prefix; an
+    unknown key's error names it with the prefix ("online.dayz; did you mean online.days?")."""
+    updated: OnlineConfig = _with_overrides(config, overrides, prefix="online.")
+    return updated
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
     """The model service (`fedhome-server serve`): what it serves, its limits. Not part of a run's config."""

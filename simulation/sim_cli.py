@@ -1,4 +1,5 @@
-"""`fedhome-sim`: models on a shop, federated training, canary audits, the synthetic shop as CSV."""
+"""`fedhome-sim`: models on a shop, federated training, canary audits, the synthetic shop as CSV, the
+online loop."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from shared.config import FedhomeConfig, with_overrides
+from shared.config import FedhomeConfig, OnlineConfig, online_with_overrides, with_overrides
 from shared.errors import FedhomeError
 from simulation.canary_audit import BREAKAGES
 from simulation.results_folder import markdown_table, population_line, write_results
@@ -149,6 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
     can.add_argument("--linear-users", type=int, default=20_000, help="--model linear: users")
     can.add_argument("--linear-dim", type=int, default=10_000, help="--model linear: parameters")
     can.add_argument("--seed", type=int, default=0, help="canaries, sampling and noise")
+
+    onl = sub.add_parser(
+        "online",
+        help="the online loop, simulated: shoppers live with each arm's homepage for days; writes a table, "
+        "a CSV and a plot",
+        description="Each day the synthetic shop's shoppers open a homepage composed on their device from "
+        "the arm's current release, click, cart and buy by a taste-driven click model, and the arms learn "
+        "overnight (popularity counts, the text-similarity start, federated rounds under user-level DP with "
+        "one lifetime budget, central non-private retraining). Options: the online.* keys of --set "
+        "(shared/config.py: OnlineConfig); any other --set key sets the arms' model, federated, privacy or "
+        "train settings.",
+    )
+    onl.add_argument(
+        "--out", type=Path, default=Path("runs/online"), help="output folder (default runs/online)"
+    )
+    onl.add_argument("--days", type=int, default=None, help="online.days")
+    onl.add_argument("--shoppers", type=int, default=None, help="online.shoppers")
+    onl.add_argument("--items", type=int, default=None, help="online.items")
+    onl.add_argument("--rounds-per-day", type=int, default=None, help="online.rounds_per_day")
+    onl.add_argument("--epsilon", type=float, default=None, help="online.epsilon (user level, lifetime)")
+    onl.add_argument("--arms", default=None, help="online.arms, a comma list")
+    onl.add_argument("--seed", type=int, default=None, help="online.seed")
+    onl.add_argument(
+        "--set",
+        dest="overrides",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value: online.* (e.g. online.visit_rate=0.3) or any other section's key",
+    )
+    onl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     gen = sub.add_parser("generate", help="write the synthetic shop as items.csv + interactions.csv")
     gen.add_argument("out", type=Path, help="folder to write")
@@ -308,6 +341,37 @@ def command_canary(args: argparse.Namespace) -> int:
     return {"OK": 0, "FAILED": 1}.get(result.verdict, 3)
 
 
+def online_configs(args: argparse.Namespace) -> tuple[OnlineConfig, FedhomeConfig]:
+    """The online loop's section (--set online.*, and the verb's flags) and the arms' base config (every
+    other --set key), each validated once."""
+    online: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for key, value in args.overrides:
+        if key.startswith("online."):
+            online[key.removeprefix("online.")] = value
+        else:
+            other[key] = value
+    for flag in ("days", "shoppers", "items", "rounds_per_day", "epsilon", "arms", "seed"):
+        value = getattr(args, flag)
+        if value is not None:
+            online[flag] = str(value)
+    base: FedhomeConfig = with_overrides(FedhomeConfig(), other)
+    return online_with_overrides(OnlineConfig(), online), base
+
+
+def command_online(args: argparse.Namespace) -> int:
+    from simulation.online_loop import run_online, write_outputs
+
+    online, base = online_configs(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = run_online(online, base, args.out, progress=progress)
+    command = "fedhome-sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    table = write_outputs(result, args.out, command=command)
+    print(f"\n{table}\nper day: {result.wall_s / online.days:.1f} s; written to {args.out} "
+          f"(online.md, online.csv, online.png, online.json; {result.wall_s:.0f} s)")  # fmt: skip
+    return 0
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from shared.data.synthetic import write_shop_csv
 
@@ -363,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": command_calibrate,
         "canary": command_canary,
         "generate": command_generate,
+        "online": command_online,
     }
     try:
         with logging_redirect_tqdm():  # log lines are written above a progress bar, not through it

@@ -8,6 +8,7 @@ sit in memory at once. The chunk size is part of the generator's definition: cha
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from shared.config import SyntheticShopConfig
 from shared.data.schema import EVENT_TYPES, Dataset, InteractionLog
 from shared.data.synthetic.catalogue import SyntheticCatalogue, asins, build_catalogue
 from shared.data.synthetic.session_events import Rows, session_rows
-from shared.data.synthetic.shoppers import draw_tastes, plan_sessions
+from shared.data.synthetic.shoppers import Tastes, draw_tastes, plan_sessions
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,29 @@ class WriteReport:
 def iter_chunks(shop: SyntheticCatalogue, config: SyntheticShopConfig) -> Iterator[Rows]:
     """The interaction rows of every chunk of shoppers, in user order."""
     for chunk, first_user in enumerate(range(0, config.n_users, USERS_PER_CHUNK)):
-        n = min(USERS_PER_CHUNK, config.n_users - first_user)
-        rng = np.random.default_rng([config.seed, 1, chunk])
-        tastes = draw_tastes(rng, shop, config, n)
+        rng, tastes = _chunk_tastes(shop, config, chunk)
         plan = plan_sessions(rng, shop, tastes, config)
         yield session_rows(rng, shop, tastes, plan, first_user)
+
+
+def shopper_tastes(shop: SyntheticCatalogue, config: SyntheticShopConfig) -> Tastes:
+    """The latent tastes of every shopper, in user order: the very tastes `iter_chunks` draws their sessions
+    from (each chunk's stream starts with them), for simulations that need to know what a shopper likes
+    (simulation/click_model.py)."""
+    parts = [_chunk_tastes(shop, config, chunk)[1] for chunk in range(-(-config.n_users // USERS_PER_CHUNK))]
+    return Tastes(
+        **{f.name: np.concatenate([getattr(t, f.name) for t in parts]) for f in dataclasses.fields(Tastes)}
+    )
+
+
+def _chunk_tastes(
+    shop: SyntheticCatalogue, config: SyntheticShopConfig, chunk: int
+) -> tuple[np.random.Generator, Tastes]:
+    """Chunk `chunk`'s random stream (seed, 1, chunk) and the tastes drawn first from it."""
+    first_user = chunk * USERS_PER_CHUNK
+    n = min(USERS_PER_CHUNK, config.n_users - first_user)
+    rng = np.random.default_rng([config.seed, 1, chunk])
+    return rng, draw_tastes(rng, shop, config, n)
 
 
 def generate_shop(config: SyntheticShopConfig) -> Dataset:
