@@ -487,15 +487,16 @@ class OnlineConfig:
     plain arms' For you is not diversified, HomepageRules.diversity = 0).
 
     Privacy: the federated arm's `epsilon` is a LIFETIME user-level budget over the whole horizon: its noise
-    multiplier is calibrated for days * rounds_per_day rounds at `sample_rate`, and a round past it is not
-    run (the ledger's entries state the epsilon spent so far).
+    multiplier is calibrated for (days - 1) * rounds_per_day rounds at `sample_rate` (no night after the last
+    day: nobody would see its release), and a round past it is not run (the ledger's entries state the
+    epsilon spent so far).
     """
 
     days: int = 30
     shoppers: int = 3_000
     items: int = 2_000
     rounds_per_day: int = 2  # K federated rounds each night
-    epsilon: float = 8.0  # user-level, over all days * rounds_per_day rounds (PLD)
+    epsilon: float = 8.0  # user-level, over all (days - 1) * rounds_per_day rounds (PLD)
     delta: float = 0.0  # 0: shoppers ** -1.1
     # q of the federated arm's Poisson sampling (overrides federated.sample_rate, whose default 0.05 is for
     # shops of tens of thousands: at 3,000 shoppers it samples 150 a round and the noise drowns them)

@@ -542,8 +542,14 @@ class CentralArm(Arm):
         self.ship(self.model, plain_source(self.world, self.model, f"{self.name}-{day + 1}", privacy))
 
 
+def training_nights(online: OnlineConfig) -> int:
+    """The nights whose release a shopper sees: after every day but the last (the release after the last day
+    would never be served, so its rounds would spend budget for nothing); at least one."""
+    return max(online.days - 1, 1)
+
+
 def federated_config(world: OnlineWorld, run_dir: Path) -> FedhomeConfig:
-    """The federated arm's run config: the base settings with the online plan (days x K rounds at q, the
+    """The federated arm's run config: the base settings with the online plan ((days - 1) x K rounds at q, the
     lifetime epsilon and delta), a noise seed from online.seed (a reproducible simulation; the ledger's
     noise_rng says so), no per-round evaluation, and none of a one-off run's extra releases (start check,
     popularity prior counts)."""
@@ -551,7 +557,7 @@ def federated_config(world: OnlineWorld, run_dir: Path) -> FedhomeConfig:
     config: FedhomeConfig = with_overrides(
         world.base,
         {
-            "federated.rounds": online.days * online.rounds_per_day,
+            "federated.rounds": training_nights(online) * online.rounds_per_day,
             "federated.sample_rate": online.sample_rate,
             "federated.eval_every": 0,
             "federated.run_dir": run_dir,
@@ -797,7 +803,8 @@ def run_online(
             for arm in arms:
                 row = serve_day(arm, plan, clicks)
                 learn_start = time.perf_counter()
-                arm.learn(day)
+                if day < online.days - 1:  # no night after the last day: nobody would see its release
+                    arm.learn(day)
                 row.learn_s = time.perf_counter() - learn_start
                 rows.append(row)
             log.info("day %d: %s", day, ", ".join(f"{r.arm} CTR {r.ctr:.4f}" for r in rows[-len(arms) :]))
