@@ -41,12 +41,8 @@ def _parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _add_shop_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
-    """The options `run` and `federated` share: data format, output folder, synthetic size, overrides."""
-    parser.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
-    parser.add_argument("--out", type=Path, default=None, help=out_help)
-    parser.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
-    parser.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
+def _add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """`--set KEY=VALUE`, repeatable: config overrides (shared/config.py validates them)."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -54,7 +50,18 @@ def _add_shop_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> No
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any config value, e.g. --set train.epochs=3 --set federated.sample_rate=0.02",
+        help=help_text,
+    )
+
+
+def _add_shop_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    """The options `run` and `federated` share: data format, output folder, synthetic size, overrides."""
+    parser.add_argument("--format", default=None, help="auto, csv, movielens, amazon2014, amazon-jsonl")
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
+    parser.add_argument("--users", type=int, default=None, help="synthetic shop: number of shoppers")
+    parser.add_argument("--items", type=int, default=None, help="synthetic shop: number of items")
+    _add_set_argument(
+        parser, "override any config value, e.g. --set train.epochs=3 --set federated.sample_rate=0.02"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
@@ -172,14 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     onl.add_argument("--epsilon", type=float, default=None, help="online.epsilon (user level, lifetime)")
     onl.add_argument("--arms", default=None, help="online.arms, a comma list")
     onl.add_argument("--seed", type=int, default=None, help="online.seed")
-    onl.add_argument(
-        "--set",
-        dest="overrides",
-        type=_parse_override,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value: online.* (e.g. online.visit_rate=0.3) or any other section's key",
+    _add_set_argument(
+        onl, "override a config value: online.* (e.g. online.visit_rate=0.3) or any other section's key"
     )
     onl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
