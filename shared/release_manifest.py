@@ -11,6 +11,10 @@ A release is a folder of files plus `manifest.json`:
   "trending": the trending counts' entry, "popularity_prior": the count release the model's popularity prior
   comes from (its entry hash, the counts' sha256 it signs, `popularity_prior_sha256` of the prior)};
 - "files": {file name: {"sha256", "bytes"}} for every other file of the release;
+- "derived" (releases whose per-item arrays devices compute, shared/derived_items.py): {"scheme", "files":
+  {name: {"from": [input file names]}}}, the files of "files" that are a function of the others; a device
+  that knows the scheme derives them instead of downloading them and checks its copies against its own
+  record (floats are not bit-exact across machines), anyone else downloads and checks them like any file;
 - "key_id" and "signature": Ed25519 over canonical_json(manifest without "signature") (shared.signing).
 Catalogue deltas (shared/catalogue_delta_format.py) use the same signed form with "kind": "catalogue-delta"; a
 manifest of one kind never verifies as the other.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -110,9 +115,17 @@ def verify_release(folder: Path, public_key: Ed25519PublicKey, *, kind: str = RE
     and every file it lists."""
     manifest = read_manifest(folder)
     verify_manifest(manifest, public_key, kind=kind)
-    for name, expected in manifest["files"].items():
+    verify_files(folder, manifest, manifest["files"])
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict[str, Any], names: Iterable[str]) -> None:
+    """Check the files `names` of `folder` against their size and sha256 in the (verified) `manifest`:
+    DataError when one is missing, SignatureError when one is not listed or does not match. A device checks
+    the files it downloads this way, and those it derives against its own record (shared/derived_items.py)."""
+    for name in names:
         check_file_name(name)
-        path = Path(folder) / name
+        expected, path = manifest["files"].get(name), Path(folder) / name
         if not path.is_file():
             raise DataError(f"release file {name} is missing")
         if not isinstance(expected, dict) or file_digest(path) != {
@@ -120,7 +133,6 @@ def verify_release(folder: Path, public_key: Ed25519PublicKey, *, kind: str = RE
             "bytes": expected.get("bytes"),
         }:
             raise SignatureError(f"release file {name} does not match its sha256 in the signed manifest")
-    return manifest
 
 
 def check_file_name(name: object) -> None:

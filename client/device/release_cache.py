@@ -13,6 +13,13 @@ than that reaches the disk), every sha256 is verified, the folder is moved into 
 leftover `incoming/` is discarded on the next install. A release that does not verify is refused and the
 cache is unchanged.
 
+A release whose signed manifest marks files as derived (shared/derived_items.py; a scheme this code knows)
+is installed without them: its other files are fetched and verified, then the derived files are computed
+from them in `incoming/` and recorded (their sha256 on this device), and the copy is checked from then on
+against that record (`verify_copy`): so a new model of the same catalogue costs a device only the files that
+changed (client/device/sync.py reuses the others), and a derived file altered on the device is a repair like
+any other (derived again). Releases without a "derived" block install exactly as before.
+
 An install of the version in use checks the copy on the device again (`intact()`): an intact copy is kept
 (nothing changes); one that no longer verifies (a flipped byte, a missing file or folder) is a repair: the
 verified download replaces it (`replace_folder`) and `state.json` stays as it is. `withdraw_current()` falls
@@ -30,6 +37,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
+from shared.derived_items import DERIVED_FILES, check_record, derive_files, derived_names, write_record
 from shared.errors import DataError, SignatureError
 from shared.release_manifest import (
     MANIFEST_NAME,
@@ -37,8 +45,8 @@ from shared.release_manifest import (
     RELEASE_KIND,
     listed_sizes,
     read_manifest,
+    verify_files,
     verify_manifest,
-    verify_release,
 )
 from shared.signing import Ed25519PublicKey
 
@@ -77,11 +85,33 @@ def fetch_manifest(
     return manifest
 
 
-def fetch_files(fetch: Fetch, folder: Path, manifest: dict[str, Any]) -> None:
-    """Fetch every file the (signed) `manifest` lists into `folder`, each stopped at its listed size (the
-    sha256s are not verified yet: the caller verifies before using anything)."""
+def fetch_files(fetch: Fetch, folder: Path, manifest: dict[str, Any], *, skip: Collection[str] = ()) -> None:
+    """Fetch every file the (signed) `manifest` lists into `folder` but those in `skip` (the files a device
+    derives), each stopped at its listed size (the sha256s are not verified yet: the caller verifies before
+    using anything)."""
     for name, size in listed_sizes(manifest).items():
-        _fetch_file(fetch, name, folder, size)
+        if name not in skip:
+            _fetch_file(fetch, name, folder, size)
+
+
+def verify_copy(folder: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """The manifest of a device's copy of a release after checking it: the signature against the pinned
+    key, every file the device downloads against its sha256 in the manifest, every file it derived against
+    the record it wrote when it derived them (shared/derived_items.py). SignatureError/DataError otherwise."""
+    manifest = read_manifest(folder)
+    verify_manifest(manifest, public_key)
+    derived = derived_names(manifest)
+    verify_files(folder, manifest, [name for name in manifest["files"] if name not in derived])
+    check_record(folder, manifest)
+    return manifest
+
+
+def derive_copy(folder: Path, manifest: dict[str, Any]) -> None:
+    """Compute the files `manifest` marks derived into `folder` from its verified inputs, and record them."""
+    derived = derived_names(manifest)
+    if derived:
+        derive_files(folder, [name for name in DERIVED_FILES if name in derived])
+        write_record(folder, manifest)
 
 
 def download(
@@ -188,11 +218,13 @@ class ReleaseCache:
             if type(version) is not int or version < 1:
                 raise DataError(f"release version {version!r} is not an int >= 1")
             _check_version(version, current, expected_version, withdrawn, allow_older=allow_older)
-            fetch_files(fetch, self.incoming, manifest)
-            verify_release(self.incoming, self.public_key)
+            derived = derived_names(manifest)
+            fetch_files(fetch, self.incoming, manifest, skip=derived)
+            verify_files(self.incoming, manifest, [n for n in manifest["files"] if n not in derived])
             if version == current and self.intact():
                 shutil.rmtree(self.incoming, ignore_errors=True)
                 return version
+            derive_copy(self.incoming, manifest)  # only from inputs that verified
         except Exception:
             shutil.rmtree(self.incoming, ignore_errors=True)
             raise
@@ -244,7 +276,7 @@ class ReleaseCache:
         folder = self.current()
         if folder is None:
             raise DataError("no release installed")
-        return verify_release(folder, self.public_key)
+        return verify_copy(folder, self.public_key)
 
     def _folder(self, version: int) -> Path:
         return self.root / "releases" / f"{int(version):06d}"

@@ -2,16 +2,17 @@
 
 `sync(cache, base_url)` reads the service's signed release index (refused when it is not signed by the pinned
 key, older than one the device accepted before, or expired: shared/release_index.py), falls back when the
-release in use was withdrawn, and installs the latest release when it is newer; when it is not, and the
-copy of the release in use no longer verifies (a flipped byte, a missing file or folder), it downloads that
-version again and installs it in place (`SyncResult.repaired`). Files are fetched with If-None-Match set to
-the sha256 of the same file in the release in use, so unchanged files (a 304) are copied locally instead of
-downloaded. Everything fetched still goes through ReleaseCache.install, which verifies before switching and
-is told the version the verified index names and the versions it withdraws: a mirror that serves another
-release (say a withdrawn one, validly signed) at that address is refused, every time. Each download stops
-at the size the signed manifest lists (the manifest itself at MAX_MANIFEST_BYTES). Then the catalogue delta
-that the index names as the head of the release in use is applied when it is newer
-(client/device/deltas.py).
+release in use was withdrawn, and installs the latest release when it is newer; when it is not, and the copy
+of the release in use no longer verifies (a flipped byte, a missing file or folder), it downloads that version
+again and installs it in place (`SyncResult.repaired`). Files are fetched with If-None-Match set to the sha256
+of the same file in the release in use, so unchanged files (a 304) are copied locally instead of downloaded.
+Files the signed manifest marks derived (shared/derived_items.py) are not fetched at all: the device computes
+them from the others (`SyncResult.derived`), so a new model of the same catalogue costs the model's files
+only. Everything fetched still goes through ReleaseCache.install, which verifies before switching and is told
+the version the verified index names and the versions it withdraws: a mirror that serves another release (say
+a withdrawn one, validly signed) at that address is refused, every time. Each download stops at the size the
+signed manifest lists (the manifest itself at MAX_MANIFEST_BYTES). Then the catalogue delta that the index
+names as the head of the release in use is applied when it is newer (client/device/deltas.py).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from typing import Any
 
 from client.device.deltas import sync_deltas
 from client.device.release_cache import Fetch, ReleaseCache, copy_bounded
+from shared.derived_items import derived_names
 from shared.errors import DataError
 from shared.release_index import verify_index
-from shared.release_manifest import file_digest
+from shared.release_manifest import file_digest, read_manifest
 
 TIMEOUT_S = 30
 
@@ -38,8 +40,10 @@ class SyncResult:
     current: int | None
     installed: int | None = None
     fell_back: bool = False
-    downloaded: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
+    downloaded: list[str] = field(default_factory=list)  # files fetched from the service (HTTP 200)
+    reused: list[str] = field(default_factory=list)  # files the service said are unchanged (304): copied
+    derived: list[str] = field(default_factory=list)  # files computed on the device, never fetched
+    downloaded_bytes: int = 0  # bytes of the `downloaded` files (the index and delta fetches not counted)
     delta: int | None = None  # the catalogue delta applied by this sync (client/device/deltas.py)
     repaired: bool = False  # the release in use did not verify and was downloaded again (same version)
 
@@ -69,6 +73,7 @@ def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResu
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
                 copy_bounded(response, destination, max_bytes=max_bytes, name=name)
             result.downloaded.append(name)
+            result.downloaded_bytes += destination.stat().st_size
         except urllib.error.HTTPError as exc:
             if exc.code == 304 and local is not None:
                 with local.open("rb") as source:
@@ -80,6 +85,12 @@ def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResu
             raise DataError(f"{url}: {exc}") from exc
 
     return fetch
+
+
+def derived_in_use(cache: ReleaseCache) -> list[str]:
+    """The files of the release in use that the device derived rather than downloaded."""
+    folder = cache.current()
+    return [] if folder is None else sorted(derived_names(read_manifest(folder)))
 
 
 def sync(cache: ReleaseCache, base_url: str, *, now_s: float | None = None) -> SyncResult:
@@ -105,10 +116,12 @@ def sync(cache: ReleaseCache, base_url: str, *, now_s: float | None = None) -> S
         fetch = http_fetch(base_url, latest, cache.current(), result)
         result.installed = cache.install(fetch, expected_version=latest, withdrawn=withdrawn)
         result.current = result.installed
+        result.derived = derived_in_use(cache)
     elif result.current is not None and not cache.intact():  # the copy on the device was altered
         fetch = http_fetch(base_url, result.current, cache.current(), result)
         cache.install(fetch, expected_version=result.current, withdrawn=withdrawn)
         result.repaired = True
+        result.derived = derived_in_use(cache)
     if result.current is not None:
         result.delta = sync_deltas(cache, base_url, signed)
     return result

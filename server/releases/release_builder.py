@@ -16,6 +16,16 @@ A release folder (see shared/release_manifest.py for the manifest) holds:
 - `trending_counts.npy` (N,) float32 when the run made DP trending releases: the latest accounted counts
   (server/releases/release_trending.py), bound to their ledger entry in the manifest's privacy block.
 
+The per-item arrays above (item vectors f32/int8 and scales, item bias, codes and code scales) are DERIVED
+(shared/derived_items.py) for a model without an item-id residual: the release also carries what they are
+computed from, `item_text_int8.npy` + `item_text_scales.npy` (the catalogue's text embeddings, per-row
+int8), `item_attributes.npy` (each item's attribute multi-hot columns), `item_popularity_prior.npy` (when the
+model has a non-zero prior), the item tower's weights (`item_tower_down.npy`, `item_tower_up.npy`,
+`item_tower_attributes.npy`, `item_tower_bias.npy`) and the projection; the manifest's "derived" block names
+them. The server's copies are written by the same numpy derivation a device runs (`derive_files`), checked
+against the torch model first (`check_derivation`, `check_released_rows`). A model with an item-id residual
+gets the per-item arrays written from the torch model as they are, and no "derived" block.
+
 A run with a popularity prior (server/trending/popularity_release.py) is rebuilt with the prior it used
 (the run folder's popularity_prior.npy), so `item_bias.npy` includes it; the manifest's privacy block binds
 the prior to its count release's ledger entry ("popularity_prior").
@@ -43,6 +53,23 @@ from server.releases.release_trending import epsilon_all, latest_trending, popul
 from shared.config import from_flat
 from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.source import load_configured
+from shared.derived_items import (
+    CHUNK_ROWS,
+    CODE_FILES,
+    ITEM_BIAS,
+    ITEM_SCALES,
+    ITEMS_F32,
+    ITEMS_INT8,
+    PRIOR,
+    TEXT_SCALES,
+    VECTOR_FILES,
+    ItemTowerWeights,
+    attribute_columns,
+    derive_files,
+    derived_block,
+    item_rows,
+    save_catalogue_inputs,
+)
 from shared.errors import ConfigError, DataError
 from shared.item_codes import (
     CODE_SCALES_FILE,
@@ -60,16 +87,13 @@ from shared.run_folder import RunFolder, load_round_checkpoint
 from shared.signing import Ed25519PublicKey
 
 USER_TOWER = "user_tower.onnx"
-ITEMS_F32 = "item_vectors_f32.npy"
-ITEMS_INT8 = "item_vectors_int8.npy"
-ITEM_SCALES = "item_scales.npy"
-ITEM_BIAS = "item_bias.npy"
 ITEMS_META = "items.json"
 SCORING = "scoring.json"
 INDEX = "index.json"
 ONNX_OPSET = 17
 START_CHECK_FIELDS = ("decision", "noised_gain_sum", "noise_std", "margin", "model_sha256_trained")
 USER_TOWER_INPUTS = ("history", "events", "gaps", "hour", "weekday")
+DERIVATION_TOLERANCE = 1e-5  # float32 rounding between torch and numpy: the formula is the model's
 
 
 def export_user_tower(model: TwoTower, path: Path) -> None:
@@ -134,8 +158,11 @@ class ReleaseSource:
     trending_file: Path | None = None  # the run's counts file for privacy["trending"], when there is one
 
 
-def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> None:
-    """The release's model and catalogue files (not the manifest) into `folder`."""
+def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> dict[str, Any]:
+    """The release's model and catalogue files (not the manifest) into `folder`; returns the manifest fields
+    besides "files" that they need: {"derived": ...} when the per-item arrays are derived from the release's
+    inputs (shared/derived_items.py), {} for a model with an item-id residual (its per-item arrays are
+    model parameters: written as they come)."""
     if catalogue.n_items != model.items.n_items:
         raise ConfigError(f"catalogue has {catalogue.n_items} items, the model {model.items.n_items}")
     model.eval()
@@ -143,17 +170,7 @@ def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> 
     with torch.no_grad():
         vectors, bias = model.items()
         temperature = float(model.temperature())
-    vectors_np = vectors.numpy().astype(np.float32)
-    q, scale = quantize_rows(vectors_np)
-    np.save(folder / ITEMS_F32, vectors_np)
-    np.save(folder / ITEMS_INT8, q)
-    np.save(folder / ITEM_SCALES, scale)
-    projection = principal_projection([vectors_np], code_dim_for(*vectors_np.shape))
-    codes, code_scales = coarse_codes(vectors_np, projection)
-    np.save(folder / PROJECTION_FILE, projection)
-    np.save(folder / CODES_FILE, codes)
-    np.save(folder / CODE_SCALES_FILE, code_scales)
-    np.save(folder / ITEM_BIAS, bias.numpy().astype(np.float32))
+    vectors_np, bias_np = vectors.numpy().astype(np.float32), bias.numpy().astype(np.float32)
     (folder / ITEMS_META).write_text(json.dumps(catalogue_metadata(catalogue), ensure_ascii=False))
     scoring = {
         "temperature": temperature,
@@ -161,6 +178,101 @@ def write_release_files(model: TwoTower, catalogue: Catalogue, folder: Path) -> 
         "dim": int(vectors.shape[1]),
     }
     (folder / SCORING).write_text(json.dumps(scoring))
+    if model.items.id_emb is not None:
+        write_item_arrays(vectors_np, bias_np, folder)
+        return {}
+    write_derivation_inputs(model, folder)
+    check_derivation(model, vectors_np, bias_np)
+    derive_files(folder, (*VECTOR_FILES, ITEM_BIAS))  # the server's copies, as a device derives them
+    check_released_rows(model, folder, vectors_np, bias_np)
+    derived = np.load(folder / ITEMS_F32, mmap_mode="r")
+    chunks = (derived[lo : lo + CHUNK_ROWS] for lo in range(0, len(derived), CHUNK_ROWS))
+    np.save(folder / PROJECTION_FILE, principal_projection(chunks, code_dim_for(*derived.shape)))
+    del derived
+    derive_files(folder, CODE_FILES)
+    return {"derived": derived_block({p.name for p in folder.iterdir()})}
+
+
+def write_item_arrays(vectors: np.ndarray, bias: np.ndarray, folder: Path) -> None:
+    """The per-item arrays of a release whose devices download them (no "derived" block): the vectors
+    (N, E) float32 and bias (N,) as they are, their int8 form, the projection and the coarse codes."""
+    q, scale = quantize_rows(vectors)
+    np.save(folder / ITEMS_F32, vectors)
+    np.save(folder / ITEMS_INT8, q)
+    np.save(folder / ITEM_SCALES, scale)
+    projection = principal_projection([vectors], code_dim_for(*vectors.shape))
+    codes, code_scales = coarse_codes(vectors, projection)
+    np.save(folder / PROJECTION_FILE, projection)
+    np.save(folder / CODES_FILE, codes)
+    np.save(folder / CODE_SCALES_FILE, code_scales)
+    np.save(folder / ITEM_BIAS, bias)
+
+
+def tower_weights(model: TwoTower) -> ItemTowerWeights:
+    """The item tower's weights as a release ships them (shared/derived_items.py)."""
+    tower = model.items
+    weight = tower.popularity_weight
+    with torch.no_grad():
+        offset = [tower.bias.bias.reshape(1), torch.zeros(1) if weight is None else weight.reshape(1)]
+        return ItemTowerWeights(
+            down=tower.down.weight.numpy().astype(np.float32),
+            up=tower.up.weight.numpy().astype(np.float32),
+            attributes=tower.embed_attributes.weight.numpy().astype(np.float32),
+            bias=torch.cat([tower.bias.weight.reshape(-1), *offset]).numpy().astype(np.float32),
+        )
+
+
+def released_prior(model: TwoTower) -> np.ndarray | None:
+    """The popularity prior a release ships: None when the model has no prior term or it is all zeros."""
+    prior = model.items.popularity.numpy().astype(np.float32)
+    return None if model.items.popularity_weight is None or not prior.any() else prior
+
+
+def write_derivation_inputs(model: TwoTower, folder: Path) -> None:
+    """The derivation's inputs: the catalogue's text (int8) and attribute columns, the run's prior, the
+    item tower's weights."""
+    save_catalogue_inputs(folder, model.items.text.numpy(), attribute_columns(model.items.attributes.numpy()))
+    prior = released_prior(model)
+    if prior is not None:
+        np.save(folder / PRIOR, prior)
+    tower_weights(model).save(folder)
+
+
+def check_derivation(model: TwoTower, vectors: np.ndarray, bias: np.ndarray) -> None:
+    """DataError unless the numpy derivation (shared/derived_items.py), fed the model's own float32 text,
+    gives the torch model's item vectors and bias within float32 rounding (DERIVATION_TOLERANCE): the
+    formula devices use is the model's."""
+    columns = attribute_columns(model.items.attributes.numpy())
+    weights, prior = tower_weights(model), released_prior(model)
+    text = model.items.text.numpy()
+    for lo in range(0, len(text), CHUNK_ROWS):
+        hi = lo + CHUNK_ROWS
+        got = item_rows(text[lo:hi], columns[lo:hi], weights, None if prior is None else prior[lo:hi])
+        for name, mine, torch_rows in (("vectors", got[0], vectors[lo:hi]), ("bias", got[1], bias[lo:hi])):
+            if not np.allclose(mine, torch_rows, rtol=DERIVATION_TOLERANCE, atol=DERIVATION_TOLERANCE):
+                error = float(np.abs(mine - torch_rows).max())
+                raise DataError(f"the derived item {name} differ from the model's by up to {error:.3g}")
+
+
+def check_released_rows(model: TwoTower, folder: Path, vectors: np.ndarray, bias: np.ndarray) -> None:
+    """DataError unless the released (derived, from int8 text) vectors and bias are within the bound that
+    the text's quantisation allows of the model's: |dv_j| <= e_j (1 + max row sum |U D|), |db_j| <= e_j
+    ||w||_1, e_j = s_j / 2 the row's largest text rounding error (plus float32 rounding)."""
+    weights = tower_weights(model)
+    half_step = np.load(folder / TEXT_SCALES) / 2
+    gain = 1 + float(np.abs(weights.up @ weights.down).sum(axis=1).max())
+    bounds = {"vectors": half_step * gain, "bias": half_step * float(np.abs(weights.bias[:-2]).sum())}
+    released = {"vectors": np.load(folder / ITEMS_F32, mmap_mode="r"), "bias": np.load(folder / ITEM_BIAS)}
+    for lo in range(0, len(vectors), CHUNK_ROWS):
+        hi = lo + CHUNK_ROWS
+        errors = {
+            "vectors": np.abs(released["vectors"][lo:hi] - vectors[lo:hi]).max(axis=1),
+            "bias": np.abs(released["bias"][lo:hi] - bias[lo:hi]),
+        }
+        for name, error in errors.items():
+            limit = bounds[name][lo:hi] * (1 + DERIVATION_TOLERANCE) + DERIVATION_TOLERANCE
+            if (error > limit).any():
+                raise DataError(f"released item {name} are further from the model's than int8 text allows")
 
 
 def load_run(

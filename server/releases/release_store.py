@@ -113,7 +113,7 @@ class ReleaseStore:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             try:
-                write_release_files(model, catalogue, staging)
+                fields = write_release_files(model, catalogue, staging)  # {"derived": ...} or {}
                 if source.trending_file is not None:
                     shutil.copyfile(source.trending_file, staging / TRENDING_COUNTS)
                 files = {p.name: file_digest(p) for p in sorted(staging.iterdir())}
@@ -126,6 +126,7 @@ class ReleaseStore:
                         "encoder": source.encoder,
                         "privacy": source.privacy,
                         "files": files,
+                        **fields,
                     },
                     key,
                 )

@@ -3,6 +3,7 @@ atomic swaps and fallback, the local event store, and `fedhome-client`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from client.device.ranker import DeviceRanker, Event
 from client.device.release_cache import ReleaseCache, copy_from
 from server.releases.release_store import ReleaseStore
 from shared.data.schema import EVENT_CODE
+from shared.derived_items import TEXT_INT8, TEXT_SCALES
 from shared.errors import DataError, SignatureError
 from shared.history import gap_buckets, request_context
 from shared.model import HistoryBatch, TwoTower
@@ -47,9 +49,19 @@ def history(ranker: DeviceRanker, n: int = 4) -> list[Event]:
     return [Event(ids[7 * i + 3], kinds[i % len(kinds)], NOW - 3_600 * (n - i) * 5) for i in range(n)]
 
 
+def as_released(model: TwoTower, folder: Path) -> TwoTower:
+    """`model` with the text embeddings its release carries (int8, shared/derived_items.py): what the
+    release's derived item vectors are exactly."""
+    released = copy.deepcopy(model)
+    text = np.load(folder / TEXT_INT8).astype(np.float32) * np.load(folder / TEXT_SCALES)[:, None]
+    released.items.text.copy_(torch.from_numpy(text))
+    return released
+
+
 @pytest.mark.parametrize("n_events", [1, 4, 6, 9])
 def test_device_scores_equal_the_torch_model_with_padded_histories(releases: Releases, n_events: int) -> None:
     store, model, _ = releases
+    model = as_released(model, store.folder(1))
     ranker = DeviceRanker(store.folder(1), precision="float32")
     events = history(ranker, n_events)
     user = ranker.user_vector(events, NOW)
@@ -111,8 +123,8 @@ def test_cache_installs_verified_releases_keeps_the_previous_and_falls_back(
 
 
 @pytest.mark.parametrize(
-    "victim", ["user_tower.onnx", "item_vectors_int8.npy", "items.json", "manifest.json"]
-)
+    "victim", ["user_tower.onnx", "item_text_int8.npy", "item_tower_up.npy", "items.json", "manifest.json"]
+)  # files a device downloads (those it derives: tests/client/test_derived_release.py)
 def test_a_flipped_byte_is_refused_and_the_cache_is_unchanged(
     releases: Releases, tmp_path: Path, victim: str
 ) -> None:

@@ -18,6 +18,7 @@ from server.releases.release_store import ReleaseStore
 from shared.config import FedhomeConfig
 from shared.data.source import configured_split
 from shared.data.split import Split
+from shared.derived_items import PRIOR
 from shared.privacy.accounting import RoundEvent, pld_epsilon
 from shared.release_manifest import popularity_prior_sha256
 from shared.run_folder import RunFolder, load_popularity_prior
@@ -130,7 +131,12 @@ def test_a_release_of_the_run_bakes_the_prior_in_and_is_bound_to_its_entry(
     store = ReleaseStore(tmp_path / "releases")
     version = store.publish(model, catalogue, source, key)
     _, bias = model.items()
-    np.testing.assert_allclose(np.load(store.folder(version) / ITEM_BIAS), bias.detach().numpy(), rtol=1e-6)
+    released = store.folder(version)
+    np.testing.assert_array_equal(np.load(released / PRIOR), prior)  # the prior ships; the bias has it
+    w = np.load(released / "item_tower_bias.npy")[:-2]
+    half_step = np.load(released / "item_text_scales.npy") / 2  # the bias is derived from int8 text
+    error = np.abs(np.load(released / ITEM_BIAS) - bias.detach().numpy())
+    assert (error <= half_step * float(np.abs(w).sum()) + 1e-5).all()
     public_key = load_public_key(folder.public_key)
     audit = build_report(folder.root, public_key, release=store.folder(version))
     assert audit["release"]["ok"], audit["release"]
