@@ -69,6 +69,7 @@ from shared.data.synthetic.group_sampling import sample_in_groups, sample_rows
 from shared.data.synthetic.session_events import choose_items
 from shared.data.synthetic.shop import generate_shop, shopper_tastes
 from shared.data.synthetic.shoppers import FAVOURITE_LEAF_PROB, HOUR_WEIGHTS, Tastes
+from shared.derived_items import derived_names
 from shared.errors import BudgetExhaustedError, ConfigError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.features import popularity_from_counts, recent_item_counts
@@ -412,8 +413,10 @@ class Arm:
         folder = self.cache.current()
         if folder is None:
             raise ConfigError(f"arm {self.name}: the release did not install")
-        files = read_manifest(folder)["files"]
-        changed = [n for n, d in files.items() if self.held.get(n) != d["sha256"]]
+        manifest_fields = read_manifest(folder)
+        files, derived = manifest_fields["files"], derived_names(manifest_fields)
+        # what sync fetches: the files that changed, but never those the device derives (computes itself)
+        changed = [n for n, d in files.items() if self.held.get(n) != d["sha256"] and n not in derived]
         manifest = (folder / MANIFEST_NAME).stat().st_size
         self.pending_download += manifest + sum(int(files[n]["bytes"]) for n in changed)
         self.held = {n: str(d["sha256"]) for n, d in files.items()}
