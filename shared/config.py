@@ -469,7 +469,7 @@ class PopularityReleaseConfig:
 
 OnlineArmBase = Literal["popularity", "text", "federated", "central"]
 ONLINE_ARM_BASES: tuple[OnlineArmBase, ...] = ("popularity", "text", "federated", "central")
-DIVERSE_SUFFIX = "+diverse"  # an arm whose homepage diversifies For you (online.diversity)
+FLAT_SUFFIX = "+flat"  # an arm whose For you is not diversified (HomepageRules.diversity = 0)
 OnlineEventStore = Literal["memory", "sqlite"]
 
 
@@ -483,8 +483,8 @@ class OnlineConfig:
     Arms: "popularity" (the shop's event counts so far), "text" (the untrained model start: text
     similarity), "federated" (`rounds_per_day` federated rounds a night under user-level DP, by the server's
     Coordinator), "central" (non-private retraining on every shopper's events, warm-started day to day),
-    each also as "<arm>+diverse" (For you diversified with HomepageRules.diversity = `diversity`; the
-    plain arms' For you is not diversified, HomepageRules.diversity = 0).
+    each composing the product's homepage (For you diversified with HomepageRules.diversity = `diversity`,
+    the homepage's default), and each also as "<arm>+flat" (For you not diversified: diversity 0).
 
     Privacy: the federated arm's `epsilon` is a LIFETIME user-level budget over the whole horizon: its noise
     multiplier is calibrated for (days - 1) * rounds_per_day rounds at `sample_rate` (no night after the last
@@ -515,7 +515,7 @@ class OnlineConfig:
     section_size: int = 8
     per_category: int = 3
     because_sections: int = 2
-    diversity: float = 0.3  # HomepageRules.diversity of the "+diverse" arms (its default; MMR, in (0, 1])
+    diversity: float = 0.3  # HomepageRules.diversity of every arm but "+flat" ones (its default; in (0, 1])
 
     def __post_init__(self) -> None:
         for name in ("days", "shoppers", "items", "rounds_per_day", "epsilon", "central_steps_per_day"):
@@ -533,7 +533,7 @@ class OnlineConfig:
             raise ConfigError("online.because_sections, seed and central_warmup_epochs must be >= 0")
         if self.event_store not in ("memory", "sqlite"):
             raise ConfigError(f"online.event_store must be 'memory' or 'sqlite', got {self.event_store!r}")
-        known = [*ONLINE_ARM_BASES, *(a + DIVERSE_SUFFIX for a in ONLINE_ARM_BASES)]
+        known = [*ONLINE_ARM_BASES, *(a + FLAT_SUFFIX for a in ONLINE_ARM_BASES)]
         unknown = [a for a in self.arms if a not in known]
         if unknown or not self.arms or len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"online.arms must be distinct names of {known}, got {list(self.arms)}")

@@ -60,7 +60,7 @@ from server.rounds.coordinator import Coordinator
 from server.rounds.messaging import Population, TrainReplies
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from server.strategy import check_update_sum
-from shared.config import DIVERSE_SUFFIX, FedhomeConfig, OnlineConfig, to_flat, with_overrides
+from shared.config import FLAT_SUFFIX, FedhomeConfig, OnlineConfig, to_flat, with_overrides
 from shared.data.device_rows import sequences_from_logs
 from shared.data.schema import EVENT_TYPES, Catalogue
 from shared.data.split import UserSequences
@@ -362,14 +362,14 @@ class DayRow:
         return row
 
 
-def homepage_rules(online: OnlineConfig, *, diverse: bool) -> HomepageRules:
-    """The homepage rules of the config, For you diversified (HomepageRules.diversity = online.diversity)
-    with `diverse` and not at all without."""
+def homepage_rules(online: OnlineConfig, *, flat: bool) -> HomepageRules:
+    """The homepage rules of the config: For you diversified (HomepageRules.diversity = online.diversity,
+    the homepage's default), or not at all when `flat` (a "+flat" arm)."""
     return HomepageRules(
         section_size=online.section_size,
         per_category=online.per_category,
         because_sections=online.because_sections,
-        diversity=online.diversity if diverse else 0.0,
+        diversity=0.0 if flat else online.diversity,
     )
 
 
@@ -382,7 +382,7 @@ class Arm:
         self.name, self.world, self.folder, self.key = name, world, Path(folder), key
         online = world.online
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.rules = homepage_rules(online, diverse=name.endswith(DIVERSE_SUFFIX))
+        self.rules = homepage_rules(online, flat=name.endswith(FLAT_SUFFIX))
         self.logs: DeviceLogs = (
             SqliteLogs(self.folder / "devices", world.prior_logs)
             if online.event_store == "sqlite"
@@ -678,7 +678,7 @@ ARM_CLASSES: dict[str, type[Arm]] = {
 
 
 def make_arm(name: str, world: OnlineWorld, folder: Path, key: Ed25519PrivateKey) -> Arm:
-    return ARM_CLASSES[name.removesuffix(DIVERSE_SUFFIX)](name, world, folder / name, key)
+    return ARM_CLASSES[name.removesuffix(FLAT_SUFFIX)](name, world, folder / name, key)
 
 
 # -- one day in one arm -----------------------------------------------------------------------------------
