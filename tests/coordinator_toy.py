@@ -11,10 +11,27 @@ import numpy as np
 from server.rounds.messaging import Population, TrainReplies
 from server.rounds.run_hooks import RunAccess
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
+from shared.config import FedhomeConfig, with_overrides
 from shared.privacy.mechanism import UserClipping
 
 DIM = 12
 POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
+
+
+def toy_run_config(run_dir: Path, rounds: int, extra: dict[str, str] | None = None) -> FedhomeConfig:
+    """The coordinator tests' run: q 0.5, z 1.0, a budget of epsilon 100, noise seed 5, `extra` on top."""
+    settings = {
+        "federated.run_dir": str(run_dir),
+        "federated.rounds": str(rounds),
+        "federated.sample_rate": "0.5",
+        "federated.eval_every": "2",
+        "privacy.noise_multiplier": "1.0",
+        "privacy.target_epsilon": "100",
+        "privacy.seed": "5",
+        **(extra or {}),
+    }
+    config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
+    return config
 
 
 class FakeNodes:

@@ -23,6 +23,9 @@ from typing import Any, NoReturn
 
 import pytest
 
+from client.device.device_folder import events_path
+from client.device.event_store import EventStore
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: flwr, flower-superlink, flower-supernode, ...
 # The tiny shop of the simulation tests for 2 rounds, with no evaluation between rounds: every message starts
@@ -31,6 +34,20 @@ TINY_RUN = {"federated__rounds": "2", "federated__eval_every": "0", "federated__
 PRUNED = (".git", ".venv", "runs", ".cache", "build", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis")
 START_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 300.0  # the whole run took 83-124 s on the shared 2-core machines (about 40 s of CPU)
+
+
+DEVICE_T0 = 1_700_000_000  # unix seconds of a device's first recorded event in the device tests
+
+
+def record_views(device_dir: Path, items: list[str], *, start: int = 0) -> None:
+    """Views of `items`, one a minute from DEVICE_T0 + `start` minutes, into the device folder's event store
+    as the SDK records them."""
+    store = EventStore(events_path(device_dir))
+    try:
+        for i, item in enumerate(items):
+            store.add(item, "view", DEVICE_T0 + 60 * (start + i))
+    finally:
+        store.close()
 
 
 def stage_app(dest: Path) -> Path:

@@ -14,11 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deployment_toy import RUN_TIMEOUT_S, TINY_RUN, Deployment, running_deployment, wait_for_health
+from deployment_toy import (
+    DEVICE_T0,
+    RUN_TIMEOUT_S,
+    TINY_RUN,
+    Deployment,
+    record_views,
+    running_deployment,
+    wait_for_health,
+)
 from federated_toy import read_jsonl, tiny_config, tiny_settings
 
-from client.device.device_folder import events_path
-from client.device.event_store import EventStore
 from client.device.receipts import ReceiptStore
 from client.training.device_store import DeviceStore
 from shared.data.source import configured_split
@@ -29,22 +35,12 @@ pytestmark = pytest.mark.deployment
 DEVICES = 3
 CAPPED = 2  # this device's own participation cap is 1: it joins round 1 only
 FIRST, LATER = 3, 3  # distinct items each device views before the run, and between rounds 1 and 2
-T0 = 1_700_000_000  # unix seconds of the first event
+T0 = DEVICE_T0  # unix seconds of the first event
 
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     yield from running_deployment(tmp_path)
-
-
-def record(folder: Path, items: list[str], *, start: int) -> None:
-    """Views of `items`, one a minute from T0 + `start` minutes, as the SDK records them."""
-    store = EventStore(events_path(folder))
-    try:
-        for i, item in enumerate(items):
-            store.add(item, "view", T0 + 60 * (start + i))
-    finally:
-        store.close()
 
 
 def wait_for_round_one(deployment: Deployment, folders: list[Path]) -> None:
@@ -83,8 +79,8 @@ def test_three_devices_train_from_their_stores_and_see_new_events_in_the_next_ro
     for d, folder in enumerate(folders):
         folder.mkdir(parents=True)
         own = ids[d * per_device : (d + 1) * per_device]
-        record(folder, own[:FIRST], start=0)
-    record(folders[0], ["an-item-this-shop-does-not-sell"], start=FIRST)  # left out, counted locally
+        record_views(folder, own[:FIRST], start=0)
+    record_views(folders[0], ["an-item-this-shop-does-not-sell"], start=FIRST)  # left out, counted locally
 
     link_port = deployment.start_superlink()
     for d, folder in enumerate(folders):
@@ -97,7 +93,7 @@ def test_three_devices_train_from_their_stores_and_see_new_events_in_the_next_ro
     run_id = deployment.submit(settings)
     wait_for_round_one(deployment, folders)
     for d, folder in enumerate(folders):  # the shoppers go on between the rounds
-        record(folder, ids[d * per_device + FIRST : (d + 1) * per_device], start=FIRST + 1)
+        record_views(folder, ids[d * per_device + FIRST : (d + 1) * per_device], start=FIRST + 1)
     deployment.require_completed(run_id, run_dir / "summary.json")
 
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deployment_toy import DEVICE_T0, record_views
 from federated_toy import tiny_config
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
@@ -44,7 +45,7 @@ from shared.model.params import get_flat
 from shared.run_folder import RunFolder
 
 TEXT_DIM = 24
-T0 = 1_700_000_000  # unix seconds of the first event
+T0 = DEVICE_T0  # unix seconds of the first event
 SETTINGS = RoundSettings(
     round=1, run_id="run-d", sample_rate=1.0, noise_multiplier=1.0, delta=1e-5, participation_cap=0,
     clip_norm=10.0, local_noise_multiplier=0.0, round_seed=3, noise_seed=-1,
@@ -85,16 +86,6 @@ def item_ids(node: Node) -> list[str]:
     return node.shared.split.dataset.catalogue.item_ids
 
 
-def record(device_dir: Path, items: list[str], *, start: int = 0) -> None:
-    """Views of `items`, one a minute from T0 + `start` minutes, as the SDK records them."""
-    store = EventStore(events_path(device_dir))
-    try:
-        for i, item in enumerate(items):
-            store.add(item, "view", T0 + 60 * (start + i))
-    finally:
-        store.close()
-
-
 def train(node: Node, state: RecordDict, *, round_number: int, cap: int = 0) -> TrainReply:
     settings = dataclasses.replace(SETTINGS, round=round_number, participation_cap=cap)
     params = get_flat(node.shared.model, node.shared.layout)
@@ -125,7 +116,7 @@ def test_device_dir_alone_keeps_its_meaning_for_a_partition_node(
     config: FedhomeConfig, tmp_path: Path
 ) -> None:
     """A store in "device-dir" does not make a partition node train from it: only "train-from" does."""
-    record(tmp_path, ["x"])
+    record_views(tmp_path, ["x"])
     context = Context(
         1, 1, {"partition-id": 3, "num-partitions": 40, "device-dir": str(tmp_path)}, RecordDict({}), {}
     )
@@ -159,10 +150,10 @@ def test_events_recorded_between_rounds_are_in_the_next_rounds_examples(
     folder = tmp_path / "device"
     folder.mkdir()
     ids = item_ids(load_node(config, device_context(folder)))
-    record(folder, ids[:3])
+    record_views(folder, ids[:3])
     state = RecordDict({})
     first = train(load_node(config, device_context(folder)), state, round_number=1)
-    record(folder, ids[3:6], start=3)  # the shopper goes on between rounds
+    record_views(folder, ids[3:6], start=3)  # the shopper goes on between rounds
     second = train(load_node(config, device_context(folder)), state, round_number=2)
     assert (first.count, second.count) == (1, 1)
     assert not np.allclose(first.update_sum, second.update_sum)  # same params and round seed, more examples
@@ -184,7 +175,7 @@ def test_unknown_items_are_left_out_and_counted_without_ids(
     node, ids = device
     assert node.store is not None
     unknown = ["withdrawn-item-7", "other-shop-item-9"]
-    record(node.store.folder, [ids[0], unknown[0], ids[1], unknown[1], ids[2]])
+    record_views(node.store.folder, [ids[0], unknown[0], ids[1], unknown[1], ids[2]])
     with caplog.at_level(logging.DEBUG, logger=STORE_NODE):
         assert train(node, RecordDict({}), round_number=1).count == 1
     lines = [r.getMessage() for r in caplog.records if r.name == STORE_NODE]
@@ -228,7 +219,7 @@ def test_a_device_at_its_cap_refuses_and_logs_no_round(config: FedhomeConfig, tm
     folder = tmp_path / "device"
     folder.mkdir()
     node = load_node(config, device_context(folder, **{"participation-cap": 1}))
-    record(folder, item_ids(node)[:4])
+    record_views(folder, item_ids(node)[:4])
     state = RecordDict({})
     assert train(node, state, round_number=1).count == 1
     capped = train(node, state, round_number=2)
@@ -239,7 +230,7 @@ def test_a_device_at_its_cap_refuses_and_logs_no_round(config: FedhomeConfig, tm
 def test_no_evaluation_and_no_start_check_on_a_device(device: tuple[Node, list[str]]) -> None:
     node, ids = device
     assert node.store is not None
-    record(node.store.folder, ids[:5])
+    record_views(node.store.folder, ids[:5])
     params = get_flat(node.shared.model, node.shared.layout)
     evaluate = Message(
         EvaluateRequest(params, "valid", 5).to_records(), dst_node_id=1, message_type="evaluate"
@@ -267,9 +258,9 @@ def test_trending_counts_the_store_as_it_is_now(device: tuple[Node, list[str]]) 
         reply = handle_trending(node, message, RecordDict({}))
         return reply.content.array_records["trending"]["sum"].numpy()
 
-    record(node.store.folder, ids[:2])
+    record_views(node.store.folder, ids[:2])
     before = trending()
-    record(node.store.folder, ids[2:4], start=2)
+    record_views(node.store.folder, ids[2:4], start=2)
     after = trending()
     assert np.count_nonzero(before) == 2 and np.count_nonzero(after) == 4
 

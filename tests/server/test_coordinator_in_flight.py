@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed
+from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed, toy_run_config
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
-from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
 from shared.model.params import ParamLayout
 from shared.run_folder import RunFolder
@@ -56,17 +55,7 @@ def make(
     kill_in: int = -1,
     kill_after: int = -1,
 ) -> Coordinator:
-    settings = {
-        "federated.run_dir": str(folder.root),
-        "federated.rounds": str(rounds),
-        "federated.sample_rate": "0.5",
-        "federated.eval_every": "2",
-        "privacy.noise_multiplier": "1.0",
-        "privacy.target_epsilon": "100",
-        "privacy.seed": "5",
-        **MODES[mode],
-    }
-    config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
+    config = toy_run_config(folder.root, rounds, MODES[mode])
     folder.create()
     return Coordinator(
         config,

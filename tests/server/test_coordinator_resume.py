@@ -9,14 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed, drop_last_lines
+from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed, drop_last_lines, toy_run_config
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
 from server.rounds.privacy_plan import PrivacyPlan, noise_multiplier_summary
 from server.rounds.run_hooks import RunHook
-from shared.config import FedhomeConfig, with_overrides
 from shared.errors import ConfigError
 from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent, pld_epsilon
@@ -32,17 +31,7 @@ def make(
     hooks: Sequence[RunHook] = (),
     extra: dict[str, str] | None = None,
 ) -> Coordinator:
-    settings = {
-        "federated.run_dir": str(folder),
-        "federated.rounds": str(rounds),
-        "federated.sample_rate": "0.5",
-        "federated.eval_every": "2",
-        "privacy.noise_multiplier": "1.0",
-        "privacy.target_epsilon": "100",
-        "privacy.seed": "5",
-        **(extra or {}),
-    }
-    config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
+    config = toy_run_config(folder, rounds, extra)
     run = RunFolder(folder)
     run.create()
     ledger = PrivacyLedger(run.ledger, signing_key=key)
