@@ -24,12 +24,15 @@ popularity prior. So every per-item array of a release is a function of three ki
 The derived files (DERIVED_FILES) are the release's item vectors, their int8 form, the item bias and the
 coarse codes, each computed from v and b exactly as the release builder computed them before
 (shared/item_codes.py). The release builder writes the server's copies with `derive_files`, and a device
-that understands SCHEME computes its own with the same function instead of downloading them. The signed
+that understands SCHEME downloads none of them: it computes the bias and the coarse codes with the same
+function (DEVICE_DERIVED) and keeps no vector file, reading a row's vector from its text when it needs one
+(client/device/vector_store.py TextVectorStore). The signed
 manifest names them in its "derived" block ({"scheme", "files": {name: {"from": [inputs]}}}); every file,
 derived or not, stays in "files" with its sha256, so a browser or an auditor that downloads everything
 verifies everything. Floats are not bit-exact across machines, so a derived file's sha256 there is the
 server's copy's: a device checks its own derived files against the record it writes when it derives them
-(RECORD, a name no manifest may list), bound to the manifest they were derived for.
+(RECORD, a name no manifest may list), bound to the manifest they were derived for; a derived file the
+device does not keep is simply absent from its copy.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ TOWER_FILES: Final = (TOWER_DOWN, TOWER_UP, TOWER_ATTRIBUTES)
 VECTOR_FILES: Final = (ITEMS_F32, ITEMS_INT8, ITEM_SCALES)
 CODE_FILES: Final = (CODES_FILE, CODE_SCALES_FILE)
 DERIVED_FILES: Final = (*VECTOR_FILES, ITEM_BIAS, *CODE_FILES)
+# what a device computes and keeps of them: its vectors it reads from the text when it needs a row
+# (client/device/vector_store.py TextVectorStore), so a new model adds no per-item vector file on the device
+DEVICE_DERIVED: Final = (ITEM_BIAS, *CODE_FILES)
 _DTYPES: Final[dict[str, np.dtype[Any]]] = {
     ITEMS_F32: np.dtype(np.float32),
     ITEMS_INT8: np.dtype(np.int8),
@@ -225,9 +231,16 @@ def derive_files(
         np.save(folder / CODES_FILE, codes)
 
 
+def device_derived_names(manifest: dict[str, Any]) -> list[str]:
+    """The derived files of `manifest` a device computes and keeps (DEVICE_DERIVED among derived_names), in
+    DERIVED_FILES order; the other derived files it neither fetches nor writes."""
+    names = derived_names(manifest)
+    return [name for name in DEVICE_DERIVED if name in names]
+
+
 def write_record(folder: Path, manifest: dict[str, Any]) -> None:
-    """Record the derived files in `folder` (RECORD: their sha256 and size, bound to `manifest`)."""
-    names = sorted(derived_names(manifest))
+    """Record the files a device derived in `folder` (RECORD: their sha256 and size, bound to `manifest`)."""
+    names = sorted(device_derived_names(manifest))
     record = {
         "scheme": SCHEME,
         "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
@@ -237,9 +250,10 @@ def write_record(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def check_record(folder: Path, manifest: dict[str, Any]) -> None:
-    """SignatureError unless every file `manifest` marks derived is in `folder` exactly as the record written
-    when it was derived says (for this manifest); a missing or unreadable record is one too."""
-    names = derived_names(manifest)
+    """SignatureError unless every file of `manifest` that a device derives (device_derived_names) is in
+    `folder` exactly as the record written when it was derived says (for this manifest); a missing or
+    unreadable record is one too."""
+    names = device_derived_names(manifest)
     if not names:
         return
     try:

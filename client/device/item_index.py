@@ -5,7 +5,9 @@ Scores are t * <u, v_j> + b_j (user vector u, item vector v_j, temperature t, it
   coded in 7 bits and scored against every item's int8 code of Q^T v_j (a scale per item) by onnxruntime's
   MatMulInteger, which reads the codes as bytes, item by item (int8_kernel.py): t * <Q^T u, Q^T v_j> + b_j.
 - Exact stage: the best `rescore` items by coarse score are scored again with the full-dimension vectors
-  (vector_store.py: the release's float32 file, memory-mapped, so only the rows read become resident).
+  (vector_store.py: the release's float32 file, memory-mapped, so only the rows read become resident; for a
+  release whose vectors a device derives, the catalogue's int8 text rows with the item tower folded into
+  the query, TextVectorStore, and no vector file at all).
 - Precision "float32" scores every item exactly: the reference path (the browser's ranker does the same).
 
 Resident memory of the int8 path for N items: codes P*N bytes (held item-major, (N, P), the kernel's
@@ -27,7 +29,8 @@ import numpy as np
 
 from client.device.int8_kernel import CoarseKernel, item_major_u8, quantize_user
 from client.device.top_n import auto_rescore, best
-from client.device.vector_store import VectorStore
+from client.device.vector_store import TextVectorStore, VectorStore
+from shared.derived_items import ITEMS_F32, derived_names
 from shared.errors import DataError
 from shared.item_codes import (
     CODE_SCALES_FILE,
@@ -109,10 +112,14 @@ class ItemIndex:
         folder = Path(folder)
         scoring = json.loads((folder / "scoring.json").read_text())
         # only files the signed manifest lists are used: verify_release checks no other file in the folder
-        listed = {name for name in read_manifest(folder)["files"] if (folder / name).is_file()}
+        manifest = read_manifest(folder)
+        listed = {name for name in manifest["files"] if (folder / name).is_file()}
         mmap: Literal["r"] | None = "r" if precision == "int8" else None  # exact: every row, every request
-        if "item_vectors_f32.npy" in listed:
-            store = VectorStore(np.load(folder / "item_vectors_f32.npy", mmap_mode=mmap))
+        store: VectorStore
+        if ITEMS_F32 in derived_names(manifest):  # a device keeps no vector file: rows from the text
+            store = TextVectorStore.from_folder(folder, mmap=mmap is not None)
+        elif ITEMS_F32 in listed:
+            store = VectorStore(np.load(folder / ITEMS_F32, mmap_mode=mmap))
         else:
             store = VectorStore(
                 np.load(folder / "item_vectors_int8.npy", mmap_mode=mmap), np.load(folder / "item_scales.npy")
@@ -275,7 +282,7 @@ class ItemIndex:
         order, scores = np.argsort(rows, kind="stable"), np.empty(len(rows), dtype=np.float32)
         for lo in range(0, len(rows), RESCORE_CHUNK):  # small pieces: no catalogue-size temporaries
             piece = order[lo : lo + RESCORE_CHUNK]
-            scores[piece] = alpha * (self.store.rows(rows[piece]) @ query)
+            scores[piece] = alpha * self.store.dots(rows[piece], query)
         return scores + self._bias[rows] if with_bias else scores
 
     def _exact_all(self, query: np.ndarray, alpha: float, *, with_bias: bool) -> np.ndarray:

@@ -14,11 +14,12 @@ leftover `incoming/` is discarded on the next install. A release that does not v
 cache is unchanged.
 
 A release whose signed manifest marks files as derived (shared/derived_items.py; a scheme this code knows)
-is installed without them: its other files are fetched and verified, then the derived files are computed
-from them in `incoming/` and recorded (their sha256 on this device), and the copy is checked from then on
-against that record (`verify_copy`): so a new model of the same catalogue costs a device only the files that
-changed (client/device/sync.py reuses the others), and a derived file altered on the device is a repair like
-any other (derived again). Releases without a "derived" block install exactly as before.
+is installed without them: its other files are fetched and verified, then the derived files a device keeps
+(the item bias and the coarse codes; its item vectors it reads from the text, never from a file) are
+computed from them in `incoming/` and recorded (their sha256 on this device), and the copy is checked from
+then on against that record (`verify_copy`): so a new model of the same catalogue costs a device only the
+files that changed (client/device/sync.py reuses the others), and a derived file altered on the device is a
+repair like any other (derived again). Releases without a "derived" block install exactly as before.
 
 An install of the version in use checks the copy on the device again (`intact()`): an intact copy is kept
 (nothing changes); one that no longer verifies (a flipped byte, a missing file or folder) is a repair: the
@@ -37,7 +38,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
-from shared.derived_items import DERIVED_FILES, check_record, derive_files, derived_names, write_record
+from shared.derived_items import check_record, derive_files, derived_names, device_derived_names, write_record
 from shared.errors import DataError, SignatureError
 from shared.release_manifest import (
     MANIFEST_NAME,
@@ -68,6 +69,20 @@ def copy_bounded(source: IO[bytes], destination: Path, *, max_bytes: int, name: 
                 raise DataError(f"{name} is longer than the {max_bytes} bytes expected; refused")
             out.write(chunk)
             left -= len(chunk)
+
+
+def reuse_file(source: Path, destination: Path, *, max_bytes: int, name: str) -> None:
+    """Put the file `source` (of a release the device holds) at `destination`: a hard link where the file
+    system allows one (release files are never changed in place: an install writes new ones), a bounded copy
+    otherwise; DataError naming `name` when it is longer than `max_bytes`. Linked, the releases a device
+    keeps share their unchanged catalogue files instead of holding one copy each."""
+    if source.stat().st_size > max_bytes:
+        raise DataError(f"{name} is longer than the {max_bytes} bytes expected; refused")
+    try:
+        os.link(source, destination)
+    except OSError:  # another file system, or one without hard links
+        with source.open("rb") as handle:
+            copy_bounded(handle, destination, max_bytes=max_bytes, name=name)
 
 
 def fetch_manifest(
@@ -107,10 +122,10 @@ def verify_copy(folder: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
 
 
 def derive_copy(folder: Path, manifest: dict[str, Any]) -> None:
-    """Compute the files `manifest` marks derived into `folder` from its verified inputs, and record them."""
-    derived = derived_names(manifest)
-    if derived:
-        derive_files(folder, [name for name in DERIVED_FILES if name in derived])
+    """Compute the derived files a device keeps (device_derived_names: the item bias and the coarse codes;
+    never the vector files) into `folder` from its verified inputs, and record them."""
+    if derived_names(manifest):
+        derive_files(folder, device_derived_names(manifest))
         write_record(folder, manifest)
 
 

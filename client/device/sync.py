@@ -5,7 +5,8 @@ key, older than one the device accepted before, or expired: shared/release_index
 release in use was withdrawn, and installs the latest release when it is newer; when it is not, and the copy
 of the release in use no longer verifies (a flipped byte, a missing file or folder), it downloads that version
 again and installs it in place (`SyncResult.repaired`). Files are fetched with If-None-Match set to the sha256
-of the same file in the release in use, so unchanged files (a 304) are copied locally instead of downloaded.
+of the same file in the release in use, so unchanged files (a 304) are taken from it (hard-linked, or copied
+where links are not possible) instead of downloaded.
 Files the signed manifest marks derived (shared/derived_items.py) are not fetched at all: the device computes
 them from the others (`SyncResult.derived`), so a new model of the same catalogue costs the model's files
 only. Everything fetched still goes through ReleaseCache.install, which verifies before switching and is told
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from client.device.deltas import sync_deltas
-from client.device.release_cache import Fetch, ReleaseCache, copy_bounded
+from client.device.release_cache import Fetch, ReleaseCache, copy_bounded, reuse_file
 from shared.derived_items import derived_names
 from shared.errors import DataError
 from shared.release_index import verify_index
@@ -41,7 +42,7 @@ class SyncResult:
     installed: int | None = None
     fell_back: bool = False
     downloaded: list[str] = field(default_factory=list)  # files fetched from the service (HTTP 200)
-    reused: list[str] = field(default_factory=list)  # files the service said are unchanged (304): copied
+    reused: list[str] = field(default_factory=list)  # files the service said are unchanged (304): linked
     derived: list[str] = field(default_factory=list)  # files computed on the device, never fetched
     downloaded_bytes: int = 0  # bytes of the `downloaded` files (the index and delta fetches not counted)
     delta: int | None = None  # the catalogue delta applied by this sync (client/device/deltas.py)
@@ -76,8 +77,7 @@ def http_fetch(base_url: str, version: int, reuse: Path | None, result: SyncResu
             result.downloaded_bytes += destination.stat().st_size
         except urllib.error.HTTPError as exc:
             if exc.code == 304 and local is not None:
-                with local.open("rb") as source:
-                    copy_bounded(source, destination, max_bytes=max_bytes, name=name)
+                reuse_file(local, destination, max_bytes=max_bytes, name=name)
                 result.reused.append(name)
                 return
             raise DataError(f"{url}: HTTP {exc.code}") from exc

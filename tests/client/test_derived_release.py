@@ -34,9 +34,9 @@ from shared.data.synthetic.shop import generate_shop
 from shared.derived_items import (
     ATTRIBUTES,
     DERIVED_FILES,
+    DEVICE_DERIVED,
     ITEM_BIAS,
     ITEMS_F32,
-    ITEMS_INT8,
     PRIOR,
     RECORD,
     TEXT_INT8,
@@ -155,10 +155,14 @@ def test_a_new_model_of_the_same_catalogue_downloads_only_the_model_files(
         result = sync(cache, service.url)
         assert result.installed == 2 and cache.state() == {"current": 2, "previous": 1}
         assert set(result.downloaded) == MODEL_FILES  # the model's files, nothing per item
-        assert set(result.reused) == CATALOGUE_FILES  # unchanged: 304, copied on the device
-        assert set(result.derived) == set(DERIVED_FILES)  # computed on the device
-        folder = cache.current()
+        assert set(result.reused) == CATALOGUE_FILES  # unchanged: 304, taken from release 1
+        assert set(result.derived) == set(DERIVED_FILES)  # never fetched
+        folder, previous = cache.current(), cache.root / "releases" / "000001"
         assert folder is not None and (folder / RECORD).is_file()
+        for shared_file in CATALOGUE_FILES:  # one copy on the device for both releases: hard links
+            assert (folder / shared_file).stat().st_ino == (previous / shared_file).stat().st_ino
+        kept = {p.name for p in folder.iterdir()} & set(DERIVED_FILES)
+        assert kept == set(DEVICE_DERIVED)  # no vector file: rows are read from the text
         assert result.downloaded_bytes == sum((folder / n).stat().st_size for n in result.downloaded)
         assert result.downloaded_bytes < 2**20
         costs[name] = result.downloaded_bytes
@@ -174,11 +178,16 @@ def test_the_devices_derived_arrays_and_rankings_are_the_servers(served: Served,
     cache = on_release_1(served, tmp_path / "device")
     sync(cache, served.url)
     mine, server = cache.current(), served.store.folder(2)
-    assert mine is not None
-    for name in (ITEMS_F32, ITEM_BIAS, "item_scales.npy", CODE_SCALES_FILE):
+    assert mine is not None and not (mine / ITEMS_F32).exists()
+    for name in (ITEM_BIAS, CODE_SCALES_FILE):
         np.testing.assert_allclose(np.load(mine / name), np.load(server / name), rtol=1e-6, atol=1e-6)
-    for name in (ITEMS_INT8, CODES_FILE):  # a rounding boundary may differ by one step across machines
-        assert np.abs(np.load(mine / name).astype(int) - np.load(server / name)).max() <= 1
+    # a rounding boundary may differ by one step across machines
+    assert np.abs(np.load(mine / CODES_FILE).astype(int) - np.load(server / CODES_FILE)).max() <= 1
+    store = DeviceRanker(mine).item_index.store  # the device's vectors, read from its text
+    rows = np.arange(store.n_rows)
+    np.testing.assert_allclose(store.rows(rows), np.load(server / ITEMS_F32), rtol=1e-5, atol=1e-5)
+    query = np.random.default_rng(1).normal(size=store.dim).astype(np.float32)
+    np.testing.assert_allclose(store.dots(rows, query), np.load(server / ITEMS_F32) @ query, atol=1e-4)
     precisions: tuple[Precision, ...] = ("float32", "int8")
     for precision in precisions:
         on_device = DeviceRanker(mine, precision=precision)
@@ -234,14 +243,12 @@ def test_a_tampered_input_is_refused_and_a_tampered_server_copy_of_a_derived_fil
         assert cache.state()["current"] == 1 and not cache.incoming.exists()
     bad = tmp_path / "bad-derived"
     shutil.copytree(served.store.folder(2), bad)
-    flip_byte(bad / ITEMS_F32)  # the browser would refuse it; a device never reads it
+    flip_byte(bad / ITEMS_F32)  # the browser would refuse it; a device never fetches it
     assert cache.install(copy_from(bad)) == 2
-    np.testing.assert_allclose(
-        np.load(cache.root / "releases" / "000002" / ITEMS_F32), np.load(served.store.folder(2) / ITEMS_F32)
-    )
+    assert not (cache.root / "releases" / "000002" / ITEMS_F32).exists() and cache.intact()
 
 
-@pytest.mark.parametrize("damage", [ITEMS_F32, CODES_FILE, ITEM_BIAS, RECORD, "missing"])
+@pytest.mark.parametrize("damage", [CODES_FILE, ITEM_BIAS, RECORD, "missing"])
 def test_a_corrupted_derived_file_is_derived_again_by_the_next_sync(
     served: Served, tmp_path: Path, damage: str
 ) -> None:
@@ -249,9 +256,9 @@ def test_a_corrupted_derived_file_is_derived_again_by_the_next_sync(
     sync(cache, served.url)
     folder = cache.current()
     assert folder is not None and cache.intact()
-    expected = np.load(folder / ITEMS_F32)
+    expected = {name: np.load(folder / name) for name in DEVICE_DERIVED}
     if damage == "missing":
-        (folder / ITEMS_INT8).unlink()
+        (folder / CODE_SCALES_FILE).unlink()
     else:
         flip_byte(folder / damage)
     assert not cache.intact()
@@ -260,7 +267,8 @@ def test_a_corrupted_derived_file_is_derived_again_by_the_next_sync(
     result = sync(cache, served.url)
     assert result.repaired and result.downloaded == [MANIFEST_NAME]  # the inputs were intact: 304s
     assert set(result.derived) == set(DERIVED_FILES) and cache.intact()
-    np.testing.assert_array_equal(np.load(folder / ITEMS_F32), expected)
+    for name, array in expected.items():
+        np.testing.assert_array_equal(np.load(folder / name), array)
     assert cache.install(copy_from(served.store.folder(2))) == 2  # intact now: nothing to repair
 
 

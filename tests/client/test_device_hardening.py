@@ -27,6 +27,7 @@ from client.device.event_store import EventStore
 from client.device.release_cache import ReleaseCache, copy_from
 from client.device.sync import sync
 from server.releases.release_store import ReleaseStore
+from shared.derived_items import derived_names, device_derived_names
 from shared.errors import DataError
 from shared.release_index import sign_index
 from shared.release_manifest import MANIFEST_NAME, sign_manifest
@@ -55,8 +56,11 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def listed_files(folder: Path) -> list[str]:
-    """Every file of a release: those its manifest lists, and the manifest."""
-    return [*json.loads((folder / MANIFEST_NAME).read_text())["files"], MANIFEST_NAME]
+    """Every file a device holds of a release: those its manifest lists (but the derived ones a device does
+    not keep), and the manifest."""
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    unkept = derived_names(manifest) - set(device_derived_names(manifest))
+    return [*(name for name in manifest["files"] if name not in unkept), MANIFEST_NAME]
 
 
 def flip_byte(path: Path) -> None:
@@ -249,7 +253,7 @@ def test_install_repairs_a_release_in_use_with_files_missing(
     cache.install(copy_from(store.folder(2)))
     installed = cache.root / "releases" / "000002"
     if damage == "a file missing":
-        (installed / "item_vectors_int8.npy").unlink()
+        (installed / "items.json").unlink()
     else:
         shutil.rmtree(installed)
     assert cache.install(copy_from(store.folder(2))) == 2

@@ -19,8 +19,9 @@ from release_toy import random_model, source
 from client.device.int8_kernel import COARSE_DOTS_ONNX, CoarseKernel, item_major_u8, quantize_user
 from client.device.item_index import MAX_BLOCKS, ItemIndex
 from client.device.top_n import MAX_RESCORE, MIN_RESCORE, auto_rescore, best, descending
-from client.device.vector_store import VectorStore
+from client.device.vector_store import TextVectorStore, VectorStore
 from server.releases.release_store import ReleaseStore
+from shared.derived_items import ItemTowerWeights, attribute_columns, item_rows
 from shared.errors import DataError
 from shared.item_codes import (
     CODE_BUDGET_BYTES,
@@ -32,6 +33,7 @@ from shared.item_codes import (
     coarse_codes,
     code_dim_for,
     principal_projection,
+    quantize_rows,
 )
 from shared.release_manifest import MANIFEST_NAME, sign_manifest, verify_release
 
@@ -253,6 +255,7 @@ def test_files_the_signed_manifest_does_not_list_are_never_used(tmp_path: Path) 
     for name in (PROJECTION_FILE, CODES_FILE, CODE_SCALES_FILE):
         del manifest["files"][name]  # a release from before the codes, validly signed
     manifest.pop("signature")
+    manifest.pop("derived")  # (and so from before derivation)
     (old / MANIFEST_NAME).write_text(json.dumps(sign_manifest(manifest, KEY)))
     verify_release(old, KEY.public_key())
     vectors = np.load(folder / "item_vectors_f32.npy")
@@ -288,3 +291,38 @@ def test_an_index_that_codes_its_items_itself_takes_the_budgets_dimension() -> N
     index = ItemIndex(VectorStore(vectors), np.zeros(2_000, dtype=np.float32), temperature=1.0)
     assert index.projection.shape == (128, MAX_CODE_DIM)
     assert index.rescore == auto_rescore(2_000, MAX_CODE_DIM)
+
+
+def test_vectors_read_from_the_text_are_the_derived_ones_and_their_dots_skip_the_vectors() -> None:
+    """TextVectorStore (a device keeps no vector file): rows and folded dot products equal the vectors
+    item_rows derives, for the text's rows, for replaced rows and for added ones."""
+    rng = np.random.default_rng(4)
+    n, dim, rank, width = 500, 24, 5, 9
+    text = rng.normal(size=(n, dim)).astype(np.float32)
+    text_int8, text_scales = quantize_rows(text)
+    columns = attribute_columns((rng.random((n, width)) < 0.3).astype(np.float32))
+    weights = ItemTowerWeights(
+        down=rng.normal(size=(rank, dim)).astype(np.float32),
+        up=rng.normal(size=(dim, rank)).astype(np.float32),
+        attributes=rng.normal(size=(rank, width)).astype(np.float32),
+        bias=rng.normal(size=dim + 2).astype(np.float32),
+    )
+    derived, _ = item_rows(text_int8.astype(np.float32) * text_scales[:, None], columns, weights, None)
+    store = TextVectorStore(text_int8, text_scales, columns, weights)
+    rows, query = rng.permutation(n)[:200], rng.normal(size=dim).astype(np.float32)
+    np.testing.assert_allclose(store.rows(rows), derived[rows], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(store.dots(rows, query), derived[rows] @ query, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.vstack([b for _, b in store.chunks()]), derived, rtol=1e-5, atol=1e-5)
+    replaced, added = (
+        rng.normal(size=(3, dim)).astype(np.float32),
+        rng.normal(size=(2, dim)).astype(np.float32),
+    )
+    store.replace(np.array([5, 7, 9]), replaced)
+    store.append(added)
+    expected = np.vstack([derived, added])
+    expected[[5, 7, 9]] = replaced
+    every = np.arange(n + 2)
+    np.testing.assert_allclose(store.dots(every, query), expected @ query, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(store.rows(every), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DataError, match="attribute columns"):
+        TextVectorStore(text_int8, text_scales, columns[:10], weights)
