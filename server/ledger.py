@@ -18,10 +18,12 @@ clipping spends part of the budget on the count), noise_std (std actually added 
 update_noise_multiplier * C), count_noise_std (std of the noise on the unclipped count of adaptive clipping,
 0 without it), noise_rng (GaussianNoise.source), model_sha256_before, model_sha256_after, delta,
 user_epsilon {"pld": .., "rdp": ..} (spent up to and including this round; the string "inf" when there is no
-noise), accountant_versions. With record-level DP-SGD on the devices (privacy.record_level) also
-record_epsilon (the largest record-level epsilon any device has reported so far), record_epsilon_round (the
-largest over this round's devices), record_delta, record_accountant ("rdp"), record_unit_of_privacy
-("record"): a guarantee for single interactions, separate from and no substitute for the user-level one.
+noise), target_epsilon (the budget the whole run may spend, a lifetime one; absent without noise) and
+planned_rounds (the training rounds it was planned over: the online loop's whole horizon),
+accountant_versions. With record-level DP-SGD on the devices (privacy.record_level) also record_epsilon (the
+largest record-level epsilon any device has reported so far), record_epsilon_round (the largest over this
+round's devices), record_delta, record_accountant ("rdp"), record_unit_of_privacy ("record"): a guarantee for
+single interactions, separate from and no substitute for the user-level one.
 Never updates, interactions, user ids or keys.
 
 Trending releases (server/trending/trending_round.py) append entries of kind "trending_counts", and the start

@@ -58,6 +58,11 @@ class RoundEntry:
     clip_norm: float
     delta: float
     user_epsilon: EpsilonSpent
+    # the run's privacy budget: the user-level epsilon the whole run may spend (a lifetime budget over its
+    # planned training rounds), on every round so that the plan is signed with what was spent; absent in
+    # entries written before it was recorded, and without noise (mode "none")
+    target_epsilon: float | None = None
+    planned_rounds: int | None = None
     run_id: str | None = None
     time_utc: str | None = None
     unit_of_privacy: str | None = None
@@ -207,6 +212,7 @@ OPTIONAL = {
     *("secure_aggregation", "n_items", "noise_rng"),
     *("as_of_source", "purpose"),
     *("rejected_nodes", "rejection_reasons"),  # recorded since the fault measurements (issue 17)
+    *("target_epsilon", "planned_rounds"),  # recorded since issue 18; absent without noise
 }
 CHAIN_FIELDS = ("prev_hash", "key_id", "signature", "entry_hash")
 

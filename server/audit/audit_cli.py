@@ -88,6 +88,11 @@ def summary(report: LedgerVerification) -> str:
         f"user epsilon at delta={report.delta}: claimed {_eps(report.claimed_epsilon)} (PLD); "
         f"recomputed {_eps(report.recomputed_epsilon)} (PLD), {_eps(report.recomputed_rdp_epsilon)} (RDP)",
     ]
+    if report.target_epsilon is not None:
+        lines.append(
+            f"recorded budget: epsilon {report.target_epsilon:g} for the whole run, planned over "
+            f"{report.planned_rounds} round(s); every entry's recomputed epsilon checked against it"
+        )
     if report.trending:
         after = ", ".join(str(row["after_round"]) for row in report.trending)
         lines.append(f"trending releases: {len(report.trending)} (after rounds {after}), accounted above")

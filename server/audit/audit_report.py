@@ -293,6 +293,8 @@ def _verification(report: LedgerVerification, entries: list[dict[str, Any]]) -> 
         "claimed_epsilon": safe_number(report.claimed_epsilon),
         "recomputed_epsilon": safe_number(report.recomputed_epsilon),
         "recomputed_rdp_epsilon": safe_number(report.recomputed_rdp_epsilon),
+        "target_epsilon": safe_number(report.target_epsilon),
+        "planned_rounds": report.planned_rounds,
         "epsilon_by_round": [
             {
                 "round": c.round,

@@ -81,6 +81,10 @@ def _verdict(v: dict[str, Any]) -> str:
             "headline epsilon recomputed by this auditor (PLD) / RDP cross-check (looser, not the guarantee)",
             f"{_fmt(v['recomputed_epsilon'])} / {_fmt(v['recomputed_rdp_epsilon'])}",
         ),
+        (
+            "budget the run's rounds record (the whole run's epsilon) / rounds planned",
+            f"{_fmt(v.get('target_epsilon'))} / {_fmt(v.get('planned_rounds'))}",
+        ),
     ]
     notes = v.get("notes", [])
     warnings = f"<div id='notes'><p><b>Notes</b> (these pass, but must be said):</p>{_list(notes)}</div>"

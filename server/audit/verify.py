@@ -100,6 +100,9 @@ class LedgerVerification:
     claimed_epsilon: float | None = None  # the last entry's user_epsilon["pld"]
     recomputed_epsilon: float | None = None  # the auditor's PLD after the last entry
     recomputed_rdp_epsilon: float | None = None  # the auditor's RDP bound after the last entry
+    # the budget the run's rounds record (target_epsilon, planned_rounds: server/ledger.py); None: none
+    target_epsilon: float | None = None
+    planned_rounds: int | None = None
     epsilons: list[EpsilonCheck] = field(default_factory=list)
     trending: list[dict[str, Any]] = field(default_factory=list)  # one row per trending release
     start_checks: list[dict[str, Any]] = field(default_factory=list)  # one row per start check
@@ -153,6 +156,7 @@ def verify_ledger(
     dispersion = cohort_dispersion([entry for _, entry in valid], problems, report.notes)
     report.cohort_dispersion = [result.to_dict() for result in dispersion]
     _check_epsilons(valid, report)
+    _check_budget(valid, report)
     report.local_dp = local_dp_section([entry for _, entry in valid], delta=report.delta)
     report.head_pinned = expected_head is not None
     if expected_head is None:
@@ -312,6 +316,36 @@ def _check_epsilons(valid: list[tuple[int, dict[str, Any]]], report: LedgerVerif
         report.recomputed_epsilon = min(report.recomputed_epsilon, report.recomputed_cap_epsilon)
         report.recomputed_rdp_epsilon = min(report.recomputed_rdp_epsilon, cap.rdp_epsilon(delta=delta))
     report.claimed_epsilon = report.epsilons[-1].claimed_pld if report.epsilons else None
+
+
+def _check_budget(valid: list[tuple[int, dict[str, Any]]], report: LedgerVerification) -> None:
+    """The budget the run's training rounds record (target_epsilon, planned_rounds): one budget for the
+    whole run, no round past the rounds its entry says were planned, and no entry whose recomputed epsilon
+    is past the budget by more than EPSILON_RTOL (the writer's and the auditor's PLDs, both valid, differ by
+    a few 1e-4). Ledgers written before the budget was recorded pass as before; a run whose earlier rounds
+    record none (resumed by a newer ServerApp) gets a note."""
+    rounds = [(line, entry) for line, entry in valid if is_training_round(entry)]
+    targets = sorted({float(entry["target_epsilon"]) for _, entry in rounds if "target_epsilon" in entry})
+    without = [entry["round"] for _, entry in rounds if "target_epsilon" not in entry]
+    if len(targets) > 1:
+        report.problems.append(f"the recorded budget changes within the run: target_epsilon {targets}")
+    if targets and without:
+        report.notes.append(f"{len(without)} round(s) record no budget (first: round {without[0]})")
+    for line, entry in rounds:
+        planned = entry.get("planned_rounds")
+        if planned is not None and entry["round"] > planned:
+            where = _where(line, entry)
+            report.problems.append(f"{where}: past the {planned} rounds the run was planned over")
+    report.planned_rounds = rounds[-1][1].get("planned_rounds") if rounds else None
+    if not targets:
+        return
+    report.target_epsilon = budget = targets[-1]
+    for check in report.epsilons:
+        if check.recomputed_pld > budget * (1 + EPSILON_RTOL):
+            report.problems.append(
+                f"after round {check.round} ({check.kind}): the recomputed epsilon "
+                f"{check.recomputed_pld:.6g} is past the run's recorded budget of {budget}"
+            )
 
 
 def _compare(

@@ -554,6 +554,8 @@ class Coordinator:
             "model_sha256_after": params_sha256(after),
             "delta": self.plan.delta,
             "user_epsilon": spent,
+            "target_epsilon": None if self.plan.mode == "none" else self.plan.target_epsilon,
+            "planned_rounds": self.config.federated.rounds,
             "accountant_versions": self.accountant.versions(),
         }
         return fields

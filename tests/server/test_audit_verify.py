@@ -9,7 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from coordinator_toy import DIM, POPULATION, FakeNodes, toy_run_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_toy import DELTA, KEY, Tweak, write_run
@@ -19,8 +21,11 @@ from server.audit import audit_cli
 from server.audit.accountant import RoundByRoundPLD
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
+from server.rounds.coordinator import Coordinator
 from shared import signing
+from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent, pld_epsilon
+from shared.run_folder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +284,62 @@ def test_keygen_writes_a_key_pair_and_prints_only_the_key_id(
     before = (tmp_path / "keys" / "ledger_signing_key.pem").read_bytes()
     assert server_cli.main(["keygen", "--out", str(tmp_path / "keys")]) == 2  # never overwrites
     assert (tmp_path / "keys" / "ledger_signing_key.pem").read_bytes() == before
+
+
+def with_budget(target: float, planned: int) -> Tweak:
+    """Each round records the run's budget, as the ServerApp writes it (server/ledger.py)."""
+
+    def tweak(r: int, fields: dict[str, Any]) -> None:
+        fields["target_epsilon"], fields["planned_rounds"] = target, planned
+
+    return tweak
+
+
+def test_a_run_within_its_recorded_budget_passes_and_the_report_carries_it(tmp_path: Path) -> None:
+    report = verify_ledger(write_run(tmp_path / "run", rounds=4, tweak=with_budget(8.0, 4)), KEY.public_key())
+    assert report.ok, report.problems
+    assert (report.target_epsilon, report.planned_rounds) == (8.0, 4)
+    assert verify_ledger(write_run(tmp_path / "old", rounds=4), KEY.public_key()).target_epsilon is None
+
+
+def test_spending_past_the_recorded_budget_fails_the_audit(tmp_path: Path) -> None:
+    """Four rounds at q 0.05 and z 1 spend more than epsilon 0.1: signed, accounted and claimed correctly,
+    and still past the budget the same entries state."""
+    four = pld_epsilon([RoundEvent(sample_rate=0.05, noise_multiplier=1.0)] * 4, delta=DELTA)
+    assert four > 0.1
+    report = verify_ledger(write_run(tmp_path / "run", rounds=4, tweak=with_budget(0.1, 4)), KEY.public_key())
+    assert not report.ok
+    assert any("past the run's recorded budget of 0.1" in p for p in report.problems), report.problems
+
+
+def test_a_round_past_the_plan_and_a_budget_raised_mid_run_fail_the_audit(tmp_path: Path) -> None:
+    past = verify_ledger(write_run(tmp_path / "past", rounds=4, tweak=with_budget(8.0, 3)), KEY.public_key())
+    assert any("round 4" in p and "past the 3 rounds the run was planned over" in p for p in past.problems)
+
+    def raised(r: int, fields: dict[str, Any]) -> None:
+        fields["target_epsilon"], fields["planned_rounds"] = (8.0 if r < 3 else 16.0), 4
+
+    report = verify_ledger(write_run(tmp_path / "raised", rounds=4, tweak=raised), KEY.public_key())
+    assert any("the recorded budget changes within the run" in p for p in report.problems), report.problems
+
+
+def test_the_coordinator_records_the_budget_on_every_round(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "run")
+    run.create()
+    signing.save_public_key(KEY.public_key(), run.public_key)
+    coordinator = Coordinator(
+        toy_run_config(run.root, 3),
+        run,
+        POPULATION,
+        np.zeros(DIM, np.float32),
+        ParamLayout(("w",), ((DIM,),)),
+        PrivacyLedger(run.ledger, signing_key=KEY),
+        evaluate=lambda p: {},
+        transport=FakeNodes(),
+    )
+    coordinator.resume()
+    coordinator.run(None, progress=False)
+    entries = [json.loads(line) for line in run.ledger.read_text().splitlines()]
+    assert [(e["target_epsilon"], e["planned_rounds"]) for e in entries] == [(100.0, 3)] * 3
+    report = verify_ledger(run.root, KEY.public_key())
+    assert report.ok and report.target_epsilon == 100.0, report.problems
