@@ -256,9 +256,10 @@ def without_derivation(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def derive_in_fresh_process(release: Path, work: Path) -> dict[str, float]:
+def derive_in_fresh_process(release: Path, work: Path, *, requests: bool = False) -> dict[str, Any]:
     """A device's derivation of `release` (its downloaded files hard-linked into a new folder) in a fresh
-    Python process on one thread: wall seconds, its resident set before and at its peak."""
+    Python process on one thread: wall seconds, its resident set before and at its peak, the copy's storage
+    (each file's), and with `requests` the request figures on that copy (requests_on)."""
     device = work / "device-copy"
     device.mkdir()
     manifest = read_manifest(release)
@@ -268,10 +269,24 @@ def derive_in_fresh_process(release: Path, work: Path) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "simulation.benchmarks.bench_release_bytes", "--derive", str(device)]
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["storage_mib"] = round(sum(p.stat().st_size for p in device.iterdir()) / MIB, 1)
+    result["storage_by_file_mib"] = {p.name: round(p.stat().st_size / MIB, 2) for p in device.iterdir()}
+    if requests:
+        result["requests"] = requests_on(device)
     shutil.rmtree(device)
     return result
+
+
+def requests_on(device: Path) -> dict[str, Any]:
+    """bench_device's request figures on the device's own copy (a fresh process, one thread): p50/p99 of a
+    homepage request, the index's resident arrays and recall@50 against exact scoring of the same copy."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "simulation.benchmarks.bench_device", "--release", str(device)]
+    command += ["--measure", str(device), "--requests", "300", "--recall-users", "200"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def derive_here(folder: Path) -> None:
@@ -305,7 +320,7 @@ def size_figures(release_a: Path, release_b: Path, n: int, work: Path) -> dict[s
     for name in DERIVED_FILES:  # only its digests are needed from here on
         (work / "a" / name).unlink()
     second = server_release(work / "catalogue", release_b, work / "b", key)
-    derivation = derive_in_fresh_process(work / "b", work)
+    derivation = derive_in_fresh_process(work / "b", work, requests=True)
     old_first, old_second = without_derivation(first), without_derivation(second)
     figures = {
         **costs(first, second, signed_bytes(second, key)),
@@ -364,6 +379,7 @@ def real_figures(runs: list[Path], work: Path) -> dict[str, Any]:
             figures["new_model_derived"] = sorted(update.derived)
             figures.update(derive_in_fresh_process(folder / "store" / "000002", work))
             figures.pop("storage_mib")
+            figures.pop("storage_by_file_mib")
             for version in (1, 2):  # the releases the synthetic sizes take their model files from
                 shutil.copytree(folder / "store" / f"{version:06d}", work / f"release-{version}")
         shutil.rmtree(folder)

@@ -119,6 +119,7 @@ def test_the_federated_arms_ledger_verifies_within_its_lifetime_budget(
     assert report.entries == 2  # 1 night (after day 0; the last day's release would never be served) x 2
     plan = result.plans["federated"]
     assert plan["planned_rounds"] == 2 and plan["target_epsilon"] == 8.0
+    assert (report.target_epsilon, report.planned_rounds) == (8.0, 2)  # the plan is in the signed entries
     assert report.claimed_epsilon is not None and report.claimed_epsilon <= 8.0 * (1 + 1e-9)
     assert report.claimed_epsilon > 0.5 * 8.0  # z was calibrated to spend it over the horizon
     assert audit_main(["verify", str(folder), "--public-key", str(public)]) == 0
