@@ -225,7 +225,7 @@ def record_level_sum(
         local.seqs,
         int(node.users[0]),
         layout=shared.layout,
-        blocked=shared.split.cold_items,
+        blocked=shared.blocked,
         config=shared.config.federated,
         privacy=shared.config.privacy,
         examples=local.examples,
@@ -261,7 +261,7 @@ def handle_evaluate(node: Node, message: Message) -> Message:
     node.use_prior(request.prior)
     set_flat(shared.model, shared.layout, _params(request.params, node))
     ndcg, hit, n = ranking_sums(
-        shared.model, shared.split, node.users, stage=request.stage, max_users=request.max_users
+        shared.model, shared.data_split(), node.users, stage=request.stage, max_users=request.max_users
     )
     return Message(EvaluateReply(ndcg, hit, n).to_records(), reply_to=message)
 
@@ -280,7 +280,8 @@ def handle_start_check(node: Node, message: Message) -> Message:
     trained, start = _params(request.trained, node), _params(request.start, node)
     users = node.users[_slots(request.slots, node)]
     node.use_prior(request.prior)
-    total = start_gain_sum(shared.model, shared.layout, shared.split, users, trained=trained, start=start)
+    split = shared.data_split()
+    total = start_gain_sum(shared.model, shared.layout, split, users, trained=trained, start=start)
     return Message(StartCheckReply(total, int(users.size)).to_records(), reply_to=message)
 
 
@@ -291,7 +292,7 @@ def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
         as_of_s=as_int(settings["as-of-s"], name="as-of-s"),
         window_s=as_float(settings["window-s"], name="window-s"),
         max_items=as_int(settings["max-items"], name="max-items"),
-        n_items=node.shared.split.n_items,
+        n_items=node.shared.n_items,
     )
     users = node.users[_slots(read_slots(message.content), node)]
     total = shard_sum(node.local_rows(), users, window)

@@ -1,6 +1,8 @@
 """A Flower node's local side: the data and model a process's nodes share, which users (devices) a node hosts
 (`node_config["partition-id"]` and `["num-partitions"]`), and where their training rows come from: the
-simulation data set, or a device's own event store (node config "train-from"; see client/client_app.py)."""
+simulation data set, or a device's own event store with the catalogue of the release it has installed (node
+config "train-from"; see client/client_app.py). A device that trains from its store reads nothing of the
+simulation: no data set, no run folder."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import Context
 
-from client.training.device_store import DeviceStore
+from client.training.device_store import DeviceStore, InstalledCatalogue, installed_catalogue
 from client.training.own_privacy import OwnPrivacy
 from client.training.participation_counts import DeviceFolder, device_folders
 from client.training.round_update import LocalTrainer
@@ -26,6 +28,7 @@ from shared.errors import ConfigError, DataError, UpdateRejectedError
 from shared.model import ItemFeatures, TwoTower
 from shared.model.params import ParamLayout, trainable_layout
 from shared.run_folder import RunFolder
+from shared.signing import Ed25519PublicKey, load_public_key
 
 # Node config "train-from": the simulation data set's users (a partition of them), or the device's own store
 TrainFrom = Literal["partition", "device-store"]
@@ -33,14 +36,29 @@ TrainFrom = Literal["partition", "device-store"]
 
 @dataclass
 class NodeModel:
-    """What every node in a process shares for one run: the local data, the model skeleton, the trainer."""
+    """What every node in a process shares for one run: the model skeleton, and the local data: the simulation
+    data set's split, rows and trainer; or, for a device that trains from its store, its installed release's
+    catalogue (the rows and trainer are then built from the store for each message: Node.local_trainer)."""
 
     config: FedhomeConfig
-    split: Split
     model: TwoTower
     layout: ParamLayout
-    trainer: LocalTrainer
-    rows: UserSequences  # the devices' own logs: training rows (and validation rows with `train_on_valid`)
+    blocked: np.ndarray  # (n_items,) bool: items held out of all training (a simulation's cold items)
+    split: Split | None = None  # the simulation data set (None on a device)
+    trainer: LocalTrainer | None = None
+    rows: UserSequences | None = None  # the devices' logs: training rows (and validation rows with
+    # `train_on_valid`)
+    catalogue: InstalledCatalogue | None = None  # a device's installed release (None in simulation)
+
+    @property
+    def n_items(self) -> int:
+        return self.model.items.n_items
+
+    def data_split(self) -> Split:
+        """The simulation data set's split; UpdateRejectedError on a device (it has none)."""
+        if self.split is None:
+            raise UpdateRejectedError("a device that trains from its store holds no simulation data set")
+        return self.split
 
 
 @dataclass
@@ -64,7 +82,7 @@ class Node:
         device's own floor (client/training/own_privacy.py), never less."""
         if self.store is not None:
             return self.shared.config.federated.nodes
-        return int(self.shared.split.full.n_users)
+        return int(self.shared.data_split().full.n_users)
 
     @property
     def privacy(self) -> OwnPrivacy:
@@ -75,22 +93,24 @@ class Node:
         """The rows the node's users train (and count trending) on, indexed by the global user index of its
         slots: the simulation data set's, or the device's store read now (DataError naming the device folder
         when it cannot be read)."""
-        if self.store is None:
-            return self.shared.rows
-        split = self.shared.split
-        return self.store.rows(split.dataset.catalogue, blocked=split.cold_items)
+        shared = self.shared
+        if self.store is None or shared.catalogue is None:
+            assert shared.rows is not None  # a simulation node's NodeModel has its rows
+            return shared.rows
+        return self.store.rows(shared.catalogue.item_rows, blocked=shared.blocked)
 
     def local_trainer(self) -> LocalTrainer:
         """The trainer over `local_rows` (its `seqs`): the process's shared one, or for a device that trains
         from its store one over the rows read now (a LocalTrainer is cheap to build; the model is shared)."""
         shared = self.shared
         if self.store is None:
+            assert shared.trainer is not None  # a simulation node's NodeModel has its trainer
             return shared.trainer
         return LocalTrainer(
             shared.model,
             self.local_rows(),
             layout=shared.layout,
-            blocked=shared.split.cold_items,
+            blocked=shared.blocked,
             config=shared.config.federated,
         )
 
@@ -135,7 +155,25 @@ def node_model(config: FedhomeConfig) -> NodeModel:
         layout = trainable_layout(model, config.federated.trainable)
         rows = split.train_and_valid() if config.federated.train_on_valid else split.train
         trainer = LocalTrainer(model, rows, layout=layout, blocked=split.cold_items, config=config.federated)
-        _MODELS[key] = NodeModel(config, split, model, layout, trainer, rows)
+        _MODELS[key] = NodeModel(config, model, layout, split.cold_items, split, trainer, rows)
+    return _MODELS[key]
+
+
+def device_model(config: FedhomeConfig, device_dir: Path, public_key: Ed25519PublicKey) -> NodeModel:
+    """The model of a device that trains from its store, over the catalogue of the release installed in
+    `device_dir` (verified with `public_key` at every call: client/training/device_store.py); built again
+    when that release changes (the app synced a new one), else the process's one. No item is held out."""
+    catalogue = installed_catalogue(device_dir, public_key)
+    config_key = json.dumps(to_flat(config), sort_keys=True, default=str)
+    key = f"{config_key}|{device_dir}|{catalogue.manifest_sha256}"
+    if key not in _MODELS:
+        torch.set_num_threads(max(config.train.threads, 1))
+        torch.manual_seed(config.federated.seed)  # what is not trained starts as at the server
+        model = TwoTower(catalogue.features, config.model)
+        layout = trainable_layout(model, config.federated.trainable)
+        blocked = np.zeros(catalogue.features.n_items, dtype=bool)
+        _MODELS[key] = NodeModel(config, model, layout, blocked, catalogue=catalogue)
+    _MODELS[key].catalogue = catalogue
     return _MODELS[key]
 
 
@@ -164,13 +202,13 @@ def train_from(node_config: Mapping[str, object]) -> TrainFrom:
 
 def load_node(config: FedhomeConfig, context: Context) -> Node:
     """The node for this context: its users, and the model shared by the process's nodes."""
-    shared = node_model(config)
     if train_from(context.node_config) == "device-store":
-        return store_node(shared, context)
+        return store_node(config, context)
+    shared = node_model(config)
     partition_id = int(context.node_config.get("partition-id", 0))
     num_partitions = int(context.node_config.get("num-partitions", 1))
     users = hosted_users(
-        shared.split.full.n_users,
+        shared.data_split().full.n_users,
         partition_id=partition_id,
         num_partitions=num_partitions,
         devices_per_node=config.federated.devices_per_node,
@@ -191,20 +229,29 @@ def load_node(config: FedhomeConfig, context: Context) -> Node:
     )
 
 
-def store_node(shared: NodeModel, context: Context) -> Node:
+def store_node(config: FedhomeConfig, context: Context) -> Node:
     """A device's SuperNode that trains from its own store: one user (slot 0), its receipts, participation
-    counts and training log in node config "device-dir". ConfigError without a device folder, and unless the
-    run says that devices train on every row they hold (`federated.train_on_valid`): the server then knows
-    that no row is held out (it runs no start check and reports validation as not held out)."""
+    counts and training log in node config "device-dir", the catalogue of the release installed there,
+    verified with the app's pinned key (node config "release-key", a PEM file). ConfigError without a device
+    folder or a key, and unless the run says that devices train on every row they hold
+    (`federated.train_on_valid`): the server then knows that no row is held out (it runs no start check and
+    reports validation as not held out). DataError naming the folder when no verified release is there."""
     device_dir = str(context.node_config.get("device-dir", ""))
     if not device_dir:
         raise ConfigError('node config "train-from" = "device-store" needs "device-dir", the device folder')
-    if not shared.config.federated.train_on_valid:
+    key_file = str(context.node_config.get("release-key", ""))
+    if not key_file:
+        raise ConfigError(
+            'node config "train-from" = "device-store" needs "release-key", the PEM file of the public key '
+            "the app pins for releases: the device trains with its installed release's catalogue"
+        )
+    if not config.federated.train_on_valid:
         raise ConfigError(
             'node config "train-from" = "device-store": a device trains on every event it holds, which the '
             "run must state with federated.train_on_valid = true (no row is held out: the start check is "
             "off and validation figures are not held out)"
         )
+    shared = device_model(config, Path(device_dir), load_public_key(Path(key_file)))
     users = np.zeros(1, dtype=np.int64)  # slot 0: the device's one shopper, user 0 of its own rows
     return Node(
         shared,

@@ -21,10 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pytest
+import torch
 
-from client.device.device_folder import events_path
+from client.device.device_folder import events_path, releases_path
 from client.device.event_store import EventStore
+from client.device.release_cache import ReleaseCache, copy_from
+from server.releases.release_builder import ReleaseSource
+from server.releases.release_store import ReleaseStore
+from shared.config import FedhomeConfig
+from shared.data.source import configured_split
+from shared.model import ItemFeatures, TwoTower
+from shared.signing import generate_private_key, load_public_key, save_public_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: flwr, flower-superlink, flower-supernode, ...
@@ -48,6 +57,36 @@ def record_views(device_dir: Path, items: list[str], *, start: int = 0) -> None:
             store.add(item, "view", DEVICE_T0 + 60 * (start + i))
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class StartRelease:
+    """The shop's start release, published, and the PEM file of the key that signed it (what a device pins:
+    node config "release-key")."""
+
+    folder: Path
+    key_file: Path
+
+    def install(self, device_dir: Path) -> Path:
+        """Install the release in the device folder `device_dir` (created), as the app's sync installs it."""
+        device_dir.mkdir(parents=True, exist_ok=True)
+        cache = ReleaseCache(releases_path(device_dir), load_public_key(self.key_file))
+        cache.install(copy_from(self.folder))
+        return device_dir
+
+
+def publish_start_release(config: FedhomeConfig, text: np.ndarray, root: Path) -> StartRelease:
+    """The run's model before training over the catalogue of `config` with text embeddings `text` (the
+    ServerApp's start: the same seed), published in `root`/store with a throwaway key."""
+    catalogue = configured_split(config.data).dataset.catalogue
+    torch.manual_seed(config.federated.seed)
+    model = TwoTower(ItemFeatures.from_catalogue(catalogue, text), config.model)
+    key, store = generate_private_key(), ReleaseStore(root / "store")
+    privacy = {"unit": "user", "epsilon": 0.0, "delta": 1e-5, "note": "the start"}
+    encoder = {"name": "test", "backend": "none", "item_text_vectors_sha256": "cd" * 32}
+    store.publish(model, catalogue, ReleaseSource("start", "ef" * 32, 0, encoder, privacy), key)
+    save_public_key(key.public_key(), root / "release-key.pem")
+    return StartRelease(store.folder(1), root / "release-key.pem")
 
 
 def stage_app(dest: Path) -> Path:

@@ -1,5 +1,6 @@
 """Devices that train from their own event stores in a real Flower deployment: a SuperLink, three device
-SuperNodes (node config "train-from" = "device-store", each with its own device folder) and `flwr run`.
+SuperNodes (node config "train-from" = "device-store", each with its own device folder holding the shop's
+start release, as the app synced it, and "release-key", the key the app pins) and `flwr run`.
 
 What a device recorded between rounds is in its next round's examples, and each device's receipts show the
 rounds it joined. The observable never leaves the devices: each keeps a training log in its folder (round,
@@ -19,6 +20,7 @@ from deployment_toy import (
     RUN_TIMEOUT_S,
     TINY_RUN,
     Deployment,
+    publish_start_release,
     record_views,
     running_deployment,
     wait_for_health,
@@ -27,6 +29,7 @@ from federated_toy import read_jsonl, tiny_config, tiny_settings
 
 from client.device.receipts import ReceiptStore
 from client.training.device_store import DeviceStore
+from server.embedding.catalogue_embedding import embed_catalogue
 from shared.data.source import configured_split
 from shared.errors import DataError
 
@@ -72,19 +75,23 @@ def test_three_devices_train_from_their_stores_and_see_new_events_in_the_next_ro
         federated__max_examples_per_user="32",
         privacy__delta="1e-3",  # N = 3 devices: the default N^-1.1 would be 0.3
     )
-    shop = configured_split(tiny_config(deployment.root, deployment.root / "cache", **TINY_RUN).data)
-    ids = shop.dataset.catalogue.item_ids
+    config = tiny_config(deployment.root, deployment.root / "cache", **TINY_RUN)
+    catalogue = configured_split(config.data).dataset.catalogue
+    ids = catalogue.item_ids
+    # the shop's start release, over the text the ServerApp embeds (the same encoder cache): the app synced it
+    text = embed_catalogue(catalogue, config.encoder, progress=False).vectors
+    start = publish_start_release(config, text, deployment.root / "release")
     folders = [deployment.root / "devices" / f"device-{d}" for d in range(DEVICES)]
     per_device = FIRST + LATER
     for d, folder in enumerate(folders):
-        folder.mkdir(parents=True)
+        start.install(folder)
         own = ids[d * per_device : (d + 1) * per_device]
         record_views(folder, own[:FIRST], start=0)
     record_views(folders[0], ["an-item-this-shop-does-not-sell"], start=FIRST)  # left out, counted locally
 
     link_port = deployment.start_superlink()
     for d, folder in enumerate(folders):
-        node_config = f'train-from="device-store" device-dir="{folder}"'
+        node_config = f'train-from="device-store" device-dir="{folder}" release-key="{start.key_file}"'
         if d == CAPPED:
             node_config += " participation-cap=1"
         deployment.start_supernode(f"supernode-{d}", link_port=link_port, node_config=node_config)

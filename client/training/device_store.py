@@ -1,4 +1,5 @@
-"""A device SuperNode's training rows, read afresh from its own event store, and its local training log.
+"""A device SuperNode's training rows, read afresh from its own event store, the catalogue it trains with (its
+installed release's), and its local training log.
 
 A SuperNode started with node config "train-from" = "device-store" and "device-dir" = its device folder
 (client/device/device_folder.py) hosts one user, its shopper, in slot 0 (client/node.py). Every message that
@@ -6,8 +7,18 @@ needs the shopper's rows (train, trending) reads the folder's `events.sqlite` an
 between rounds are in the next round's examples, and turns them into UserSequences with the one example
 builder both paths share (shared/data/device_rows.py: sequences_from_logs); the trainer
 (client/training/round_update.py) then reads them exactly as it reads a simulated shard's rows. Rows are left
-out, and counted in one DEBUG line that names no item, when the catalogue does not know their item or the run
-holds the item out of all training (its cold items, `data.cold_item_fraction`: as in simulation).
+out, and counted in one DEBUG line that names no item, when the catalogue does not know their item.
+
+The catalogue: the release installed in the device folder (`releases/`, what the app synced: client/device/
+sync.py), verified with the app's pinned release key (node config "release-key") before each use. Its item
+ids, its text embeddings (the release's per-row int8 text, dequantised: the server trains the same model on
+the float text, a difference of the int8 rounding, at most half a step per entry) and its attribute columns
+(category, price bucket, promotion) are the item features the device trains with (`installed_catalogue`), so
+a device needs nothing of the simulation's data set: no dataset, no run folder. A device trains with no
+item held out (a simulation's cold items are a measurement of the simulation's; a shop sells all it lists).
+The run's messages carry only parameters and, with a popularity prior, one value per catalogue item, which
+must be as many as the release has items (client/node.py Node.use_prior refuses another count); the
+release must therefore be one of the run's catalogue, in its order, which every release of a run is.
 
 Bad input: a device folder without an event store, or a store that cannot be read (corrupt, not SQLite, an
 event type the schema does not know), is a DataError naming the folder: the node refuses the round rather
@@ -22,45 +33,71 @@ never: an app can show its shopper what their device did, and a test can see new
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from client.device.device_folder import events_path
+from client.device.device_folder import events_path, releases_path
 from client.device.event_store import EventStore
 from client.device.ranker import Event
+from client.device.release_cache import ReleaseCache
 from shared.data.device_rows import sequences_from_logs
-from shared.data.schema import Catalogue
 from shared.data.split import UserSequences
-from shared.errors import DataError
+from shared.derived_items import ATTRIBUTES, TEXT_INT8, TEXT_SCALES, TOWER_ATTRIBUTES
+from shared.errors import DataError, SignatureError
+from shared.model import ItemFeatures
+from shared.signing import Ed25519PublicKey, canonical_json
 
 log = logging.getLogger(__name__)
 
 TRAINING_LOG_FILE = "training-log.jsonl"
 
 
-class CatalogueRows(Mapping[str, int]):
-    """A catalogue's item id -> row, read through Catalogue.index_of (no copy of its index)."""
+@dataclass(frozen=True, eq=False)
+class InstalledCatalogue:
+    """The catalogue of the release installed in a device folder, as the device trains with it."""
 
-    def __init__(self, catalogue: Catalogue) -> None:
-        self.catalogue = catalogue
+    version: int  # the release's
+    manifest_sha256: str  # what identifies it (a new release, or a repaired one, is another catalogue)
+    item_rows: dict[str, int]  # item id -> row
+    features: ItemFeatures
 
-    def __getitem__(self, item_id: str) -> int:
-        row = self.catalogue.index_of(item_id)
-        if row is None:
-            raise KeyError(item_id)
-        return row
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.catalogue.item_ids)
-
-    def __len__(self) -> int:
-        return self.catalogue.n_items
+def installed_catalogue(device_dir: Path, public_key: Ed25519PublicKey) -> InstalledCatalogue:
+    """The catalogue of the release in use in `device_dir`, verified with the pinned `public_key` first.
+    DataError naming the folder when no release is installed, it does not verify, or it carries no
+    catalogue inputs (a release of a model with an item-id residual ships none: shared/derived_items.py)."""
+    cache = ReleaseCache(releases_path(device_dir), public_key)
+    where = str(device_dir)
+    try:
+        manifest = cache.verify_current()
+    except (DataError, SignatureError) as exc:
+        raise DataError(f"refusing to train: no verified release installed ({exc})", path=where) from exc
+    folder = cache.current()
+    assert folder is not None  # verify_current raised otherwise
+    needed = (TEXT_INT8, TEXT_SCALES, ATTRIBUTES, TOWER_ATTRIBUTES, "items.json")
+    if not set(needed) <= set(manifest["files"]):
+        raise DataError("refusing to train: the installed release carries no catalogue text", path=where)
+    try:
+        text = np.load(folder / TEXT_INT8).astype(np.float32) * np.load(folder / TEXT_SCALES)[:, None]
+        columns, width = np.load(folder / ATTRIBUTES), int(np.load(folder / TOWER_ATTRIBUTES).shape[1])
+        ids = [str(item["id"]) for item in json.loads((folder / "items.json").read_text())]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise DataError(f"refusing to train: the release is unreadable ({exc})", path=where) from exc
+    if len(ids) != len(text) or len(set(ids)) != len(ids):
+        raise DataError("refusing to train: the release's items do not fit its text rows", path=where)
+    return InstalledCatalogue(
+        version=int(manifest["version"]),
+        manifest_sha256=hashlib.sha256(canonical_json(manifest)).hexdigest(),
+        item_rows={item_id: row for row, item_id in enumerate(ids)},
+        features=ItemFeatures.from_attribute_columns(text, columns, width),
+    )
 
 
 @dataclass(frozen=True)
@@ -80,11 +117,12 @@ class DeviceStore:
 
     folder: Path
 
-    def rows(self, catalogue: Catalogue, *, blocked: np.ndarray) -> UserSequences:
-        """The shopper's rows (one user), read from the store now; `blocked` (n_items,) bool: items the run
-        holds out of all training. DataError naming the folder when there is no readable store."""
+    def rows(self, item_rows: Mapping[str, int], *, blocked: np.ndarray) -> UserSequences:
+        """The shopper's rows (one user), read from the store now, with the catalogue's item id -> row;
+        `blocked` (n_items,) bool: items held out of all training. DataError naming the folder when there is
+        no readable store."""
         try:
-            device = sequences_from_logs([self._events()], CatalogueRows(catalogue))
+            device = sequences_from_logs([self._events()], item_rows)
         except DataError as exc:
             raise DataError(f"refusing to train: {exc}", path=str(self.folder)) from exc
         rows, held_out = without_items(device.sequences, blocked)

@@ -74,6 +74,32 @@ class ItemFeatures:
         return out
 
     @classmethod
+    def from_attribute_columns(cls, text: np.ndarray, columns: np.ndarray, width: int) -> ItemFeatures:
+        """Features from a release's catalogue inputs (a device that trains with its installed release):
+        text (n_items, text_dim) and the set columns of each item's attribute multi-hot (n_items, K), -1
+        where a row has fewer (shared/derived_items.py attribute_columns), `width` the multi-hot's width (the
+        item tower's): the inverse of `attributes`. DataError unless each row sets exactly one category
+        column and one price-bucket column."""
+        n_categories = width - N_PRICE_BUCKETS - 2
+        if n_categories < 1 or columns.ndim != 2 or len(columns) != len(text) or text.ndim != 2:
+            raise DataError(f"attribute columns {columns.shape} (width {width}) do not fit text {text.shape}")
+        if columns.size and (columns.min() < -1 or columns.max() >= width):
+            raise DataError(f"attribute columns must lie in [-1, {width})")
+        if not np.isfinite(text).all():
+            raise DataError("text embeddings contain NaN or infinite values")
+        is_category = (columns >= 0) & (columns < n_categories)
+        is_price = (columns >= n_categories) & (columns < n_categories + N_PRICE_BUCKETS + 1)
+        if (is_category.sum(axis=1) != 1).any() or (is_price.sum(axis=1) != 1).any():
+            raise DataError("every item needs exactly one category and one price-bucket attribute column")
+        rows = np.arange(len(columns))
+        return cls(
+            text=np.ascontiguousarray(text, dtype=np.float32),
+            category=columns[rows, is_category.argmax(axis=1)].astype(np.int64),
+            price_bucket=(columns[rows, is_price.argmax(axis=1)] - n_categories).astype(np.int64),
+            promotion=(columns == width - 1).any(axis=1).astype(np.int64),
+        )
+
+    @classmethod
     def from_catalogue(cls, catalogue: Catalogue, text: np.ndarray) -> ItemFeatures:
         """Features of `catalogue` with its text embeddings `text` (n_items, text_dim)."""
         if text.ndim != 2 or text.shape[0] != catalogue.n_items:

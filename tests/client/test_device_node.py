@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deployment_toy import DEVICE_T0, record_views
+from deployment_toy import DEVICE_T0, StartRelease, publish_start_release, record_views
 from federated_toy import tiny_config
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
@@ -57,7 +57,8 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")  # tests/conftest.p
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> FedhomeConfig:
-    """The tiny shop's run, stating that devices train on every row they hold; 32 examples a device."""
+    """The tiny shop's run, stating that devices train on every row they hold; 32 examples a device (its run
+    folder's text embeddings are for the partition nodes: a device reads its installed release's)."""
     tmp_path = tmp_path_factory.mktemp("device-node")
     config = tiny_config(
         tmp_path,
@@ -73,17 +74,26 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> FedhomeConfig:
     return config
 
 
-def device_context(device_dir: Path, **extra: str | int) -> Context:
+@pytest.fixture(scope="module")
+def start(config: FedhomeConfig, tmp_path_factory: pytest.TempPathFactory) -> StartRelease:
+    """The run's start release over other text embeddings than the run folder's: a device's come from it."""
+    text = np.random.default_rng(1).normal(size=(int(config.data.synthetic.n_items), TEXT_DIM))
+    return publish_start_release(config, text.astype(np.float32), tmp_path_factory.mktemp("release"))
+
+
+def device_context(device_dir: Path, start: StartRelease, **extra: str | int) -> Context:
     node_config: dict[str, bool | float | int | str] = {
         "train-from": "device-store",
         "device-dir": str(device_dir),
+        "release-key": str(start.key_file),
         **extra,
     }
     return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict({}), run_config={})
 
 
 def item_ids(node: Node) -> list[str]:
-    return node.shared.split.dataset.catalogue.item_ids
+    assert node.shared.catalogue is not None
+    return list(node.shared.catalogue.item_rows)
 
 
 def train(node: Node, state: RecordDict, *, round_number: int, cap: int = 0) -> TrainReply:
@@ -95,11 +105,10 @@ def train(node: Node, state: RecordDict, *, round_number: int, cap: int = 0) -> 
 
 
 @pytest.fixture
-def device(config: FedhomeConfig, tmp_path: Path) -> tuple[Node, list[str]]:
-    """A store-backed node over an empty device folder, and the catalogue's item ids."""
-    folder = tmp_path / "device"
-    folder.mkdir()
-    node = load_node(config, device_context(folder))
+def device(config: FedhomeConfig, start: StartRelease, tmp_path: Path) -> tuple[Node, list[str]]:
+    """A store-backed node over a device folder with the start release installed and no event yet, and the
+    catalogue's item ids."""
+    node = load_node(config, device_context(start.install(tmp_path / "device"), start))
     return node, item_ids(node)
 
 
@@ -126,35 +135,71 @@ def test_device_dir_alone_keeps_its_meaning_for_a_partition_node(
 
 @pytest.mark.parametrize(
     ("extra", "match"),
-    [({"train-from": "phone"}, "train-from"), ({"device-dir": ""}, 'needs "device-dir"')],
+    [
+        ({"train-from": "phone"}, "train-from"),
+        ({"device-dir": ""}, 'needs "device-dir"'),
+        ({"release-key": ""}, 'needs "release-key"'),
+    ],
 )
 def test_a_wrong_node_config_is_refused(
-    config: FedhomeConfig, tmp_path: Path, extra: dict[str, str], match: str
+    config: FedhomeConfig, start: StartRelease, tmp_path: Path, extra: dict[str, str], match: str
 ) -> None:
     with pytest.raises(ConfigError, match=match):
-        load_node(config, device_context(tmp_path, **extra))
+        load_node(config, device_context(start.install(tmp_path), start, **extra))
 
 
-def test_a_run_that_does_not_state_train_on_valid_is_refused(tmp_path: Path, config: FedhomeConfig) -> None:
+def test_a_run_that_does_not_state_train_on_valid_is_refused(
+    tmp_path: Path, config: FedhomeConfig, start: StartRelease
+) -> None:
     held_out = dataclasses.replace(
         config, federated=dataclasses.replace(config.federated, train_on_valid=False)
     )
     with pytest.raises(ConfigError, match="train_on_valid = true"):
-        load_node(held_out, device_context(tmp_path))
+        load_node(held_out, device_context(start.install(tmp_path), start))
+
+
+def test_a_device_trains_with_its_installed_release_and_no_data_set(
+    config: FedhomeConfig, start: StartRelease, tmp_path: Path
+) -> None:
+    """The catalogue, text and attributes are the release's (here other text than the run folder's), the
+    simulation data set is not loaded; without a verified release the device refuses, naming its folder."""
+    node = load_node(config, device_context(start.install(tmp_path / "device"), start))
+    assert node.shared.split is None and node.shared.catalogue is not None
+    released = (
+        np.load(start.folder / "item_text_int8.npy") * np.load(start.folder / "item_text_scales.npy")[:, None]
+    )
+    np.testing.assert_allclose(node.shared.model.items.text.numpy(), released, rtol=1e-6)
+    partition = load_node(
+        config, Context(1, 1, {"partition-id": 0, "num-partitions": 40}, RecordDict({}), {})
+    )
+    assert partition.shared.split is not None
+    np.testing.assert_array_equal(
+        node.shared.model.items.attributes.numpy(), partition.shared.model.items.attributes.numpy()
+    )
+    for damage in ("no release", "tampered"):
+        folder = tmp_path / damage
+        if damage == "no release":
+            folder.mkdir()
+        else:
+            start.install(folder)
+            (installed,) = (folder / "releases" / "releases").iterdir()
+            with (installed / "items.json").open("ab") as out:
+                out.write(b" ")
+        with pytest.raises(DataError, match=re.escape(str(folder))):
+            load_node(config, device_context(folder, start))
 
 
 def test_events_recorded_between_rounds_are_in_the_next_rounds_examples(
-    config: FedhomeConfig, tmp_path: Path
+    config: FedhomeConfig, start: StartRelease, tmp_path: Path
 ) -> None:
     """The ClientApp loads its node for every message (the process's model is cached, the store is not)."""
-    folder = tmp_path / "device"
-    folder.mkdir()
-    ids = item_ids(load_node(config, device_context(folder)))
+    folder = start.install(tmp_path / "device")
+    ids = item_ids(load_node(config, device_context(folder, start)))
     record_views(folder, ids[:3])
     state = RecordDict({})
-    first = train(load_node(config, device_context(folder)), state, round_number=1)
+    first = train(load_node(config, device_context(folder, start)), state, round_number=1)
     record_views(folder, ids[3:6], start=3)  # the shopper goes on between rounds
-    second = train(load_node(config, device_context(folder)), state, round_number=2)
+    second = train(load_node(config, device_context(folder, start)), state, round_number=2)
     assert (first.count, second.count) == (1, 1)
     assert not np.allclose(first.update_sum, second.update_sum)  # same params and round seed, more examples
     log = DeviceStore(folder).training_log()
@@ -215,10 +260,11 @@ def test_a_missing_or_corrupt_store_refuses_the_round_naming_the_folder(
     assert node.store.training_log() == [] and (damage != "missing" or not path.exists())
 
 
-def test_a_device_at_its_cap_refuses_and_logs_no_round(config: FedhomeConfig, tmp_path: Path) -> None:
-    folder = tmp_path / "device"
-    folder.mkdir()
-    node = load_node(config, device_context(folder, **{"participation-cap": 1}))
+def test_a_device_at_its_cap_refuses_and_logs_no_round(
+    config: FedhomeConfig, start: StartRelease, tmp_path: Path
+) -> None:
+    folder = start.install(tmp_path / "device")
+    node = load_node(config, device_context(folder, start, **{"participation-cap": 1}))
     record_views(folder, item_ids(node)[:4])
     state = RecordDict({})
     assert train(node, state, round_number=1).count == 1

@@ -61,7 +61,7 @@ def config(**overrides: str) -> FedhomeConfig:
 def node(cfg: FedhomeConfig) -> Node:
     shared: Any = SimpleNamespace(
         config=cfg,
-        split=SimpleNamespace(full=SimpleNamespace(n_users=N_USERS)),
+        data_split=lambda: SimpleNamespace(full=SimpleNamespace(n_users=N_USERS)),
         layout=SimpleNamespace(dim=DIM),
         trainer=RecordingTrainer(),
         model=SimpleNamespace(items=SimpleNamespace(set_popularity=lambda prior: None)),  # no prior here
