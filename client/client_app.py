@@ -54,19 +54,23 @@ Where a node's users come from, node config "train-from" (client/node.py):
   into training sequences by the example builder the simulation's rows also feed
   (client/training/device_store.py, shared/data/device_rows.py). Its receipts, participation counts and a
   local training log (round, events and examples trained on: client/training/device_store.py) stay in that
-  folder. The catalogue and item text vectors are the run's public ones (`data.*`, the run folder), as for
-  a partition node. A device trains on every event it holds, so the run must say
+  folder. The catalogue, its text vectors and attributes are those of the release installed in the folder
+  (node config "release-key": the app's pinned key verifies it), so a device reads nothing of the
+  simulation's data set or run folder. A device trains on every event it holds, so the run must say
   `federated.train_on_valid = true` (else every message is refused with a ConfigError, describe included):
   the start check is then off (a start_check query is refused as well), and evaluate answers with no users
   (no held-out row; one shopper's metric would be one user's value in the clear). A folder without a
-  readable store refuses the round (DataError naming the folder); an empty store sends a zero update that
+  readable store or verified release refuses the round (DataError naming the folder, in the device's own
+  log: the server is told DEVICE_REFUSAL only, kept_on_device); an empty store sends a zero update that
   counts. "device-dir" alone keeps its old meaning (receipts of a partition node's one device).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -85,7 +89,7 @@ from client.training.participation_counts import (
 from client.training.round_update import LocalTrainer, UpdateSum
 from client.trending_contribution import TrendingWindow, shard_sum
 from shared.config import FedhomeConfig, from_flat
-from shared.errors import UpdateRejectedError
+from shared.errors import DataError, SignatureError, UpdateRejectedError
 from shared.messages import (
     STATS,
     EvaluateReply,
@@ -107,6 +111,9 @@ from shared.record_values import as_float, as_int
 log = logging.getLogger(__name__)
 RECORD_STATE = "record-level"  # context.state entry: the device's Opacus accountant state, as JSON
 CONTRIBUTION_BOUND = 1.0  # L2 bound of one user's trending contribution (client/trending_contribution.py)
+# what the server hears of a device's refusal for a reason on the device (kept_on_device)
+DEVICE_REFUSAL = "the device refused: its event store or release could not be read (details stay on it)"
+Handler = Callable[[Message, Context], Message]
 
 
 def _params(params: np.ndarray, node: Node) -> np.ndarray:
@@ -314,6 +321,27 @@ def handle_trending(node: Node, message: Message, state: RecordDict) -> Message:
     return Message(content, reply_to=message)
 
 
+def kept_on_device(handler: Handler) -> Handler:
+    """`handler`, whose errors on a device that trains from its store stay on the device: Flower sends an
+    exception's text to the server (its error reply's reason), and a device's DataError or SignatureError
+    names its folder and what in it could not be read. Such an error is logged here, in full, and the
+    server gets DEVICE_REFUSAL only. Configuration errors (the run's settings, public) and refusals of
+    the protocol's own checks (UpdateRejectedError) pass as they are, as does everything on a simulation
+    node."""
+
+    @functools.wraps(handler)
+    def guarded(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except (DataError, SignatureError, OSError) as exc:
+            if context.node_config.get("train-from") != "device-store":
+                raise
+            log.error("this device refused a %s message: %s", message.metadata.message_type, exc)
+            raise UpdateRejectedError(DEVICE_REFUSAL) from exc
+
+    return guarded
+
+
 def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
     """The ClientApp: with `config` (fedhome-sim) as given; without (`flwr run`) from the run config."""
     app = ClientApp()
@@ -322,14 +350,17 @@ def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
         return load_node(config or from_flat(dict(context.run_config)), context)
 
     @app.query("describe")
+    @kept_on_device
     def describe(message: Message, context: Context) -> Message:
         return handle_describe(node_for(context), message)
 
     @app.query("trending")
+    @kept_on_device
     def trending(message: Message, context: Context) -> Message:
         return handle_trending(node_for(context), message, context.state)
 
     @app.query("start_check")
+    @kept_on_device
     def start_check(message: Message, context: Context) -> Message:
         return handle_start_check(node_for(context), message)
 
@@ -346,10 +377,12 @@ def make_client_app(config: FedhomeConfig | None = None) -> ClientApp:
         return handle_unmask(message, context.state)
 
     @app.train()
+    @kept_on_device
     def train(message: Message, context: Context) -> Message:
         return handle_train(node_for(context), message, context.state)
 
     @app.evaluate()
+    @kept_on_device
     def evaluate(message: Message, context: Context) -> Message:
         return handle_evaluate(node_for(context), message)
 

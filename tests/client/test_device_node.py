@@ -17,11 +17,13 @@ from federated_toy import tiny_config
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import (
+    DEVICE_REFUSAL,
     handle_describe,
     handle_evaluate,
     handle_start_check,
     handle_train,
     handle_trending,
+    make_client_app,
 )
 from client.device.device_folder import events_path
 from client.device.event_store import EventStore
@@ -323,3 +325,20 @@ def test_rows_of_items_held_out_of_training_are_dropped_and_counted() -> None:
     assert rows.timestamps.tolist() == [0, 2, 4]
     same, none = without_items(seqs, np.zeros(4, bool))
     assert same is seqs and none == 0
+
+
+def test_what_a_device_could_not_read_stays_on_the_device(
+    config: FedhomeConfig, start: StartRelease, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Flower sends an exception's text to the server: through the ClientApp, a device's refusal over its
+    corrupt store says only DEVICE_REFUSAL, and the folder is named in the device's own log."""
+    folder = start.install(tmp_path / "device")
+    events_path(folder).write_bytes(b"this is not a database, " * 100)
+    node = load_node(config, device_context(folder, start))  # the store is read per message, not here
+    params = get_flat(node.shared.model, node.shared.layout)
+    instruction = TrainInstruction(params, np.array([0], np.int64), SETTINGS)
+    message = Message(RecordDict(instruction.to_records()), dst_node_id=1, message_type="train")
+    with caplog.at_level(logging.ERROR), pytest.raises(UpdateRejectedError) as refused:
+        make_client_app(config)(message, device_context(folder, start))
+    assert str(refused.value) == DEVICE_REFUSAL and str(folder) not in str(refused.value)
+    assert any(str(folder) in line for line in caplog.messages)
