@@ -94,9 +94,10 @@ class Node:
         slots: the simulation data set's, or the device's store read now (DataError naming the device folder
         when it cannot be read)."""
         shared = self.shared
-        if self.store is None or shared.catalogue is None:
+        if self.store is None:
             assert shared.rows is not None  # a simulation node's NodeModel has its rows
             return shared.rows
+        assert shared.catalogue is not None  # a device's NodeModel has its release's catalogue
         return self.store.rows(shared.catalogue.item_rows, blocked=shared.blocked)
 
     def local_trainer(self) -> LocalTrainer:
@@ -165,15 +166,17 @@ def device_model(config: FedhomeConfig, device_dir: Path, public_key: Ed25519Pub
     when that release changes (the app synced a new one), else the process's one. No item is held out."""
     catalogue = installed_catalogue(device_dir, public_key)
     config_key = json.dumps(to_flat(config), sort_keys=True, default=str)
-    key = f"{config_key}|{device_dir}|{catalogue.manifest_sha256}"
+    device_key = f"{config_key}|{device_dir}|"
+    key = device_key + catalogue.manifest_sha256
     if key not in _MODELS:
+        for stale in [k for k in _MODELS if k.startswith(device_key)]:  # the device's previous release
+            del _MODELS[stale]
         torch.set_num_threads(max(config.train.threads, 1))
         torch.manual_seed(config.federated.seed)  # what is not trained starts as at the server
         model = TwoTower(catalogue.features, config.model)
         layout = trainable_layout(model, config.federated.trainable)
         blocked = np.zeros(catalogue.features.n_items, dtype=bool)
         _MODELS[key] = NodeModel(config, model, layout, blocked, catalogue=catalogue)
-    _MODELS[key].catalogue = catalogue
     return _MODELS[key]
 
 
