@@ -1,9 +1,9 @@
 """The quality benchmark: every model on every shop, one run after another, into docs/results/quality.json.
 
 For each set: popularity, text similarity and the centralised two-tower (`fedhome-sim run`), federated
-training at epsilon 8 and without noise (clipping only, same rounds), and on the sweep set (default
-amazon_beauty) also epsilon 4, 2 and 1 (`fedhome-sim federated`), each model from every seed given. Each
-run is the real command in a subprocess, written to `<out>/<set>/<run>/`; a run whose folder already holds
+training at epsilon 8 and without noise (clipping only, same rounds), and on the sweep sets (default
+amazon_beauty; `--sweep-sets` a comma list) also epsilon 4, 2 and 1 (`fedhome-sim federated`), each model
+from every seed given. Each run is the real command in a subprocess, written to `<out>/<set>/<run>/`; a run whose folder already holds
 its results is read, not run again, so an interrupted benchmark continues where it stopped. It prints a
 line per run (what, seed, wall time, test NDCG@10) and writes:
 
@@ -149,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--sets", default=",".join(DEFAULT_SETS), help="comma list of set names")
-    parser.add_argument("--sweep-set", default="amazon_beauty", help="the set that gets every epsilon")
+    parser.add_argument(
+        "--sweep-sets",
+        "--sweep-set",
+        default="amazon_beauty",
+        help="comma list of the sets that get every epsilon",
+    )
     parser.add_argument("--seeds", default="0,1", help="comma list of seeds")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"), help="where the runs go")
     parser.add_argument("--json", type=Path, default=Path("docs/results/quality.json"))
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if dataset is None:
             print(f"{name}: not in {args.data_root}, skipped", flush=True)
             continue
-        epsilons = SWEEP_EPSILONS if name == args.sweep_set else HEADLINE_EPSILONS
+        epsilons = SWEEP_EPSILONS if name in args.sweep_sets.split(",") else HEADLINE_EPSILONS
         plan[name] = jobs_for(name, dataset, out=args.out, seeds=seeds, epsilons=epsilons, extra=extra)
     kinds = {k for k in args.kinds.split(",") if k}
     todo = [job for jobs in plan.values() for job in jobs if not kinds or job.kind in kinds]
