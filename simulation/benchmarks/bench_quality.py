@@ -3,8 +3,9 @@
 For each set: popularity, text similarity and the centralised two-tower (`fedhome-sim run`), federated
 training at epsilon 8 and without noise (clipping only, same rounds), and on the sweep sets (default
 amazon_beauty; `--sweep-sets` a comma list) also epsilon 4, 2 and 1 (`fedhome-sim federated`), each model
-from every seed given. Each run is the real command in a subprocess, written to `<out>/<set>/<run>/`; a run whose folder already holds
-its results is read, not run again, so an interrupted benchmark continues where it stopped. It prints a
+from every seed given. Each run is the real command in a subprocess, written to `<out>/<set>/<run>/`; a run
+whose folder already holds its results is read, not run again, so an interrupted benchmark continues where
+it stopped. It prints a
 line per run (what, seed, wall time, test NDCG@10) and writes:
 
 - `quality.json`: one object per set, `{"dataset", "popularity", "text", "central", "federated": {"8", "4",
