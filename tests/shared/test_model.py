@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from shared.config import ModelConfig
 from shared.data.schema import UNKNOWN_TIME, Catalogue
 from shared.data.split import UserSequences
+from shared.derived_items import attribute_columns
 from shared.errors import ConfigError, DataError
 from shared.history import N_GAP_BUCKETS, gap_buckets, request_context
 from shared.model import (
@@ -102,6 +103,23 @@ def test_item_features_reject_bad_embeddings() -> None:
     bad[3, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         ItemFeatures.from_catalogue(catalogue(), bad)
+
+
+def test_item_features_come_back_from_a_releases_attribute_columns() -> None:
+    """What a device trains with (client/training/device_store.py): the release's set columns of the
+    attribute multi-hot give back the category, price bucket and promotion codes; a row without its one
+    category or price column is refused."""
+    original = features()
+    multi_hot = original.attributes()
+    columns = attribute_columns(multi_hot)
+    back = ItemFeatures.from_attribute_columns(original.text, columns, multi_hot.shape[1])
+    for name in ("category", "price_bucket", "promotion"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(original, name))
+    np.testing.assert_array_equal(back.attributes(), multi_hot)
+    broken = columns.copy()
+    broken[3] = -1
+    with pytest.raises(DataError, match="exactly one category"):
+        ItemFeatures.from_attribute_columns(original.text, broken, multi_hot.shape[1])
 
 
 def test_price_buckets_are_quantiles_and_unknown_is_zero() -> None:
