@@ -29,9 +29,10 @@ def test_devices_train_on_their_validation_row_only_when_asked(tmp_path: Path, t
     np.save(folder.item_vectors, np.random.default_rng(0).normal(size=(n_items, TEXT_DIM)).astype(np.float32))
 
     node = node_model(config)
-    split, rows = node.split, node.rows
+    split, rows, trainer = node.data_split(), node.rows, node.trainer
+    assert rows is not None and trainer is not None  # a simulation node's
     users = split.eval_users
-    assert node.trainer.seqs is rows
+    assert trainer.seqs is rows
     full_lengths = split.full.lengths()[users]
     expected_last = (
         split.valid_target[users] if train_on_valid else split.full.items[split.full.offsets[users + 1] - 3]

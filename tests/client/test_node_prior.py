@@ -44,7 +44,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Node:
     n_items = int(config.data.synthetic.n_items)
     np.save(folder.item_vectors, np.random.default_rng(0).normal(size=(n_items, TEXT_DIM)).astype(np.float32))
     shared = node_model(config)
-    return Node(shared, np.arange(shared.split.full.n_users, dtype=np.int64), 0)
+    return Node(shared, np.arange(shared.data_split().full.n_users, dtype=np.int64), 0)
 
 
 def buffer(node: Node) -> np.ndarray:

@@ -47,7 +47,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> FedhomeConfig:
 def deployed(config: FedhomeConfig) -> Node:
     """A shard node hosting every user of the tiny shop, as a deployed SuperNode without folders sees it."""
     shared = node_model(config)
-    return Node(shared, np.arange(shared.split.full.n_users, dtype=np.int64), 0)
+    return Node(shared, np.arange(shared.data_split().full.n_users, dtype=np.int64), 0)
 
 
 def train(
