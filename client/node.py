@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import Context
 
-from client.training.device_store import DeviceStore, InstalledCatalogue, installed_catalogue
+from client.training.device_store import DeviceStore, InstalledCatalogue, read_catalogue, verified_release
 from client.training.own_privacy import OwnPrivacy
 from client.training.participation_counts import DeviceFolder, device_folders
 from client.training.round_update import LocalTrainer
@@ -162,15 +162,17 @@ def node_model(config: FedhomeConfig) -> NodeModel:
 
 def device_model(config: FedhomeConfig, device_dir: Path, public_key: Ed25519PublicKey) -> NodeModel:
     """The model of a device that trains from its store, over the catalogue of the release installed in
-    `device_dir` (verified with `public_key` at every call: client/training/device_store.py); built again
-    when that release changes (the app synced a new one), else the process's one. No item is held out."""
-    catalogue = installed_catalogue(device_dir, public_key)
+    `device_dir` (verified with `public_key` at every call: client/training/device_store.py); built, and
+    the catalogue read, again only when that release changes (the app synced a new one), else the process's
+    one. No item is held out."""
+    release = verified_release(device_dir, public_key)
     config_key = json.dumps(to_flat(config), sort_keys=True, default=str)
     device_key = f"{config_key}|{device_dir}|"
-    key = device_key + catalogue.manifest_sha256
+    key = device_key + release.manifest_sha256
     if key not in _MODELS:
         for stale in [k for k in _MODELS if k.startswith(device_key)]:  # the device's previous release
             del _MODELS[stale]
+        catalogue = read_catalogue(release, device_dir)
         torch.set_num_threads(max(config.train.threads, 1))
         torch.manual_seed(config.federated.seed)  # what is not trained starts as at the server
         model = TwoTower(catalogue.features, config.model)

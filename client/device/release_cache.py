@@ -124,8 +124,9 @@ def verify_copy(folder: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
 def derive_copy(folder: Path, manifest: dict[str, Any]) -> None:
     """Compute the derived files a device keeps (device_derived_names: the item bias and the coarse codes;
     never the vector files) into `folder` from its verified inputs, and record them."""
-    if derived_names(manifest):
-        derive_files(folder, device_derived_names(manifest))
+    names = device_derived_names(manifest)
+    if names:
+        derive_files(folder, names)
         write_record(folder, manifest)
 
 

@@ -10,10 +10,11 @@ builder both paths share (shared/data/device_rows.py: sequences_from_logs); the 
 out, and counted in one DEBUG line that names no item, when the catalogue does not know their item.
 
 The catalogue: the release installed in the device folder (`releases/`, what the app synced: client/device/
-sync.py), verified with the app's pinned release key (node config "release-key") before each use. Its item
+sync.py), verified with the app's pinned release key (node config "release-key") before each use
+(`verified_release`); its catalogue is read once per release (`read_catalogue`, client/node.py). Its item
 ids, its text embeddings (the release's per-row int8 text, dequantised: the server trains the same model on
 the float text, a difference of the int8 rounding, at most half a step per entry) and its attribute columns
-(category, price bucket, promotion) are the item features the device trains with (`installed_catalogue`), so
+(category, price bucket, promotion) are the item features the device trains with, so
 a device needs nothing of the simulation's data set: no dataset, no run folder. A device trains with no
 item held out (a simulation's cold items are a measurement of the simulation's; a shop sells all it lists).
 The run's messages carry only parameters and, with a popularity prior, one value per catalogue item, which
@@ -40,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,24 +65,38 @@ TRAINING_LOG_FILE = "training-log.jsonl"
 class InstalledCatalogue:
     """The catalogue of the release installed in a device folder, as the device trains with it."""
 
-    version: int  # the release's
-    manifest_sha256: str  # what identifies it (a new release, or a repaired one, is another catalogue)
     item_rows: dict[str, int]  # item id -> row
     features: ItemFeatures
 
 
-def installed_catalogue(device_dir: Path, public_key: Ed25519PublicKey) -> InstalledCatalogue:
-    """The catalogue of the release in use in `device_dir`, verified with the pinned `public_key` first.
-    DataError naming the folder when no release is installed, it does not verify, or it carries no
-    catalogue inputs (a release of a model with an item-id residual ships none: shared/derived_items.py)."""
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """The release in use in a device folder, verified: its folder and what identifies it."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str  # a new release, or a repaired one, is another catalogue
+
+
+def verified_release(device_dir: Path, public_key: Ed25519PublicKey) -> VerifiedRelease:
+    """The release in use in `device_dir`, verified with the pinned `public_key`. DataError naming the folder
+    when no release is installed or it does not verify."""
     cache = ReleaseCache(releases_path(device_dir), public_key)
-    where = str(device_dir)
     try:
         manifest = cache.verify_current()
     except (DataError, SignatureError) as exc:
-        raise DataError(f"refusing to train: no verified release installed ({exc})", path=where) from exc
+        message = f"refusing to train: no verified release installed ({exc})"
+        raise DataError(message, path=str(device_dir)) from exc
     folder = cache.current()
     assert folder is not None  # verify_current raised otherwise
+    return VerifiedRelease(folder, manifest, hashlib.sha256(canonical_json(manifest)).hexdigest())
+
+
+def read_catalogue(release: VerifiedRelease, device_dir: Path) -> InstalledCatalogue:
+    """The catalogue a device trains with, read from its verified `release`. DataError naming the device
+    folder when the release carries no catalogue inputs (a release of a model with an item-id residual ships
+    none: shared/derived_items.py) or they do not fit one another."""
+    folder, manifest, where = release.folder, release.manifest, str(device_dir)
     needed = (TEXT_INT8, TEXT_SCALES, ATTRIBUTES, TOWER_ATTRIBUTES, "items.json")
     if not set(needed) <= set(manifest["files"]):
         raise DataError("refusing to train: the installed release carries no catalogue text", path=where)
@@ -93,8 +109,6 @@ def installed_catalogue(device_dir: Path, public_key: Ed25519PublicKey) -> Insta
     if len(ids) != len(text) or len(set(ids)) != len(ids):
         raise DataError("refusing to train: the release's items do not fit its text rows", path=where)
     return InstalledCatalogue(
-        version=int(manifest["version"]),
-        manifest_sha256=hashlib.sha256(canonical_json(manifest)).hexdigest(),
         item_rows={item_id: row for row, item_id in enumerate(ids)},
         features=ItemFeatures.from_attribute_columns(text, columns, width),
     )
