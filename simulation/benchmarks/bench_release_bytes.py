@@ -266,9 +266,8 @@ def derive_in_fresh_process(release: Path, work: Path, *, requests: bool = False
     for name in [*manifest["files"], MANIFEST_NAME]:
         if name not in derived_names(manifest):
             os.link(release / name, device / name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "simulation.benchmarks.bench_release_bytes", "--derive", str(device)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=one_thread_env())
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["storage_mib"] = round(sum(p.stat().st_size for p in device.iterdir()) / MIB, 1)
     result["storage_by_file_mib"] = {p.name: round(p.stat().st_size / MIB, 2) for p in device.iterdir()}
@@ -278,13 +277,17 @@ def derive_in_fresh_process(release: Path, work: Path, *, requests: bool = False
     return result
 
 
+def one_thread_env() -> dict[str, str]:
+    """This process's environment with the numeric libraries held to one thread (a device's)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def requests_on(device: Path) -> dict[str, Any]:
     """bench_device's request figures on the device's own copy (a fresh process, one thread): p50/p99 of a
     homepage request, the index's resident arrays and recall@50 against exact scoring of the same copy."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "simulation.benchmarks.bench_device", "--release", str(device)]
     command += ["--measure", str(device), "--requests", "300", "--recall-users", "200"]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=one_thread_env())
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
 
