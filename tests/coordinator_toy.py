@@ -8,11 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from server.ledger import PrivacyLedger
+from server.rounds.coordinator import Coordinator
 from server.rounds.messaging import Population, TrainReplies
-from server.rounds.run_hooks import RunAccess
+from server.rounds.run_hooks import RunAccess, RunHook
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from shared.config import FedhomeConfig, with_overrides
+from shared.model.params import ParamLayout
 from shared.privacy.mechanism import UserClipping
+from shared.run_folder import RunFolder
+from shared.signing import Ed25519PrivateKey
 
 DIM = 12
 POPULATION = Population((7, 9), np.array([6, 4], dtype=np.int64))
@@ -32,6 +37,31 @@ def toy_run_config(run_dir: Path, rounds: int, extra: dict[str, str] | None = No
     }
     config: FedhomeConfig = with_overrides(FedhomeConfig(), settings)
     return config
+
+
+def toy_coordinator(
+    run: RunFolder,
+    key: Ed25519PrivateKey,
+    rounds: int,
+    *,
+    extra: dict[str, str] | None = None,
+    transport: Any = None,
+    hooks: Sequence[RunHook] = (),
+) -> Coordinator:
+    """A Coordinator over the created run folder `run` with the toy run config, a DIM-parameter model
+    starting at linspace(-1, 1), a ledger signed with `key`, and FakeNodes unless `transport` is given."""
+    run.create()
+    return Coordinator(
+        toy_run_config(run.root, rounds, extra),
+        run,
+        POPULATION,
+        np.linspace(-1, 1, DIM, dtype=np.float32),
+        ParamLayout(("w",), ((DIM,),)),
+        PrivacyLedger(run.ledger, signing_key=key),
+        evaluate=lambda p: {"valid_x": float(p.sum())},
+        transport=FakeNodes() if transport is None else transport,
+        hooks=hooks,
+    )
 
 
 class FakeNodes:

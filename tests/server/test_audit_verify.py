@@ -9,9 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from coordinator_toy import DIM, POPULATION, FakeNodes, toy_run_config
+from coordinator_toy import toy_coordinator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_toy import DELTA, KEY, Tweak, write_run
@@ -21,9 +20,7 @@ from server.audit import audit_cli
 from server.audit.accountant import RoundByRoundPLD
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
-from server.rounds.coordinator import Coordinator
 from shared import signing
-from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent, pld_epsilon
 from shared.run_folder import RunFolder
 
@@ -325,18 +322,7 @@ def test_a_round_past_the_plan_and_a_budget_raised_mid_run_fail_the_audit(tmp_pa
 
 def test_the_coordinator_records_the_budget_on_every_round(tmp_path: Path) -> None:
     run = RunFolder(tmp_path / "run")
-    run.create()
-    signing.save_public_key(KEY.public_key(), run.public_key)
-    coordinator = Coordinator(
-        toy_run_config(run.root, 3),
-        run,
-        POPULATION,
-        np.zeros(DIM, np.float32),
-        ParamLayout(("w",), ((DIM,),)),
-        PrivacyLedger(run.ledger, signing_key=KEY),
-        evaluate=lambda p: {},
-        transport=FakeNodes(),
-    )
+    coordinator = toy_coordinator(run, KEY, 3)
     coordinator.resume()
     coordinator.run(None, progress=False)
     entries = [json.loads(line) for line in run.ledger.read_text().splitlines()]

@@ -10,14 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed, toy_run_config
+from coordinator_toy import FakeNodes, KillAfter, Killed, toy_coordinator
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
 from server.rounds.coordinator import Coordinator
 from server.rounds.update_transport import CollectedUpdates, RoundRequest
 from shared.errors import ConfigError
-from shared.model.params import ParamLayout
 from shared.run_folder import RunFolder
 from shared.signing import Ed25519PrivateKey, generate_private_key
 
@@ -55,16 +54,11 @@ def make(
     kill_in: int = -1,
     kill_after: int = -1,
 ) -> Coordinator:
-    config = toy_run_config(folder.root, rounds, MODES[mode])
-    folder.create()
-    return Coordinator(
-        config,
+    return toy_coordinator(
         folder,
-        POPULATION,
-        np.linspace(-1, 1, DIM, dtype=np.float32),
-        ParamLayout(("w",), ((DIM,),)),
-        PrivacyLedger(folder.ledger, signing_key=key),
-        evaluate=lambda p: {"valid_x": float(p.sum())},
+        key,
+        rounds,
+        extra=MODES[mode],
         transport=KillingNodes(folder, kill_in),
         hooks=[KillAfter(kill_after)] if kill_after > 0 else [],
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from coordinator_toy import DIM, POPULATION, FakeNodes, KillAfter, Killed, drop_last_lines, toy_run_config
+from coordinator_toy import POPULATION, KillAfter, Killed, drop_last_lines, toy_coordinator
 
 from server.audit.verify import verify_ledger
 from server.ledger import PrivacyLedger
@@ -17,7 +17,6 @@ from server.rounds.coordinator import Coordinator
 from server.rounds.privacy_plan import PrivacyPlan, noise_multiplier_summary
 from server.rounds.run_hooks import RunHook
 from shared.errors import ConfigError
-from shared.model.params import ParamLayout
 from shared.privacy.accounting import RoundEvent, pld_epsilon
 from shared.run_folder import RunFolder, load_latest_checkpoint
 from shared.signing import Ed25519PrivateKey, generate_private_key
@@ -31,23 +30,7 @@ def make(
     hooks: Sequence[RunHook] = (),
     extra: dict[str, str] | None = None,
 ) -> Coordinator:
-    config = toy_run_config(folder, rounds, extra)
-    run = RunFolder(folder)
-    run.create()
-    ledger = PrivacyLedger(run.ledger, signing_key=key)
-    initial = np.linspace(-1, 1, DIM, dtype=np.float32)
-    layout = ParamLayout(("w",), ((DIM,),))
-    return Coordinator(
-        config,
-        run,
-        POPULATION,
-        initial,
-        layout,
-        ledger,
-        evaluate=lambda p: {"valid_x": float(p.sum())},
-        transport=FakeNodes(),
-        hooks=hooks,
-    )
+    return toy_coordinator(RunFolder(folder), key, rounds, extra=extra, hooks=hooks)
 
 
 def run_to(folder: Path, key: Ed25519PrivateKey, rounds: int) -> Coordinator:
